@@ -1,0 +1,97 @@
+"""The engine interface: what the server and the trainer ask of an inference engine.
+
+An engine turns a rendered prompt into a completion, streamed or whole, with the token ids and
+per-token logprobs the trainer needs, optionally through a named LoRA adapter. Chat rendering and
+tool-call parsing happen outside (`r3.chat_format`), so both engines share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; the message is safe to show to the client."""
+
+
+class UnknownAdapterError(EngineError):
+    pass
+
+
+class PromptTooLongError(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # alternatives reported per token (the chosen token's logprob is always kept)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float  # under the model's raw distribution (before temperature and top-p)
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class GenerationChunk:
+    """Text and tokens generated since the previous chunk; the last chunk has a finish reason."""
+
+    text: str
+    tokens: list[TokenLogprob]
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[TokenLogprob]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    prompt_token_ids: list[int] = field(repr=False, default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [token.token_id for token in self.tokens]
+
+
+class Engine(Protocol):
+    model_id: str
+    max_model_len: int
+    tokenizer: Any
+
+    async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+        """The whole completion of `prompt` (`adapter=None` is the base model)."""
+        ...
+
+    def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+        """The completion as it is generated; stopping iteration early cancels the request."""
+        ...
+
+    async def load_adapter(self, name: str, path: Path) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> dict[str, Path]:
+        """Loaded adapters by name."""
+        ...
+
+    def count_tokens(self, prompt: str) -> int: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,389 @@
+"""The embedded engine: transformers + peft on the CPU, with continuous batching.
+
+One scheduler thread owns the model. Each turn of its loop it admits waiting requests (a batched,
+left-padded prefill whose KV cache is then merged into the running batch), runs one decode step
+for every running sequence, samples each row with its own parameters and random generator, and
+hands new text to the request's asyncio queue. So the event loop never waits on torch, requests
+that arrive while others decode join the next step instead of queueing behind them, and a
+sequence leaves the batch the moment it finishes.
+
+Adapters are chosen per row: peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for
+no adapter) apply each row's LoRA only to that row, so requests for different adapters and the
+base share a batch without seeing each other's weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from r3.engines.base import (
+    EngineError,
+    GenerationChunk,
+    GenerationResult,
+    PromptTooLongError,
+    SamplingParams,
+    TokenLogprob,
+    UnknownAdapterError,
+)
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str
+    max_new_tokens: int
+    loop: asyncio.AbstractEventLoop
+    chunks: asyncio.Queue
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    text: str = ""
+    emitted_chars: int = 0
+    emitted_tokens: int = 0
+    finish_reason: str | None = None
+    cancelled: bool = False
+
+    def send(self, item: GenerationChunk | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
+
+
+class TransformersEngine:
+    def __init__(
+        self,
+        model_path: str,
+        model_id: str,
+        dtype: str = "float32",
+        max_batch_size: int = 8,
+        max_model_len: int | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self._model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+        config_len = getattr(self._model.config, "max_position_embeddings", 2048)
+        self.max_model_len = min(max_model_len or config_len, config_len)
+        self.max_batch_size = max_batch_size
+        self._eos_ids = self._stop_token_ids()
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids)
+        self._adapters: dict[str, Path] = {}
+        self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
+        self._running: list[_Sequence] = []
+        self._lock = threading.Lock()  # the model: one forward pass or one adapter change at a time
+        self._closed = False
+        self._thread = threading.Thread(target=self._schedule, name="r3-engine", daemon=True)
+        self._thread.start()
+
+    def _stop_token_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self._model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        ids.discard(None)
+        return ids
+
+    # ------------------------------------------------------------------ public interface
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self._encode(prompt))
+
+    def adapters(self) -> dict[str, Path]:
+        return dict(self._adapters)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        if name == BASE or not name:
+            raise EngineError(f"{name!r} cannot name an adapter")
+        if name in self._adapters:
+            raise EngineError(f"an adapter named {name!r} is already loaded")
+        await asyncio.to_thread(self._load_adapter, name, Path(path))
+
+    async def unload_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise UnknownAdapterError(f"no adapter named {name!r} is loaded")
+        await asyncio.to_thread(self._unload_adapter, name)
+
+    async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+        text, tokens, finish = "", [], "length"
+        async for chunk in self.stream(prompt, params, adapter):
+            text += chunk.text
+            tokens += chunk.tokens
+            finish = chunk.finish_reason or finish
+        prompt_ids = self._encode(prompt)
+        return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
+                                prompt_tokens=len(prompt_ids), prompt_token_ids=prompt_ids)
+
+    async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+        sequence = self._submit(prompt, params, adapter)
+        try:
+            while True:
+                item = await sequence.chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            sequence.cancelled = True  # a client gone mid-stream frees its batch slot
+
+    async def close(self) -> None:
+        self._closed = True
+        self._waiting.put(None)
+        await asyncio.to_thread(self._thread.join, 30)
+
+    # ------------------------------------------------------------------ submission
+
+    def _encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _submit(self, prompt: str, params: SamplingParams, adapter: str | None) -> _Sequence:
+        if self._closed:
+            raise EngineError("the engine is shut down")
+        if adapter is not None and adapter not in self._adapters:
+            raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
+        prompt_ids = self._encode(prompt)
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}"
+            )
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        sequence = _Sequence(
+            prompt_ids=prompt_ids,
+            params=params,
+            adapter=adapter or BASE,
+            max_new_tokens=min(params.max_tokens, room),
+            loop=asyncio.get_running_loop(),
+            chunks=asyncio.Queue(),
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self._waiting.put(sequence)
+        return sequence
+
+    # ------------------------------------------------------------------ adapters (engine thread pool)
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if not (path / "adapter_config.json").is_file():
+            raise EngineError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+        with self._lock:
+            try:
+                if isinstance(self._model, PeftModel):
+                    self._model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+            except (ValueError, RuntimeError, KeyError) as error:
+                raise EngineError(f"cannot load adapter {name!r} from {path}: {error}") from error
+            self._model.eval()
+            self._adapters[name] = path
+        log.info("loaded adapter %s from %s", name, path)
+
+    def _unload_adapter(self, name: str) -> None:
+        with self._lock:
+            in_use = any(s.adapter == name for s in self._running) or any(
+                s is not None and s.adapter == name for s in list(self._waiting.queue)
+            )
+            if in_use:
+                raise EngineError(f"adapter {name!r} is in use by a running request")
+            del self._adapters[name]
+            if self._adapters:
+                self._model.delete_adapter(name)
+            else:  # the last one: drop peft's wrapper, leaving the untouched base model
+                self._model = self._model.unload()
+        log.info("unloaded adapter %s", name)
+
+    # ------------------------------------------------------------------ the scheduler thread
+
+    def _schedule(self) -> None:
+        batch: _Batch | None = None
+        while not self._closed:
+            admitted = self._admit(block=batch is None)
+            try:
+                with self._lock, torch.inference_mode():
+                    if admitted:
+                        batch = self._prefill(admitted, batch)
+                    if batch is not None:
+                        batch = self._decode(batch)
+            except Exception as error:  # noqa: BLE001 - any failure must reach the waiting clients
+                log.exception("generation step failed")
+                for sequence in self._running:
+                    sequence.send(EngineError(f"generation failed: {error}"))
+                self._running, batch = [], None
+        for sequence in self._running:
+            sequence.send(EngineError("the engine shut down"))
+
+    def _admit(self, block: bool) -> list[_Sequence]:
+        admitted: list[_Sequence] = []
+        while len(self._running) + len(admitted) < self.max_batch_size:
+            try:
+                sequence = self._waiting.get(block=block and not admitted)
+            except queue.Empty:
+                break
+            if sequence is None:  # close()
+                break
+            if sequence.adapter != BASE and sequence.adapter not in self._adapters:
+                sequence.send(UnknownAdapterError(f"adapter {sequence.adapter!r} was unloaded"))
+            elif not sequence.cancelled:
+                admitted.append(sequence)
+        return admitted
+
+    def _forward(self, batch: _Batch, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        extra = {"adapter_names": [s.adapter for s in batch.sequences]} if self._adapters else {}
+        output = self._model(
+            input_ids=input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids,
+            past_key_values=batch.cache,
+            use_cache=True,
+            **extra,
+        )
+        return output.logits[:, -1, :].float()
+
+    def _prefill(self, sequences: list[_Sequence], running: _Batch | None) -> _Batch | None:
+        width = max(len(s.prompt_ids) for s in sequences)
+        input_ids = torch.tensor([[self._pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences])
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences])
+        fresh = _Batch(sequences=list(sequences), cache=DynamicCache(), attention_mask=mask)
+        logits = self._forward(fresh, input_ids, (mask.cumsum(-1) - 1).clamp(min=0))
+        self._running.extend(sequences)
+        fresh = self._sample_and_emit(fresh, logits)
+        if running is None:
+            return fresh
+        if fresh is None:
+            return running
+        return running.merged_with(fresh)
+
+    def _decode(self, batch: _Batch) -> _Batch | None:
+        batch = batch.without_cancelled()
+        if batch is None:
+            self._running = []
+            return None
+        batch.attention_mask = F.pad(batch.attention_mask, (0, 1), value=1)
+        input_ids = torch.tensor([[s.generated[-1]] for s in batch.sequences])
+        position_ids = batch.attention_mask.sum(-1, keepdim=True) - 1
+        logits = self._forward(batch, input_ids, position_ids)
+        return self._sample_and_emit(batch, logits)
+
+    def _sample_and_emit(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for row, sequence in enumerate(batch.sequences):
+            token_id = _sample(logits[row], sequence.params, sequence.generator)
+            self._append(sequence, token_id, logprobs[row])
+        keep = [row for row, s in enumerate(batch.sequences) if s.finish_reason is None and not s.cancelled]
+        self._running = [s for s in self._running if s.finish_reason is None and not s.cancelled]
+        return batch.select(keep)
+
+    def _append(self, sequence: _Sequence, token_id: int, logprobs: torch.Tensor) -> None:
+        params = sequence.params
+        if token_id in self._eos_ids:
+            sequence.finish_reason = "stop"
+        else:
+            top = ()
+            if params.top_logprobs:
+                values, ids = logprobs.topk(params.top_logprobs)
+                top = tuple((self.tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist()))
+            sequence.generated.append(token_id)
+            sequence.tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]),
+                                                logprobs[token_id].item(), top))
+            sequence.text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
+            cut = min((i for i in (sequence.text.find(s) for s in params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                sequence.text = sequence.text[:cut]
+                sequence.finish_reason = "stop"
+            elif len(sequence.generated) >= sequence.max_new_tokens:
+                sequence.finish_reason = "length"
+        self._emit(sequence)
+
+    def _emit(self, sequence: _Sequence) -> None:
+        ready = len(sequence.text)
+        if sequence.finish_reason is None:
+            # Hold back what may be the start of a stop string or half of a multi-byte character.
+            ready -= max((len(s) - 1 for s in sequence.params.stop), default=0)
+            while ready > sequence.emitted_chars and sequence.text[ready - 1] == "\ufffd":
+                ready -= 1
+            if ready <= sequence.emitted_chars:
+                return
+        chunk = GenerationChunk(
+            text=sequence.text[sequence.emitted_chars:ready],
+            tokens=sequence.tokens[sequence.emitted_tokens:],
+            finish_reason=sequence.finish_reason,
+        )
+        sequence.emitted_chars, sequence.emitted_tokens = ready, len(sequence.tokens)
+        sequence.send(chunk)
+
+
+@dataclass
+class _Batch:
+    """Running sequences, their shared KV cache and attention mask (left-padded, one row each)."""
+
+    sequences: list[_Sequence]
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+
+    def select(self, rows: list[int]) -> _Batch | None:
+        if not rows:
+            return None
+        if len(rows) < len(self.sequences):
+            index = torch.tensor(rows)
+            self.cache.batch_select_indices(index)
+            self.sequences = [self.sequences[r] for r in rows]
+            self.attention_mask = self.attention_mask[index]
+            self._trim_padding()
+        return self
+
+    def without_cancelled(self) -> _Batch | None:
+        return self.select([r for r, s in enumerate(self.sequences) if not s.cancelled])
+
+    def merged_with(self, other: _Batch) -> _Batch:
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)])
+        self.attention_mask = torch.cat(
+            [_left_pad(self.attention_mask, width, dim=1), _left_pad(other.attention_mask, width, dim=1)]
+        )
+        self.sequences = self.sequences + other.sequences
+        return self
+
+    def _trim_padding(self) -> None:
+        """Drop leading columns that are padding in every row, so the cache shrinks as rows leave."""
+        used = self.attention_mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start:
+            self.attention_mask = self.attention_mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p  # keeps the top token always
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,63 @@
+"""R3's settings: every knob is an `R3_*` environment variable (or a line in `.env`)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODEL = "SmolLM2-135M-Instruct"
+
+
+def _xdg_dir(variable: str, fallback: str) -> Path:
+    return Path(os.environ.get(variable) or Path.home() / fallback) / "r3"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
+
+    # --- model and engine ---
+    model: str = Field(
+        BUNDLED_MODEL,
+        description="The bundled model's name, a local transformers folder, or a hub id.",
+    )
+    served_model_name: str | None = Field(
+        None, description="The id clients use for the base model; defaults to the model's folder name."
+    )
+    engine: Literal["transformers"] = "transformers"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights' dtype; float32 is the fast one on CPUs without AVX512-BF16."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Most sequences decoded together in one step.")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Prompt + completion limit; defaults to the model's context length."
+    )
+    default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request names none.")
+    lora_modules: dict[str, Path] = Field(
+        default_factory=dict, description='LoRA adapters to load at start, as JSON: {"name": "/path"}.'
+    )
+
+    # --- storage ---
+    data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))
+    models_dir: Path = Field(
+        default_factory=lambda: _xdg_dir("XDG_CACHE_HOME", ".cache") / "models",
+        description="Where `r3 model pull` puts the bundled model (re-derivable, hence a cache).",
+    )
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    # --- HTTP ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    admin_key: SecretStr | None = None
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get a 413.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,105 @@
+"""OpenAI-style errors: every failure leaves as `{"error": {message, type, param, code}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
+from server.protocol import ErrorDetail, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.type, self.param, self.code)
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return error_response(400, "the request body is not valid JSON", code="invalid_json")
+    message = first.get("msg", "invalid request")
+    return error_response(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _engine_error(_: Request, error: EngineError) -> JSONResponse:
+    if isinstance(error, UnknownAdapterError):
+        return error_response(404, str(error), param="model", code="model_not_found")
+    if isinstance(error, PromptTooLongError):
+        return error_response(400, str(error), param="messages", code="context_length_exceeded")
+    return error_response(400, str(error))
+
+
+def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return error_response(error.status_code, str(error.detail), type=kind)
+
+
+def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=error)
+    return error_response(500, "internal server error", type="server_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, lambda _, error: error.response())
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over `max_bytes` gets a 413 before it is read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
+                                  code="request_too_large")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
