@@ -208,8 +208,8 @@ def _parse_bare_json(text: str) -> ParsedOutput:
 
 
 def _joined(pieces: list[str]) -> str | None:
-    text = "".join(_CODE_FENCE.sub("", piece.strip()) for piece in pieces).strip()
-    return text or None
+    kept = (_CODE_FENCE.sub("", piece.strip()) for piece in pieces)
+    return " ".join(piece for piece in kept if piece) or None
 
 
 def _calls_from_json(body: str) -> list[ToolCall] | None:

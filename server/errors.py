@@ -33,13 +33,32 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
 
 
 def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
+    # Of a union's alternatives, the error that got furthest into the input says most.
+    first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
+    param = _param_path(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return error_response(400, "the request body is not valid JSON", code="invalid_json")
     message = first.get("msg", "invalid request")
     return error_response(400, f"{param}: {message}" if param else message, param=param)
+
+
+_TYPE_BRANCHES = {"str", "int", "float", "bool", "dict", "list"}
+_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool"}
+
+
+def _param_path(location: tuple) -> str | None:
+    """`("body", "messages", 0, "user", "content", "str")` → `"messages.0.content"`.
+
+    Pydantic puts the tag of a discriminated union (a message's role, after its index) and the
+    branch of a plain union (a type name) into the location; a client wants the field it sent.
+    """
+    parts: list[str] = []
+    for position, part in enumerate(location[1:]):
+        after_index = position > 0 and isinstance(location[position], int)
+        if (after_index and part in _ROLE_TAGS) or (parts and (part in _TYPE_BRANCHES or "[" in str(part))):
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or None
 
 
 def _engine_error(_: Request, error: EngineError) -> JSONResponse:

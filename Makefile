@@ -1,0 +1,39 @@
+# Two commands: `make serve` and `make test`. Everything lives in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch, installed before anything that depends on it (otherwise pip pulls a CUDA build).
+TORCH ?= torch==2.13.0
+
+.PHONY: serve test bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e .
+	@# PyPI's torchvision/torchaudio are CUDA-linked and break `import transformers` beside CPU torch.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+serve: install
+	$(BIN)/r3 model pull
+	$(BIN)/r3 serve
+
+test: install-dev
+	$(BIN)/pytest -q
+
+bench: install-dev
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

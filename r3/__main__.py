@@ -1,0 +1,3 @@
+from r3.cli import app
+
+app()

@@ -1,0 +1,136 @@
+"""The transformers + peft engine, driven directly: batching, adapters, sampling, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from r3.chat_format import render_prompt
+from r3.engines.base import PromptTooLongError, SamplingParams, UnknownAdapterError
+from r3.engines.transformers_engine import TransformersEngine
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+async def engine(model_path: Path, lora_path: Path):
+    engine = TransformersEngine(str(model_path), "smol", max_batch_size=4)
+    await engine.load_adapter("lora-a", lora_path)
+    yield engine
+    await engine.close()
+
+
+def prompt(engine: TransformersEngine, text: str) -> str:
+    return render_prompt(engine.tokenizer, [{"role": "user", "content": text}]).text
+
+
+def assert_same_generation(a, b) -> None:
+    """Same tokens; logprobs equal up to float reordering from batch shape (about 1e-6 seen)."""
+    assert a.token_ids == b.token_ids and a.text == b.text and a.finish_reason == b.finish_reason
+    assert [t.logprob for t in a.tokens] == pytest.approx([t.logprob for t in b.tokens], abs=1e-4)
+
+
+async def test_stream_reassembles_to_the_whole_generation(engine) -> None:
+    p = prompt(engine, "Name three colours.")
+    whole = await engine.generate(p, GREEDY)
+    chunks = [chunk async for chunk in engine.stream(p, GREEDY)]
+    assert "".join(c.text for c in chunks) == whole.text
+    assert [t.token_id for c in chunks for t in c.tokens] == whole.token_ids
+    assert chunks[-1].finish_reason == whole.finish_reason and all(c.finish_reason is None for c in chunks[:-1])
+    assert whole.prompt_tokens == engine.count_tokens(p) and whole.completion_tokens == len(whole.token_ids)
+
+
+async def test_token_texts_and_logprobs_describe_the_output(engine) -> None:
+    result = await engine.generate(prompt(engine, "Say hello."), SamplingParams(max_tokens=8, temperature=0, top_logprobs=3))
+    assert "".join(t.token for t in result.tokens) == result.text
+    for token in result.tokens:
+        assert token.logprob <= 0 and len(token.top) == 3
+        # greedy: the chosen token is the most likely one
+        assert token.top[0] == (token.token, pytest.approx(token.logprob))
+
+
+async def test_an_adapter_changes_the_output_and_the_base_stays_the_base(engine) -> None:
+    p = prompt(engine, "What is the capital of France?")
+    base = await engine.generate(p, GREEDY)
+    adapted = await engine.generate(p, GREEDY, adapter="lora-a")
+    assert [t.logprob for t in base.tokens[:1]] != pytest.approx([t.logprob for t in adapted.tokens[:1]], abs=1e-3)
+    assert_same_generation(await engine.generate(p, GREEDY), base)
+
+
+async def test_concurrent_requests_for_base_and_adapter_each_get_what_they_get_alone(engine) -> None:
+    short, long = prompt(engine, "Hi"), prompt(engine, "Write one sentence about the sea and the moon, please.")
+    alone = [await engine.generate(short, GREEDY), await engine.generate(long, GREEDY, adapter="lora-a"),
+             await engine.generate(long, GREEDY)]
+    together = await asyncio.gather(engine.generate(short, GREEDY), engine.generate(long, GREEDY, adapter="lora-a"),
+                                    engine.generate(long, GREEDY))
+    for a, b in zip(alone, together):
+        assert_same_generation(a, b)
+
+
+async def test_a_request_joining_a_running_batch_gets_what_it_gets_alone(engine) -> None:
+    long_params = SamplingParams(max_tokens=24, temperature=0.0)
+    first, second = prompt(engine, "Tell me a story about a cat."), prompt(engine, "2+2=?")
+    first_alone = await engine.generate(first, long_params, adapter="lora-a")
+    second_alone = await engine.generate(second, GREEDY)
+
+    stream = engine.stream(first, long_params, adapter="lora-a")
+    pieces = [await anext(stream)]  # the first request is decoding now
+    second_result = await engine.generate(second, GREEDY)  # joins its batch mid-flight
+    pieces += [chunk async for chunk in stream]
+    assert_same_generation(second_result, second_alone)
+    assert [t.token_id for c in pieces for t in c.tokens] == first_alone.token_ids
+
+
+async def test_stop_strings_end_the_text_before_them(engine) -> None:
+    p = prompt(engine, "What is the capital of France?")
+    full = await engine.generate(p, GREEDY)
+    word = full.text.split()[2]
+    stopped = await engine.generate(p, SamplingParams(max_tokens=12, temperature=0, stop=(word,)))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.index(word)]
+    chunks = [c async for c in engine.stream(p, SamplingParams(max_tokens=12, temperature=0, stop=(word,)))]
+    assert "".join(c.text for c in chunks) == stopped.text
+
+
+async def test_max_tokens_limits_the_length(engine) -> None:
+    result = await engine.generate(prompt(engine, "Count from one to one hundred."), SamplingParams(max_tokens=5, temperature=0))
+    assert result.finish_reason == "length" and result.completion_tokens == 5
+
+
+async def test_a_seed_makes_sampling_repeatable(engine) -> None:
+    p = prompt(engine, "Write a word.")
+    params = SamplingParams(max_tokens=16, temperature=1.0, seed=7)
+    first, second = await asyncio.gather(engine.generate(p, params), engine.generate(p, params))
+    assert first.token_ids == second.token_ids
+    others = [await engine.generate(p, SamplingParams(max_tokens=16, temperature=1.0, seed=s)) for s in (8, 9)]
+    assert any(o.token_ids != first.token_ids for o in others)
+
+
+async def test_unknown_and_unloaded_adapters_are_refused(engine, lora_path: Path) -> None:
+    p = prompt(engine, "Hi")
+    with pytest.raises(UnknownAdapterError):
+        await engine.generate(p, GREEDY, adapter="nope")
+    base_before = await engine.generate(p, GREEDY)
+    await engine.load_adapter("lora-b", lora_path)
+    assert set(engine.adapters()) == {"lora-a", "lora-b"}
+    await engine.unload_adapter("lora-b")
+    with pytest.raises(UnknownAdapterError):
+        await engine.generate(p, GREEDY, adapter="lora-b")
+    assert_same_generation(await engine.generate(p, GREEDY), base_before)
+
+
+async def test_unloading_the_last_adapter_restores_the_plain_base(model_path: Path, lora_path: Path) -> None:
+    engine = TransformersEngine(str(model_path), "smol", max_model_len=64)
+    try:
+        p = prompt(engine, "Hi")
+        before = await engine.generate(p, GREEDY)
+        await engine.load_adapter("only", lora_path)
+        await engine.unload_adapter("only")
+        assert engine.adapters() == {}
+        assert_same_generation(await engine.generate(p, GREEDY), before)
+        with pytest.raises(PromptTooLongError):
+            await engine.generate(prompt(engine, "word " * 80), GREEDY)
+    finally:
+        await engine.close()
