@@ -41,6 +41,16 @@ class Settings(BaseSettings):
         default_factory=dict, description='LoRA adapters to load at start, as JSON: {"name": "/path"}.'
     )
 
+    # --- reflect-retry ---
+    reflection_max_tokens: int = Field(256, ge=1, description="Length limit of a reflection.")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts a webhook verifier may call; none by default."
+    )
+    webhook_allow_loopback: bool = Field(False, description="Let webhook verifiers call localhost.")
+    webhook_secret: SecretStr | None = Field(None, description="Signs webhook bodies (X-R3-Signature, HMAC-SHA256).")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(3, ge=1, le=10, description="Tries per webhook call (connection errors, 5xx).")
+
     # --- storage ---
     data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))
     models_dir: Path = Field(

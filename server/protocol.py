@@ -100,6 +100,10 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class ReflectOptions(_Strict):
+    max_retries: int = Field(1, ge=0, le=3, description="Reflect-and-retry rounds after a failed attempt; 0 only judges.")
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -120,6 +124,10 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
     user: str | None = None
+    # R3's extensions (the OpenAI SDKs send them through `extra_body`):
+    verifier: dict[str, Any] | None = Field(None, description="How to judge an answer; see the verifiers package.")
+    reflect: ReflectOptions = Field(default_factory=ReflectOptions)
+    store: bool = Field(True, description="false: keep no prompt or completion text, only metrics.")
 
     @field_validator("stop")
     @classmethod
@@ -195,6 +203,23 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class AttemptReport(BaseModel):
+    attempt: int
+    success: bool | None  # None: no verifier judged it (or it awaits /feedback)
+    detail: str | None = None
+    reflection: str | None = None  # the reflection written before this attempt (absent with store: false)
+    finish_reason: str
+
+
+class R3Info(BaseModel):
+    """R3's account of the request: which episode it is, what served it, and each attempt's verdict."""
+
+    episode_id: str
+    adapter: str  # "base" or the adapter's name
+    reflected: bool
+    attempts: list[AttemptReport]
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -202,6 +227,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    r3: R3Info | None = None
 
 
 class ToolCallDelta(BaseModel):
@@ -231,6 +257,30 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    r3: R3Info | None = None
+
+
+class FeedbackRequest(_Strict):
+    episode_id: str | None = None
+    completion_id: str | None = None
+    success: bool
+    detail: str | None = Field(None, max_length=4000)
+    retry: bool = Field(False, description="With success: false, reflect and retry now and return the new completion.")
+
+    @model_validator(mode="after")
+    def _one_id(self) -> FeedbackRequest:
+        if (self.episode_id is None) == (self.completion_id is None):
+            raise ValueError("give exactly one of episode_id and completion_id")
+        if self.retry and self.success:
+            raise ValueError("retry needs success: false")
+        return self
+
+
+class FeedbackReceipt(BaseModel):
+    episode_id: str
+    attempt: int
+    success: bool
+    detail: str | None
 
 
 class ModelCard(BaseModel):

@@ -116,17 +116,20 @@ class TransformersEngine:
         await asyncio.to_thread(self._unload_adapter, name)
 
     async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+        sequence = self._submit(prompt, params, adapter)
         text, tokens, finish = "", [], "length"
-        async for chunk in self.stream(prompt, params, adapter):
+        async for chunk in self._chunks(sequence):
             text += chunk.text
             tokens += chunk.tokens
             finish = chunk.finish_reason or finish
-        prompt_ids = self._encode(prompt)
         return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
-                                prompt_tokens=len(prompt_ids), prompt_token_ids=prompt_ids)
+                                prompt_tokens=len(sequence.prompt_ids), prompt_token_ids=sequence.prompt_ids)
 
     async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
-        sequence = self._submit(prompt, params, adapter)
+        async for chunk in self._chunks(self._submit(prompt, params, adapter)):
+            yield chunk
+
+    async def _chunks(self, sequence: _Sequence) -> AsyncIterator[GenerationChunk]:
         try:
             while True:
                 item = await sequence.chunks.get()

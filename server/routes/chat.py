@@ -1,64 +1,79 @@
-"""`POST /v1/chat/completions`: one OpenAI chat request → one engine generation."""
+"""`POST /v1/chat/completions`: validate, generate (reflecting and retrying when a verifier says no), respond."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
-from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt
-from r3.engines.base import Engine, EngineError, GenerationResult, SamplingParams, TokenLogprob
+from r3.chat_format import render_prompt
+from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingParams
+from r3.settings import Settings
+from server.completions import chat_completion, r3_info, sse_stream, usage_of
 from server.errors import APIError
-from server.protocol import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChoiceLogprobs,
-    ChunkChoice,
-    Delta,
-    ErrorDetail,
-    ErrorResponse,
-    FunctionCall,
-    ResponseMessage,
-    TokenLogprobOut,
-    ToolCallDelta,
-    ToolCallOut,
-    TopLogprob,
-    Usage,
-    completion_id,
-    now,
-)
+from server.protocol import ChatCompletion, ChatCompletionRequest, completion_id
+from server.reflect_retry import ChatTask, Reflector, Turn
+from verifiers import VerifierSpec, WebhookNotAllowed, WebhookPolicy, WebhookSpec, parse_spec
 
 router = APIRouter()
 
 
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A validated request, rendered for the engine."""
-
-    body: ChatCompletionRequest
-    adapter: str | None
-    prompt: ChatPrompt
-    prompt_tokens: int
-    params: SamplingParams
-
-    @property
-    def parses_tools(self) -> bool:
-        return bool(self.body.tools) and self.body.tool_choice != "none"
-
-
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> ChatCompletion | StreamingResponse:
-    engine: Engine = request.app.state.engine
-    prepared = prepare(engine, body, request.app.state.settings.default_max_tokens)
-    if body.stream:
-        return StreamingResponse(_stream(engine, prepared), media_type="text/event-stream")
-    result = await engine.generate(prepared.prompt.text + prepared.prompt.assistant_prefix,
-                                   prepared.params, prepared.adapter)
-    return completion_response(prepared, result)
+    state = request.app.state
+    task = build_task(state.engine, body, state.settings, state.reflector.webhook_policy)
+    reflector: Reflector = state.reflector
+    if body.stream and task.verifier is None:
+        return StreamingResponse(_live_stream(state, task, body), media_type="text/event-stream")
+    episode, turns = await reflector.run(task, tenant=None)
+    await state.store.save(episode)
+    if not body.stream:
+        return chat_completion(body.model, episode, turns, body.logprobs)
+    final = turns[-1]
+    # Earlier attempts were judged before anything is sent; the final one goes out as one piece.
+    replay = _one_piece(GenerationChunk(final.result.text, final.result.tokens, final.result.finish_reason))
+
+    async def conclude(_: Turn):
+        return r3_info(episode), usage_of(turns)
+
+    return StreamingResponse(
+        sse_stream(body.model, final.completion_id, replay, lambda *_: final, conclude, parses_tools=task.parses_tools,
+                   logprobs=body.logprobs, include_usage=_include_usage(body)),
+        media_type="text/event-stream",
+    )
+
+
+async def _one_piece(chunk: GenerationChunk) -> AsyncIterator[GenerationChunk]:
+    yield chunk
+
+
+def _include_usage(body: ChatCompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _live_stream(state, task: ChatTask, body: ChatCompletionRequest) -> AsyncIterator[str]:
+    """Plain inference, streamed as it is generated; the episode is recorded when it ends."""
+    reflector: Reflector = state.reflector
+    prompt, prefix = reflector.prompt(task, task.messages)
+    started = time.perf_counter()
+    stream_id = completion_id()
+
+    def assemble(text, tokens, finish) -> Turn:
+        result = GenerationResult(text=text, tokens=tokens, finish_reason=finish,
+                                  prompt_tokens=reflector.engine.count_tokens(prompt))
+        return Reflector.turn(task, prefix, result, time.perf_counter() - started, completion=stream_id)
+
+    async def conclude(turn: Turn):
+        episode, turns = await reflector.run(task, tenant=None, first=turn)
+        await state.store.save(episode)
+        return r3_info(episode), usage_of(turns)
+
+    return sse_stream(body.model, stream_id, reflector.engine.stream(prompt, task.params, task.adapter),
+                      assemble, conclude, parses_tools=task.parses_tools, logprobs=body.logprobs,
+                      include_usage=_include_usage(body))
 
 
 def resolve_adapter(engine: Engine, model: str) -> str | None:
@@ -70,7 +85,8 @@ def resolve_adapter(engine: Engine, model: str) -> str | None:
                    type="not_found_error", param="model", code="model_not_found")
 
 
-def prepare(engine: Engine, body: ChatCompletionRequest, default_max_tokens: int) -> PreparedRequest:
+def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings, policy: WebhookPolicy) -> ChatTask:
+    """Check everything a request asks for before any generation starts."""
     adapter = resolve_adapter(engine, body.model)
     tool_names = {tool.function.name for tool in body.tools or []}
     if body.tool_choice not in (None, "none", "auto") and not tool_names:
@@ -78,12 +94,10 @@ def prepare(engine: Engine, body: ChatCompletionRequest, default_max_tokens: int
     if hasattr(body.tool_choice, "function") and body.tool_choice.function.name not in tool_names:
         raise APIError(400, f"tool_choice names {body.tool_choice.function.name!r}, which is not in tools",
                        param="tool_choice")
-    prompt = render_prompt(
-        engine.tokenizer,
-        [message.model_dump(exclude_none=True) for message in body.messages],
-        [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None,
-        body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice,
-    )
+    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice)
     prompt_tokens = engine.count_tokens(prompt.text + prompt.assistant_prefix)
     room = engine.max_model_len - prompt_tokens
     if room < 1:
@@ -95,100 +109,29 @@ def prepare(engine: Engine, body: ChatCompletionRequest, default_max_tokens: int
         raise APIError(400, f"{param} is {asked}, but the context of {engine.max_model_len} tokens leaves "
                        f"room for {room} after the {prompt_tokens}-token prompt",
                        param=param, code="context_length_exceeded")
-    params = SamplingParams(
-        max_tokens=asked or min(default_max_tokens, room),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stop_sequences,
-        top_logprobs=body.top_logprobs or 0,
-    )
-    return PreparedRequest(body, adapter, prompt, prompt_tokens, params)
+    params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
+                            top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
+                            top_logprobs=body.top_logprobs or 0)
+    return ChatTask(model=body.model, adapter=adapter, messages=messages, tools=tools, tool_choice=tool_choice,
+                    params=params, verifier=_verifier(body, policy), max_retries=body.reflect.max_retries,
+                    store_text=body.store)
 
 
-def _logprobs(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
-    def encoded(text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    return ChoiceLogprobs(content=[
-        TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=encoded(t.token),
-                        top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=encoded(s)) for s, lp in t.top])
-        for t in tokens
-    ])
-
-
-def _parsed(prepared: PreparedRequest, text: str) -> ParsedOutput:
-    if prepared.parses_tools:
-        return parse_tool_calls(text)
-    return ParsedOutput(content=text, tool_calls=[])
-
-
-def _tool_calls_out(parsed: ParsedOutput) -> list[ToolCallOut] | None:
-    return [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
-            for c in parsed.tool_calls] or None
-
-
-def _usage(prepared: PreparedRequest, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens=prepared.prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=prepared.prompt_tokens + completion_tokens)
-
-
-def completion_response(prepared: PreparedRequest, result: GenerationResult) -> ChatCompletion:
-    parsed = _parsed(prepared, prepared.prompt.assistant_prefix + result.text)
-    finish = "tool_calls" if parsed.tool_calls and result.finish_reason == "stop" else result.finish_reason
-    return ChatCompletion(
-        id=completion_id(),
-        created=now(),
-        model=prepared.body.model,
-        choices=[Choice(
-            message=ResponseMessage(content=parsed.content, tool_calls=_tool_calls_out(parsed)),
-            finish_reason=finish,
-            logprobs=_logprobs(result.tokens) if prepared.body.logprobs else None,
-        )],
-        usage=_usage(prepared, result.completion_tokens),
-    )
-
-
-async def _stream(engine: Engine, prepared: PreparedRequest) -> AsyncIterator[str]:
-    """SSE chunks. With tools, the answer is held until it ends: a call is known only when whole."""
-    body = prepared.body
-    chunk_id, created = completion_id(), now()
-
-    def event(delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
-        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=body.model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)])
-        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-
-    yield event(Delta(role="assistant", content=""))
-    held, completion_tokens, finish = prepared.prompt.assistant_prefix, 0, "length"
+def _verifier(body: ChatCompletionRequest, policy: WebhookPolicy) -> VerifierSpec | None:
+    if body.verifier is None:
+        return None
     try:
-        async for piece in engine.stream(prepared.prompt.text + prepared.prompt.assistant_prefix,
-                                         prepared.params, prepared.adapter):
-            completion_tokens += len(piece.tokens)
-            finish = piece.finish_reason or finish
-            if prepared.parses_tools:
-                held += piece.text
-            elif piece.text or piece.tokens:
-                yield event(Delta(content=piece.text), logprobs=_logprobs(piece.tokens) if body.logprobs else None)
-    except EngineError as error:
-        detail = ErrorResponse(error=ErrorDetail(message=str(error), type="server_error"))
-        yield f"data: {detail.model_dump_json()}\n\n"
-        yield "data: [DONE]\n\n"
-        return
-    if prepared.parses_tools:
-        parsed = parse_tool_calls(held)
-        if parsed.content:
-            yield event(Delta(content=parsed.content))
-        if parsed.tool_calls:
-            yield event(Delta(tool_calls=[
-                ToolCallDelta(index=i, id=c.id, type="function", function=FunctionCall(name=c.name, arguments=c.arguments))
-                for i, c in enumerate(parsed.tool_calls)
-            ]))
-            finish = "tool_calls" if finish == "stop" else finish
-    yield event(Delta(), finish=finish)
-    if body.stream_options and body.stream_options.include_usage:
-        usage = ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=[],
-                                    usage=_usage(prepared, completion_tokens))
-        yield f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
-    yield "data: [DONE]\n\n"
-
+        spec = parse_spec(body.verifier)
+    except ValidationError as error:
+        first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
+        location = [str(part) for part in first.get("loc", ())]
+        # The location starts with the spec's type tag; without one, the type itself was wrong.
+        field = location[1:] if location else (["type"] if first.get("type", "").startswith("union_tag") else [])
+        param = ".".join(["verifier", *field])
+        raise APIError(400, f"{param}: {first.get('msg', 'invalid verifier')}", param=param) from error
+    if isinstance(spec, WebhookSpec):
+        try:
+            spec.check(policy)
+        except WebhookNotAllowed as error:
+            raise APIError(400, str(error), param="verifier.url", code="webhook_not_allowed") from error
+    return spec

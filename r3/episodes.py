@@ -1,0 +1,76 @@
+"""Episodes: what one verified request (and the feedback on it) leaves behind for the trainer.
+
+An episode holds the task (messages, tools, verifier spec) and every attempt the server made at
+it: the output, its tokens, the verifier's verdict and the reflection that preceded it. With
+`store: false` no text is kept (messages, outputs, reflections, token ids), only the numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_episode_id() -> str:
+    return f"ep_{uuid.uuid4().hex}"
+
+
+@dataclass
+class Feedback:
+    success: bool
+    detail: str | None
+    received_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class AttemptRecord:
+    number: int  # 1 is the first attempt; n > 1 followed reflection n - 1
+    completion_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI form: {"id", "type", "function": {...}}
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    reflection: str | None = None  # the reflection written before this attempt
+    reflection_tokens: int = 0
+    success: bool | None = None  # None: not judged (yet)
+    detail: str | None = None
+    feedback: Feedback | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """Client feedback, where given, overrides the verifier."""
+        return self.feedback.success if self.feedback else self.success
+
+
+@dataclass
+class Episode:
+    id: str
+    tenant: str | None
+    model: str
+    adapter: str | None  # None: the base model
+    task_kind: str
+    verifier: dict[str, Any] | None
+    store_text: bool
+    messages: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    sampling: dict[str, Any] = field(default_factory=dict)  # the request's SamplingParams, to replay it
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def latest(self) -> AttemptRecord:
+        return self.attempts[-1]
+
+    @property
+    def outcome(self) -> bool | None:
+        return self.latest.passed if self.attempts else None
+
+    def attempt(self, number: int) -> AttemptRecord:
+        return self.attempts[number - 1]

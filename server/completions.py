@@ -1,0 +1,148 @@
+"""Turning generations into OpenAI responses: a ChatCompletion, or its SSE chunk stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
+from r3.episodes import AttemptRecord, Episode
+from server.protocol import (
+    AttemptReport,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ErrorDetail,
+    ErrorResponse,
+    FunctionCall,
+    R3Info,
+    ResponseMessage,
+    TokenLogprobOut,
+    ToolCallDelta,
+    ToolCallOut,
+    TopLogprob,
+    Usage,
+    now,
+)
+from server.reflect_retry import Turn
+
+# Called when a stream's last token is out: the r3 account and usage to send with the final chunk.
+Conclusion = Callable[[Turn], Awaitable[tuple[R3Info, Usage]]]
+
+
+def r3_info(episode: Episode) -> R3Info:
+    return R3Info(
+        episode_id=episode.id,
+        adapter=episode.adapter or "base",
+        reflected=len(episode.attempts) > 1,
+        attempts=[AttemptReport(attempt=a.number, success=a.passed, detail=a.feedback.detail if a.feedback else a.detail,
+                                reflection=a.reflection, finish_reason=a.finish_reason)
+                  for a in episode.attempts],
+    )
+
+
+def usage_of(turns: list[Turn]) -> Usage:
+    """Every token the request cost: all attempts and reflections, prompts included."""
+    prompt = sum(turn.result.prompt_tokens for turn in turns)
+    completion = sum(turn.result.completion_tokens for turn in turns)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def logprobs_out(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
+    def encoded(text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    return ChoiceLogprobs(content=[
+        TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=encoded(t.token),
+                        top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=encoded(s)) for s, lp in t.top])
+        for t in tokens
+    ])
+
+
+def _finish_reason(turn: Turn) -> str:
+    return "tool_calls" if turn.parsed.tool_calls and turn.result.finish_reason == "stop" else turn.result.finish_reason
+
+
+def completion_of_attempt(episode: Episode, attempt: AttemptRecord) -> ChatCompletion:
+    """A recorded attempt as the completion it was returned as (for repeated, idempotent /feedback)."""
+    tool_calls = [ToolCallOut(id=c["id"], function=FunctionCall(**c["function"])) for c in attempt.tool_calls or []]
+    finish = "tool_calls" if tool_calls and attempt.finish_reason == "stop" else attempt.finish_reason
+    tokens = attempt.prompt_tokens + attempt.completion_tokens
+    return ChatCompletion(
+        id=attempt.completion_id, created=now(), model=episode.model,
+        choices=[Choice(message=ResponseMessage(content=attempt.content, tool_calls=tool_calls or None),
+                        finish_reason=finish)],
+        usage=Usage(prompt_tokens=attempt.prompt_tokens, completion_tokens=attempt.completion_tokens, total_tokens=tokens),
+        r3=r3_info(episode),
+    )
+
+
+def chat_completion(model: str, episode: Episode, turns: list[Turn], logprobs: bool) -> ChatCompletion:
+    """The response to a request: its last attempt, with the cost and verdicts of all of them."""
+    final = turns[-1]
+    tool_calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                  for c in final.parsed.tool_calls] or None
+    return ChatCompletion(
+        id=final.completion_id,
+        created=now(),
+        model=model,
+        choices=[Choice(
+            message=ResponseMessage(content=final.parsed.content, tool_calls=tool_calls),
+            finish_reason=_finish_reason(final),
+            logprobs=logprobs_out(final.result.tokens) if logprobs else None,
+        )],
+        usage=usage_of(turns),
+        r3=r3_info(episode),
+    )
+
+
+async def sse_stream(
+    model: str,
+    completion_id: str,
+    pieces: AsyncIterator[GenerationChunk],
+    assemble: Callable[[str, list[TokenLogprob], str], Turn],
+    conclude: Conclusion,
+    *,
+    parses_tools: bool,
+    logprobs: bool,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """SSE chunks of one answer. With tools, the answer is held until it ends: a call is known only when whole."""
+    created = now()
+
+    def event(delta: Delta, finish: str | None = None, lp: ChoiceLogprobs | None = None, **extra) -> str:
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model,
+                                    choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=lp)], **extra)
+        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+    yield event(Delta(role="assistant", content=""))
+    text, tokens, finish = "", [], "length"
+    try:
+        async for piece in pieces:
+            text += piece.text
+            tokens += piece.tokens
+            finish = piece.finish_reason or finish
+            if not parses_tools and (piece.text or piece.tokens):
+                yield event(Delta(content=piece.text), lp=logprobs_out(piece.tokens) if logprobs else None)
+        turn = assemble(text, tokens, finish)
+        info, usage = await conclude(turn)
+    except EngineError as error:
+        yield f"data: {ErrorResponse(error=ErrorDetail(message=str(error), type='server_error')).model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    if parses_tools:
+        if turn.parsed.content:
+            yield event(Delta(content=turn.parsed.content), lp=logprobs_out(tokens) if logprobs else None)
+        if turn.parsed.tool_calls:
+            yield event(Delta(tool_calls=[
+                ToolCallDelta(index=i, id=c.id, type="function", function=FunctionCall(name=c.name, arguments=c.arguments))
+                for i, c in enumerate(turn.parsed.tool_calls)
+            ]))
+    yield event(Delta(), finish=_finish_reason(turn), r3=info)
+    if include_usage:
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[], usage=usage)
+        yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    yield "data: [DONE]\n\n"
+

@@ -1,0 +1,84 @@
+"""`POST /feedback`: a client's verdict on an answer it could only judge later, and an optional retry."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from fastapi import APIRouter, Request
+
+from r3.episodes import Episode, Feedback
+from server.completions import chat_completion, completion_of_attempt
+from server.errors import APIError
+from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
+from server.reflect_retry import task_of
+from verifiers import parse_spec
+
+router = APIRouter()
+
+# One feedback at a time per episode, so two retries never race to become the same attempt.
+_episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@router.post("/feedback", response_model=None)
+async def give_feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt | ChatCompletion:
+    store, reflector = request.app.state.store, request.app.state.reflector
+    episode, number = await _find(store, body, tenant=None)
+    lock = _episode_locks.setdefault(episode.id, asyncio.Lock())
+    async with lock:
+        episode, number = await _find(store, body, tenant=None)  # as it is now that we hold the lock
+        attempt = episode.attempt(number)
+        if attempt.feedback is not None:
+            return _repeat(episode, number, body)
+        if body.retry:
+            _check_retryable(episode, number)
+        attempt.feedback = Feedback(success=body.success, detail=body.detail)
+        if not body.retry:
+            await store.save(episode)
+            return _receipt(episode, number)
+        verifier = parse_spec(episode.verifier) if episode.verifier else None
+        record, turns = await reflector.retry_after_feedback(task_of(episode, verifier), episode)
+        episode.attempts.append(record)
+        await store.save(episode)
+        return chat_completion(episode.model, episode, turns, logprobs=False)
+
+
+async def _find(store, body: FeedbackRequest, tenant: str | None) -> tuple[Episode, int]:
+    if body.episode_id is not None:
+        episode = await store.get(body.episode_id, tenant)
+        found = (episode, len(episode.attempts)) if episode else None
+    else:
+        found = await store.by_completion_id(body.completion_id, tenant)
+    if found is None:
+        which = "episode_id" if body.episode_id is not None else "completion_id"
+        raise APIError(404, f"no episode has this {which}", type="not_found_error", param=which, code="not_found")
+    return found
+
+
+def _check_retryable(episode: Episode, number: int) -> None:
+    if number != len(episode.attempts):
+        raise APIError(409, f"attempt {number} already has a retry (attempt {number + 1}); give feedback on that one",
+                       type="conflict_error", param="retry")
+    if not episode.store_text:
+        raise APIError(409, "this episode was made with store: false and kept no text to retry from",
+                       type="conflict_error", param="retry")
+
+
+def _repeat(episode: Episode, number: int, body: FeedbackRequest) -> FeedbackReceipt | ChatCompletion:
+    """The same feedback again is answered as the first time; different feedback is a conflict."""
+    given = episode.attempt(number).feedback
+    if (given.success, given.detail) != (body.success, body.detail):
+        raise APIError(409, f"attempt {number} already has different feedback", type="conflict_error", param="success")
+    if body.retry and number < len(episode.attempts):
+        return completion_of_attempt(episode, episode.attempt(number + 1))
+    if body.retry:  # the first such feedback asked for no retry
+        raise APIError(409, f"attempt {number} already has feedback without a retry", type="conflict_error",
+                       param="retry")
+    return _receipt(episode, number)
+
+
+def _receipt(episode: Episode, number: int) -> FeedbackReceipt:
+    feedback = episode.attempt(number).feedback
+    return FeedbackReceipt(episode_id=episode.id, attempt=number, success=feedback.success, detail=feedback.detail)
+
+

@@ -1,0 +1,237 @@
+"""Reflect-retry through the real server and the bundled model, judged by a scripted webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI, Request
+from support import ThreadedServer
+
+from r3.settings import Settings
+from server.app import create_app
+
+MODEL = "SmolLM2-135M-Instruct"
+TASK = [{"role": "user", "content": "Name a fruit."}]
+HINT = "the answer must mention the word banana"
+
+
+class ScriptedWebhook:
+    """Fails attempt 1 with a hint, passes every later attempt; remembers every payload."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict] = []
+        self.app = FastAPI()
+
+        @self.app.post("/judge")
+        async def judge(request: Request) -> dict:
+            payload = await request.json()
+            self.payloads.append(payload)
+            if payload["attempt"] == 1:
+                return {"success": False, "detail": HINT}
+            return {"success": True}
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    hook = ScriptedWebhook()
+    with ThreadedServer(hook.app) as url:
+        hook.url = f"{url}/judge"
+        yield hook
+
+
+@pytest.fixture(autouse=True)
+def _forget_payloads(webhook) -> None:
+    webhook.payloads.clear()
+
+
+@pytest.fixture(scope="module")
+def r3(model_path: Path):
+    settings = Settings(webhook_allow_loopback=True, default_max_tokens=16, reflection_max_tokens=24,
+                        models_dir=model_path.parent)
+    app = create_app(settings)
+    with ThreadedServer(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+def client(r3) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{r3[1]}/v1", api_key="unused", max_retries=0)
+
+
+def stored(r3, episode_id: str):
+    return asyncio.run(r3[0].state.store.get(episode_id, None))
+
+
+def ask(client, webhook, **extra):
+    return client.chat.completions.create(model=MODEL, messages=TASK, temperature=0,
+                                          extra_body={"verifier": {"type": "webhook", "url": webhook.url}, **extra})
+
+
+def test_a_failed_attempt_is_reflected_on_and_retried(client, webhook, r3) -> None:
+    response = ask(client, webhook)
+    info = response.model_extra["r3"]
+    assert info["reflected"] is True and info["adapter"] == "base"
+    assert [(a["attempt"], a["success"], a["detail"]) for a in info["attempts"]] == [(1, False, HINT), (2, True, "")]
+    reflection = info["attempts"][1]["reflection"]
+    assert reflection and info["attempts"][0]["reflection"] is None
+
+    first, second = webhook.payloads
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+    assert first["episode_id"] == second["episode_id"] == info["episode_id"]
+    assert first["messages"] == TASK
+    # attempt 2 answered a conversation holding attempt 1, the hint, the reflection and the task again
+    conversation = second["messages"]
+    assert conversation[0] == TASK[0]
+    assert conversation[1] == {"role": "assistant", "content": first["output"]["content"]}
+    assert HINT in conversation[2]["content"] and "Reflect on what went wrong" in conversation[2]["content"]
+    assert conversation[3] == {"role": "assistant", "content": reflection}
+    assert conversation[4]["content"].endswith(TASK[0]["content"]) and len(conversation) == 5
+    # the response is attempt 2
+    assert response.choices[0].message.content == second["output"]["content"]
+
+    episode = stored(r3, info["episode_id"])
+    assert [a.success for a in episode.attempts] == [False, True]
+    assert episode.attempts[1].reflection == reflection and episode.attempts[1].reflection_tokens > 0
+    assert episode.attempts[0].content == first["output"]["content"] and episode.attempts[1].token_ids
+    assert episode.task_kind == "generic" and episode.verifier == {"type": "webhook", "url": webhook.url, "headers": {}}
+    # usage counts both attempts and the reflection
+    generated = sum(a.completion_tokens + a.reflection_tokens for a in episode.attempts)
+    assert response.usage.completion_tokens == generated
+
+
+def test_max_retries_zero_judges_but_never_retries(client, webhook, r3) -> None:
+    info = ask(client, webhook, reflect={"max_retries": 0}).model_extra["r3"]
+    assert len(webhook.payloads) == 1
+    assert info["reflected"] is False and [a["success"] for a in info["attempts"]] == [False]
+    assert len(stored(r3, info["episode_id"]).attempts) == 1
+
+
+def test_store_false_keeps_no_text(client, webhook, r3) -> None:
+    response = ask(client, webhook, store=False)
+    info = response.model_extra["r3"]
+    assert [a["success"] for a in info["attempts"]] == [False, True]
+    assert all(a["reflection"] is None for a in info["attempts"])
+    episode = stored(r3, info["episode_id"])
+    assert episode.messages is None and episode.tools is None
+    for attempt in episode.attempts:
+        assert (attempt.content, attempt.tool_calls, attempt.token_ids, attempt.reflection) == (None,) * 4
+        assert attempt.completion_tokens > 0  # the numbers stay
+    texts = [TASK[0]["content"], response.choices[0].message.content, webhook.payloads[0]["output"]["content"]]
+    assert not any(text and text in repr(episode) for text in texts)
+
+
+def test_a_streamed_request_with_a_verifier_streams_the_final_attempt(client, webhook, r3) -> None:
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=TASK, temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"verifier": {"type": "webhook", "url": webhook.url}}))
+    assert len(webhook.payloads) == 2  # both attempts were judged before the answer went out
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == webhook.payloads[1]["output"]["content"]
+    info = [c for c in chunks if c.choices][-1].model_extra["r3"]
+    assert [a["success"] for a in info["attempts"]] == [False, True]
+    episode = stored(r3, info["episode_id"])
+    assert chunks[-1].usage.completion_tokens == sum(a.completion_tokens + a.reflection_tokens for a in episode.attempts)
+
+
+def test_a_plain_request_is_an_unjudged_episode(client, webhook, r3) -> None:
+    response = client.chat.completions.create(model=MODEL, messages=TASK, temperature=0)
+    info = response.model_extra["r3"]
+    assert webhook.payloads == [] and info["attempts"] == [
+        {"attempt": 1, "success": None, "detail": None, "reflection": None, "finish_reason": response.choices[0].finish_reason}]
+    assert stored(r3, info["episode_id"]).attempts[0].content == response.choices[0].message.content
+
+
+def test_feedback_records_a_verdict_and_retries_on_request(client, r3) -> None:
+    url = r3[1]
+    first = client.chat.completions.create(model=MODEL, messages=TASK, temperature=0)
+    retried = httpx.post(f"{url}/feedback", json={"completion_id": first.id, "success": False,
+                                                  "detail": "that fruit is out of stock", "retry": True}, timeout=120)
+    assert retried.status_code == 200, retried.text
+    completion = retried.json()
+    assert completion["object"] == "chat.completion" and completion["id"] != first.id
+    attempts = completion["r3"]["attempts"]
+    assert [(a["attempt"], a["success"]) for a in attempts] == [(1, False), (2, None)]
+    assert attempts[0]["detail"] == "that fruit is out of stock" and attempts[1]["reflection"]
+
+    # the same feedback again answers the same way; it does not retry twice
+    again = httpx.post(f"{url}/feedback", json={"completion_id": first.id, "success": False,
+                                                "detail": "that fruit is out of stock", "retry": True}, timeout=120)
+    assert again.status_code == 200 and again.json()["id"] == completion["id"]
+    episode = stored(r3, completion["r3"]["episode_id"])
+    assert len(episode.attempts) == 2
+
+    # feedback on the retry is what rewards its reflection
+    receipt = httpx.post(f"{url}/feedback", json={"completion_id": completion["id"], "success": True})
+    assert receipt.json() == {"episode_id": episode.id, "attempt": 2, "success": True, "detail": None}
+    assert httpx.post(f"{url}/feedback", json={"episode_id": episode.id, "success": True}).status_code == 200
+    conflict = httpx.post(f"{url}/feedback", json={"episode_id": episode.id, "success": False})
+    assert conflict.status_code == 409 and conflict.json()["error"]["param"] == "success"
+    assert stored(r3, episode.id).attempts[1].passed is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"episode_id": "ep_missing", "success": True}, 404),
+        ({"completion_id": "chatcmpl-missing", "success": False}, 404),
+        ({"success": True}, 400),
+        ({"episode_id": "a", "completion_id": "b", "success": True}, 400),
+        ({"episode_id": "a", "success": True, "retry": True}, 400),
+        ({"episode_id": "a", "success": "maybe"}, 400),
+    ],
+)
+def test_bad_feedback(r3, body, status) -> None:
+    response = httpx.post(f"{r3[1]}/feedback", json=body)
+    assert response.status_code == status and response.json()["error"]["message"]
+
+
+def test_feedback_cannot_retry_an_episode_that_kept_no_text(client, r3) -> None:
+    first = client.chat.completions.create(model=MODEL, messages=TASK, temperature=0, extra_body={"store": False})
+    response = httpx.post(f"{r3[1]}/feedback", json={"completion_id": first.id, "success": False, "retry": True})
+    assert response.status_code == 409 and "store: false" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("verifier", "param"),
+    [
+        ({"type": "telepathy"}, "verifier.type"),
+        ({"expected": []}, "verifier.type"),
+        ({"type": "tool_call"}, "verifier.expected"),
+        ({"type": "tool_call", "expected": [{"name": "f", "arguments": "x"}]}, "verifier.expected.0.arguments"),
+        ({"type": "regex", "pattern": "("}, "verifier.pattern"),
+        ({"type": "countdown", "numbers": [1, 2], "target": "ten"}, "verifier.target"),
+        ({"type": "exact", "expected": "x", "unknown_option": 1}, "verifier.unknown_option"),
+        ({"type": "webhook", "url": "http://example.com/judge"}, "verifier.url"),
+        ({"type": "webhook", "url": "ftp://127.0.0.1/judge"}, "verifier.url"),
+    ],
+)
+def test_invalid_verifiers_are_refused_before_anything_runs(r3, webhook, verifier, param) -> None:
+    response = httpx.post(f"{r3[1]}/v1/chat/completions",
+                          json={"model": MODEL, "messages": TASK, "verifier": verifier})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert webhook.payloads == []
+
+
+def test_reflect_options_are_validated(r3) -> None:
+    response = httpx.post(f"{r3[1]}/v1/chat/completions",
+                          json={"model": MODEL, "messages": TASK, "reflect": {"max_retries": 4}})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "reflect.max_retries"
+
+
+def test_the_webhook_sees_tool_calls_as_openai_sends_them(client, webhook) -> None:
+    tool = {"type": "function", "function": {"name": "pick_fruit", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}}
+    client.chat.completions.create(
+        model=MODEL, messages=TASK, temperature=0, tools=[tool], max_tokens=24,
+        tool_choice={"type": "function", "function": {"name": "pick_fruit"}},
+        extra_body={"verifier": {"type": "webhook", "url": webhook.url}, "reflect": {"max_retries": 0}})
+    output = webhook.payloads[0]["output"]
+    assert set(output) == {"content", "tool_calls"}
+    for call in output["tool_calls"]:
+        assert call["name"] == "pick_fruit" and isinstance(json.loads(call["arguments"]), dict)

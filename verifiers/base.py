@@ -1,0 +1,63 @@
+"""What every verifier shares: the attempt it judges, the request's context, the verdict, the spec base."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+MAX_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON object as a string, as OpenAI sends it
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the model produced, to be judged."""
+
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What the request offered, for verifiers that need it."""
+
+    tools: tuple[dict, ...] = ()  # OpenAI tool dicts {"type": "function", "function": {"name", "parameters"...}}
+    tool_choice: str | dict | None = None
+    messages: tuple[dict, ...] = ()  # the OpenAI request messages (plain dicts)
+    episode_id: str = ""
+    attempt_number: int = 1  # 1 = first attempt, 2 = first retry, ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    success: bool
+    detail: str = ""  # short, human-readable; the reflection prompt shows it to the model
+
+    def __post_init__(self) -> None:
+        # Details quote model output and webhook replies; clipping here keeps every verifier within bounds.
+        if len(self.detail) > MAX_DETAIL_CHARS:
+            object.__setattr__(self, "detail", self.detail[: MAX_DETAIL_CHARS - 1] + "…")
+
+
+class SpecBase(BaseModel):
+    """A verifier's task spec as the client sends it; unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def task_kind(self) -> str:
+        return "generic"
+
+
+def quote(value: Any, limit: int = 60) -> str:
+    """A JSON value as it would be written, shortened to fit in a verdict's detail."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

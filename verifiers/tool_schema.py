@@ -1,0 +1,79 @@
+"""`tool_schema`: the tool calls must be well-formed for the tools the request offered.
+
+Each call must name an offered function and its arguments must validate against that function's
+`parameters` schema. A function without `parameters` takes none (as in OpenAI's API): only `{}`
+passes. `tool_choice` is honoured: "required" or a named function with no call fails, a named
+function answered with another fails, and "none" with a call fails. With "auto" (or no
+`tool_choice`) an answer without calls passes: not calling a tool is allowed there; a client that
+wants a call says "required".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from verifiers.base import Attempt, SpecBase, TaskContext, ToolCall, Verdict
+from verifiers.json_text import parse_arguments
+from verifiers.schema import schema_problem, schema_violation
+
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "maxProperties": 0}
+
+
+def offered_functions(tools: tuple[dict, ...]) -> dict[str, Any]:
+    """Function name → its parameters schema, for every well-formed function tool offered."""
+    functions: dict[str, Any] = {}
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            functions[function["name"]] = function.get("parameters", _NO_PARAMETERS)
+    return functions
+
+
+def chosen_function(tool_choice: str | dict | None) -> str | None:
+    """The function a named `tool_choice` ({"type": "function", "function": {"name": ...}}) forces."""
+    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
+        return tool_choice["function"].get("name")
+    return None
+
+
+class ToolSchemaSpec(SpecBase):
+    type: Literal["tool_schema"]
+
+    @property
+    def task_kind(self) -> str:
+        return "function_calling"
+
+    def judge(self, attempt: Attempt, context: TaskContext) -> Verdict:
+        calls, choice = attempt.tool_calls, context.tool_choice
+        forced = chosen_function(choice)
+        if not calls:
+            if forced is not None:
+                return Verdict(False, f"no tool was called; tool_choice requires a call to {forced}")
+            if choice == "required":
+                return Verdict(False, "no tool was called; tool_choice is 'required'")
+            return Verdict(True)
+        if choice == "none":
+            return Verdict(False, f"called {calls[0].name}, but tool_choice is 'none'")
+        functions = offered_functions(context.tools)
+        for call in calls:
+            problem = _call_problem(call, functions, forced)
+            if problem is not None:
+                return Verdict(False, problem)
+        return Verdict(True)
+
+
+def _call_problem(call: ToolCall, functions: dict[str, Any], forced: str | None) -> str | None:
+    if forced is not None and call.name != forced:
+        return f"called {call.name}, but tool_choice requires {forced}"
+    if call.name not in functions:
+        return f"unknown tool {call.name!r} (offered: {', '.join(sorted(functions)) or 'none'})"
+    schema = functions[call.name]
+    problem = schema_problem(schema)
+    if problem is not None:
+        return f"{call.name}: the request's parameters schema is invalid: {problem}"
+    try:
+        arguments = parse_arguments(call)
+    except ValueError as error:
+        return str(error)
+    violation = schema_violation(schema, arguments)
+    return None if violation is None else f"{call.name}: arguments do not match the schema: {violation}"

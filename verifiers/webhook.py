@@ -1,0 +1,186 @@
+"""`webhook`: the client's own HTTP endpoint judges the answer.
+
+The server POSTs `{"episode_id", "attempt", "messages", "output": {"content", "tool_calls"}}` and
+expects `{"success": bool, "detail"?: str}` back. Where it may POST is the operator's choice, not
+the client's: `check(policy)` refuses any host outside `WebhookPolicy.allowed_hosts` (and loopback
+unless allowed) before a request is accepted, and `judge` checks again before connecting. With a
+secret, `X-R3-Signature: sha256=<hex>` is the HMAC-SHA256 of the exact body bytes, so the endpoint
+can tell the call came from this server.
+
+Refused or dropped connections and 5xx answers are retried (`max_attempts` in all, with a short backoff);
+timeouts, 4xx, redirects (never followed) and malformed replies are not. Each attempt is bounded
+by `timeout_s` in total, and replies are read up to 64 KiB. Environment proxies and .netrc are
+ignored (`trust_env=False`): a verdict request must go where the policy says, without credentials.
+Every failure to get a verdict is a failed verdict ("webhook error: ..."), never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
+
+from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
+
+MAX_URL_CHARS = 2048
+MAX_HEADERS = 16
+MAX_REPLY_BYTES = 64 * 1024
+RETRY_BACKOFF_S = 0.1  # doubled after each failed attempt
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")  # printable ASCII: no CR/LF injection
+# Headers the server sets itself, or that would change how the request is framed or routed.
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "transfer-encoding", "connection", "x-r3-signature", "x-r3-attempt"}
+)
+
+
+class WebhookNotAllowed(Exception):
+    """The webhook's URL is outside the server's policy: a request error, raised before any network call."""
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    allowed_hosts: frozenset[str] = frozenset()  # host names or IP addresses, without ports; any case
+    allow_loopback: bool = False
+    secret: str | None = None
+    timeout_s: float = 5.0
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.max_attempts < 1:
+            raise ValueError("WebhookPolicy needs timeout_s > 0 and max_attempts >= 1")
+
+
+class WebhookReply(BaseModel):
+    success: StrictBool
+    detail: str = ""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebhookSpec(SpecBase):
+    type: Literal["webhook"]
+    url: str = Field(max_length=MAX_URL_CHARS)
+    headers: dict[str, str] = Field(default_factory=dict, max_length=MAX_HEADERS)
+
+    @field_validator("url")
+    @classmethod
+    def _absolute_url(cls, url: str) -> str:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as error:
+            raise ValueError(f"invalid URL: {error}") from error
+        if not parsed.scheme or not parsed.host:
+            raise ValueError("the URL must be absolute, with a scheme and a host")
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+                raise ValueError(f"header {name[:64]!r}: invalid name or value")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by the server")
+        return headers
+
+    def check(self, policy: WebhookPolicy) -> None:
+        """Raise WebhookNotAllowed unless `policy` lets the server POST to this URL."""
+        url = httpx.URL(self.url)
+        if url.scheme not in ("http", "https"):
+            raise WebhookNotAllowed(f"webhook URL scheme {url.scheme!r} is not allowed; use http or https")
+        host = url.host.lower()
+        if host in {allowed.lower() for allowed in policy.allowed_hosts}:
+            return
+        if policy.allow_loopback and is_loopback(host):
+            return
+        raise WebhookNotAllowed(f"webhook host {host!r} is not allowed by this server")
+
+    async def judge(self, attempt: Attempt, context: TaskContext, policy: WebhookPolicy) -> Verdict:
+        self.check(policy)  # again, in case a caller skipped the check at request time
+        body = request_body(attempt, context)
+        headers = {**self.headers, "Content-Type": "application/json", "X-R3-Attempt": str(context.attempt_number)}
+        if policy.secret is not None:
+            headers["X-R3-Signature"] = signature(policy.secret, body)
+        # No httpx timeout: asyncio.timeout bounds each attempt as a whole, however slowly a reply trickles.
+        async with httpx.AsyncClient(timeout=None, follow_redirects=False, trust_env=False) as client:
+            return await self._post(client, body, headers, policy)
+
+    async def _post(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str],
+                    policy: WebhookPolicy) -> Verdict:
+        problem = ""
+        for attempt_index in range(policy.max_attempts):
+            if attempt_index:
+                await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt_index - 1))
+            try:
+                async with asyncio.timeout(policy.timeout_s):
+                    status, reply = await _send(client, self.url, body, headers)
+            except TimeoutError:
+                return Verdict(False, f"webhook error: no reply within {policy.timeout_s:g} s")
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
+                problem = f"cannot connect ({type(error).__name__})"
+                continue
+            except httpx.HTTPError as error:
+                return Verdict(False, f"webhook error: {type(error).__name__}: {error}")
+            if status >= 500:
+                problem = f"HTTP {status}"
+                continue
+            return _verdict(status, reply)
+        return Verdict(False, f"webhook error: {problem} after {policy.max_attempts} attempts")
+
+
+def request_body(attempt: Attempt, context: TaskContext) -> bytes:
+    payload = {
+        "episode_id": context.episode_id,
+        "attempt": context.attempt_number,
+        "messages": list(context.messages),
+        "output": {
+            "content": attempt.content,
+            "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in attempt.tool_calls],
+        },
+    }
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def _send(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes | None]:
+    """POST and read the reply; the reply is None when it is larger than MAX_REPLY_BYTES."""
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        reply = b""
+        async for chunk in response.aiter_bytes():
+            reply += chunk
+            if len(reply) > MAX_REPLY_BYTES:
+                return response.status_code, None
+        return response.status_code, reply
+
+
+def _verdict(status: int, reply: bytes | None) -> Verdict:
+    if not 200 <= status < 300:
+        kind = " (redirects are not followed)" if 300 <= status < 400 else ""
+        return Verdict(False, f"webhook error: HTTP {status}{kind}")
+    if reply is None:
+        return Verdict(False, f"webhook error: reply larger than {MAX_REPLY_BYTES} bytes")
+    try:
+        parsed = WebhookReply.model_validate_json(reply)
+    except ValidationError:
+        return Verdict(False, 'webhook error: reply is not JSON of the form {"success": bool, "detail"?: str}')
+    return Verdict(parsed.success, parsed.detail)
