@@ -11,7 +11,7 @@ from r3.engines import create_engine
 from r3.settings import Settings, get_settings
 from server.errors import BodySizeLimit, install_error_handlers
 from r3.store.memory import InMemoryEpisodeStore
-from server.reflect_retry import Reflector, webhook_policy
+from r3.reflect_retry import Reflector, webhook_policy
 from server.routes import chat, feedback, health, models
 
 

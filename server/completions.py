@@ -26,7 +26,7 @@ from server.protocol import (
     Usage,
     now,
 )
-from server.reflect_retry import Turn
+from r3.reflect_retry import Turn
 
 # Called when a stream's last token is out: the r3 account and usage to send with the final chunk.
 Conclusion = Callable[[Turn], Awaitable[tuple[R3Info, Usage]]]

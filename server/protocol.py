@@ -8,7 +8,6 @@ their neutral values.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -154,10 +153,6 @@ class ChatCompletionRequest(_Strict):
 
 
 # ---------------------------------------------------------------- response
-
-
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def now() -> int:

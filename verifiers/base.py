@@ -47,6 +47,10 @@ class Verdict:
             object.__setattr__(self, "detail", self.detail[: MAX_DETAIL_CHARS - 1] + "…")
 
 
+class UnreadableOutput(Exception):
+    """The model's output cannot be read the way a verifier needs; the message says why, for the detail."""
+
+
 class SpecBase(BaseModel):
     """A verifier's task spec as the client sends it; unknown fields are refused, not ignored."""
 

@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from verifiers.answer import last_answer
-from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
+from verifiers.base import Attempt, SpecBase, TaskContext, UnreadableOutput, Verdict
 
 MAX_NUMBER = 10**6
 MAX_EXPRESSION_CHARS = 200
@@ -62,7 +62,7 @@ class CountdownSpec(SpecBase):
             return Verdict(False, "no expression found in the answer")
         try:
             literals, value = evaluate(expression)
-        except ValueError as error:
+        except UnreadableOutput as error:
             return Verdict(False, str(error))
         used, given = Counter(literals), Counter(self.numbers)
         extra, missing = sorted((used - given).elements()), sorted((given - used).elements())
@@ -102,25 +102,26 @@ def _last_expression_run(content: str) -> str | None:
 def evaluate(expression: str) -> tuple[list[int], Fraction | None]:
     """The integer literals of `expression` and its exact value (None when it divides by zero).
 
-    Raises ValueError, with a detail for the model, when the expression is not allowed.
+    Raises UnreadableOutput, with a detail for the model, when the expression is not allowed.
     """
     if len(expression) > MAX_EXPRESSION_CHARS:
-        raise ValueError(f"the expression is too long ({len(expression)} characters; limit {MAX_EXPRESSION_CHARS})")
+        length = len(expression)
+        raise UnreadableOutput(f"the expression is too long ({length} characters; limit {MAX_EXPRESSION_CHARS})")
     expression = " ".join(expression.split())
     for character in expression:
         if character not in _ALLOWED_CHARACTERS:
-            raise ValueError(f"only integers, + - * / and parentheses are allowed, found {character!r}")
+            raise UnreadableOutput(f"only integers, + - * / and parentheses are allowed, found {character!r}")
     depth = 0
     for character in expression:
         depth += {"(": 1, ")": -1}.get(character, 0)
         if depth > MAX_PAREN_DEPTH:
-            raise ValueError(f"parentheses are nested deeper than {MAX_PAREN_DEPTH}")
+            raise UnreadableOutput(f"parentheses are nested deeper than {MAX_PAREN_DEPTH}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)  # "(1)(2)": "not callable"; refused below anyway
             tree = ast.parse(expression, mode="eval")
     except SyntaxError as error:
-        raise ValueError(f"{expression!r} is not a valid expression ({error.msg})") from error
+        raise UnreadableOutput(f"{expression!r} is not a valid expression ({error.msg})") from error
     literals: list[int] = []
     return literals, _value(tree.body, literals)
 
@@ -135,7 +136,7 @@ def _value(node: ast.expr, literals: list[int]) -> Fraction | None:
             return None
         return _OPERATORS[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp):
-        raise ValueError("a sign before a number (unary minus) is not allowed; use the numbers as given")
+        raise UnreadableOutput("a sign before a number (unary minus) is not allowed; use the numbers as given")
     if isinstance(node, ast.BinOp) and type(node.op) in _REFUSED_OPERATORS:
-        raise ValueError(f"operator {_REFUSED_OPERATORS[type(node.op)]} is not allowed; use + - * /")
-    raise ValueError(f"{ast.unparse(node)!r} is not allowed; use integers, + - * / and parentheses")
+        raise UnreadableOutput(f"operator {_REFUSED_OPERATORS[type(node.op)]} is not allowed; use + - * /")
+    raise UnreadableOutput(f"{ast.unparse(node)!r} is not allowed; use integers, + - * / and parentheses")

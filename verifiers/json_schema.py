@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
+from verifiers.base import Attempt, SpecBase, TaskContext, UnreadableOutput, Verdict
 from verifiers.json_text import parse_json
 from verifiers.schema import schema_problem, schema_violation
 
@@ -41,7 +41,7 @@ class JsonSchemaSpec(SpecBase):
             return Verdict(False, "no content; expected JSON")
         try:
             document = parse_json(strip_code_fence(attempt.content))
-        except ValueError as error:
+        except UnreadableOutput as error:
             return Verdict(False, f"content is not valid JSON ({error})")
         violation = schema_violation(self.schema_, document)
         return Verdict(violation is None, "" if violation is None else f"JSON does not match the schema: {violation}")

@@ -1,11 +1,11 @@
-"""Strict JSON parsing of model output: standard JSON only, and every failure a `ValueError`."""
+"""Strict JSON parsing of model output: standard JSON only, and every failure an `UnreadableOutput`."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from verifiers.base import ToolCall
+from verifiers.base import ToolCall, UnreadableOutput
 
 
 def _refuse_constant(name: str) -> Any:
@@ -13,11 +13,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_json(text: str) -> Any:
-    """`json.loads`, refusing NaN/Infinity (not JSON) and turning over-deep nesting into `ValueError`."""
+    """`json.loads`, refusing NaN/Infinity (not JSON) and JSON nested too deeply to parse."""
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as error:
-        raise ValueError("JSON nested too deeply") from error
+        raise UnreadableOutput("JSON nested too deeply") from error
+    except ValueError as error:  # JSONDecodeError, a refused constant, an integer of over 4300 digits
+        raise UnreadableOutput(str(error)) from error
 
 
 def json_type(value: Any) -> str:
@@ -30,11 +32,11 @@ def json_type(value: Any) -> str:
 
 
 def parse_arguments(call: ToolCall) -> dict[str, Any]:
-    """A tool call's arguments as a dict; `ValueError` with a detail when they are not a JSON object."""
+    """A tool call's arguments as a dict; `UnreadableOutput` when they are not a JSON object."""
     try:
         arguments = parse_json(call.arguments)
-    except ValueError as error:
-        raise ValueError(f"{call.name}: arguments are not valid JSON ({error})") from error
+    except UnreadableOutput as error:
+        raise UnreadableOutput(f"{call.name}: arguments are not valid JSON ({error})") from error
     if not isinstance(arguments, dict):
-        raise ValueError(f"{call.name}: arguments are a JSON {json_type(arguments)}, not an object")
+        raise UnreadableOutput(f"{call.name}: arguments are a JSON {json_type(arguments)}, not an object")
     return arguments

@@ -25,7 +25,7 @@ class RegexSpec(SpecBase):
     type: Literal["regex"]
     pattern: str = Field(max_length=MAX_PATTERN_CHARS)
     mode: Literal["fullmatch", "search"] = "fullmatch"
-    flags: list[RegexFlag] = []
+    flags: list[RegexFlag] = Field(default_factory=list)
 
     @field_validator("pattern")
     @classmethod
@@ -45,7 +45,8 @@ class RegexSpec(SpecBase):
     def judge(self, attempt: Attempt, context: TaskContext) -> Verdict:
         content = (attempt.content or "").strip()
         if len(content) > MAX_CONTENT_CHARS:
-            return Verdict(False, f"content is too long to check ({len(content)} characters; limit {MAX_CONTENT_CHARS})")
+            too_long = f"content is too long to check ({len(content)} characters; limit {MAX_CONTENT_CHARS})"
+            return Verdict(False, too_long)
         pattern = self.compiled()
         matched = pattern.fullmatch(content) if self.mode == "fullmatch" else pattern.search(content)
         if matched:

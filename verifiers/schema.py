@@ -29,10 +29,10 @@ def schema_violation(schema: Any, instance: Any) -> str | None:
     validator = validator_for(schema, default=Draft202012Validator)(schema)
     try:
         error = best_match(validator.iter_errors(instance))
-    except Exception as error:  # noqa: BLE001
+    except Exception as failure:  # noqa: BLE001
         # An unresolvable or cyclic $ref (jsonschema raises private types, or RecursionError): the
         # schema came with the request and cannot be applied, which is a failure, not a crash.
-        return f"the schema cannot be applied: {error}"
+        return f"the schema cannot be applied: {failure}"
     if error is None:
         return None
     return f"{error.json_path}: {error.message}"

@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from verifiers.base import Attempt, SpecBase, TaskContext, Verdict, quote
+from verifiers.base import (
+    Attempt,
+    SpecBase,
+    TaskContext,
+    UnreadableOutput,
+    Verdict,
+    quote,
+)
 from verifiers.json_text import parse_arguments
 
 # Bounds on the client's spec, which also bound the recursion of the comparison and the matching.
@@ -51,9 +58,9 @@ class ToolCallSpec(SpecBase):
             return Verdict(False, f"expected {_calls(len(self.expected))}, got {len(produced)}")
         try:
             arguments = [parse_arguments(call) for call in produced]
-        except ValueError as error:
+        except UnreadableOutput as error:
             return Verdict(False, str(error))
-        calls = [(call.name, args) for call, args in zip(produced, arguments)]
+        calls = [(call.name, args) for call, args in zip(produced, arguments, strict=True)]
         mismatch = self._ordered_mismatch(calls) if self.ordered else self._unordered_mismatch(calls)
         return Verdict(mismatch is None, mismatch or "")
 
@@ -64,7 +71,7 @@ class ToolCallSpec(SpecBase):
         return None if difference is None else f"{name}: {difference}"
 
     def _ordered_mismatch(self, calls: list[tuple[str, dict[str, Any]]]) -> str | None:
-        for position, (expected, (name, arguments)) in enumerate(zip(self.expected, calls), start=1):
+        for position, (expected, (name, arguments)) in enumerate(zip(self.expected, calls, strict=True), start=1):
             mismatch = self._call_mismatch(expected, name, arguments)
             if mismatch is not None:
                 return f"call {position}: {mismatch}" if len(calls) > 1 else mismatch
@@ -95,7 +102,7 @@ def value_difference(expected: Any, actual: Any, path: str, tolerance: float | N
     if isinstance(expected, list) and isinstance(actual, list):
         if len(actual) != len(expected):
             return f"{where} has {len(actual)} items, expected {len(expected)}"
-        for index, (want, got) in enumerate(zip(expected, actual)):
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
             difference = value_difference(want, got, f"{path}[{index}]", tolerance)
             if difference is not None:
                 return difference

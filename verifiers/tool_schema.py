@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from verifiers.base import Attempt, SpecBase, TaskContext, ToolCall, Verdict
+from verifiers.base import (
+    Attempt,
+    SpecBase,
+    TaskContext,
+    ToolCall,
+    UnreadableOutput,
+    Verdict,
+)
 from verifiers.json_text import parse_arguments
 from verifiers.schema import schema_problem, schema_violation
 
@@ -73,7 +80,7 @@ def _call_problem(call: ToolCall, functions: dict[str, Any], forced: str | None)
         return f"{call.name}: the request's parameters schema is invalid: {problem}"
     try:
         arguments = parse_arguments(call)
-    except ValueError as error:
+    except UnreadableOutput as error:
         return str(error)
     violation = schema_violation(schema, arguments)
     return None if violation is None else f"{call.name}: arguments do not match the schema: {violation}"

@@ -134,7 +134,7 @@ class WebhookSpec(SpecBase):
             except TimeoutError:
                 return Verdict(False, f"webhook error: no reply within {policy.timeout_s:g} s")
             except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
-                problem = f"cannot connect ({type(error).__name__})"
+                problem = f"connection failed ({type(error).__name__})"
                 continue
             except httpx.HTTPError as error:
                 return Verdict(False, f"webhook error: {type(error).__name__}: {error}")
@@ -155,7 +155,7 @@ def request_body(attempt: Attempt, context: TaskContext) -> bytes:
             "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in attempt.tool_calls],
         },
     }
-    return json.dumps(payload, ensure_ascii=False).encode()
+    return json.dumps(payload).encode()  # ASCII escapes: even a lone surrogate in a message encodes
 
 
 def signature(secret: str, body: bytes) -> str:

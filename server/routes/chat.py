@@ -14,8 +14,8 @@ from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingP
 from r3.settings import Settings
 from server.completions import chat_completion, r3_info, sse_stream, usage_of
 from server.errors import APIError
-from server.protocol import ChatCompletion, ChatCompletionRequest, completion_id
-from server.reflect_retry import ChatTask, Reflector, Turn
+from server.protocol import ChatCompletion, ChatCompletionRequest
+from r3.reflect_retry import ChatTask, Reflector, Turn, completion_id
 from verifiers import VerifierSpec, WebhookNotAllowed, WebhookPolicy, WebhookSpec, parse_spec
 
 router = APIRouter()

@@ -11,7 +11,7 @@ from r3.episodes import Episode, Feedback
 from server.completions import chat_completion, completion_of_attempt
 from server.errors import APIError
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
-from server.reflect_retry import task_of
+from r3.reflect_retry import task_of
 from verifiers import parse_spec
 
 router = APIRouter()

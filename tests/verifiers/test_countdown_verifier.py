@@ -54,7 +54,7 @@ CASES = [
     ([3, 5], 8, "<answer>3+</answer>", False, "not a valid expression"),
     ([3, 5], 8, "<answer>3 5</answer>", False, "not a valid expression"),
     ([3, 5], 8, "<answer></answer>", False, "not a valid expression"),
-    ([3, 5], 8, "<answer>３+5</answer>", False, "found '３'"),
+    ([3, 5], 8, "<answer>\uff13+5</answer>", False, "found '\uff13'"),  # a fullwidth digit
     # Unary minus (and plus) is refused: the numbers are used as given.
     ([3, 5], 2, "<answer>-3+5</answer>", False, "unary minus"),
     ([3, 5], 8, "<answer>+3+5</answer>", False, "unary minus"),

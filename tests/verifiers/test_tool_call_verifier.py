@@ -172,7 +172,7 @@ def test_changing_one_value_fails(calls, data) -> None:
         calls = [*calls, ("a", {"x": 1})]
         changeable = [len(calls) - 1]
     index = data.draw(st.sampled_from(changeable))
-    name, arguments = calls[index]
+    _, arguments = calls[index]
     key = data.draw(st.sampled_from(sorted(arguments)))
     changed = {**arguments, key: [arguments[key]]}  # a list never equals its own element
     produced = [(n, json.dumps(changed if i == index else a)) for i, (n, a) in enumerate(calls)]

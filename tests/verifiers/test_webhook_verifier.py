@@ -26,6 +26,7 @@ from verifiers import (
     verify,
 )
 
+
 @dataclass(frozen=True)
 class Reply:
     status: int = 200
@@ -95,7 +96,8 @@ SECRET = "s3cret"
 LOOPBACK = WebhookPolicy(allow_loopback=True, secret=SECRET, timeout_s=2.0)
 ATTEMPT = Attempt(content="It is sunny.", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}'),))
 CONTEXT = TaskContext(
-    messages=({"role": "user", "content": "Weather in Paris?"},), episode_id="ep-123", attempt_number=2
+    # A lone surrogate, as a client's JSON escape can produce: the body must still encode.
+    messages=({"role": "user", "content": "Weather in Paris? \ud83c"},), episode_id="ep-123", attempt_number=2
 )
 
 
@@ -132,8 +134,11 @@ async def test_the_request_carries_the_attempt_and_a_verifiable_signature(hook_s
     assert json.loads(request.body) == {
         "episode_id": "ep-123",
         "attempt": 2,
-        "messages": [{"role": "user", "content": "Weather in Paris?"}],
-        "output": {"content": "It is sunny.", "tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]},
+        "messages": [{"role": "user", "content": "Weather in Paris? \ud83c"}],
+        "output": {
+            "content": "It is sunny.",
+            "tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}],
+        },
     }
     assert request.headers["content-type"] == "application/json"
     assert request.headers["x-r3-attempt"] == "2"
@@ -174,7 +179,7 @@ async def test_a_refused_connection_is_retried_then_fails() -> None:
         port = probe.getsockname()[1]
     verdict = await webhook(f"http://127.0.0.1:{port}/hook").judge(ATTEMPT, CONTEXT, LOOPBACK)
     assert not verdict.success
-    assert verdict.detail == "webhook error: cannot connect (ConnectError) after 3 attempts"
+    assert verdict.detail == "webhook error: connection failed (ConnectError) after 3 attempts"
 
 
 async def test_a_slow_webhook_times_out_without_retry(hook_server: HookServer) -> None:

@@ -1,6 +1,7 @@
-"""Reflect-retry orchestration: attempt → verify → (fail) reflect → retry → verify, within one request.
+"""Reflect-retry orchestration: attempt → verify → (fail) reflect → retry → verify.
 
-Every attempt and reflection runs on the adapter the request started with. The conversations come
+The server runs it inside a request; the trainer's gate runs it to compare adapters. Every attempt
+and reflection runs on the adapter the task names. The conversations come
 from `r3.reflection`, so they are the ones the trainer will learn from. The result is an
 `Episode`: the server answers with its last attempt and records it whole.
 """
@@ -8,16 +9,20 @@ from `r3.reflection`, so they are the ones the trainer will learn from. The resu
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from r3.chat_format import ParsedOutput, parse_tool_calls, render_prompt
 from r3.engines.base import Engine, GenerationResult, PromptTooLongError, SamplingParams
 from r3.episodes import AttemptRecord, Episode, new_episode_id
-from r3.settings import Settings
 from r3.reflection import FailedAttempt, assistant_message, reflection_conversation, retry_conversation
-from server.protocol import completion_id
+from r3.settings import Settings
 from verifiers import Attempt, TaskContext, ToolCall, Verdict, VerifierSpec, WebhookPolicy, verify
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
