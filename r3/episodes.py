@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -74,3 +74,15 @@ class Episode:
 
     def attempt(self, number: int) -> AttemptRecord:
         return self.attempts[number - 1]
+
+
+def episode_to_dict(episode: Episode) -> dict[str, Any]:
+    return asdict(episode)
+
+
+def episode_from_dict(data: dict[str, Any]) -> Episode:
+    attempts = []
+    for attempt in data["attempts"]:
+        feedback = Feedback(**attempt["feedback"]) if attempt.get("feedback") else None
+        attempts.append(AttemptRecord(**{**attempt, "feedback": feedback}))
+    return Episode(**{**data, "attempts": attempts})

@@ -13,7 +13,7 @@ def last_answer(text: str) -> str | None:
     close = text.rfind(CLOSE_TAG)
     if close < 0:
         return None
-    open_ = text.rfind(OPEN_TAG, 0, close)
-    if open_ < 0:
+    opening = text.rfind(OPEN_TAG, 0, close)
+    if opening < 0:
         return None
-    return text[open_ + len(OPEN_TAG) : close].strip()
+    return text[opening + len(OPEN_TAG) : close].strip()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import operator
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -37,6 +36,7 @@ MAX_PAREN_DEPTH = 32
 _ALLOWED_CHARACTERS = frozenset("0123456789+-*/() ")
 _EXPRESSION_RUN = re.compile(r"[0-9(][0-9+\-*/()= \t]*")
 _INTEGER = re.compile(r"[0-9]+")
+_IMPLICIT_PRODUCT = re.compile(r"[0-9)] ?\(")  # parsed as a call, which Python also warns about
 _OPERATORS: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -116,10 +116,10 @@ def evaluate(expression: str) -> tuple[list[int], Fraction | None]:
         depth += {"(": 1, ")": -1}.get(character, 0)
         if depth > MAX_PAREN_DEPTH:
             raise UnreadableOutput(f"parentheses are nested deeper than {MAX_PAREN_DEPTH}")
+    if _IMPLICIT_PRODUCT.search(expression):
+        raise UnreadableOutput("write * before '(': implicit multiplication such as 2(3+4) is not allowed")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)  # "(1)(2)": "not callable"; refused below anyway
-            tree = ast.parse(expression, mode="eval")
+        tree = ast.parse(expression, mode="eval")
     except SyntaxError as error:
         raise UnreadableOutput(f"{expression!r} is not a valid expression ({error.msg})") from error
     literals: list[int] = []

@@ -1,0 +1,1 @@
+"""Alembic migrations for R3's database (Postgres and SQLite). `r3 migrate` applies them."""

@@ -1,0 +1,73 @@
+"""Connecting to the database, and keeping its schema at Alembic's head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+import migrations
+from r3.settings import Settings
+
+ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
+class NotMigratedError(RuntimeError):
+    """The database's schema is behind the code's."""
+
+
+def database_url(settings: Settings) -> str:
+    """`R3_DATABASE_URL` with an async driver, or the embedded SQLite file in the data dir."""
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{settings.data_dir / 'r3.db'}"
+    url = make_url(settings.database_url)
+    return url.set(drivername=ASYNC_DRIVERS.get(url.drivername, url.drivername)).render_as_string(hide_password=False)
+
+
+def is_embedded(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def sessions(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the schema (blocking; call it from a thread when an event loop is running)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+async def ensure_migrated(engine: AsyncEngine, url: str) -> None:
+    """Raise `NotMigratedError` unless the database is at the newest revision."""
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+    def current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        revision = await connection.run_sync(current)
+    if revision != head:
+        raise NotMigratedError(
+            f"the database is at migration {revision or 'none'}, the code needs {head}: run `r3 migrate`"
+        )

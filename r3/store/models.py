@@ -1,0 +1,116 @@
+"""The database schema (SQLAlchemy 2, typed). Alembic's migrations in `migrations/` create it.
+
+Postgres is the source of truth; the same schema runs on SQLite for the embedded default. JSON
+columns are JSONB on Postgres.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, false, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json, datetime: Timestamp}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the tenant id episodes carry
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the key; the key itself is never kept
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # r3-vN, never reused
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    parent: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"))
+    status: Mapped[str] = mapped_column(String(16))  # candidate | active | rejected | retired
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    episodes_used: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    promoted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # At most one active version: promotion flips it in one transaction.
+        Index("one_active_adapter", "status", unique=True,
+              postgresql_where=text("status = 'active'"), sqlite_where=text("status = 'active'")),
+    )
+
+
+class EpisodeRow(Base):
+    __tablename__ = "episodes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime]
+    tenant: Mapped[str | None] = mapped_column(String(40), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    adapter: Mapped[str | None] = mapped_column(String(64), index=True)
+    task_kind: Mapped[str] = mapped_column(String(32))
+    verifier: Mapped[dict[str, Any] | None]
+    replayable: Mapped[bool] = mapped_column(Boolean)  # has a verifier the trainer can run again
+    store_text: Mapped[bool] = mapped_column(Boolean)
+    messages: Mapped[list[Any] | None]
+    tools: Mapped[list[Any] | None]
+    tool_choice: Mapped[Any | None] = mapped_column(Json)
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempt_count: Mapped[int] = mapped_column(Integer)
+    first_success: Mapped[bool | None] = mapped_column(Boolean)
+    outcome: Mapped[bool | None] = mapped_column(Boolean)
+    # Set once the Redis stream carries the id; a catch-up loop announces the rest.
+    announced: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Set by the trainer when a committed round used the episode.
+    trained_in: Mapped[str | None] = mapped_column(String(64))
+
+    attempts: Mapped[list[AttemptRow]] = relationship(
+        back_populates="episode", order_by="AttemptRow.number", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (
+        Index("episodes_created", "created_at"),
+        # The trainer's query: recent replayable first-attempt failures not yet trained on.
+        Index("episodes_untrained_failures", "created_at",
+              postgresql_where=text("replayable AND first_success = false AND trained_in IS NULL"),
+              sqlite_where=text("replayable AND first_success = 0 AND trained_in IS NULL")),
+        Index("episodes_unannounced", "created_at",
+              postgresql_where=text("NOT announced"), sqlite_where=text("NOT announced")),
+    )
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[str] = mapped_column(String(64), unique=True)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_s: Mapped[float] = mapped_column(Float)
+    content: Mapped[str | None] = mapped_column(Text)
+    tool_calls: Mapped[list[Any] | None]
+    token_ids: Mapped[list[Any] | None]
+    logprobs: Mapped[list[Any] | None]
+    reflection: Mapped[str | None] = mapped_column(Text)
+    reflection_tokens: Mapped[int] = mapped_column(Integer)
+    success: Mapped[bool | None] = mapped_column(Boolean)
+    detail: Mapped[str | None] = mapped_column(Text)
+    feedback_success: Mapped[bool | None] = mapped_column(Boolean)
+    feedback_detail: Mapped[str | None] = mapped_column(Text)
+    feedback_at: Mapped[datetime | None]
+
+    episode: Mapped[EpisodeRow] = relationship(back_populates="attempts")

@@ -1,0 +1,158 @@
+"""Episodes in the database: batched upserts, reads scoped to a tenant, the trainer's queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from r3.episodes import AttemptRecord, Episode, Feedback
+from r3.store.models import AttemptRow, EpisodeRow
+
+# Columns the server owns; `announced` and `trained_in` belong to the stream and the trainer.
+_EPISODE_UPDATES = ("tenant", "model", "adapter", "task_kind", "verifier", "replayable", "store_text", "messages",
+                    "tools", "tool_choice", "sampling", "attempt_count", "first_success", "outcome")
+_ATTEMPT_UPDATES = ("completion_id", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "content",
+                    "tool_calls", "token_ids", "logprobs", "reflection", "reflection_tokens", "success", "detail",
+                    "feedback_success", "feedback_detail", "feedback_at")
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _seconds(moment: datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def episode_row(episode: Episode) -> dict[str, Any]:
+    first = episode.attempts[0].passed if episode.attempts else None
+    return dict(
+        id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, model=episode.model,
+        adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
+        replayable=episode.verifier is not None, store_text=episode.store_text, messages=episode.messages,
+        tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
+        attempt_count=len(episode.attempts), first_success=first, outcome=episode.outcome,
+    )
+
+
+def attempt_row(episode_id: str, attempt: AttemptRecord) -> dict[str, Any]:
+    feedback = attempt.feedback
+    return dict(
+        episode_id=episode_id, number=attempt.number, completion_id=attempt.completion_id,
+        finish_reason=attempt.finish_reason, prompt_tokens=attempt.prompt_tokens,
+        completion_tokens=attempt.completion_tokens, latency_s=attempt.latency_s, content=attempt.content,
+        tool_calls=attempt.tool_calls, token_ids=attempt.token_ids, logprobs=attempt.logprobs,
+        reflection=attempt.reflection, reflection_tokens=attempt.reflection_tokens, success=attempt.success,
+        detail=attempt.detail, feedback_success=feedback.success if feedback else None,
+        feedback_detail=feedback.detail if feedback else None,
+        feedback_at=_time(feedback.received_at) if feedback else None,
+    )
+
+
+def episode_of(row: EpisodeRow) -> Episode:
+    attempts = [
+        AttemptRecord(
+            number=a.number, completion_id=a.completion_id, finish_reason=a.finish_reason,
+            prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens, latency_s=a.latency_s,
+            content=a.content, tool_calls=a.tool_calls, token_ids=a.token_ids, logprobs=a.logprobs,
+            reflection=a.reflection, reflection_tokens=a.reflection_tokens, success=a.success, detail=a.detail,
+            feedback=Feedback(a.feedback_success, a.feedback_detail, _seconds(a.feedback_at))
+            if a.feedback_success is not None else None,
+        )
+        for a in row.attempts
+    ]
+    return Episode(
+        id=row.id, tenant=row.tenant, model=row.model, adapter=row.adapter, task_kind=row.task_kind,
+        verifier=row.verifier, store_text=row.store_text, messages=row.messages, tools=row.tools,
+        tool_choice=row.tool_choice, sampling=row.sampling, attempts=attempts, created_at=_seconds(row.created_at),
+    )
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    outcome: bool | None = None
+    adapter: str | None = None
+    task_kind: str | None = None
+    tenant: str | None = None
+
+
+class SqlEpisodeStore:
+    # Rows per INSERT: below Postgres' 32767 bind parameters for the widest table.
+    CHUNK = 500
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def write(self, episodes: Sequence[Episode]) -> None:
+        """Insert or update episodes with all their attempts, in one transaction."""
+        latest = {episode.id: episode for episode in episodes}  # the newest version of each wins
+        episode_rows = [episode_row(e) for e in latest.values()]
+        attempt_rows = [attempt_row(e.id, a) for e in latest.values() for a in e.attempts]
+        async with self.sessions.begin() as session:
+            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+            for start in range(0, len(episode_rows), self.CHUNK):
+                statement = insert(EpisodeRow).values(episode_rows[start:start + self.CHUNK])
+                await session.execute(statement.on_conflict_do_update(
+                    index_elements=["id"], set_={c: statement.excluded[c] for c in _EPISODE_UPDATES}))
+            for start in range(0, len(attempt_rows), self.CHUNK):
+                statement = insert(AttemptRow).values(attempt_rows[start:start + self.CHUNK])
+                await session.execute(statement.on_conflict_do_update(
+                    index_elements=["episode_id", "number"], set_={c: statement.excluded[c] for c in _ATTEMPT_UPDATES}))
+
+    async def get(self, episode_id: str, tenant: str | None) -> Episode | None:
+        async with self.sessions() as session:
+            row = await session.get(EpisodeRow, episode_id)
+            return episode_of(row) if row is not None and row.tenant == tenant else None
+
+    async def get_any(self, episode_id: str) -> Episode | None:
+        """An episode whoever made it (admin reads)."""
+        async with self.sessions() as session:
+            row = await session.get(EpisodeRow, episode_id)
+            return episode_of(row) if row is not None else None
+
+    async def by_completion_id(self, completion_id: str, tenant: str | None) -> tuple[Episode, int] | None:
+        async with self.sessions() as session:
+            attempt = await session.scalar(select(AttemptRow).where(AttemptRow.completion_id == completion_id))
+            if attempt is None:
+                return None
+            number = attempt.number
+            row = await session.get(EpisodeRow, attempt.episode_id)
+            return (episode_of(row), number) if row.tenant == tenant else None
+
+    async def list(self, where: EpisodeFilter, limit: int, after: tuple[datetime, str] | None = None) -> list[Episode]:
+        """Newest first; `after` is the (created_at, id) of the last episode of the previous page."""
+        query: Select = select(EpisodeRow).order_by(EpisodeRow.created_at.desc(), EpisodeRow.id.desc()).limit(limit)
+        conditions = {
+            EpisodeRow.created_at >= where.since: where.since is not None,
+            EpisodeRow.created_at < where.until: where.until is not None,
+            EpisodeRow.outcome.is_(where.outcome): where.outcome is not None,
+            EpisodeRow.adapter == where.adapter: where.adapter is not None,
+            EpisodeRow.task_kind == where.task_kind: where.task_kind is not None,
+            EpisodeRow.tenant == where.tenant: where.tenant is not None,
+        }
+        for condition, wanted in conditions.items():
+            if wanted:
+                query = query.where(condition)
+        if after is not None:
+            created, episode_id = after
+            query = query.where((EpisodeRow.created_at < created)
+                                | ((EpisodeRow.created_at == created) & (EpisodeRow.id < episode_id)))
+        async with self.sessions() as session:
+            return [episode_of(row) for row in await session.scalars(query)]
+
+    async def unannounced(self, limit: int) -> list[str]:
+        async with self.sessions() as session:
+            query = select(EpisodeRow.id).where(EpisodeRow.announced.is_(False)).order_by(EpisodeRow.created_at)
+            return list(await session.scalars(query.limit(limit)))
+
+    async def mark_announced(self, episode_ids: Sequence[str]) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_(episode_ids)).values(announced=True))
