@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import typer
@@ -13,6 +14,8 @@ from r3.settings import get_settings
 app = typer.Typer(help="R3: an OpenAI-compatible server that reflects, retries and learns.", no_args_is_help=True)
 model_app = typer.Typer(help="The model R3 serves.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -32,6 +35,67 @@ def model_pull() -> None:
 
 
 @app.command()
+def migrate() -> None:
+    """Bring the database (R3_DATABASE_URL, or the embedded SQLite) to the newest schema."""
+    from r3.store import database
+
+    url = database.database_url(get_settings())
+    database.migrate(url)
+    console.print(f"migrated: {make_safe(url)}")
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option(..., help="Who the key is for.")) -> None:
+    """Create an API key. It is printed once; only its hash is stored."""
+    from r3.store import database, keys
+
+    async def create() -> tuple[str, str]:
+        url = database.database_url(get_settings())
+        engine = database.create_engine(url)
+        try:
+            await database.ensure_migrated(engine, url)
+            return await keys.create_key(database.sessions(engine), name)
+        finally:
+            await engine.dispose()
+
+    try:
+        tenant, key = asyncio.run(create())
+    except database.NotMigratedError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(f"created key for {name!r} (tenant {tenant}); it is shown only now:")
+    print(key)
+
+
+def make_safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _check_database() -> None:
+    """Refuse to start on a database that is behind the code (the embedded SQLite migrates itself)."""
+    from r3.store import database
+
+    url = database.database_url(get_settings())
+    if database.is_embedded(url):
+        return
+
+    async def check() -> None:
+        engine = database.create_engine(url)
+        try:
+            await database.ensure_migrated(engine, url)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+    except database.NotMigratedError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
 def serve(
     host: str = typer.Option(None, help="Overrides R3_HOST."),
     port: int = typer.Option(None, help="Overrides R3_PORT."),
@@ -46,5 +110,6 @@ def serve(
     except bundled_model.ModelPullError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
+    _check_database()
     # By import string: r3 must not import the server package (DESIGN.md's layering rule).
     uvicorn.run("server.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)

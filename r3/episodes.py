@@ -63,6 +63,7 @@ class Episode:
     sampling: dict[str, Any] = field(default_factory=dict)  # the request's SamplingParams, to replay it
     attempts: list[AttemptRecord] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    revision: int = 0  # raised by every save, so an older copy can never overwrite a newer one
 
     @property
     def latest(self) -> AttemptRecord:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from r3.engines import create_engine
-from r3.settings import Settings, get_settings
-from server.errors import BodySizeLimit, install_error_handlers
-from r3.store.memory import InMemoryEpisodeStore
 from r3.reflect_retry import Reflector, webhook_policy
-from server.routes import chat, feedback, health, models
+from r3.settings import Settings, get_settings
+from r3.store import database
+from r3.store.episode_log import EpisodeLog
+from r3.store.journal import Journal
+from r3.store.sql import SqlEpisodeStore
+from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
+from server.auth import Authenticator, tenant
+from server.errors import BodySizeLimit, install_error_handlers
+from server.routes import chat, episodes, feedback, health, models
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,19 +26,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        url = database.database_url(settings)
+        db = database.create_engine(url)
+        if database.is_embedded(url):
+            await asyncio.to_thread(database.migrate, url)  # the embedded SQLite keeps itself current
+        else:
+            await database.ensure_migrated(db, url)
+        sessions = database.sessions(db)
+        stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else InProcessEpisodeStream()
+        app.state.episodes = SqlEpisodeStore(sessions)
+        app.state.store = EpisodeLog(app.state.episodes, stream, Journal(settings.data_dir / "journal"))
+        await app.state.store.start()
+        app.state.auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
+                                       settings.admin_key.get_secret_value() if settings.admin_key else None,
+                                       sessions)
         app.state.engine = await create_engine(settings)
         app.state.reflector = Reflector(app.state.engine, webhook_policy(settings), settings.reflection_max_tokens)
-        app.state.store = InMemoryEpisodeStore()
         app.state.started = int(time.time())
         try:
             yield
         finally:
             await app.state.engine.close()
+            await app.state.store.close()
+            await db.dispose()
 
     app = FastAPI(title="R3", summary="Reflect, Retry, Reward inference server", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    for module in (health, models, chat, feedback):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    app.include_router(episodes.router)  # its routes carry their own tenant or admin checks
+    for module in (models, chat, feedback):
+        app.include_router(module.router, dependencies=[Depends(tenant)])
     return app

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,6 +75,12 @@ def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), type=kind)
 
 
+def _database_error(_: Request, error: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", error)
+    return error_response(503, "the episode database is unavailable; try again shortly", type="server_error",
+                          code="database_unavailable")
+
+
 def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=error)
     return error_response(500, "internal server error", type="server_error")
@@ -84,6 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -278,6 +278,49 @@ class FeedbackReceipt(BaseModel):
     detail: str | None
 
 
+class FeedbackOut(BaseModel):
+    success: bool
+    detail: str | None
+    received_at: float
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    completion_id: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    reflection: str | None  # the reflection written before this attempt
+    success: bool | None
+    detail: str | None
+    feedback: FeedbackOut | None
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    reflection_tokens: int
+    latency_s: float
+
+
+class EpisodeOut(BaseModel):
+    id: str
+    object: Literal["episode"] = "episode"
+    created_at: float
+    model: str
+    adapter: str  # "base" or the adapter's name
+    task_kind: str
+    verifier: dict[str, Any] | None
+    store: bool
+    messages: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]] | None
+    outcome: bool | None
+    attempts: list[AttemptOut]
+
+
+class EpisodePage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EpisodeOut]
+    next_cursor: str | None  # pass as `after` for the next page; null on the last one
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -50,12 +51,12 @@ def _forget_payloads(webhook) -> None:
 
 
 @pytest.fixture(scope="module")
-def r3(model_path: Path):
+def r3(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(webhook_allow_loopback=True, default_max_tokens=16, reflection_max_tokens=24,
-                        models_dir=model_path.parent)
+                        models_dir=model_path.parent, data_dir=tmp_path_factory.mktemp("r3-data"))
     app = create_app(settings)
     with ThreadedServer(app) as url:
-        yield app, url
+        yield settings, url
 
 
 @pytest.fixture
@@ -63,8 +64,22 @@ def client(r3) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{r3[1]}/v1", api_key="unused", max_retries=0)
 
 
-def stored(r3, episode_id: str):
-    return asyncio.run(r3[0].state.store.get(episode_id, None))
+def stored(r3, episode_id: str) -> dict:
+    response = httpx.get(f"{r3[1]}/v1/episodes/{episode_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def database_row(r3, episode_id: str) -> bytes:
+    """The episode's rows as the embedded SQLite file holds them, once the log has written them."""
+    deadline = time.monotonic() + 30
+    with sqlite3.connect(r3[0].data_dir / "r3.db") as db:
+        while not db.execute("SELECT 1 FROM episodes WHERE id = ?", (episode_id,)).fetchone():
+            assert time.monotonic() < deadline, "the episode never reached the database"
+            time.sleep(0.05)
+        rows = db.execute("SELECT * FROM episodes WHERE id = ?", (episode_id,)).fetchall()
+        rows += db.execute("SELECT * FROM attempts WHERE episode_id = ?", (episode_id,)).fetchall()
+    return repr(rows).encode()
 
 
 def ask(client, webhook, **extra):
@@ -95,12 +110,14 @@ def test_a_failed_attempt_is_reflected_on_and_retried(client, webhook, r3) -> No
     assert response.choices[0].message.content == second["output"]["content"]
 
     episode = stored(r3, info["episode_id"])
-    assert [a.success for a in episode.attempts] == [False, True]
-    assert episode.attempts[1].reflection == reflection and episode.attempts[1].reflection_tokens > 0
-    assert episode.attempts[0].content == first["output"]["content"] and episode.attempts[1].token_ids
-    assert episode.task_kind == "generic" and episode.verifier == {"type": "webhook", "url": webhook.url, "headers": {}}
+    assert [a["success"] for a in episode["attempts"]] == [False, True]
+    assert episode["attempts"][1]["reflection"] == reflection and episode["attempts"][1]["reflection_tokens"] > 0
+    assert episode["attempts"][0]["content"] == first["output"]["content"]
+    assert episode["task_kind"] == "generic"
+    assert episode["verifier"] == {"type": "webhook", "url": webhook.url, "headers": {}}
+    assert episode["messages"] == TASK and episode["outcome"] is True
     # usage counts both attempts and the reflection
-    generated = sum(a.completion_tokens + a.reflection_tokens for a in episode.attempts)
+    generated = sum(a["completion_tokens"] + a["reflection_tokens"] for a in episode["attempts"])
     assert response.usage.completion_tokens == generated
 
 
@@ -108,7 +125,7 @@ def test_max_retries_zero_judges_but_never_retries(client, webhook, r3) -> None:
     info = ask(client, webhook, reflect={"max_retries": 0}).model_extra["r3"]
     assert len(webhook.payloads) == 1
     assert info["reflected"] is False and [a["success"] for a in info["attempts"]] == [False]
-    assert len(stored(r3, info["episode_id"]).attempts) == 1
+    assert len(stored(r3, info["episode_id"])["attempts"]) == 1
 
 
 def test_store_false_keeps_no_text(client, webhook, r3) -> None:
@@ -117,12 +134,20 @@ def test_store_false_keeps_no_text(client, webhook, r3) -> None:
     assert [a["success"] for a in info["attempts"]] == [False, True]
     assert all(a["reflection"] is None for a in info["attempts"])
     episode = stored(r3, info["episode_id"])
-    assert episode.messages is None and episode.tools is None
-    for attempt in episode.attempts:
-        assert (attempt.content, attempt.tool_calls, attempt.token_ids, attempt.reflection) == (None,) * 4
-        assert attempt.completion_tokens > 0  # the numbers stay
+    assert episode["messages"] is None and episode["tools"] is None and episode["store"] is False
+    for attempt in episode["attempts"]:
+        assert (attempt["content"], attempt["tool_calls"], attempt["reflection"]) == (None,) * 3
+        assert attempt["completion_tokens"] > 0  # the numbers stay
     texts = [TASK[0]["content"], response.choices[0].message.content, webhook.payloads[0]["output"]["content"]]
-    assert not any(text and text in repr(episode) for text in texts)
+    row = database_row(r3, info["episode_id"])
+    assert b"Name a fruit" not in row and not any(text and text.encode() in row for text in texts)
+    with sqlite3.connect(r3[0].data_dir / "r3.db") as db:
+        kept = db.execute("SELECT count(*) FROM attempts WHERE episode_id = ? AND (content IS NOT NULL OR "
+                          "tool_calls IS NOT NULL OR token_ids IS NOT NULL OR logprobs IS NOT NULL OR "
+                          "reflection IS NOT NULL)", (info["episode_id"],)).fetchone()[0]
+        kept += db.execute("SELECT count(*) FROM episodes WHERE id = ? AND (messages IS NOT NULL OR tools IS NOT NULL)",
+                           (info["episode_id"],)).fetchone()[0]
+    assert kept == 0
 
 
 def test_a_streamed_request_with_a_verifier_streams_the_final_attempt(client, webhook, r3) -> None:
@@ -135,7 +160,8 @@ def test_a_streamed_request_with_a_verifier_streams_the_final_attempt(client, we
     info = [c for c in chunks if c.choices][-1].model_extra["r3"]
     assert [a["success"] for a in info["attempts"]] == [False, True]
     episode = stored(r3, info["episode_id"])
-    assert chunks[-1].usage.completion_tokens == sum(a.completion_tokens + a.reflection_tokens for a in episode.attempts)
+    assert chunks[-1].usage.completion_tokens == sum(
+        a["completion_tokens"] + a["reflection_tokens"] for a in episode["attempts"])
 
 
 def test_a_plain_request_is_an_unjudged_episode(client, webhook, r3) -> None:
@@ -143,7 +169,7 @@ def test_a_plain_request_is_an_unjudged_episode(client, webhook, r3) -> None:
     info = response.model_extra["r3"]
     assert webhook.payloads == [] and info["attempts"] == [
         {"attempt": 1, "success": None, "detail": None, "reflection": None, "finish_reason": response.choices[0].finish_reason}]
-    assert stored(r3, info["episode_id"]).attempts[0].content == response.choices[0].message.content
+    assert stored(r3, info["episode_id"])["attempts"][0]["content"] == response.choices[0].message.content
 
 
 def test_feedback_records_a_verdict_and_retries_on_request(client, r3) -> None:
@@ -162,16 +188,19 @@ def test_feedback_records_a_verdict_and_retries_on_request(client, r3) -> None:
     again = httpx.post(f"{url}/feedback", json={"completion_id": first.id, "success": False,
                                                 "detail": "that fruit is out of stock", "retry": True}, timeout=120)
     assert again.status_code == 200 and again.json()["id"] == completion["id"]
-    episode = stored(r3, completion["r3"]["episode_id"])
-    assert len(episode.attempts) == 2
+    episode_id = completion["r3"]["episode_id"]
+    assert len(stored(r3, episode_id)["attempts"]) == 2
 
     # feedback on the retry is what rewards its reflection
     receipt = httpx.post(f"{url}/feedback", json={"completion_id": completion["id"], "success": True})
-    assert receipt.json() == {"episode_id": episode.id, "attempt": 2, "success": True, "detail": None}
-    assert httpx.post(f"{url}/feedback", json={"episode_id": episode.id, "success": True}).status_code == 200
-    conflict = httpx.post(f"{url}/feedback", json={"episode_id": episode.id, "success": False})
+    assert receipt.json() == {"episode_id": episode_id, "attempt": 2, "success": True, "detail": None}
+    assert httpx.post(f"{url}/feedback", json={"episode_id": episode_id, "success": True}).status_code == 200
+    conflict = httpx.post(f"{url}/feedback", json={"episode_id": episode_id, "success": False})
     assert conflict.status_code == 409 and conflict.json()["error"]["param"] == "success"
-    assert stored(r3, episode.id).attempts[1].passed is True
+    episode = stored(r3, episode_id)
+    assert episode["outcome"] is True and episode["attempts"][1]["feedback"]["success"] is True
+    assert episode["attempts"][0]["feedback"] == {"success": False, "detail": "that fruit is out of stock",
+                                                  "received_at": pytest.approx(time.time(), abs=120)}
 
 
 @pytest.mark.parametrize(

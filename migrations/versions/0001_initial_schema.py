@@ -61,6 +61,7 @@ def upgrade() -> None:
     sa.Column('tools', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('tool_choice', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('sampling', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
     sa.Column('attempt_count', sa.Integer(), nullable=False),
     sa.Column('first_success', sa.Boolean(), nullable=True),
     sa.Column('outcome', sa.Boolean(), nullable=True),

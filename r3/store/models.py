@@ -13,7 +13,8 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Intege
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-Json = JSON().with_variant(JSONB(), "postgresql")
+# none_as_null: a Python None is SQL NULL, not the JSON value null, so "no text kept" is plain to see.
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 Timestamp = DateTime(timezone=True)
 
 
@@ -68,6 +69,7 @@ class EpisodeRow(Base):
     tools: Mapped[list[Any] | None]
     tool_choice: Mapped[Any | None] = mapped_column(Json)
     sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    revision: Mapped[int] = mapped_column(Integer)
     attempt_count: Mapped[int] = mapped_column(Integer)
     first_success: Mapped[bool | None] = mapped_column(Boolean)
     outcome: Mapped[bool | None] = mapped_column(Boolean)

@@ -15,11 +15,9 @@ from r3.episodes import AttemptRecord, Episode, Feedback
 from r3.store.models import AttemptRow, EpisodeRow
 
 # Columns the server owns; `announced` and `trained_in` belong to the stream and the trainer.
-_EPISODE_UPDATES = ("tenant", "model", "adapter", "task_kind", "verifier", "replayable", "store_text", "messages",
-                    "tools", "tool_choice", "sampling", "attempt_count", "first_success", "outcome")
-_ATTEMPT_UPDATES = ("completion_id", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "content",
-                    "tool_calls", "token_ids", "logprobs", "reflection", "reflection_tokens", "success", "detail",
-                    "feedback_success", "feedback_detail", "feedback_at")
+_EPISODE_UPDATES = ("revision", "attempt_count", "first_success", "outcome")
+# An attempt never changes once made, except that feedback arrives.
+_ATTEMPT_UPDATES = ("feedback_success", "feedback_detail", "feedback_at")
 
 
 def _time(seconds: float) -> datetime:
@@ -37,7 +35,8 @@ def episode_row(episode: Episode) -> dict[str, Any]:
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
         replayable=episode.verifier is not None, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
-        attempt_count=len(episode.attempts), first_success=first, outcome=episode.outcome,
+        revision=episode.revision, attempt_count=len(episode.attempts), first_success=first,
+        outcome=episode.outcome,
     )
 
 
@@ -71,6 +70,7 @@ def episode_of(row: EpisodeRow) -> Episode:
         id=row.id, tenant=row.tenant, model=row.model, adapter=row.adapter, task_kind=row.task_kind,
         verifier=row.verifier, store_text=row.store_text, messages=row.messages, tools=row.tools,
         tool_choice=row.tool_choice, sampling=row.sampling, attempts=attempts, created_at=_seconds(row.created_at),
+        revision=row.revision,
     )
 
 
@@ -92,8 +92,15 @@ class SqlEpisodeStore:
         self.sessions = sessions
 
     async def write(self, episodes: Sequence[Episode]) -> None:
-        """Insert or update episodes with all their attempts, in one transaction."""
-        latest = {episode.id: episode for episode in episodes}  # the newest version of each wins
+        """Insert or update episodes with all their attempts, in one transaction.
+
+        Idempotent, and a copy older than the stored one (a lower `revision`) changes nothing, so
+        replaying a journal after newer writes is harmless.
+        """
+        latest: dict[str, Episode] = {}
+        for episode in episodes:
+            if episode.id not in latest or episode.revision >= latest[episode.id].revision:
+                latest[episode.id] = episode
         episode_rows = [episode_row(e) for e in latest.values()]
         attempt_rows = [attempt_row(e.id, a) for e in latest.values() for a in e.attempts]
         async with self.sessions.begin() as session:
@@ -101,11 +108,13 @@ class SqlEpisodeStore:
             for start in range(0, len(episode_rows), self.CHUNK):
                 statement = insert(EpisodeRow).values(episode_rows[start:start + self.CHUNK])
                 await session.execute(statement.on_conflict_do_update(
-                    index_elements=["id"], set_={c: statement.excluded[c] for c in _EPISODE_UPDATES}))
+                    index_elements=["id"], set_={c: statement.excluded[c] for c in _EPISODE_UPDATES},
+                    where=EpisodeRow.revision < statement.excluded.revision))
             for start in range(0, len(attempt_rows), self.CHUNK):
                 statement = insert(AttemptRow).values(attempt_rows[start:start + self.CHUNK])
                 await session.execute(statement.on_conflict_do_update(
-                    index_elements=["episode_id", "number"], set_={c: statement.excluded[c] for c in _ATTEMPT_UPDATES}))
+                    index_elements=["episode_id", "number"], set_={c: statement.excluded[c] for c in _ATTEMPT_UPDATES},
+                    where=statement.excluded.feedback_success.is_not(None) & AttemptRow.feedback_success.is_(None)))
 
     async def get(self, episode_id: str, tenant: str | None) -> Episode | None:
         async with self.sessions() as session:
@@ -134,7 +143,8 @@ class SqlEpisodeStore:
             EpisodeRow.created_at >= where.since: where.since is not None,
             EpisodeRow.created_at < where.until: where.until is not None,
             EpisodeRow.outcome.is_(where.outcome): where.outcome is not None,
-            EpisodeRow.adapter == where.adapter: where.adapter is not None,
+            EpisodeRow.adapter == where.adapter: where.adapter not in (None, "base"),
+            EpisodeRow.adapter.is_(None): where.adapter == "base",
             EpisodeRow.task_kind == where.task_kind: where.task_kind is not None,
             EpisodeRow.tenant == where.tenant: where.tenant is not None,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -13,6 +13,7 @@ from r3.chat_format import render_prompt
 from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingParams
 from r3.settings import Settings
 from server.completions import chat_completion, r3_info, sse_stream, usage_of
+from server.auth import tenant
 from server.errors import APIError
 from server.protocol import ChatCompletion, ChatCompletionRequest
 from r3.reflect_retry import ChatTask, Reflector, Turn, completion_id
@@ -22,13 +23,14 @@ router = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> ChatCompletion | StreamingResponse:
+async def create_chat_completion(body: ChatCompletionRequest, request: Request,
+                                 caller: str | None = Depends(tenant)) -> ChatCompletion | StreamingResponse:
     state = request.app.state
     task = build_task(state.engine, body, state.settings, state.reflector.webhook_policy)
     reflector: Reflector = state.reflector
     if body.stream and task.verifier is None:
-        return StreamingResponse(_live_stream(state, task, body), media_type="text/event-stream")
-    episode, turns = await reflector.run(task, tenant=None)
+        return StreamingResponse(_live_stream(state, task, body, caller), media_type="text/event-stream")
+    episode, turns = await reflector.run(task, tenant=caller)
     await state.store.save(episode)
     if not body.stream:
         return chat_completion(body.model, episode, turns, body.logprobs)
@@ -54,7 +56,7 @@ def _include_usage(body: ChatCompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _live_stream(state, task: ChatTask, body: ChatCompletionRequest) -> AsyncIterator[str]:
+def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, caller: str | None) -> AsyncIterator[str]:
     """Plain inference, streamed as it is generated; the episode is recorded when it ends."""
     reflector: Reflector = state.reflector
     prompt, prefix = reflector.prompt(task, task.messages)
@@ -67,7 +69,7 @@ def _live_stream(state, task: ChatTask, body: ChatCompletionRequest) -> AsyncIte
         return Reflector.turn(task, prefix, result, time.perf_counter() - started, completion=stream_id)
 
     async def conclude(turn: Turn):
-        episode, turns = await reflector.run(task, tenant=None, first=turn)
+        episode, turns = await reflector.run(task, tenant=caller, first=turn)
         await state.store.save(episode)
         return r3_info(episode), usage_of(turns)
 

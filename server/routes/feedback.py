@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from r3.episodes import Episode, Feedback
 from server.completions import chat_completion, completion_of_attempt
+from server.auth import tenant
 from server.errors import APIError
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
 from r3.reflect_retry import task_of
@@ -21,12 +22,13 @@ _episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakVal
 
 
 @router.post("/feedback", response_model=None)
-async def give_feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt | ChatCompletion:
+async def give_feedback(body: FeedbackRequest, request: Request,
+                        caller: str | None = Depends(tenant)) -> FeedbackReceipt | ChatCompletion:
     store, reflector = request.app.state.store, request.app.state.reflector
-    episode, number = await _find(store, body, tenant=None)
+    episode, number = await _find(store, body, caller)
     lock = _episode_locks.setdefault(episode.id, asyncio.Lock())
     async with lock:
-        episode, number = await _find(store, body, tenant=None)  # as it is now that we hold the lock
+        episode, number = await _find(store, body, caller)  # as it is now that we hold the lock
         attempt = episode.attempt(number)
         if attempt.feedback is not None:
             return _repeat(episode, number, body)

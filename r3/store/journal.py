@@ -1,0 +1,120 @@
+"""A local write-ahead journal of episodes: JSON lines in segment files under the data dir.
+
+Every episode is appended here before its response is sent, so neither a database outage nor a
+killed process loses it. A segment is deleted once the database holds everything in it. Each
+process writes in a folder of its own that it holds a lock on; a folder whose lock is free belonged
+to a process that died, and the next process to start adopts its segments and replays them. A write reaches the operating system at
+once (it survives the process); `fsync` at rotation bounds what a machine crash could take.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(eq=False)
+class Segment:
+    path: Path
+    written: int = 0  # entries appended
+    committed: int = 0  # entries the database confirmed through the in-memory path
+    needs_replay: bool = False  # some entries skipped the in-memory path: replay the file
+    closed: bool = False
+    opened_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return self.closed and not self.needs_replay and self.committed >= self.written
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory / f"process-{time.time_ns():020d}-{os.getpid()}"
+        self.directory.mkdir()
+        self._lock = os.open(self.directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.segments: list[Segment] = [Segment(path, closed=True, needs_replay=True)
+                                        for path in self._adopt_orphans(directory)]
+        self._sequence = 0
+        self._fd: int | None = None
+        self.current = self._open()
+
+    def _adopt_orphans(self, root: Path) -> list[Path]:
+        """Move the segments of dead processes into our folder, oldest first."""
+        adopted: list[Path] = []
+        for folder in sorted(root.glob("process-*")):
+            if folder == self.directory:
+                continue
+            lock = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue  # a live process owns it
+            try:
+                for path in sorted(folder.glob("*segment-*.jsonl")):
+                    adopted.append(path.rename(self.directory / f"adopted-{folder.name}-{path.name}"))
+                shutil.rmtree(folder)
+            finally:
+                os.close(lock)
+        return adopted
+
+    def _open(self) -> Segment:
+        self._sequence += 1
+        path = self.directory / f"segment-{self._sequence:09d}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        segment = Segment(path)
+        self.segments.append(segment)
+        return segment
+
+    def append(self, record: dict[str, Any]) -> Segment:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        os.write(self._fd, line)  # one O_APPEND write: lines never interleave
+        self.current.written += 1
+        return self.current
+
+    def rotate(self) -> None:
+        """Close the current segment (if it has entries) and start a new one."""
+        if self.current.written == 0:
+            return
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self.current.closed = True
+        self.current = self._open()
+
+    def close(self) -> None:
+        """Stop writing; a folder left with no pending segment is removed, else the next start adopts it."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self.current.closed = True
+        for segment in [s for s in self.segments if s.done or s.written == 0 and not s.needs_replay]:
+            self.delete(segment)
+        if not self.segments:
+            shutil.rmtree(self.directory)
+        os.close(self._lock)
+
+    def delete(self, segment: Segment) -> None:
+        segment.path.unlink(missing_ok=True)
+        self.segments.remove(segment)
+
+    @staticmethod
+    def read(segment: Segment) -> list[dict[str, Any]]:
+        """The segment's records; a torn last line (the process died mid-write) is skipped."""
+        records = []
+        for line in segment.path.read_bytes().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def pending(self) -> list[Segment]:
+        """Closed segments whose entries the database may not hold yet."""
+        return [s for s in self.segments if s.closed and not s.done]

@@ -1,0 +1,93 @@
+"""Who is calling: API keys map to tenants; the admin key guards `/admin/*`.
+
+With no key configured anywhere (no `R3_API_KEYS`, none created with `r3 keys create`) the server
+is open, but only to loopback clients, so the embedded default is safe on a laptop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+
+from fastapi import Request
+
+from r3.store import keys
+from server.errors import APIError
+
+_CACHE_S = 5.0  # a revoked key stops working within this long
+
+
+class Authenticator:
+    def __init__(self, configured_keys: list[str], admin_key: str | None, sessions) -> None:
+        self.configured = {key: keys.tenant_of_configured_key(key) for key in configured_keys}
+        self.admin_key, self.sessions = admin_key, sessions
+        self._known: dict[str, tuple[str | None, float]] = {}
+        self._any_keys: tuple[bool, float] = (False, 0.0)
+
+    async def tenant(self, request: Request) -> str | None:
+        """The caller's tenant id (None in open mode), or a 401."""
+        if not self.configured and not await self._database_has_keys():
+            if not _is_loopback(request):
+                raise APIError(401, "no API keys are configured, so only loopback clients are served; "
+                               "create one with `r3 keys create`", type="authentication_error",
+                               code="invalid_api_key")
+            return None  # open mode: whatever key the SDK sends is ignored
+        key = _bearer(request)
+        if key is None:
+            raise APIError(401, "missing API key: send Authorization: Bearer <key>",
+                           type="authentication_error", code="invalid_api_key")
+        if key in self.configured:
+            return self.configured[key]
+        tenant = await self._database_tenant(key)
+        if tenant is None:
+            raise APIError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
+        return tenant
+
+    def require_admin(self, request: Request) -> None:
+        if self.admin_key is None:
+            raise APIError(403, "the admin API is disabled: set R3_ADMIN_KEY", type="permission_error")
+        key = _bearer(request)
+        if key is None or not hmac.compare_digest(key.encode(), self.admin_key.encode()):
+            raise APIError(401, "the admin API needs the admin key", type="authentication_error",
+                           code="invalid_api_key")
+
+    async def _database_has_keys(self) -> bool:
+        value, checked = self._any_keys
+        if time.monotonic() - checked > _CACHE_S:
+            value = await keys.any_keys(self.sessions)
+            self._any_keys = (value, time.monotonic())
+        return value
+
+    async def _database_tenant(self, key: str) -> str | None:
+        cached = self._known.get(key)
+        if cached is not None and time.monotonic() - cached[1] < _CACHE_S:
+            return cached[0]
+        tenant = await keys.tenant_of(self.sessions, key)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[key] = (tenant, time.monotonic())
+        return tenant
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def tenant(request: Request) -> str | None:
+    """FastAPI dependency: the calling tenant."""
+    return await request.app.state.auth.tenant(request)
+
+
+def admin(request: Request) -> None:
+    """FastAPI dependency: only the admin key passes."""
+    request.app.state.auth.require_admin(request)

@@ -1,0 +1,73 @@
+"""Reading episodes: a tenant's own (`/v1/episodes/{id}`), and everyone's for the admin (`/admin/episodes`)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from r3.episodes import Episode
+from r3.store.sql import EpisodeFilter
+from server.auth import admin, tenant
+from server.errors import APIError
+from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
+
+router = APIRouter()
+
+
+def episode_out(episode: Episode) -> EpisodeOut:
+    return EpisodeOut(
+        id=episode.id, created_at=episode.created_at, model=episode.model, adapter=episode.adapter or "base",
+        task_kind=episode.task_kind, verifier=episode.verifier, store=episode.store_text, messages=episode.messages,
+        tools=episode.tools, outcome=episode.outcome,
+        attempts=[AttemptOut(
+            attempt=a.number, completion_id=a.completion_id, content=a.content, tool_calls=a.tool_calls,
+            reflection=a.reflection, success=a.success, detail=a.detail,
+            feedback=FeedbackOut(**asdict(a.feedback)) if a.feedback else None, finish_reason=a.finish_reason,
+            prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
+            reflection_tokens=a.reflection_tokens, latency_s=a.latency_s,
+        ) for a in episode.attempts],
+    )
+
+
+@router.get("/v1/episodes/{episode_id}")
+async def get_episode(episode_id: str, request: Request, caller: str | None = Depends(tenant)) -> EpisodeOut:
+    episode = await request.app.state.store.get(episode_id, caller)
+    if episode is None:
+        raise APIError(404, f"no episode {episode_id!r}", type="not_found_error", param="episode_id",
+                       code="not_found")
+    return episode_out(episode)
+
+
+@router.get("/admin/episodes", dependencies=[Depends(admin)])
+async def list_episodes(
+    request: Request,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    outcome: bool | None = None,
+    adapter: str | None = Query(None, description='"base" for the base model, or an adapter name'),
+    task_kind: str | None = None,
+    tenant_id: str | None = Query(None, alias="tenant"),
+    limit: int = Query(50, ge=1, le=500),
+    after: str | None = Query(None, description="next_cursor of the previous page"),
+) -> EpisodePage:
+    where = EpisodeFilter(since=since, until=until, outcome=outcome, task_kind=task_kind, tenant=tenant_id,
+                          adapter=adapter)
+    episodes = await request.app.state.episodes.list(where, limit, _decode_cursor(after) if after else None)
+    cursor = _encode_cursor(episodes[-1]) if len(episodes) == limit else None
+    return EpisodePage(data=[episode_out(e) for e in episodes], next_cursor=cursor)
+
+
+def _encode_cursor(episode: Episode) -> str:
+    created = datetime.fromtimestamp(episode.created_at, UTC).isoformat()
+    return base64.urlsafe_b64encode(f"{created}|{episode.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, episode_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), episode_id
+    except ValueError as error:
+        raise APIError(400, "after is not a cursor this API returned", param="after") from error

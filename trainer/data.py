@@ -1,0 +1,157 @@
+"""Training and evaluation items from recorded episodes.
+
+A `Failure` is a request whose first attempt failed under a verifier the trainer can run again: the
+request, that failed attempt (kept fixed: the trainer learns to reflect on it, not to answer
+afresh), and why it failed. A `Success` is a request whose first attempt passed; the gate replays
+those to check that a new adapter still gets them right the first time.
+
+Items are keyed by their prompt: the request's messages and tools. `split` hashes that key, so an
+item lands on the same side in every round; a held-out prompt is never trained on, however many
+times it recurs in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+from typing import Any, TypeVar
+
+from r3.engines.base import SamplingParams
+from r3.episodes import AttemptRecord, Episode
+from r3.reflect_retry import ChatTask
+from r3.reflection import assistant_message
+from verifiers import parse_spec
+
+
+@dataclass(frozen=True)
+class Success:
+    """A request whose first attempt passed its verifier."""
+
+    episode_id: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    verifier: dict[str, Any]
+    task_kind: str
+    sampling: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request whose first attempt failed its verifier, with that attempt and the reason."""
+
+    episode_id: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    failed_attempt: dict[str, Any]  # the OpenAI assistant message: content and tool_calls
+    detail: str  # what the verifier (or the client's feedback) said was wrong
+    verifier: dict[str, Any]
+    task_kind: str
+    sampling: dict[str, Any]
+
+
+Item = TypeVar("Item", Failure, Success)
+
+
+def failures_from_episodes(episodes: Iterable[Episode]) -> list[Failure]:
+    """Episodes whose first attempt failed and can be judged again: verifier recorded, text stored."""
+    failures = []
+    for episode in episodes:
+        if not _replayable(episode):
+            continue
+        first = episode.attempt(1)
+        # The verifier must have failed it too: a failure only the client's feedback saw would be
+        # "fixed" in training by repeating the very answer the client rejected.
+        if first.passed is not False or first.success is not False:
+            continue
+        failures.append(Failure(
+            episode_id=episode.id, messages=episode.messages, tools=episode.tools, tool_choice=episode.tool_choice,
+            failed_attempt=assistant_message(first.content, first.tool_calls), detail=_detail(first),
+            verifier=episode.verifier, task_kind=episode.task_kind, sampling=episode.sampling,
+        ))
+    return failures
+
+
+def first_attempt_successes(episodes: Iterable[Episode]) -> list[Success]:
+    """Episodes whose first attempt passed its verifier (and no client feedback said otherwise)."""
+    return [
+        Success(episode_id=episode.id, messages=episode.messages, tools=episode.tools,
+                tool_choice=episode.tool_choice, verifier=episode.verifier, task_kind=episode.task_kind,
+                sampling=episode.sampling)
+        for episode in episodes
+        if _replayable(episode) and episode.attempt(1).passed is True and episode.attempt(1).success is True
+    ]
+
+
+def _replayable(episode: Episode) -> bool:
+    return episode.verifier is not None and episode.store_text and episode.messages is not None and bool(episode.attempts)
+
+
+def _detail(attempt: AttemptRecord) -> str:
+    if attempt.feedback is not None and attempt.feedback.detail:
+        return attempt.feedback.detail  # the client's own error text says more than a verdict would
+    return attempt.detail or ""
+
+
+def prompt_key(item: Failure | Success) -> str:
+    """The prompt as the model saw it (messages and tools), canonically serialised."""
+    return json.dumps({"messages": item.messages, "tools": item.tools}, sort_keys=True, ensure_ascii=False)
+
+
+def dedupe(items: Iterable[Item]) -> list[Item]:
+    """The first item of each prompt."""
+    seen: dict[str, Item] = {}
+    for item in items:
+        seen.setdefault(prompt_key(item), item)
+    return list(seen.values())
+
+
+def is_heldout(item: Failure | Success, heldout_fraction: float) -> bool:
+    """Whether the item's prompt belongs to the held-out side: a fixed function of the prompt."""
+    digest = hashlib.sha256(prompt_key(item).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction
+
+
+def split(failures: Iterable[Failure], heldout_fraction: float) -> tuple[list[Failure], list[Failure]]:
+    """(train, held-out), deduplicated by prompt; a prompt's side never changes between rounds."""
+    if not 0.0 <= heldout_fraction <= 1.0:
+        raise ValueError("heldout_fraction must lie in [0, 1]")
+    unique = dedupe(failures)
+    train = [failure for failure in unique if not is_heldout(failure, heldout_fraction)]
+    heldout = [failure for failure in unique if is_heldout(failure, heldout_fraction)]
+    return train, heldout
+
+
+def balance(failures: Sequence[Failure], factor: float = 2.0) -> list[Failure]:
+    """At most `factor` × (the rarest task kind's count) failures of each kind, interleaved by kind.
+
+    A log is usually dominated by one kind of task; trained on as it comes, the adapter would learn
+    to reflect on that kind only. Capping keeps the rare kinds' share; interleaving round-robin (in
+    log order within a kind) keeps every prefix of the result balanced too, so a round that stops
+    early has still seen every kind.
+    """
+    by_kind: dict[str, list[Failure]] = defaultdict(list)
+    for failure in failures:
+        by_kind[failure.task_kind].append(failure)
+    if not by_kind:
+        return []
+    cap = max(1, int(min(len(kind) for kind in by_kind.values()) * factor))
+    capped = [kind[:cap] for kind in by_kind.values()]
+    return [failure for row in zip_longest(*capped) for failure in row if failure is not None]
+
+
+def chat_task(item: Failure | Success, params: SamplingParams, adapter: str | None = None,
+              model: str = "") -> ChatTask:
+    """The item's request as `r3.reflect_retry` runs it, with the given sampling."""
+    return ChatTask(model=model, adapter=adapter, messages=item.messages, tools=item.tools,
+                    tool_choice=item.tool_choice, params=params, verifier=parse_spec(item.verifier), max_retries=1)
+
+
+def recorded_params(item: Failure | Success) -> SamplingParams:
+    """The sampling the request asked for."""
+    return SamplingParams(**{**item.sampling, "stop": tuple(item.sampling.get("stop", ()))})
