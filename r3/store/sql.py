@@ -139,18 +139,19 @@ class SqlEpisodeStore:
     async def list(self, where: EpisodeFilter, limit: int, after: tuple[datetime, str] | None = None) -> list[Episode]:
         """Newest first; `after` is the (created_at, id) of the last episode of the previous page."""
         query: Select = select(EpisodeRow).order_by(EpisodeRow.created_at.desc(), EpisodeRow.id.desc()).limit(limit)
-        conditions = {
-            EpisodeRow.created_at >= where.since: where.since is not None,
-            EpisodeRow.created_at < where.until: where.until is not None,
-            EpisodeRow.outcome.is_(where.outcome): where.outcome is not None,
-            EpisodeRow.adapter == where.adapter: where.adapter not in (None, "base"),
-            EpisodeRow.adapter.is_(None): where.adapter == "base",
-            EpisodeRow.task_kind == where.task_kind: where.task_kind is not None,
-            EpisodeRow.tenant == where.tenant: where.tenant is not None,
-        }
-        for condition, wanted in conditions.items():
-            if wanted:
-                query = query.where(condition)
+        if where.since is not None:
+            query = query.where(EpisodeRow.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(EpisodeRow.created_at < where.until)
+        if where.outcome is not None:
+            query = query.where(EpisodeRow.outcome.is_(where.outcome))
+        if where.adapter is not None:
+            base = where.adapter == "base"
+            query = query.where(EpisodeRow.adapter.is_(None) if base else EpisodeRow.adapter == where.adapter)
+        if where.task_kind is not None:
+            query = query.where(EpisodeRow.task_kind == where.task_kind)
+        if where.tenant is not None:
+            query = query.where(EpisodeRow.tenant == where.tenant)
         if after is not None:
             created, episode_id = after
             query = query.where((EpisodeRow.created_at < created)

@@ -1,0 +1,165 @@
+"""The episode log: how many episodes/s it writes into Postgres + Redis, and what it adds to a request.
+
+    python bench/episode_log.py [--episodes 20000] [--requests 200]
+        [--database postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
+
+1. Throughput: record N synthetic two-attempt episodes as fast as the caller can, and time until
+   every one is in Postgres and announced on the Redis stream (a fresh database and stream key).
+2. Request latency with logging on vs off, in one run: two servers on the same model, one whose
+   episodes go nowhere; requests alternate between them, one at a time, max_tokens=1 so the model's
+   time does not drown the difference. Reports p50/p99 of each and their ratio.
+Writes bench/results/episode_log.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]  # the packages first: tests/verifiers must not shadow `verifiers`
+sys.path.append(str(ROOT / "tests"))
+from support import ThreadedServer  # noqa: E402
+
+from r3.episodes import AttemptRecord, Episode, new_episode_id  # noqa: E402
+from r3.settings import Settings  # noqa: E402
+from r3.store import database  # noqa: E402
+from r3.store.episode_log import EpisodeLog  # noqa: E402
+from r3.store.journal import Journal  # noqa: E402
+from r3.store.sql import SqlEpisodeStore  # noqa: E402
+from r3.store.stream import RedisEpisodeStream  # noqa: E402
+from server.app import create_app  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def synthetic_episode() -> Episode:
+    messages = [{"role": "user", "content": "What is the weather in Paris today? Please call the tool."}]
+    attempts = [
+        AttemptRecord(number=n, completion_id=f"chatcmpl-{uuid.uuid4().hex}", finish_reason="stop",
+                      prompt_tokens=120, completion_tokens=24, latency_s=0.4, content="I will check the weather.",
+                      token_ids=list(range(24)), logprobs=[-0.5] * 24, success=n == 2,
+                      reflection="I forgot to call the tool." if n == 2 else None, reflection_tokens=12 * (n == 2),
+                      detail="expected 1 call, got 0" if n == 1 else "")
+        for n in (1, 2)
+    ]
+    return Episode(id=new_episode_id(), tenant=None, model="bench", adapter=None, task_kind="function_calling",
+                   verifier={"type": "tool_schema"}, store_text=True, messages=messages, tools=None,
+                   tool_choice="auto", attempts=attempts)
+
+
+async def fresh_database(admin_url: str) -> str:
+    name = f"r3_bench_{uuid.uuid4().hex[:8]}"
+    connection = await asyncpg.connect(admin_url)
+    await connection.execute(f'CREATE DATABASE "{name}"')
+    await connection.close()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    connection = await asyncpg.connect(admin_url)
+    await connection.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await connection.close()
+
+
+async def throughput(admin_url: str, redis_url: str, count: int) -> dict:
+    url = await fresh_database(admin_url)
+    async_url = database.database_url(Settings(database_url=url))
+    await asyncio.to_thread(database.migrate, async_url)
+    engine = database.create_engine(async_url)
+    key = f"r3:bench:{uuid.uuid4().hex[:8]}"
+    stream = RedisEpisodeStream(redis_url, key=key)
+    try:
+        with tempfile.TemporaryDirectory() as journal_dir:
+            log = EpisodeLog(SqlEpisodeStore(database.sessions(engine)), stream, Journal(Path(journal_dir)))
+            await log.start()
+            episodes = [synthetic_episode() for _ in range(count)]
+            started = time.perf_counter()
+            for number, episode in enumerate(episodes):
+                log.record(episode)
+                if number % 100 == 0:
+                    await asyncio.sleep(0)  # a server records between requests, not in one burst
+            recorded = time.perf_counter() - started
+            await log.flush()
+            elapsed = time.perf_counter() - started
+            on_stream = redis.from_url(redis_url).xlen(key)
+            await log.close()
+        async with engine.connect() as connection:
+            stored = (await connection.exec_driver_sql("SELECT count(*) FROM episodes")).scalar()
+    finally:
+        await engine.dispose()
+        redis.from_url(redis_url).delete(key)
+        await drop_database(admin_url, url)
+    return {"episodes": count, "stored": stored, "on_stream": on_stream, "seconds": round(elapsed, 3),
+            "episodes_per_s": round(count / elapsed), "record_call_us": round(recorded / count * 1e6, 1)}
+
+
+class DiscardingStore:
+    """Logging off: episodes go nowhere."""
+
+    async def save(self, episode: Episode) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def latency(requests: int) -> dict:
+    with tempfile.TemporaryDirectory() as on_dir, tempfile.TemporaryDirectory() as off_dir:
+        on_app, off_app = (create_app(Settings(data_dir=Path(d))) for d in (on_dir, off_dir))
+        with ThreadedServer(on_app) as on_url, ThreadedServer(off_app) as off_url:
+            off_app.state.store = DiscardingStore()
+            body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}],
+                    "max_tokens": 1, "temperature": 0}
+            times: dict[str, list[float]] = {"on": [], "off": []}
+            with httpx.Client(timeout=60) as client:
+                for url in (on_url, off_url):  # warm-up
+                    client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()
+                for _ in range(requests):
+                    for name, url in (("on", on_url), ("off", off_url)):
+                        started = time.perf_counter()
+                        client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()
+                        times[name].append(time.perf_counter() - started)
+    def percentile(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] * 1000
+
+    result = {name: {"p50_ms": round(percentile(v, 50), 2), "p99_ms": round(percentile(v, 99), 2)}
+              for name, v in times.items()}
+    result["p50_ratio_on_off"] = round(result["on"]["p50_ms"] / result["off"]["p50_ms"], 3)
+    result["p99_ratio_on_off"] = round(result["on"]["p99_ms"] / result["off"]["p99_ms"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--database", default=os.environ.get("R3_BENCH_DATABASE", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis", default=os.environ.get("R3_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+    result = {"throughput": asyncio.run(throughput(args.database, args.redis, args.episodes)),
+              "latency": latency(args.requests)}
+    t, lat = result["throughput"], result["latency"]
+    print(f"episode log: {t['episodes_per_s']} episodes/s into Postgres + Redis "
+          f"({t['stored']} stored, {t['on_stream']} on the stream, {t['record_call_us']} µs per record call)")
+    print(f"request latency, logging on / off: p50 {lat['on']['p50_ms']} / {lat['off']['p50_ms']} ms "
+          f"(ratio {lat['p50_ratio_on_off']}), p99 {lat['on']['p99_ms']} / {lat['off']['p99_ms']} ms "
+          f"(ratio {lat['p99_ratio_on_off']})")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "episode_log.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
