@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -78,7 +78,13 @@ class Episode:
 
 
 def episode_to_dict(episode: Episode) -> dict[str, Any]:
-    return asdict(episode)
+    """A JSON-ready view of the episode (shallow: it shares the episode's lists; don't mutate it).
+
+    Written out by hand because `dataclasses.asdict` deep-copies, which is most of the cost of
+    journaling an episode.
+    """
+    attempts = [{**vars(a), "feedback": vars(a.feedback) if a.feedback else None} for a in episode.attempts]
+    return {**vars(episode), "attempts": attempts}
 
 
 def episode_from_dict(data: dict[str, Any]) -> Episode:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Insert, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -84,10 +85,22 @@ class EpisodeFilter:
     tenant: str | None = None
 
 
-class SqlEpisodeStore:
-    # Rows per INSERT: below Postgres' 32767 bind parameters for the widest table.
-    CHUNK = 500
+@cache
+def _upserts(dialect: str) -> tuple[Insert, Insert]:
+    """INSERT ... ON CONFLICT DO UPDATE for episodes and attempts, built once per dialect."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    episodes = insert(EpisodeRow.__table__)
+    episodes = episodes.on_conflict_do_update(
+        index_elements=["id"], set_={c: episodes.excluded[c] for c in _EPISODE_UPDATES},
+        where=EpisodeRow.__table__.c.revision < episodes.excluded.revision)
+    attempts = insert(AttemptRow.__table__)
+    attempts = attempts.on_conflict_do_update(
+        index_elements=["episode_id", "number"], set_={c: attempts.excluded[c] for c in _ATTEMPT_UPDATES},
+        where=attempts.excluded.feedback_success.is_not(None) & AttemptRow.__table__.c.feedback_success.is_(None))
+    return episodes, attempts
 
+
+class SqlEpisodeStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
@@ -104,17 +117,12 @@ class SqlEpisodeStore:
         episode_rows = [episode_row(e) for e in latest.values()]
         attempt_rows = [attempt_row(e.id, a) for e in latest.values() for a in e.attempts]
         async with self.sessions.begin() as session:
-            insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-            for start in range(0, len(episode_rows), self.CHUNK):
-                statement = insert(EpisodeRow).values(episode_rows[start:start + self.CHUNK])
-                await session.execute(statement.on_conflict_do_update(
-                    index_elements=["id"], set_={c: statement.excluded[c] for c in _EPISODE_UPDATES},
-                    where=EpisodeRow.revision < statement.excluded.revision))
-            for start in range(0, len(attempt_rows), self.CHUNK):
-                statement = insert(AttemptRow).values(attempt_rows[start:start + self.CHUNK])
-                await session.execute(statement.on_conflict_do_update(
-                    index_elements=["episode_id", "number"], set_={c: statement.excluded[c] for c in _ATTEMPT_UPDATES},
-                    where=statement.excluded.feedback_success.is_not(None) & AttemptRow.feedback_success.is_(None)))
+            episodes_upsert, attempts_upsert = _upserts(session.bind.dialect.name)
+            connection = await session.connection()
+            # executemany with one cached statement: a multi-row VALUES would be compiled anew per batch.
+            await connection.execute(episodes_upsert, episode_rows)
+            if attempt_rows:
+                await connection.execute(attempts_upsert, attempt_rows)
 
     async def get(self, episode_id: str, tenant: str | None) -> Episode | None:
         async with self.sessions() as session:
