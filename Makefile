@@ -34,6 +34,7 @@ test: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/episode_log.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
