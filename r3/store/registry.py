@@ -1,0 +1,155 @@
+"""The adapter registry: every trained LoRA adapter as a version with a never-reused name.
+
+A version is born `pending` (its name is taken before its files are written), becomes `candidate`
+once its files and their sha256 are in place, and then `active` (promoted) or `rejected` (the gate
+said no). Promotion retires the previous active version and activates the new one in one
+transaction — a unique index allows one active row at most — and only after the commit is the
+event published, so a crash anywhere leaves either the old version active or the new one, never
+half of each. Servers learn of promotions from Redis pub/sub and, as a safety net, by polling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from r3.store.models import AdapterVersion
+
+ADAPTER_CHANNEL = "r3:adapters"
+
+
+def adapter_sha256(folder: Path) -> str:
+    """One digest over every file of an adapter folder (names and contents), in a stable order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    number: int
+    parent: str | None
+    status: str
+    path: Path
+    sha256: str
+    metrics: dict[str, Any]
+    episodes_used: list[str]
+    created_at: datetime
+    promoted_at: datetime | None
+
+    @classmethod
+    def of(cls, row: AdapterVersion) -> Version:
+        return cls(row.name, row.number, row.parent, row.status, Path(row.path), row.sha256, row.metrics,
+                   row.episodes_used, row.created_at, row.promoted_at)
+
+
+class AdapterRegistry:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], adapters_dir: Path,
+                 redis_url: str | None = None) -> None:
+        self.sessions, self.adapters_dir = sessions, adapters_dir
+        self.redis = redis.from_url(redis_url) if redis_url else None
+
+    async def register(self, files: Path, parent: str | None, metrics: dict[str, Any],
+                       episodes_used: list[str]) -> Version:
+        """Copy a trained adapter folder in as a new candidate version."""
+        row = await self._reserve_name(parent, metrics, episodes_used)
+        target = Path(row.path)
+        shutil.copytree(files, target)
+        sha = adapter_sha256(target)
+        async with self.sessions.begin() as session:
+            await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.name)
+                                  .values(status="candidate", sha256=sha))
+        return await self.get(row.name)
+
+    async def _reserve_name(self, parent: str | None, metrics: dict[str, Any], episodes_used: list[str]) -> AdapterVersion:
+        while True:  # two trainers racing for a number: the unique index picks one, the other retries
+            async with self.sessions() as session:
+                number = (await session.scalar(select(func.max(AdapterVersion.number))) or 0) + 1
+                name = f"r3-v{number}"
+                row = AdapterVersion(name=name, number=number, parent=parent, status="pending",
+                                     path=str(self.adapters_dir / name), sha256="", metrics=metrics,
+                                     episodes_used=episodes_used, created_at=datetime.now(UTC))
+                session.add(row)
+                try:
+                    await session.commit()
+                    return row
+                except IntegrityError:
+                    await session.rollback()
+
+    async def get(self, name: str) -> Version | None:
+        async with self.sessions() as session:
+            row = await session.get(AdapterVersion, name)
+            return Version.of(row) if row is not None else None
+
+    async def active(self) -> Version | None:
+        async with self.sessions() as session:
+            row = await session.scalar(select(AdapterVersion).where(AdapterVersion.status == "active"))
+            return Version.of(row) if row is not None else None
+
+    async def versions(self) -> list[Version]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(AdapterVersion).order_by(AdapterVersion.number))
+            return [Version.of(row) for row in rows]
+
+    async def record_decision(self, name: str, metrics: dict[str, Any], promote: bool) -> Version:
+        """The gate's verdict on a candidate: its numbers, then active (promoted) or rejected."""
+        async with self.sessions.begin() as session:
+            row = await session.get(AdapterVersion, name)
+            row.metrics = {**row.metrics, **metrics}
+            if not promote:
+                row.status = "rejected"
+        if promote:
+            await self.activate(name)
+        return await self.get(name)
+
+    async def activate(self, name: str) -> Version:
+        """Make a version the active one (promotion, rollback, roll-forward): one transaction, then the event."""
+        async with self.sessions.begin() as session:
+            target = await session.get(AdapterVersion, name)
+            if target is None or target.status == "pending":
+                raise LookupError(f"no complete adapter version named {name!r}")
+            await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
+                                  .values(status="retired"))
+            await session.flush()  # the unique "one active" index must see the old row retired first
+            target.status = "active"
+            target.promoted_at = datetime.now(UTC)
+        version = await self.get(name)
+        await self.publish(version)
+        return version
+
+    async def deactivate(self) -> None:
+        """Serve the base model: no version is active."""
+        async with self.sessions.begin() as session:
+            await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
+                                  .values(status="retired"))
+        await self.publish(None)
+
+    async def publish(self, version: Version | None) -> None:
+        if self.redis is None:
+            return
+        event = {"active": version.name if version else None, "sha256": version.sha256 if version else None}
+        try:
+            await self.redis.publish(ADAPTER_CHANNEL, json.dumps(event))
+        except (RedisError, OSError):
+            pass  # servers poll the database as well; the event only makes them faster
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
