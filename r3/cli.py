@@ -96,6 +96,29 @@ def _check_database() -> None:
 
 
 @app.command()
+def train(once: bool = typer.Option(False, "--once", help="Run one round now and exit.")) -> None:
+    """Run the trainer: GRPO rounds on recorded failures, gated, promoted or rejected."""
+    import importlib
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # By module name, like the server: r3 is the shared kernel and must not import the trainer.
+    worker_module = importlib.import_module("trainer.worker")
+
+    async def run() -> None:
+        worker = worker_module.TrainerWorker(get_settings())
+        try:
+            if once:
+                outcome = await worker.run_round(requested_by="cli")
+                console.print(outcome.report)
+            else:
+                await worker.run_forever()
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
+
+
+@app.command()
 def serve(
     host: str = typer.Option(None, help="Overrides R3_HOST."),
     port: int = typer.Option(None, help="Overrides R3_PORT."),

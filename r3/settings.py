@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(3, ge=1, le=10, description="Tries per webhook call (connection errors, 5xx).")
 
+    # --- training (r3 train) ---
+    adapters_dir: Path | None = Field(None, description="Where adapter versions live; defaults to <data dir>/adapters.")
+    train_min_failures: int = Field(16, ge=1, description="New replayable failures that start a round.")
+    train_interval_s: float = Field(3600, gt=0, description="A round also starts this long after the last one.")
+    train_max_failures: int = Field(256, ge=1, description="Most failures one round trains on.")
+    train_heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of prompts kept for the gate.")
+    train_num_generations: int = Field(4, ge=2, description="Reflections sampled per failure (GRPO's G).")
+    train_learning_rate: float = Field(5e-5, gt=0)
+    train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round.")
+    gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
+    gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
+    gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate.")
+
     # --- storage ---
     data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))
     models_dir: Path = Field(
@@ -66,6 +79,10 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = Field(default_factory=list)
     admin_key: SecretStr | None = None
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get a 413.")
+
+    @property
+    def adapters_path(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
 
 
 @lru_cache

@@ -101,7 +101,34 @@ def upgrade() -> None:
     )
 
 
+    op.create_table('training_rounds',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('requested_by', sa.String(length=64), nullable=False),
+    sa.Column('requested_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('candidate', sa.String(length=64), nullable=True),
+    sa.Column('promoted', sa.Boolean(), nullable=True),
+    sa.Column('report', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('admin_actions',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('actor', sa.String(length=64), nullable=False),
+    sa.Column('action', sa.String(length=32), nullable=False),
+    sa.Column('from_version', sa.String(length=64), nullable=True),
+    sa.Column('to_version', sa.String(length=64), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+
+
 def downgrade() -> None:
+    op.drop_table('admin_actions')
+    op.drop_table('training_rounds')
     op.drop_table('attempts')
     with op.batch_alter_table('episodes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_episodes_tenant'))

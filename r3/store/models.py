@@ -116,3 +116,34 @@ class AttemptRow(Base):
     feedback_at: Mapped[datetime | None]
 
     episode: Mapped[EpisodeRow] = relationship(back_populates="attempts")
+
+
+class TrainingRound(Base):
+    """One training round, from the moment it is asked for (by the schedule or an admin) to its decision."""
+
+    __tablename__ = "training_rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16))  # requested | running | finished | failed
+    requested_by: Mapped[str] = mapped_column(String(64))  # "schedule" or "admin"
+    requested_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    candidate: Mapped[str | None] = mapped_column(String(64))
+    promoted: Mapped[bool | None] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminAction(Base):
+    """Every change an admin (or the auto-rollback) made: who, when, from what to what."""
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    to_version: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,258 @@
+"""`r3 train`: the worker that turns recorded failures into new adapter versions.
+
+    wait ── until enough new replayable failures arrived, the interval passed, or an admin asked
+    round:
+        select   untrained first-attempt failures (the database is the source of truth; the Redis
+                 stream only wakes the worker), deduplicate, split by prompt hash into train and
+                 held-out (held-out prompts are never trained on), balance task kinds
+        train    GRPO with reflection-only credit, from the active adapter (trainer.grpo)
+        register the candidate as a new version (r3-vN, files + sha256)
+        gate     candidate vs active on all held-out failures and a regression set (trainer.gate)
+        decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers
+        commit   mark the episodes used, finish the round row, then XACK the stream entries
+
+Stream entries are acknowledged only after the round that covered them is committed; a worker
+that dies leaves them pending, and the next one claims them (XAUTOCLAIM) and redoes the round.
+A crash at any point leaves the active version as it was or fully replaced, never in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import func, select, update
+
+from r3 import bundled_model
+from r3.engines.transformers_engine import TransformersEngine
+from r3.reflect_retry import webhook_policy
+from r3.settings import Settings
+from r3.store import database
+from r3.store.models import EpisodeRow, TrainingRound
+from r3.store.registry import AdapterRegistry
+from r3.store.sql import episode_of
+from r3.store.stream import STREAM_KEY, TRAINER_GROUP
+from trainer.data import balance, dedupe, failures_from_episodes, first_attempt_successes, split
+from trainer.gate import decide, evaluate
+from trainer.grpo import GRPOSettings, train_round
+
+log = logging.getLogger(__name__)
+
+HELD_OUT = "held-out"  # trained_in of a held-out failure: counted, never trained on
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round_id: int
+    candidate: str | None
+    promoted: bool
+    report: dict[str, Any]
+
+
+def _untrained_failures():
+    return (select(EpisodeRow)
+            .where(EpisodeRow.replayable, EpisodeRow.store_text, EpisodeRow.first_success.is_(False),
+                   EpisodeRow.trained_in.is_(None)))
+
+
+class TrainerWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        url = database.database_url(settings)
+        self.url, self.engine = url, database.create_engine(url)
+        self.sessions = database.sessions(self.engine)
+        self.registry = AdapterRegistry(self.sessions, settings.adapters_path, settings.redis_url)
+        self.redis = redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._received: list[bytes] = []  # stream entries to acknowledge after the next committed round
+        self._last_round = time.monotonic()
+
+    async def close(self) -> None:
+        await self.registry.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run_forever(self, poll_s: float = 5.0) -> None:
+        await database.ensure_migrated(self.engine, self.url)
+        await self._claim_abandoned()
+        while True:
+            reason = await self._due()
+            if reason:
+                await self.run_round(requested_by=reason)
+            else:
+                await self._listen(poll_s)
+
+    async def _due(self) -> str | None:
+        async with self.sessions() as session:
+            requested = await session.scalar(select(func.count()).select_from(TrainingRound)
+                                             .where(TrainingRound.status == "requested"))
+            waiting = await session.scalar(select(func.count()).select_from(_untrained_failures().subquery()))
+        if requested:
+            return "admin"
+        if waiting >= self.settings.train_min_failures:
+            return "failures"
+        if waiting and time.monotonic() - self._last_round >= self.settings.train_interval_s:
+            return "interval"
+        return None
+
+    async def _listen(self, wait_s: float) -> None:
+        """Block until new episode ids arrive on the stream (or `wait_s` passes)."""
+        if self.redis is None:  # the embedded default: the database is polled
+            await asyncio.sleep(wait_s)
+            return
+        try:
+            await self._ensure_group()
+            answer = await self.redis.xreadgroup(TRAINER_GROUP, self.consumer, {STREAM_KEY: ">"},
+                                                 count=1000, block=int(wait_s * 1000))
+        except RedisError as error:
+            log.warning("reading the episode stream failed (%s); polling the database", error)
+            await asyncio.sleep(wait_s)
+            return
+        for _, entries in answer or []:
+            self._received += [entry_id for entry_id, _ in entries]
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(STREAM_KEY, TRAINER_GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _claim_abandoned(self, idle_ms: int = 60_000) -> None:
+        """Take over entries a dead worker read but never acknowledged."""
+        if self.redis is None:
+            return
+        try:
+            await self._ensure_group()
+            start = "0-0"
+            while True:
+                start, entries, *_ = await self.redis.xautoclaim(STREAM_KEY, TRAINER_GROUP, self.consumer,
+                                                                 min_idle_time=idle_ms, start_id=start, count=1000)
+                self._received += [entry_id for entry_id, _ in entries]
+                if start in (b"0-0", "0-0"):
+                    return
+        except RedisError as error:
+            log.warning("claiming abandoned stream entries failed (%s)", error)
+
+    # ------------------------------------------------------------------ one round
+
+    async def run_round(self, requested_by: str = "admin") -> RoundOutcome:
+        acknowledged = list(self._received)
+        round_id = await self._start_round(requested_by)
+        try:
+            outcome = await self._round(round_id)
+        except Exception as error:
+            log.exception("training round %d failed", round_id)
+            await self._finish_round(round_id, status="failed", error=str(error))
+            raise
+        self._last_round = time.monotonic()
+        await self._acknowledge(acknowledged)
+        return outcome
+
+    async def _start_round(self, requested_by: str) -> int:
+        async with self.sessions.begin() as session:
+            row = await session.scalar(select(TrainingRound).where(TrainingRound.status == "requested")
+                                       .order_by(TrainingRound.id).limit(1))
+            if row is None:
+                row = TrainingRound(status="requested", requested_by=requested_by, requested_at=datetime.now(UTC))
+                session.add(row)
+            row.status, row.started_at = "running", datetime.now(UTC)
+            await session.flush()
+            return row.id
+
+    async def _round(self, round_id: int) -> RoundOutcome:
+        settings = self.settings
+        async with self.sessions() as session:
+            untrained = [episode_of(r) for r in await session.scalars(
+                _untrained_failures().order_by(EpisodeRow.created_at.desc()).limit(4 * settings.train_max_failures))]
+            every_failure = [episode_of(r) for r in await session.scalars(
+                select(EpisodeRow).where(EpisodeRow.replayable, EpisodeRow.store_text,
+                                         EpisodeRow.first_success.is_(False))
+                .order_by(EpisodeRow.created_at.desc()).limit(2000))]
+            passed = [episode_of(r) for r in await session.scalars(
+                select(EpisodeRow).where(EpisodeRow.replayable, EpisodeRow.store_text,
+                                         EpisodeRow.first_success.is_(True))
+                .order_by(EpisodeRow.created_at.desc()).limit(settings.gate_regression_size))]
+        train, new_heldout = split(dedupe(failures_from_episodes(untrained)), settings.train_heldout_fraction)
+        train = balance(train)[: settings.train_max_failures]
+        _, heldout = split(dedupe(failures_from_episodes(every_failure)), settings.train_heldout_fraction)
+        successes = first_attempt_successes(passed)
+        counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes)}
+        log.info("round %d: %s", round_id, counts)
+        if not train or not heldout:
+            await self._finish_round(round_id, status="finished", report={**counts, "skipped": "too few failures"})
+            return RoundOutcome(round_id, None, False, counts)
+
+        model_path = bundled_model.resolve(settings)
+        active = await self.registry.active()
+        grpo = GRPOSettings(num_generations=settings.train_num_generations, learning_rate=settings.train_learning_rate,
+                            max_steps=settings.train_max_steps, max_reflection_tokens=settings.reflection_max_tokens)
+        with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
+            report = await asyncio.to_thread(train_round, model_path, active.path if active else None, train,
+                                             Path(scratch) / "adapter", grpo, webhook_policy(settings))
+            candidate = await self.registry.register(
+                Path(scratch) / "adapter", active.name if active else None,
+                {"training": _summary(report.to_dict())}, [f.episode_id for f in train])
+
+        decision = await self._gate(model_path, candidate.name, candidate.path, active, heldout, successes)
+        await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
+                                            promote=decision.promote)
+        async with self.sessions.begin() as session:
+            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_([f.episode_id for f in train]))
+                                  .values(trained_in=candidate.name))
+            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_([f.episode_id for f in new_heldout]))
+                                  .values(trained_in=HELD_OUT))
+        summary = {**counts, "candidate": candidate.name, "promoted": decision.promote, "reason": decision.reason,
+                   "gate": decision.numbers, "training": _summary(report.to_dict())}
+        await self._finish_round(round_id, status="finished", report=summary, candidate=candidate.name,
+                                 promoted=decision.promote)
+        log.info("round %d: %s %s (%s)", round_id, candidate.name,
+                 "promoted" if decision.promote else "rejected", decision.reason)
+        return RoundOutcome(round_id, candidate.name, decision.promote, summary)
+
+    async def _gate(self, model_path: str, candidate: str, candidate_path: Path, active, heldout, successes):
+        engine = TransformersEngine(model_path, "gate", max_batch_size=8)
+        try:
+            await engine.load_adapter(candidate, candidate_path)
+            if active is not None:
+                await engine.load_adapter(active.name, active.path)
+            policy = webhook_policy(self.settings)
+            candidate_result = await evaluate(engine, candidate, heldout, successes, policy)
+            active_result = await evaluate(engine, active.name if active else None, heldout, successes, policy)
+        finally:
+            await engine.close()
+        return decide(candidate_result, active_result, self.settings.gate_alpha, self.settings.gate_tolerance)
+
+    async def _finish_round(self, round_id: int, status: str, report: dict[str, Any] | None = None,
+                            candidate: str | None = None, promoted: bool | None = None, error: str | None = None) -> None:
+        async with self.sessions.begin() as session:
+            row = await session.get(TrainingRound, round_id)
+            row.status, row.finished_at, row.error = status, datetime.now(UTC), error
+            row.report, row.candidate, row.promoted = report or {}, candidate, promoted
+
+    async def _acknowledge(self, entry_ids: list[bytes]) -> None:
+        if self.redis is None or not entry_ids:
+            return
+        try:
+            await self.redis.xack(STREAM_KEY, TRAINER_GROUP, *entry_ids)
+            self._received = [e for e in self._received if e not in set(entry_ids)]
+        except RedisError as error:
+            log.warning("acknowledging stream entries failed (%s); they will be claimed again", error)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The round's numbers without the per-step logs (those go to the worker's log)."""
+    return {k: v for k, v in report.items() if k != "step_logs"}
