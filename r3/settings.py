@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(3, ge=1, le=10, description="Tries per webhook call (connection errors, 5xx).")
 
+    # --- hot-swap ---
+    adapter_poll_s: float = Field(2.0, gt=0, description="How often servers check the active version.")
+    adapter_grace_s: float = Field(60.0, ge=0, description="A replaced version stays loaded this long.")
+
     # --- training (r3 train) ---
     adapters_dir: Path | None = Field(None, description="Where adapter versions live; defaults to <data dir>/adapters.")
     train_min_failures: int = Field(16, ge=1, description="New replayable failures that start a round.")

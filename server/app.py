@@ -16,6 +16,8 @@ from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
+from r3.store.registry import AdapterRegistry
+from server.adapters import AdapterManager
 from server.auth import Authenticator, tenant
 from server.errors import BodySizeLimit, install_error_handlers
 from server.routes import chat, episodes, feedback, health, models
@@ -41,11 +43,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        settings.admin_key.get_secret_value() if settings.admin_key else None,
                                        sessions)
         app.state.engine = await create_engine(settings)
+        app.state.registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
+        app.state.adapters = AdapterManager(app.state.engine, app.state.registry, settings.redis_url,
+                                            poll_s=settings.adapter_poll_s, grace_s=settings.adapter_grace_s,
+                                            static_adapters=frozenset(settings.lora_modules))
+        await app.state.adapters.start()
         app.state.reflector = Reflector(app.state.engine, webhook_policy(settings), settings.reflection_max_tokens)
         app.state.started = int(time.time())
         try:
             yield
         finally:
+            await app.state.adapters.close()
+            await app.state.registry.close()
             await app.state.engine.close()
             await app.state.store.close()
             await db.dispose()

@@ -73,8 +73,9 @@ def greedy(client: openai.OpenAI, model: str = MODEL, **extra):
 
 def test_models_lists_the_base_and_the_adapter(client) -> None:
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {MODEL, "test-lora"}
+    assert set(models) == {MODEL, "base", "test-lora"}
     assert models["test-lora"].model_extra["parent"] == MODEL
+    assert models[MODEL].model_extra["parent"] is None  # no adapter version is active yet
 
 
 def test_a_chat_completion(client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -13,6 +14,7 @@ from r3.chat_format import render_prompt
 from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingParams
 from r3.settings import Settings
 from server.completions import chat_completion, r3_info, sse_stream, usage_of
+from server.adapters import AdapterManager, UnknownModel
 from server.auth import tenant
 from server.errors import APIError
 from server.protocol import ChatCompletion, ChatCompletionRequest
@@ -26,11 +28,13 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  caller: str | None = Depends(tenant)) -> ChatCompletion | StreamingResponse:
     state = request.app.state
+    adapters: AdapterManager = state.adapters
+    _resolve(adapters, body.model)  # an unknown model is a 404 before anything starts
     task = build_task(state.engine, body, state.settings, state.reflector.webhook_policy)
-    reflector: Reflector = state.reflector
     if body.stream and task.verifier is None:
         return StreamingResponse(_live_stream(state, task, body, caller), media_type="text/event-stream")
-    episode, turns = await reflector.run(task, tenant=caller)
+    async with adapters.pin(body.model) as adapter:  # every attempt on the version the request started with
+        episode, turns = await state.reflector.run(replace(task, adapter=adapter), tenant=caller)
     await state.store.save(episode)
     if not body.stream:
         return chat_completion(body.model, episode, turns, body.logprobs)
@@ -48,6 +52,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     )
 
 
+def _resolve(adapters: AdapterManager, model: str) -> str | None:
+    try:
+        return adapters.resolve(model)
+    except UnknownModel as error:
+        raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists them",
+                       type="not_found_error", param="model", code="model_not_found") from error
+
+
 async def _one_piece(chunk: GenerationChunk) -> AsyncIterator[GenerationChunk]:
     yield chunk
 
@@ -56,40 +68,33 @@ def _include_usage(body: ChatCompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, caller: str | None) -> AsyncIterator[str]:
+async def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, caller: str | None) -> AsyncIterator[str]:
     """Plain inference, streamed as it is generated; the episode is recorded when it ends."""
     reflector: Reflector = state.reflector
-    prompt, prefix = reflector.prompt(task, task.messages)
-    started = time.perf_counter()
-    stream_id = completion_id()
+    async with state.adapters.pin(body.model) as adapter:
+        task = replace(task, adapter=adapter)
+        prompt, prefix = reflector.prompt(task, task.messages)
+        started = time.perf_counter()
+        stream_id = completion_id()
 
-    def assemble(text, tokens, finish) -> Turn:
-        result = GenerationResult(text=text, tokens=tokens, finish_reason=finish,
-                                  prompt_tokens=reflector.engine.count_tokens(prompt))
-        return Reflector.turn(task, prefix, result, time.perf_counter() - started, completion=stream_id)
+        def assemble(text, tokens, finish) -> Turn:
+            result = GenerationResult(text=text, tokens=tokens, finish_reason=finish,
+                                      prompt_tokens=reflector.engine.count_tokens(prompt))
+            return Reflector.turn(task, prefix, result, time.perf_counter() - started, completion=stream_id)
 
-    async def conclude(turn: Turn):
-        episode, turns = await reflector.run(task, tenant=caller, first=turn)
-        await state.store.save(episode)
-        return r3_info(episode), usage_of(turns)
+        async def conclude(turn: Turn):
+            episode, turns = await reflector.run(task, tenant=caller, first=turn)
+            await state.store.save(episode)
+            return r3_info(episode), usage_of(turns)
 
-    return sse_stream(body.model, stream_id, reflector.engine.stream(prompt, task.params, task.adapter),
-                      assemble, conclude, parses_tools=task.parses_tools, logprobs=body.logprobs,
-                      include_usage=_include_usage(body))
-
-
-def resolve_adapter(engine: Engine, model: str) -> str | None:
-    if model == engine.model_id:
-        return None
-    if model in engine.adapters():
-        return model
-    raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists them",
-                   type="not_found_error", param="model", code="model_not_found")
+        async for event in sse_stream(body.model, stream_id, reflector.engine.stream(prompt, task.params, task.adapter),
+                                      assemble, conclude, parses_tools=task.parses_tools, logprobs=body.logprobs,
+                                      include_usage=_include_usage(body)):
+            yield event
 
 
 def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings, policy: WebhookPolicy) -> ChatTask:
-    """Check everything a request asks for before any generation starts."""
-    adapter = resolve_adapter(engine, body.model)
+    """Check everything a request asks for before any generation starts (the adapter is set when pinned)."""
     tool_names = {tool.function.name for tool in body.tools or []}
     if body.tool_choice not in (None, "none", "auto") and not tool_names:
         raise APIError(400, "tool_choice needs tools", param="tool_choice")
@@ -114,7 +119,7 @@ def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings, 
     params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
                             top_logprobs=body.top_logprobs or 0)
-    return ChatTask(model=body.model, adapter=adapter, messages=messages, tools=tools, tool_choice=tool_choice,
+    return ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
                     params=params, verifier=_verifier(body, policy), max_retries=body.reflect.max_retries,
                     store_text=body.store)
 

@@ -39,7 +39,9 @@ async def give_feedback(body: FeedbackRequest, request: Request,
             await store.save(episode)
             return _receipt(episode, number)
         verifier = parse_spec(episode.verifier) if episode.verifier else None
-        record, turns = await reflector.retry_after_feedback(task_of(episode, verifier), episode)
+        # The retry runs on the version the episode was served with, held loaded while it runs.
+        async with request.app.state.adapters.pin(episode.adapter or "base"):
+            record, turns = await reflector.retry_after_feedback(task_of(episode, verifier), episode)
         episode.attempts.append(record)
         await store.save(episode)
         return chat_completion(episode.model, episode, turns, logprobs=False)

@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the base model and every loaded adapter."""
+"""`GET /v1/models`: what a request may name in `model`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    engine, started = request.app.state.engine, request.app.state.started
-    base = ModelCard(id=engine.model_id, created=started, root=engine.model_id)
-    adapters = [
-        ModelCard(id=name, created=started, root=str(path), parent=engine.model_id)
-        for name, path in engine.adapters().items()
-    ]
-    return ModelList(data=[base, *adapters])
+    """The served id (the active adapter version on the base), "base", and every loaded adapter."""
+    engine, started, adapters = request.app.state.engine, request.app.state.started, request.app.state.adapters
+    loaded = engine.adapters()
+    cards = [ModelCard(id=engine.model_id, created=started, root=str(loaded.get(adapters.active, engine.model_id)),
+                       parent=engine.model_id if adapters.active else None),
+             ModelCard(id="base", created=started, root=engine.model_id)]
+    cards += [ModelCard(id=name, created=started, root=str(loaded[name]), parent=engine.model_id)
+              for name in sorted(adapters.static_adapters)]
+    cards += [ModelCard(id=name, created=started, root=str(loaded[name.replace("r3@", "r3-", 1)]),
+                        parent=engine.model_id) for name in adapters.served_models()]
+    return ModelList(data=cards)

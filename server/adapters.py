@@ -1,0 +1,180 @@
+"""Hot-swap: keeping the engine's adapters in step with the version the database marks active.
+
+The server hears of a promotion on Redis pub/sub and, as a safety net, polls the database; at
+start it loads whatever is active. A swap loads the new version under its own name (never reusing
+one: vLLM keys its prefix cache by name), checks its files' sha256 first, and then flips the
+active pointer — one assignment, so a request sees either the old version or the new one. Each
+request pins the version it started with for all its attempts; a version that is no longer active
+is unloaded once no request uses it and a grace period has passed, so a rollback within that
+period is instant.
+
+Model names a request may use:
+    the served model id, or "r3"   the active version (the base model if none is active)
+    "base"                         the base model, no adapter
+    "r3@v3" or "r3-v3"             that version, loaded on demand if it is in the registry
+    a name from R3_LORA_MODULES    that adapter
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from r3.engines.base import Engine
+from r3.store.registry import ADAPTER_CHANNEL, AdapterRegistry, Version, adapter_sha256
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class AdapterManager:
+    def __init__(self, engine: Engine, registry: AdapterRegistry, redis_url: str | None = None,
+                 poll_s: float = 2.0, grace_s: float = 60.0, static_adapters: frozenset[str] = frozenset()) -> None:
+        self.engine, self.registry = engine, registry
+        self.redis_url, self.poll_s, self.grace_s = redis_url, poll_s, grace_s
+        self.static_adapters = static_adapters  # R3_LORA_MODULES: loaded at start, never swapped out
+        self.active: str | None = None
+        self.swaps = 0
+        self._in_use: Counter[str] = Counter()
+        self._retired_at: dict[str, float] = {}
+        self._lock = asyncio.Lock()  # one swap at a time
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.sync()
+        self._tasks = [asyncio.create_task(self._poll_forever(), name="adapter-poll")]
+        if self.redis_url:
+            self._tasks.append(asyncio.create_task(self._listen_forever(), name="adapter-events"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def resolve(self, model: str) -> str | None:
+        """The adapter a request's `model` names now (None: the base model)."""
+        if model in (self.engine.model_id, "r3"):
+            return self.active
+        if model == "base":
+            return None
+        if model in self.static_adapters:
+            return model
+        name = model.replace("r3@", "r3-", 1) if model.startswith("r3@") else model
+        if name.startswith("r3-v"):
+            return name
+        raise UnknownModel(model)
+
+    @asynccontextmanager
+    async def pin(self, model: str) -> AsyncIterator[str | None]:
+        """The adapter for `model`, held loaded until the block ends (all of a request's attempts)."""
+        adapter = self.resolve(model)
+        if adapter is None:
+            yield None
+            return
+        self._in_use[adapter] += 1  # counted before any await: a swap cannot unload it underneath
+        try:
+            if adapter not in self.engine.adapters():
+                await self._load_pinned_version(adapter, model)
+            yield adapter
+        finally:
+            self._in_use[adapter] -= 1
+            if not self._in_use[adapter]:
+                del self._in_use[adapter]
+
+    async def _load_pinned_version(self, name: str, model: str) -> None:
+        version = await self.registry.get(name)
+        if version is None or version.status == "pending":
+            raise UnknownModel(model)
+        async with self._lock:
+            if name not in self.engine.adapters():
+                await self._load(version)
+                self._retired_at.setdefault(name, time.monotonic())  # not active: unload when idle
+
+    def served_models(self) -> list[str]:
+        """Loaded registry versions, as clients may name them."""
+        return [name.replace("r3-", "r3@", 1) for name in self.engine.adapters() if name.startswith("r3-v")]
+
+    # ------------------------------------------------------------------ swapping
+
+    async def sync(self) -> None:
+        """Make the registry's active version the one served (and unload idle old ones)."""
+        try:
+            version = await self.registry.active()
+        except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
+            log.warning("could not read the active adapter version (%s); serving %s", error, self.active or "base")
+            return
+        await self.swap_to(version)
+        await self._unload_idle()
+
+    async def swap_to(self, version: Version | None) -> None:
+        target = version.name if version else None
+        if target == self.active:
+            return
+        async with self._lock:
+            if target is not None and target not in self.engine.adapters():
+                try:
+                    await self._load(version)
+                except (ValueError, OSError) as error:
+                    log.error("refusing adapter version %s: %s; serving %s", target, error, self.active or "base")
+                    return
+            previous, self.active = self.active, target  # the swap itself: one assignment
+            self._retired_at.pop(target, None)
+            if previous is not None:
+                self._retired_at[previous] = time.monotonic()
+            self.swaps += 1
+        log.info("serving adapter version %s (was %s)", target or "base", previous or "base")
+
+    async def _load(self, version: Version) -> None:
+        actual = await asyncio.to_thread(adapter_sha256, Path(version.path))
+        if actual != version.sha256:
+            raise ValueError(f"sha256 of {version.path} is {actual}, the registry says {version.sha256}")
+        await self.engine.load_adapter(version.name, Path(version.path))
+
+    async def _unload_idle(self) -> None:
+        now = time.monotonic()
+        for name, since in list(self._retired_at.items()):
+            if name != self.active and not self._in_use[name] and now - since >= self.grace_s:
+                del self._retired_at[name]
+                if name in self.engine.adapters():
+                    try:
+                        await self.engine.unload_adapter(name)
+                    except Exception as error:  # noqa: BLE001 - e.g. a request pinned it meanwhile
+                        self._retired_at[name] = now
+                        log.info("keeping %s loaded for now: %s", name, error)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            await self.sync()
+
+    async def _listen_forever(self) -> None:
+        while True:
+            client = redis.from_url(self.redis_url)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(ADAPTER_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            log.info("adapter event: %s", json.loads(message["data"]))
+                            await self.sync()
+            except (RedisError, OSError) as error:
+                log.warning("adapter events unavailable (%s); polling continues", error)
+                await asyncio.sleep(self.poll_s)
+            finally:
+                await client.aclose()
