@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     adapter_poll_s: float = Field(2.0, gt=0, description="How often servers check the active version.")
     adapter_grace_s: float = Field(60.0, ge=0, description="A replaced version stays loaded this long.")
 
+    auto_rollback_min_episodes: int = Field(50, ge=1, description="Judged episodes needed on each side.")
+    auto_rollback_alpha: float = Field(0.01, gt=0, lt=1, description="Significance of the rollback test.")
+    auto_rollback_check_s: float = Field(30.0, gt=0)
+
     # --- training (r3 train) ---
     adapters_dir: Path | None = Field(None, description="Where adapter versions live; defaults to <data dir>/adapters.")
     train_min_failures: int = Field(16, ge=1, description="New replayable failures that start a round.")

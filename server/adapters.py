@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,12 +31,9 @@ from redis.exceptions import RedisError
 
 from r3.engines.base import Engine
 from r3.store.registry import ADAPTER_CHANNEL, AdapterRegistry, Version, adapter_sha256
+from server.errors import UnknownModel
 
 log = logging.getLogger(__name__)
-
-
-class UnknownModel(LookupError):
-    pass
 
 
 class AdapterManager:
@@ -46,7 +43,7 @@ class AdapterManager:
         self.redis_url, self.poll_s, self.grace_s = redis_url, poll_s, grace_s
         self.static_adapters = static_adapters  # R3_LORA_MODULES: loaded at start, never swapped out
         self.active: str | None = None
-        self.swaps = 0
+        self.on_swap: Callable[[], None] = lambda: None  # e.g. a metrics counter
         self._in_use: Counter[str] = Counter()
         self._retired_at: dict[str, float] = {}
         self._lock = asyncio.Lock()  # one swap at a time
@@ -114,30 +111,31 @@ class AdapterManager:
 
     async def sync(self) -> None:
         """Make the registry's active version the one served (and unload idle old ones)."""
-        try:
-            version = await self.registry.active()
-        except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
-            log.warning("could not read the active adapter version (%s); serving %s", error, self.active or "base")
-            return
-        await self.swap_to(version)
-        await self._unload_idle()
+        async with self._lock:  # read and swap as one step: a stale read must not undo a newer swap
+            try:
+                version = await self.registry.active()
+            except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
+                log.warning("could not read the active adapter version (%s); serving %s", error,
+                            self.active or "base")
+                return
+            await self._swap_to(version)
+            await self._unload_idle()
 
-    async def swap_to(self, version: Version | None) -> None:
+    async def _swap_to(self, version: Version | None) -> None:
         target = version.name if version else None
         if target == self.active:
             return
-        async with self._lock:
-            if target is not None and target not in self.engine.adapters():
-                try:
-                    await self._load(version)
-                except (ValueError, OSError) as error:
-                    log.error("refusing adapter version %s: %s; serving %s", target, error, self.active or "base")
-                    return
-            previous, self.active = self.active, target  # the swap itself: one assignment
-            self._retired_at.pop(target, None)
-            if previous is not None:
-                self._retired_at[previous] = time.monotonic()
-            self.swaps += 1
+        if target is not None and target not in self.engine.adapters():
+            try:
+                await self._load(version)
+            except (ValueError, OSError) as error:
+                log.error("refusing adapter version %s: %s; serving %s", target, error, self.active or "base")
+                return
+        previous, self.active = self.active, target  # the swap itself: one assignment
+        self._retired_at.pop(target, None)
+        if previous is not None:
+            self._retired_at[previous] = time.monotonic()
+        self.on_swap()
         log.info("serving adapter version %s (was %s)", target or "base", previous or "base")
 
     async def _load(self, version: Version) -> None:

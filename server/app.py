@@ -20,7 +20,10 @@ from r3.store.registry import AdapterRegistry
 from server.adapters import AdapterManager
 from server.auth import Authenticator, tenant
 from server.errors import BodySizeLimit, install_error_handlers
-from server.routes import chat, episodes, feedback, health, models
+from server import metrics
+from server.auto_rollback import AutoRollback
+from server.metrics import Metrics
+from server.routes import admin, chat, episodes, feedback, health, models
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,12 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.adapters = AdapterManager(app.state.engine, app.state.registry, settings.redis_url,
                                             poll_s=settings.adapter_poll_s, grace_s=settings.adapter_grace_s,
                                             static_adapters=frozenset(settings.lora_modules))
+        app.state.adapters.on_swap = app.state.metrics.swaps.inc
         await app.state.adapters.start()
+        watchdog = AutoRollback(app.state.registry, settings.auto_rollback_min_episodes,
+                                settings.auto_rollback_alpha, settings.auto_rollback_check_s)
+        rollbacks = asyncio.create_task(watchdog.run_forever(app.state.metrics.rollbacks.inc))
         app.state.reflector = Reflector(app.state.engine, webhook_policy(settings), settings.reflection_max_tokens)
         app.state.started = int(time.time())
         try:
             yield
         finally:
+            rollbacks.cancel()
             await app.state.adapters.close()
             await app.state.registry.close()
             await app.state.engine.close()
@@ -61,9 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="R3", summary="Reflect, Retry, Reward inference server", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(admin.router)
     app.include_router(episodes.router)  # its routes carry their own tenant or admin checks
     for module in (models, chat, feedback):
         app.include_router(module.router, dependencies=[Depends(tenant)])

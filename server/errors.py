@@ -27,6 +27,14 @@ class APIError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
+class UnknownModel(APIError):
+    """A request's `model` names nothing this server serves."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(404, f"the model {model!r} does not exist; GET /v1/models lists them",
+                         type="not_found_error", param="model", code="model_not_found")
+
+
 def error_response(status: int, message: str, type: str = "invalid_request_error",
                    param: str | None = None, code: str | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))

@@ -62,8 +62,8 @@ async def test_one_version_is_active_and_each_activation_is_announced(registry, 
         first = await registry.register(adapter_files(tmp_path / "a", "one"), None, {}, [])
         second = await registry.register(adapter_files(tmp_path / "b", "two"), first.name, {}, [])
         await registry.record_decision(first.name, {"gate": "won"}, promote=True)
-        await registry.activate(second.name)
-        await registry.activate(first.name)  # rollback
+        await registry.activate(second.name, actor="admin")
+        await registry.activate(first.name, actor="admin", reason="rollback")
         statuses = {v.name: v.status for v in await registry.versions()}
         assert statuses == {"r3-v1": "active", "r3-v2": "retired"}
         assert (await registry.active()).name == "r3-v1"
@@ -74,8 +74,13 @@ async def test_one_version_is_active_and_each_activation_is_announced(registry, 
             assert message is not None, f"only {events} were published"
             events.append(json.loads(message["data"])["active"])
         assert events == ["r3-v1", "r3-v2", "r3-v1"]
-        await registry.deactivate()
+        assert await registry.activate(None, actor="admin", expected_active="r3-v2") is False  # not active: no-op
+        assert (await registry.active()).name == "r3-v1"
+        await registry.activate(None, actor="admin", expected_active="r3-v1")
         assert await registry.active() is None
+        actions = [(a.actor, a.from_version, a.to_version) for a in reversed(await registry.actions())]
+        assert actions == [("trainer", None, "r3-v1"), ("admin", "r3-v1", "r3-v2"), ("admin", "r3-v2", "r3-v1"),
+                           ("admin", "r3-v1", None)]
     finally:
         await pubsub.aclose()
         await subscriber.aclose()
@@ -84,7 +89,7 @@ async def test_one_version_is_active_and_each_activation_is_announced(registry, 
 async def test_a_version_whose_files_never_landed_cannot_be_activated(registry) -> None:
     pending = await registry._reserve_name(None, {}, [])  # a trainer that died before copying files
     with pytest.raises(LookupError):
-        await registry.activate(pending.name)
+        await registry.activate(pending.name, actor="admin")
     with pytest.raises(LookupError):
-        await registry.activate(f"r3-v{uuid.uuid4().int % 1000 + 100}")
+        await registry.activate(f"r3-v{uuid.uuid4().int % 1000 + 100}", actor="admin")
     assert await registry.active() is None

@@ -24,9 +24,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from r3.store.models import AdapterVersion
+from r3.store.models import AdapterVersion, AdminAction
 
 ADAPTER_CHANNEL = "r3:adapters"
+ANY_VERSION = object()  # `activate` whatever is active now
 
 
 def adapter_sha256(folder: Path) -> str:
@@ -116,30 +117,40 @@ class AdapterRegistry:
             if not promote:
                 row.status = "rejected"
         if promote:
-            await self.activate(name)
+            await self.activate(name, actor="trainer", reason="passed the evaluation gate")
         return await self.get(name)
 
-    async def activate(self, name: str) -> Version:
-        """Make a version the active one (promotion, rollback, roll-forward): one transaction, then the event."""
+    async def activate(self, name: str | None, actor: str, reason: str | None = None,
+                       expected_active: str | None | object = ANY_VERSION) -> bool:
+        """Make a version the active one (promotion, rollback, roll-forward; None: the base model).
+
+        One transaction retires the old version, activates the new one and records who did it;
+        the event is published after the commit. With `expected_active`, nothing happens unless
+        that is still the active version (two replicas rolling back at once act once).
+        Returns whether the change was made.
+        """
         async with self.sessions.begin() as session:
-            target = await session.get(AdapterVersion, name)
-            if target is None or target.status == "pending":
-                raise LookupError(f"no complete adapter version named {name!r}")
+            current = await session.scalar(select(AdapterVersion.name).where(AdapterVersion.status == "active"))
+            if expected_active is not ANY_VERSION and current != expected_active:
+                return False
+            if name is not None:
+                target = await session.get(AdapterVersion, name)
+                if target is None or target.status == "pending":
+                    raise LookupError(f"no complete adapter version named {name!r}")
             await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
                                   .values(status="retired"))
             await session.flush()  # the unique "one active" index must see the old row retired first
-            target.status = "active"
-            target.promoted_at = datetime.now(UTC)
-        version = await self.get(name)
-        await self.publish(version)
-        return version
+            if name is not None:
+                target.status = "active"
+                target.promoted_at = datetime.now(UTC)
+            session.add(AdminAction(at=datetime.now(UTC), actor=actor, action="activate", from_version=current,
+                                    to_version=name, reason=reason))
+        await self.publish(await self.get(name) if name is not None else None)
+        return True
 
-    async def deactivate(self) -> None:
-        """Serve the base model: no version is active."""
-        async with self.sessions.begin() as session:
-            await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
-                                  .values(status="retired"))
-        await self.publish(None)
+    async def actions(self, limit: int = 100) -> list[AdminAction]:
+        async with self.sessions() as session:
+            return list(await session.scalars(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)))
 
     async def publish(self, version: Version | None) -> None:
         if self.redis is None:

@@ -14,7 +14,7 @@ from r3.chat_format import render_prompt
 from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingParams
 from r3.settings import Settings
 from server.completions import chat_completion, r3_info, sse_stream, usage_of
-from server.adapters import AdapterManager, UnknownModel
+from server.adapters import AdapterManager
 from server.auth import tenant
 from server.errors import APIError
 from server.protocol import ChatCompletion, ChatCompletionRequest
@@ -29,13 +29,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  caller: str | None = Depends(tenant)) -> ChatCompletion | StreamingResponse:
     state = request.app.state
     adapters: AdapterManager = state.adapters
-    _resolve(adapters, body.model)  # an unknown model is a 404 before anything starts
+    adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
     task = build_task(state.engine, body, state.settings, state.reflector.webhook_policy)
     if body.stream and task.verifier is None:
         return StreamingResponse(_live_stream(state, task, body, caller), media_type="text/event-stream")
+    started = time.perf_counter()
     async with adapters.pin(body.model) as adapter:  # every attempt on the version the request started with
         episode, turns = await state.reflector.run(replace(task, adapter=adapter), tenant=caller)
     await state.store.save(episode)
+    state.metrics.observe(episode, time.perf_counter() - started)
     if not body.stream:
         return chat_completion(body.model, episode, turns, body.logprobs)
     final = turns[-1]
@@ -50,14 +52,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                    logprobs=body.logprobs, include_usage=_include_usage(body)),
         media_type="text/event-stream",
     )
-
-
-def _resolve(adapters: AdapterManager, model: str) -> str | None:
-    try:
-        return adapters.resolve(model)
-    except UnknownModel as error:
-        raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists them",
-                       type="not_found_error", param="model", code="model_not_found") from error
 
 
 async def _one_piece(chunk: GenerationChunk) -> AsyncIterator[GenerationChunk]:
@@ -85,6 +79,7 @@ async def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, calle
         async def conclude(turn: Turn):
             episode, turns = await reflector.run(task, tenant=caller, first=turn)
             await state.store.save(episode)
+            state.metrics.observe(episode, time.perf_counter() - started)
             return r3_info(episode), usage_of(turns)
 
         async for event in sse_stream(body.model, stream_id, reflector.engine.stream(prompt, task.params, task.adapter),

@@ -1,0 +1,50 @@
+"""Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
+rescues, latency, swaps, rollbacks, training rounds and the episode log's backlog."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from r3.episodes import Episode
+
+router = APIRouter()
+
+
+class Metrics:
+    """One registry per app, so several apps in one process (tests, benchmarks) keep apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("r3_requests", "Chat completions served", ["version"], registry=r)
+        self.attempts = Counter("r3_attempts", "Attempts generated (first attempts and retries)", ["version"], registry=r)
+        self.verdicts = Counter("r3_verdicts", "Verifier verdicts", ["version", "verdict"], registry=r)
+        self.rescues = Counter("r3_rescues", "Requests whose retry passed after a failed attempt", ["version"],
+                               registry=r)
+        self.latency = Histogram("r3_request_seconds", "Chat completion latency, all attempts included",
+                                 ["reflected"], registry=r,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120))
+        self.swaps = Counter("r3_adapter_swaps", "Changes of the served adapter version", registry=r)
+        self.swaps_requested = Counter("r3_adapter_activations", "Activations asked for", ["actor"], registry=r)
+        self.rollbacks = Counter("r3_auto_rollbacks", "Automatic rollbacks", registry=r)
+        self.training_rounds = Gauge("r3_training_rounds", "Training rounds by status", ["status"], registry=r)
+        self.backlog = Gauge("r3_episode_log_backlog", "Episodes recorded but not yet in the database", registry=r)
+
+    def observe(self, episode: Episode, seconds: float) -> None:
+        version = episode.adapter or "base"
+        self.requests.labels(version).inc()
+        self.attempts.labels(version).inc(len(episode.attempts))
+        for attempt in episode.attempts:
+            if attempt.success is not None:
+                self.verdicts.labels(version, "pass" if attempt.success else "fail").inc()
+        if len(episode.attempts) > 1 and episode.attempts[-1].success:
+            self.rescues.labels(version).inc()
+        self.latency.labels(str(len(episode.attempts) > 1).lower()).observe(seconds)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    state.metrics.backlog.set(state.store.backlog)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,106 @@
+"""`/admin/*`: adapter versions, activation and rollback, training rounds, live numbers, the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
+
+from r3.store.live_stats import VersionStats, version_stats
+from r3.store.models import TrainingRound
+from r3.store.registry import AdapterRegistry, Version
+from server.auth import admin
+from server.errors import APIError
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
+
+
+def _stats_out(stats: VersionStats | None) -> dict[str, Any]:
+    if stats is None:
+        return {"requests": 0, "first_attempt_success": None, "second_attempt_success": None, "success": None}
+    return {**asdict(stats), "first_attempt_success": stats.first_attempt_success,
+            "second_attempt_success": stats.second_attempt_success, "success": stats.success}
+
+
+def _version_out(version: Version, live: VersionStats | None) -> dict[str, Any]:
+    return {"name": version.name, "status": version.status, "parent": version.parent,
+            "created_at": version.created_at, "promoted_at": version.promoted_at, "sha256": version.sha256,
+            "gate": version.metrics.get("gate"), "training": version.metrics.get("training"),
+            "episodes_used": len(version.episodes_used), "live": _stats_out(live)}
+
+
+@router.get("/adapters")
+async def list_adapters(request: Request) -> dict[str, Any]:
+    registry: AdapterRegistry = request.app.state.registry
+    live = await version_stats(registry.sessions)
+    return {"object": "list", "active": request.app.state.adapters.active,
+            "data": [_version_out(v, live.get(v.name)) for v in await registry.versions()],
+            "base": _stats_out(live.get("base"))}
+
+
+@router.post("/adapters/rollback")
+async def rollback(request: Request) -> dict[str, Any]:
+    """Back to the active version's parent (the base model when it has none)."""
+    registry: AdapterRegistry = request.app.state.registry
+    active = await registry.active()
+    if active is None:
+        raise APIError(409, "no adapter version is active: the base model is served", type="conflict_error")
+    return await _activate(request, active.parent, reason=f"rollback from {active.name}")
+
+
+@router.post("/adapters/{name}/activate")
+async def activate(name: str, request: Request) -> dict[str, Any]:
+    """Make any recorded version active ("base" serves no adapter): rollback and roll-forward."""
+    return await _activate(request, None if name == "base" else name, reason="activated by an admin")
+
+
+async def _activate(request: Request, name: str | None, reason: str) -> dict[str, Any]:
+    registry: AdapterRegistry = request.app.state.registry
+    try:
+        await registry.activate(name, actor="admin", reason=reason)
+    except LookupError as error:
+        raise APIError(404, str(error), type="not_found_error", param="name") from error
+    await request.app.state.adapters.sync()  # this replica at once; the others on the event or their poll
+    request.app.state.metrics.swaps_requested.labels(actor="admin").inc()
+    return {"active": name or "base", "serving": request.app.state.adapters.active or "base"}
+
+
+@router.post("/train")
+async def request_training(request: Request) -> dict[str, Any]:
+    """Ask the trainer for a round now; it picks the request up on its next check."""
+    async with request.app.state.registry.sessions.begin() as session:
+        row = TrainingRound(status="requested", requested_by="admin", requested_at=datetime.now(UTC))
+        session.add(row)
+        await session.flush()
+        return {"round": row.id, "status": row.status}
+
+
+@router.get("/train")
+async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
+    async with request.app.state.registry.sessions() as session:
+        rows = list(await session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(limit)))
+    rounds = [{"round": r.id, "status": r.status, "requested_by": r.requested_by, "requested_at": r.requested_at,
+               "started_at": r.started_at, "finished_at": r.finished_at, "candidate": r.candidate,
+               "promoted": r.promoted, "report": r.report, "error": r.error} for r in rows]
+    current = next((r for r in rounds if r["status"] in ("requested", "running")), None)
+    last = next((r for r in rounds if r["status"] in ("finished", "failed")), None)
+    return {"current": current, "last": last, "rounds": rounds}
+
+
+@router.get("/stats")
+async def live_stats(request: Request, window_s: float = Query(3600, gt=0)) -> dict[str, Any]:
+    """Success rates per version over the last `window_s` seconds."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    live = await version_stats(request.app.state.registry.sessions, since=since)
+    return {"window_s": window_s, "active": request.app.state.adapters.active or "base",
+            "versions": {name: _stats_out(stats) for name, stats in sorted(live.items())}}
+
+
+@router.get("/actions")
+async def admin_actions(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    actions = await request.app.state.registry.actions(limit)
+    return {"object": "list", "data": [{"at": a.at, "actor": a.actor, "action": a.action, "from": a.from_version,
+                                        "to": a.to_version, "reason": a.reason} for a in actions]}
