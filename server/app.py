@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
                                        settings.admin_key.get_secret_value() if settings.admin_key else None,
                                        sessions)
+        await app.state.auth.warm_up()
         app.state.engine = await create_engine(settings)
         app.state.registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
         app.state.adapters = AdapterManager(app.state.engine, app.state.registry, settings.redis_url,

@@ -11,6 +11,7 @@ import ipaddress
 import time
 
 from fastapi import Request
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from r3.store import keys
 from server.errors import APIError
@@ -24,6 +25,10 @@ class Authenticator:
         self.admin_key, self.sessions = admin_key, sessions
         self._known: dict[str, tuple[str | None, float]] = {}
         self._any_keys: tuple[bool, float] = (False, 0.0)
+
+    async def warm_up(self) -> None:
+        """Learn at start whether keys exist, so a database outage later does not block open mode."""
+        await self._database_has_keys()
 
     async def tenant(self, request: Request) -> str | None:
         """The caller's tenant id (None in open mode), or a 401."""
@@ -54,9 +59,15 @@ class Authenticator:
 
     async def _database_has_keys(self) -> bool:
         value, checked = self._any_keys
-        if time.monotonic() - checked > _CACHE_S:
+        if checked and time.monotonic() - checked <= _CACHE_S:
+            return value
+        try:
             value = await keys.any_keys(self.sessions)
-            self._any_keys = (value, time.monotonic())
+        except (OperationalError, InterfaceError, OSError):
+            if not checked:
+                raise  # never known: a 503, rather than guessing open or closed
+            return value  # the database is down: keep the last answer, so serving goes on
+        self._any_keys = (value, time.monotonic())
         return value
 
     async def _database_tenant(self, key: str) -> str | None:

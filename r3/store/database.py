@@ -35,7 +35,9 @@ def is_embedded(url: str) -> bool:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_pre_ping=True)
+    # A stalled Postgres (not a refused connection) must fail a write, not hang it: the journal keeps it.
+    connect_args = {"command_timeout": 30, "timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker:

@@ -10,6 +10,13 @@
 `record` never waits on the database or Redis and never drops: when the buffer is full or the
 database is failing, the episode is only in the journal, and its segment is replayed later.
 Episodes recorded but not yet in the database are still readable (`get`), for `/feedback`.
+
+A write refused for what the rows hold (a data or constraint error, the database answering) is
+split until the episode the database refuses is found, and that one is set aside in the journal's
+`rejected.jsonl` (as is a journal line that is no longer an episode), so one bad episode never holds
+back the ones after it. Every other failure is the database's, and the episodes wait in the journal.
+A process that was still shutting down when this one started leaves its journal later: the
+maintenance loop adopts such journals now and then.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from dataclasses import dataclass
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from r3.episodes import Episode, episode_from_dict, episode_to_dict
 from r3.store.journal import Journal, Segment
@@ -34,6 +44,8 @@ class LogSettings:
     tick_s: float = 0.25  # how often the journal rotates and the stream catches up
     announce_batch: int = 1000
     readable_backlog: int = 100_000  # most unwritten episodes kept in memory for reads
+    close_timeout_s: float = 10.0  # how long a graceful close waits for the database
+    adopt_s: float = 10.0  # how often to look for journals that processes which died since our start left
 
 
 class EpisodeLog:
@@ -43,8 +55,11 @@ class EpisodeLog:
         self._buffer: asyncio.Queue[tuple[Episode, Segment]] = asyncio.Queue(settings.buffer_size)
         self._unwritten: dict[str, Episode] = {}
         self._database_ok = True
+        self._stream_ok = True
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        # One maintenance pass at a time (the loop's, and flush's when a caller waits).
+        self._maintaining = asyncio.Lock()
 
     # ------------------------------------------------------------------ interface
 
@@ -90,11 +105,11 @@ class EpisodeLog:
         return sum(s.written - s.committed for s in self.journal.segments if not s.done)
 
     async def flush(self) -> None:
-        """Wait until every recorded episode is in the database and announced (tests, shutdown)."""
+        """Wait until every recorded episode is in the database (tests, shutdown); their announcement
+        is tried too, and when Redis is down it is left to the catch-up (the database remembers)."""
         while True:
             await self._buffer.join()
-            self.journal.rotate()
-            await self._maintain()
+            await self._maintain(rotate=True)
             if not self.journal.pending() and self._database_ok:
                 return
             await asyncio.sleep(self.settings.tick_s)
@@ -103,10 +118,12 @@ class EpisodeLog:
         """Graceful shutdown: write what the database takes; the journal keeps the rest for next start."""
         self._closing = True
         try:
-            await asyncio.wait_for(self.flush(), timeout=10)
+            await asyncio.wait_for(self.flush(), timeout=self.settings.close_timeout_s)
         except TimeoutError:
             log.warning("shutting down with %d episodes only in the journal; they are replayed at next start",
                         self.backlog)
+        except Exception:  # noqa: BLE001 - still stop the tasks and close the journal
+            log.exception("flushing the episode log failed; the journal keeps what was not written")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -121,8 +138,8 @@ class EpisodeLog:
             while len(batch) < self.settings.batch_size and not self._buffer.empty():
                 batch.append(self._buffer.get_nowait())
             try:
-                await self.store.write([episode for episode, _ in batch])
-            except Exception as error:  # noqa: BLE001 - any database failure: the journal keeps them
+                await self._write([episode for episode, _ in batch])
+            except Exception as error:  # noqa: BLE001 - the database is down: the journal keeps them
                 self._database_failed(error)
                 for _, segment in batch:
                     segment.needs_replay = True
@@ -135,43 +152,96 @@ class EpisodeLog:
                 for _ in batch:
                     self._buffer.task_done()
 
+    async def _write(self, episodes: list[Episode]) -> None:
+        """Write episodes; raises only when the database is unavailable.
+
+        When a write fails for what the rows hold (a data or constraint error, while the database
+        answers), halve the batch until the episode the database refuses is alone, try it once more,
+        then set it aside instead of letting it block every episode after it. Any other failure (the
+        database down, its schema or permissions wrong) is the database's: nothing is set aside, the
+        journal keeps the episodes and they are retried.
+        """
+        try:
+            await self.store.write(episodes)
+            return
+        except Exception as error:
+            if not _about_the_rows(error) or not await self._database_answers():
+                raise
+        if len(episodes) > 1:
+            middle = len(episodes) // 2
+            await self._write(episodes[:middle])
+            await self._write(episodes[middle:])
+            return
+        try:
+            await self.store.write(episodes)
+        except Exception as error:
+            if not _about_the_rows(error) or not await self._database_answers():
+                raise
+            self._reject(episode_to_dict(episodes[0]), error)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await self.store.ping()
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+
+    def _reject(self, record: object, error: Exception) -> None:
+        episode_id = record.get("id") if isinstance(record, dict) else None
+        log.error("the database refuses episode %s (%s); it is set aside in %s", episode_id, _describe(error),
+                  self.journal.root / "rejected.jsonl")
+        self.journal.reject(record, _describe(error))
+
     def _database_failed(self, error: Exception) -> None:
         if self._database_ok:
-            log.warning("database write failed (%s); episodes wait in the journal", error)
+            log.warning("database write failed (%s); episodes wait in the journal", _describe(error))
         self._database_ok = False
 
     # ------------------------------------------------------------------ maintenance
 
     async def _maintain_forever(self) -> None:
+        adopted_at = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.tick_s)
             try:
+                if time.monotonic() - adopted_at >= self.settings.adopt_s:
+                    adopted_at = time.monotonic()
+                    if count := self.journal.adopt():
+                        log.info("adopted %d journal segments a stopped process left", count)
                 await self._maintain()
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 log.exception("episode log maintenance failed")
 
-    async def _maintain(self) -> None:
-        if self.journal.current.written and (
-                self.journal.current.needs_replay or self._buffer.empty()):
-            self.journal.rotate()
-        await self._replay()
-        await self._announce()
+    async def _maintain(self, rotate: bool = False) -> None:
+        async with self._maintaining:
+            if self.journal.current.written and (
+                    rotate or self.journal.current.needs_replay or self._buffer.empty()):
+                self.journal.rotate()
+            await self._replay()
+            await self._announce()
 
     async def _replay(self) -> None:
         replayed_all = True
         for segment in self.journal.pending():
             if not segment.needs_replay:
                 continue  # its entries are still on their way through the buffer
-            records = Journal.read(segment)
+            records, episodes, unreadable = Journal.read(segment), [], []
+            for record in records:
+                try:
+                    episodes.append(episode_from_dict(record))
+                except Exception as error:  # noqa: BLE001 - e.g. written by a version with other fields
+                    unreadable.append((record, error))
             try:
-                for start in range(0, len(records), self.settings.batch_size):
-                    await self.store.write([episode_from_dict(r) for r in records[start:start + self.settings.batch_size]])
+                for start in range(0, len(episodes), self.settings.batch_size):
+                    await self._write(episodes[start:start + self.settings.batch_size])
             except Exception as error:  # noqa: BLE001
                 self._database_failed(error)
                 replayed_all = False
                 break
+            for record, error in unreadable:
+                self._reject(record, error)
             for record in records:
-                episode = self._unwritten.get(record["id"])
+                episode = self._unwritten.get(record.get("id")) if isinstance(record, dict) else None
                 if episode is not None and episode_to_dict(episode) == record:
                     del self._unwritten[record["id"]]
             segment.needs_replay = False
@@ -190,7 +260,36 @@ class EpisodeLog:
             while ids := await self.store.unannounced(self.settings.announce_batch):
                 await self.stream.announce(ids)
                 await self.store.mark_announced(ids)
+                if not self._stream_ok:
+                    log.info("announcing episodes resumed")
+                    self._stream_ok = True
                 if len(ids) < self.settings.announce_batch:
-                    return
+                    break
         except Exception as error:  # noqa: BLE001 - Redis or the database: the ids stay unannounced
-            log.warning("announcing episodes failed (%s); retrying", error)
+            if self._stream_ok:  # once per outage, not every tick
+                log.warning("announcing episodes failed (%s); they wait in the database, retrying",
+                            _describe(error))
+            self._stream_ok = False
+
+
+def _about_the_rows(error: BaseException) -> bool:
+    """Whether a failed write was refused for what the rows hold: a data exception or a constraint
+    violation (SQLSTATE classes 22 and 23), or a value the driver cannot send."""
+    if isinstance(error, IntegrityError | DataError):
+        return True
+    if isinstance(error, StatementError):  # the driver's error, or one raised binding a value
+        original = error.orig
+        sqlstate = getattr(original, "sqlstate", None) or getattr(original.__cause__, "sqlstate", None)
+        if sqlstate:
+            return sqlstate[:2] in ("22", "23")
+        if isinstance(error, DBAPIError):  # asyncpg's own DataError (a value it cannot encode) is a ValueError
+            return isinstance(original.__cause__, ValueError)
+        return isinstance(original, ValueError | TypeError)
+    return isinstance(error, ValueError | TypeError | KeyError)  # building or encoding a row
+
+
+def _describe(error: BaseException) -> str:
+    """The error without the statement's parameters, which SQLAlchemy puts in its message: those are
+    the episode's text, which must not reach the log."""
+    original = getattr(error, "orig", None)
+    return f"{type(error).__name__}: {original if original is not None else error}"

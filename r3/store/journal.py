@@ -3,8 +3,12 @@
 Every episode is appended here before its response is sent, so neither a database outage nor a
 killed process loses it. A segment is deleted once the database holds everything in it. Each
 process writes in a folder of its own that it holds a lock on; a folder whose lock is free belonged
-to a process that died, and the next process to start adopts its segments and replays them. A write reaches the operating system at
-once (it survives the process); `fsync` at rotation bounds what a machine crash could take.
+to a process that died, and a live process adopts its segments and replays them (at start, and now
+and then, for a process that exits after this one started). A folder is locked before it gets its
+`process-` name, so no starting process mistakes a live neighbour's new folder for a dead one's. A
+write reaches the operating system at once (it survives the process); `fsync` at rotation bounds
+what a machine crash could take. Records the database refuses for what they hold (not for being
+down) are set aside in `rejected.jsonl`, for an operator.
 """
 
 from __future__ import annotations
@@ -36,15 +40,29 @@ class Segment:
 class Journal:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory / f"process-{time.time_ns():020d}-{os.getpid()}"
-        self.directory.mkdir()
-        self._lock = os.open(self.directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        self.root = directory
+        name = f"process-{time.time_ns():020d}-{os.getpid()}"
+        # Made and locked under a name no adopter looks at, then renamed: a `process-*` folder
+        # without a held lock is always a dead process's.
+        nascent = directory / f".new-{name}"
+        nascent.mkdir()
+        self._lock = os.open(nascent / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.segments: list[Segment] = [Segment(path, closed=True, needs_replay=True)
-                                        for path in self._adopt_orphans(directory)]
+        self.directory = directory / name
+        nascent.rename(self.directory)
+        self.segments: list[Segment] = []
+        self.adopt()
         self._sequence = 0
         self._fd: int | None = None
         self.current = self._open()
+
+    def adopt(self) -> int:
+        """Take over the segments of processes that died (at start, and again now and then: a process
+        that was still shutting down when this one started leaves its folder later). Returns how many."""
+        adopted = [Segment(path, closed=True, needs_replay=True) for path in self._adopt_orphans(self.root)]
+        # Before our own: older episodes first (the revision guard makes the order harmless anyway).
+        self.segments[:0] = adopted
+        return len(adopted)
 
     def _adopt_orphans(self, root: Path) -> list[Path]:
         """Move the segments of dead processes into our folder, oldest first."""
@@ -52,7 +70,10 @@ class Journal:
         for folder in sorted(root.glob("process-*")):
             if folder == self.directory:
                 continue
-            lock = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                lock = os.open(folder / ".lock", os.O_WRONLY)
+            except FileNotFoundError:
+                continue  # another starting process adopted it a moment ago
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -61,7 +82,7 @@ class Journal:
             try:
                 for path in sorted(folder.glob("*segment-*.jsonl")):
                     adopted.append(path.rename(self.directory / f"adopted-{folder.name}-{path.name}"))
-                shutil.rmtree(folder)
+                shutil.rmtree(folder, ignore_errors=True)  # gone already if a neighbour adopted it first
             finally:
                 os.close(lock)
         return adopted
@@ -76,9 +97,19 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> Segment:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, line)  # one O_APPEND write: lines never interleave
+        written = os.write(self._fd, line)  # one O_APPEND write: lines never interleave
+        while written < len(line):  # a short write (disk full, a signal): finish the line
+            written += os.write(self._fd, line[written:])
         self.current.written += 1
         return self.current
+
+    def reject(self, record: Any, reason: str) -> None:
+        """Set aside a record the database will not take, for an operator to look at (and not retried)."""
+        line = json.dumps({"rejected_at": time.time(), "reason": reason, "record": record}, separators=(",", ":"))
+        with open(self.root / "rejected.jsonl", "ab") as file:
+            file.write(line.encode() + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
 
     def rotate(self) -> None:
         """Close the current segment (if it has entries) and start a new one."""

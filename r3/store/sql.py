@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, Select, select, update
+from sqlalchemy import Insert, Select, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +20,51 @@ from r3.store.models import AttemptRow, EpisodeRow
 _EPISODE_UPDATES = ("revision", "attempt_count", "first_success", "outcome")
 # An attempt never changes once made, except that feedback arrives.
 _ATTEMPT_UPDATES = ("feedback_success", "feedback_detail", "feedback_at")
+
+
+# Spelled as the partial index `episodes_unannounced` is (`WHERE NOT announced`): SQLAlchemy renders
+# `announced IS false` (or `= 0` on SQLite), which neither planner matches to that index, so the
+# catch-up query, run every tick, would scan the whole table.
+UNANNOUNCED = text("NOT episodes.announced")
+
+
+def unannounced_query(limit: int) -> Select:
+    return select(EpisodeRow.id).where(UNANNOUNCED).order_by(EpisodeRow.created_at).limit(limit)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The columns that can hold text (token ids and logprobs are numbers: walking them would cost more
+# than the rest of the row).
+_EPISODE_TEXT = ("id", "tenant", "model", "adapter", "task_kind", "verifier", "messages", "tools", "tool_choice",
+                 "sampling")
+_ATTEMPT_TEXT = ("completion_id", "finish_reason", "content", "tool_calls", "reflection", "detail",
+                 "feedback_detail")
+
+
+def storable(value: Any, postgres: bool) -> Any:
+    """`value` with the text a database refuses replaced by U+FFFD: lone surrogates (not UTF-8,
+    refused by both), and on Postgres NUL, which neither `text` nor `jsonb` can hold. Without this,
+    one such character in a prompt or an output would make its episode unwritable."""
+    if isinstance(value, str):
+        if postgres and "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                value = _SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, dict):
+        return {storable(k, postgres): storable(v, postgres) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v, postgres) for v in value]
+    return value
+
+
+def _storable_row(row: dict[str, Any], columns: tuple[str, ...], postgres: bool) -> dict[str, Any]:
+    for column in columns:
+        row[column] = storable(row[column], postgres)
+    return row
 
 
 def _time(seconds: float) -> datetime:
@@ -114,10 +160,13 @@ class SqlEpisodeStore:
         for episode in episodes:
             if episode.id not in latest or episode.revision >= latest[episode.id].revision:
                 latest[episode.id] = episode
-        episode_rows = [episode_row(e) for e in latest.values()]
-        attempt_rows = [attempt_row(e.id, a) for e in latest.values() for a in e.attempts]
         async with self.sessions.begin() as session:
-            episodes_upsert, attempts_upsert = _upserts(session.bind.dialect.name)
+            dialect = session.bind.dialect.name
+            postgres = dialect == "postgresql"
+            episode_rows = [_storable_row(episode_row(e), _EPISODE_TEXT, postgres) for e in latest.values()]
+            attempt_rows = [_storable_row(attempt_row(e.id, a), _ATTEMPT_TEXT, postgres)
+                            for e in latest.values() for a in e.attempts]
+            episodes_upsert, attempts_upsert = _upserts(dialect)
             connection = await session.connection()
             # executemany with one cached statement: a multi-row VALUES would be compiled anew per batch.
             await connection.execute(episodes_upsert, episode_rows)
@@ -167,10 +216,14 @@ class SqlEpisodeStore:
         async with self.sessions() as session:
             return [episode_of(row) for row in await session.scalars(query)]
 
+    async def ping(self) -> None:
+        """Raise unless the database answers (tells "the database is down" from "it refused this row")."""
+        async with self.sessions() as session:
+            await session.execute(select(1))
+
     async def unannounced(self, limit: int) -> list[str]:
         async with self.sessions() as session:
-            query = select(EpisodeRow.id).where(EpisodeRow.announced.is_(False)).order_by(EpisodeRow.created_at)
-            return list(await session.scalars(query.limit(limit)))
+            return list(await session.scalars(unannounced_query(limit)))
 
     async def mark_announced(self, episode_ids: Sequence[str]) -> None:
         async with self.sessions.begin() as session:

@@ -1,0 +1,94 @@
+"""Alembic migrations: up, down and up again, and the migrated schema is exactly the models' metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from store_support import run, run_in_thread
+
+from r3.store import database
+from r3.store.models import Base
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
+    return request.getfixturevalue("fresh_pg_url")
+
+
+def schema_state(url: str) -> tuple[str | None, set[str], list]:
+    """(the database's revision, its tables, autogenerate's diff against the models)."""
+
+    async def inspect_database():
+        engine = database.create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                def look(sync_connection):
+                    # compare_type and server defaults too: a column of the wrong type is a difference
+                    context = MigrationContext.configure(sync_connection, opts={"compare_type": True,
+                                                                               "compare_server_default": True})
+                    return (context.get_current_revision(), set(inspect(sync_connection).get_table_names()),
+                            compare_metadata(context, Base.metadata))
+
+                return await connection.run_sync(look)
+        finally:
+            await engine.dispose()
+
+    return run(inspect_database)
+
+
+def test_upgrade_downgrade_upgrade_leaves_exactly_the_models_schema(url: str) -> None:
+    head = ScriptDirectory.from_config(database.alembic_config(url)).get_current_head()
+    model_tables = set(Base.metadata.tables)
+
+    run_in_thread(database.migrate, url)
+    revision, tables, diff = schema_state(url)
+    assert revision == head
+    assert tables - {"alembic_version"} == model_tables
+    assert diff == []
+
+    run_in_thread(database.downgrade, url, "base")
+    revision, tables, _ = schema_state(url)
+    assert revision is None
+    assert tables - {"alembic_version"} == set()
+
+    run_in_thread(database.migrate, url)
+    revision, tables, diff = schema_state(url)
+    assert revision == head
+    assert tables - {"alembic_version"} == model_tables
+    assert diff == []
+
+    # The comparison does see a difference when there is one.
+    async def drop_index() -> None:
+        engine = database.create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql("DROP INDEX episodes_unannounced")
+        finally:
+            await engine.dispose()
+
+    run(drop_index)
+    _, _, diff = schema_state(url)
+    assert [(d[0], d[1].name) for d in diff] == [("add_index", "episodes_unannounced")]
+
+
+def test_the_server_refuses_a_database_behind_the_code(url: str) -> None:
+    from r3.store.database import NotMigratedError
+
+    async def check() -> None:
+        engine = database.create_engine(url)
+        try:
+            await database.ensure_migrated(engine, url)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(NotMigratedError):
+        run(check)
+    run_in_thread(database.migrate, url)
+    run(check)
