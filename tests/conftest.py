@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One torch thread per process (servers started by tests inherit it): the suite runs several model
+# processes on a 2-core machine, where more threads mostly spin waiting on each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -39,7 +39,7 @@ def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("swap-data")
     settings = Settings(models_dir=model_path.parent, data_dir=data_dir, admin_key="admin-key",
                         redis_url="redis://127.0.0.1:6379/0", adapter_poll_s=0.2, adapter_grace_s=GRACE_S,
-                        default_max_tokens=2, reflection_max_tokens=4)
+                        default_max_tokens=1, reflection_max_tokens=2)
     url = database.database_url(settings)
     database.migrate(url)
 
@@ -78,11 +78,11 @@ def test_swaps_under_load_drop_no_request_and_pin_each_to_one_version(stack) -> 
             while not stop.is_set():
                 started = time.monotonic()
                 response = http.post(f"{url}/v1/chat/completions", json={
-                    "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                    "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
                     "verifier": {"type": "regex", "pattern": "^never$"}, "reflect": {"max_retries": 1}})
                 results.append((started, time.monotonic(), response.status_code, response.json()))
 
-    workers = [threading.Thread(target=client) for _ in range(3)]
+    workers = [threading.Thread(target=client) for _ in range(2)]
     for worker in workers:
         worker.start()
     try:
@@ -90,7 +90,7 @@ def test_swaps_under_load_drop_no_request_and_pin_each_to_one_version(stack) -> 
             name = versions[(swap + 1) % len(versions)]
             activate(url, name)
             timeline.append((time.monotonic(), name))
-            time.sleep(0.4)
+            time.sleep(0.25)
     finally:
         stop.set()
         for worker in workers:

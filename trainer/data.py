@@ -89,7 +89,8 @@ def first_attempt_successes(episodes: Iterable[Episode]) -> list[Success]:
 
 
 def _replayable(episode: Episode) -> bool:
-    return episode.verifier is not None and episode.store_text and episode.messages is not None and bool(episode.attempts)
+    return (episode.verifier is not None and episode.store_text and episode.messages is not None
+            and bool(episode.attempts))
 
 
 def _detail(attempt: AttemptRecord) -> str:

@@ -87,7 +87,8 @@ class TrainerWorker:
 
     async def run_forever(self, poll_s: float = 5.0) -> None:
         await database.ensure_migrated(self.engine, self.url)
-        await self._claim_abandoned()
+        await self._fail_abandoned_rounds()
+        await self._claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
         while True:
             reason = await self._due()
             if reason:
@@ -108,21 +109,22 @@ class TrainerWorker:
             return "interval"
         return None
 
-    async def _listen(self, wait_s: float) -> None:
-        """Block until new episode ids arrive on the stream (or `wait_s` passes)."""
+    async def _listen(self, wait_s: float) -> int:
+        """Read new episode ids from the stream, waiting up to `wait_s` for some; returns how many."""
         if self.redis is None:  # the embedded default: the database is polled
             await asyncio.sleep(wait_s)
-            return
+            return 0
         try:
             await self._ensure_group()
             answer = await self.redis.xreadgroup(TRAINER_GROUP, self.consumer, {STREAM_KEY: ">"},
-                                                 count=1000, block=int(wait_s * 1000))
+                                                 count=1000, block=int(wait_s * 1000) if wait_s else None)
         except RedisError as error:
             log.warning("reading the episode stream failed (%s); polling the database", error)
             await asyncio.sleep(wait_s)
-            return
-        for _, entries in answer or []:
-            self._received += [entry_id for entry_id, _ in entries]
+            return 0
+        entries = [entry_id for _, batch in answer or [] for entry_id, _ in batch]
+        self._received += entries
+        return len(entries)
 
     async def _ensure_group(self) -> None:
         try:
@@ -131,7 +133,14 @@ class TrainerWorker:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _claim_abandoned(self, idle_ms: int = 60_000) -> None:
+    async def _fail_abandoned_rounds(self) -> None:
+        """Rounds left `running` by a worker that died: failed, so their episodes count as untrained again."""
+        async with self.sessions.begin() as session:
+            await session.execute(update(TrainingRound).where(TrainingRound.status == "running")
+                                  .values(status="failed", finished_at=datetime.now(UTC),
+                                          error="the worker running it stopped; its episodes wait for the next round"))
+
+    async def _claim_abandoned(self, idle_ms: int) -> None:
         """Take over entries a dead worker read but never acknowledged."""
         if self.redis is None:
             return
@@ -150,6 +159,8 @@ class TrainerWorker:
     # ------------------------------------------------------------------ one round
 
     async def run_round(self, requested_by: str = "admin") -> RoundOutcome:
+        while await self._listen(0):  # every entry announced so far is covered by this round
+            pass
         acknowledged = list(self._received)
         round_id = await self._start_round(requested_by)
         try:
@@ -230,8 +241,11 @@ class TrainerWorker:
             if active is not None:
                 await engine.load_adapter(active.name, active.path)
             policy = webhook_policy(self.settings)
-            candidate_result = await evaluate(engine, candidate, heldout, successes, policy)
-            active_result = await evaluate(engine, active.name if active else None, heldout, successes, policy)
+            limit = self.settings.reflection_max_tokens
+            candidate_result = await evaluate(engine, candidate, heldout, successes, policy,
+                                              reflection_max_tokens=limit)
+            active_result = await evaluate(engine, active.name if active else None, heldout, successes, policy,
+                                           reflection_max_tokens=limit)
         finally:
             await engine.close()
         return decide(candidate_result, active_result, self.settings.gate_alpha, self.settings.gate_tolerance)

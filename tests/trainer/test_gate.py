@@ -1,0 +1,91 @@
+"""The gate's decision on constructed results, and a real evaluation on the bundled model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from r3.engines.transformers_engine import TransformersEngine
+from trainer.data import Failure, Success
+from trainer.gate import EvalResult, decide, evaluate, sign_test_p_value
+from verifiers import WebhookPolicy
+
+
+def result(second: list[bool], first: list[bool]) -> EvalResult:
+    return EvalResult(adapter="x", second_attempt={f"h{i}": ok for i, ok in enumerate(second)},
+                      first_attempt={f"r{i}": ok for i, ok in enumerate(first)})
+
+
+def test_sign_test_p_value():
+    assert sign_test_p_value(4, 0) == 1 / 16
+    assert sign_test_p_value(0, 0) == 1.0
+    assert sign_test_p_value(0, 5) == 1.0
+    assert math.isclose(sign_test_p_value(9, 1), 11 / 1024)
+
+
+def test_clear_win_is_promoted():
+    active = result([False] * 30 + [True] * 10, [True] * 20)
+    candidate = result([True] * 12 + [False] * 18 + [True] * 10, [True] * 20)
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert decision.promote, decision.reason
+    assert decision.numbers["candidate_only_passed"] == 12 and decision.numbers["active_only_passed"] == 0
+    assert decision.numbers["p_value"] == 2**-12
+    assert decision.numbers["candidate_second_attempt"] == 22 / 40
+    assert decision.numbers["active_second_attempt"] == 10 / 40
+
+
+def test_tie_is_rejected():
+    active = result([True, False] * 10, [True] * 10)
+    candidate = result([False, True] * 10, [True] * 10)  # as many wins as losses
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert not decision.promote and "not significantly higher" in decision.reason
+
+
+def test_small_sample_is_rejected_even_when_every_difference_favours_the_candidate():
+    decision = decide(result([True] * 3, []), result([False] * 3, []), alpha=0.05, tolerance=0.02)
+    assert not decision.promote
+    assert decision.numbers["p_value"] == 0.125
+
+
+def test_first_attempt_regression_beyond_tolerance_is_rejected():
+    active = result([False] * 20, [True] * 20)
+    candidate_first = [True] * 16 + [False] * 4  # 20 points lower
+    decision = decide(result([True] * 20, candidate_first), active, alpha=0.05, tolerance=0.05)
+    assert not decision.promote and "first-attempt success fell" in decision.reason
+    assert math.isclose(decision.numbers["first_attempt_drop"], 0.2)
+
+    within = [True] * 19 + [False]  # 5 points lower, at the tolerance
+    assert decide(result([True] * 20, within), active, alpha=0.05, tolerance=0.05).promote
+
+
+def test_no_heldout_failures_is_rejected_and_mismatched_items_are_an_error():
+    assert not decide(result([], []), result([], []), alpha=0.05, tolerance=0.02).promote
+    with pytest.raises(ValueError):
+        decide(result([True], []), result([True, True], []), alpha=0.05, tolerance=0.02)
+
+
+@pytest.mark.slow
+async def test_evaluate_reflects_on_the_recorded_failure_and_replays_first_attempts(model_path, lora_path):
+    sampling = {"max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": [], "top_logprobs": 0}
+    question = [{"role": "user", "content": "Name a fruit."}]
+    anything = {"type": "regex", "pattern": "(?s).*"}
+    impossible = {"type": "exact", "expected": "a string no model writes: 7f3a9c"}
+    failures = [
+        Failure("ep_any", question, None, None, {"role": "assistant", "content": "A car."}, "not a fruit", anything,
+                "generic", sampling),
+        Failure("ep_never", question, None, None, {"role": "assistant", "content": "A car."}, "", impossible,
+                "generic", sampling),
+    ]
+    successes = [Success("ep_ok", question, None, None, anything, "generic", sampling),
+                 Success("ep_no", question, None, None, impossible, "generic", sampling)]
+    engine = TransformersEngine(str(model_path), "gate-test")
+    try:
+        await engine.load_adapter("candidate", lora_path)
+        outcome = await evaluate(engine, "candidate", failures, successes, WebhookPolicy(), reflection_max_tokens=8)
+        assert outcome.adapter == "candidate"
+        assert outcome.second_attempt == {"ep_any": True, "ep_never": False}
+        assert outcome.first_attempt == {"ep_ok": True, "ep_no": False}
+        assert outcome.second_attempt_rate == 0.5 and outcome.first_attempt_rate == 0.5
+    finally:
+        await engine.close()

@@ -1,0 +1,324 @@
+"""GRPO with reflection-only credit: prompts, rewards, advantages, the loss mask, a real round.
+
+Most tests run TRL's real `GRPOTrainer` on a tiny random Llama (with the bundled tokenizer and chat
+template) and a scripted policy: reflection k of a group reads "Note k." and the retry after it is
+chosen by the test, so the rewards are known. Verifiers, rollout, advantages, loss and optimizer
+are the real ones. The last test trains the bundled model for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model, load_peft_weights
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from r3.engines.base import SamplingParams
+from r3.engines.transformers_engine import TransformersEngine
+from r3.reflect_retry import Reflector
+from r3.reflection import FailedAttempt, reflection_conversation, retry_conversation
+from trainer.data import Failure, chat_task
+from trainer.grpo import (
+    GRPOSettings,
+    ReflectionRollout,
+    build_trainer,
+    carries_signal,
+    reflection_prompt,
+    retry_prompt,
+    retry_reward,
+    train_round,
+)
+from verifiers import WebhookPolicy, parse_spec
+
+SAMPLING = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": [], "top_logprobs": 0}
+FRANCE = "What is the capital of France?"
+SUM = "What is 2 + 2?"
+TINY = GRPOSettings(num_generations=4, prompts_per_step=2, max_reflection_tokens=8, max_retry_tokens=8,
+                    learning_rate=1e-2, max_steps=1)
+
+
+def failure(question: str, attempt: str, verifier: dict, tools=None, tool_choice=None, stop=()) -> Failure:
+    return Failure(episode_id=f"ep_{abs(hash(question))}", messages=[{"role": "user", "content": question}],
+                   tools=tools, tool_choice=tool_choice, failed_attempt={"role": "assistant", "content": attempt},
+                   detail="the answer is not the expected answer", verifier=verifier, task_kind="generic",
+                   sampling={**SAMPLING, "stop": list(stop)})
+
+
+FAILURES = [failure(FRANCE, "London", {"type": "exact", "expected": "Paris"}),
+            failure(SUM, "5", {"type": "exact", "expected": "4"})]
+
+
+class ScriptedPolicy:
+    """Stands in for the model's sampling: reflection k of a group is "Note k."; the retry written
+    after "Note k." is `retry(question, k, rollout)`, rollout counting the reflection batches from 1."""
+
+    def __init__(self, tokenizer, retry: Callable[[str, int, int], str]) -> None:
+        self.tokenizer, self.retry, self.rollouts = tokenizer, retry, 0
+
+    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size):
+        texts = self.tokenizer.batch_decode(prompt_ids)
+        if "Now try the task again" not in texts[0]:
+            self.rollouts += 1
+        outputs = []
+        for row, text in enumerate(texts):
+            if "Now try the task again" in text:
+                question = next(q for q in (FRANCE, SUM) if q in text)
+                note = int(re.findall(r"Note (\d)\.", text)[-1])
+                outputs.append(self.retry(question, note, self.rollouts))
+            else:
+                outputs.append(f"Note {row % group_size}.")
+        eos = self.tokenizer.eos_token_id
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in outputs], None
+
+
+def half_right_on_france(question: str, note: int, rollout: int) -> str:
+    """France: notes 0 and 2 lead to the right retry; the sum: every retry fails."""
+    if question == FRANCE:
+        return "Paris" if note in (0, 2) else "London"
+    return "5"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random Llama with the bundled model's tokenizer and chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter with random, non-zero weights: an active adapter to start a round from."""
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("tiny-adapter")
+    get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model), config).save_pretrained(path)
+    return path
+
+
+def tiny_trainer(tiny_model: str, tmp_path: Path, retry=half_right_on_france, settings: GRPOSettings = TINY,
+                 start_adapter: Path | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    return build_trainer(tiny_model, start_adapter, FAILURES, tmp_path, settings, WebhookPolicy(),
+                         ScriptedPolicy(tokenizer, retry))
+
+
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and rewards
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prompts_are_the_servers(model_path):
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    reflector = Reflector(engine=SimpleNamespace(tokenizer=tokenizer), webhook_policy=WebhookPolicy())
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    for item in (FAILURES[0], failure(FRANCE, "London", {"type": "tool_schema"}, tools, "required")):
+        task = chat_task(item, SamplingParams())
+        attempts = [FailedAttempt(item.failed_attempt, item.detail)]
+        served, _ = reflector.prompt(task, reflection_conversation(item.messages, attempts, item.task_kind),
+                                     forced_prefix=False)
+        assert reflection_prompt(tokenizer, item) == served
+        reflected = [FailedAttempt(item.failed_attempt, item.detail, "I should answer with the city.")]
+        conversation = retry_conversation(item.messages, reflected, item.task_kind)
+        served_retry, served_prefix = reflector.prompt(task, conversation)
+        assert retry_prompt(tokenizer, item, "I should answer with the city.") == (conversation, served_retry,
+                                                                                   served_prefix)
+    assert served_prefix == '<tool_call>\n{"name": "'  # tool_choice "required" forces a call in the retry
+
+
+async def test_retry_reward_judges_retries_as_the_server_does(model_path):
+    policy = WebhookPolicy()
+    france = FAILURES[0]
+    spec = parse_spec(france.verifier)
+    assert await retry_reward(france, spec, [], "Paris", policy) == 1.0
+    assert await retry_reward(france, spec, [], "London", policy) == 0.0
+    stopped = failure(FRANCE, "London", france.verifier, stop=["\n"])
+    assert await retry_reward(stopped, spec, [], "Paris\nand more", policy) == 1.0  # the request's stop strings apply
+
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    calling = failure("Weather in Paris?", "It is sunny.",
+                      {"type": "tool_call", "expected": [{"name": "get_weather", "arguments": {"city": "Paris"}}]},
+                      [weather], "required")
+    spec = parse_spec(calling.verifier)
+    _, _, prefix = retry_prompt(AutoTokenizer.from_pretrained(model_path), calling, "Call the tool.")
+    # The retry's text starts with the forced prefix; the tool call is parsed out of it.
+    right = prefix + 'get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert await retry_reward(calling, spec, [], right, policy) == 1.0
+    assert await retry_reward(calling, spec, [], prefix + 'get_weather", "arguments": {"city": "Lyon"}}', policy) == 0.0
+
+
+def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path):
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    long = failure("Why? " * 400, "Because.", {"type": "exact", "expected": "x"})
+    again = replace(FAILURES[0], episode_id="ep_again")  # the same reflection prompt, recorded twice
+    rollout = ReflectionRollout([*FAILURES, again, long], tokenizer, replace(TINY, max_prompt_tokens=512),
+                                WebhookPolicy())
+    assert [f.episode_id for f in rollout.failures.values()] == [f.episode_id for f in FAILURES]
+    assert list(rollout.failures) == [reflection_prompt(tokenizer, f) for f in FAILURES]
+
+
+def test_carries_signal():
+    assert carries_signal([1.0, 0.0, 0.0, 0.0])
+    assert not carries_signal([0.0] * 4) and not carries_signal([1.0] * 4)
+
+
+def test_rollout_rewards_advantages_and_skipped_groups(tiny_model, tmp_path):
+    trainer, rollout, _ = tiny_trainer(tiny_model, tmp_path)
+    trainer.model.train()
+    france, total = list(rollout.failures)  # the reflection prompts, in the order of FAILURES
+    rows = [{"prompt": prompt} for prompt in [france] * 4 + [total] * 4]  # as TRL's sampler hands them out
+    inputs = trainer._generate_and_score_completions(rows)
+
+    batch = rollout.batches[-1]
+    assert batch.rewards == [1.0, 0.0, 1.0, 0.0] + [0.0] * 4
+    assert batch.skipped_groups == 1 and len(batch.groups) == 2
+    std = torch.tensor([1.0, 0.0, 1.0, 0.0]).std().item()  # TRL: (r - group mean) / (group std + 1e-4)
+    expected = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 2 + [0.0] * 4
+    assert inputs["advantages"].tolist() == pytest.approx(expected, rel=1e-5)
+    # The completions are the reflections; the skipped group's tokens are masked out of the loss.
+    completions = rollout.tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
+    assert completions == ["Note 0.", "Note 1.", "Note 2.", "Note 3."] * 2
+    trained = (inputs["completion_mask"] * inputs["tool_mask"]).sum(dim=1)
+    assert (trained[:4] > 0).all() and (trained[4:] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss trains the reflection and nothing else
+# ---------------------------------------------------------------------------------------------
+
+
+class Capture:
+    """The training forward pass's inputs, and the gradient reaching each position's final hidden
+    state: position t's final state predicts token t + 1 and nothing else, so a zero gradient there
+    means the loss puts no weight on token t + 1."""
+
+    def __init__(self, model) -> None:
+        self.inputs, self.hidden = [], []
+        model.register_forward_hook(self._inputs, with_kwargs=True)
+        model.get_base_model().model.norm.register_forward_hook(self._hidden)
+
+    def _inputs(self, module, args, kwargs, output):
+        if torch.is_grad_enabled():
+            self.inputs.append(kwargs)
+
+    def _hidden(self, module, args, output):
+        if output.requires_grad:
+            output.retain_grad()
+            self.hidden.append(output)
+
+
+def test_loss_trains_only_the_reflection_tokens(tiny_model, tiny_adapter, tmp_path):
+    # From an active adapter, so the policy differs from the KL reference (the base model) and the
+    # KL term alone would give every unmasked token a gradient.
+    trainer, rollout, _ = tiny_trainer(tiny_model, tmp_path, start_adapter=tiny_adapter)
+    saved = load_peft_weights(str(tiny_adapter))
+    loaded = {name.replace(".default", ""): weight for name, weight in lora_weights(trainer.model).items()}
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[name], saved[name]) for name in saved)
+    capture = Capture(trainer.model)
+    trainer.train()  # one step: both failures, 4 reflections each
+
+    (inputs,), (hidden,) = capture.inputs, capture.hidden
+    tokenizer = rollout.tokenizer
+    # TRL labels the completion tokens (the reflections); everything before them is the prompt.
+    completion = inputs["labels"] != -100
+    credit = hidden.grad.norm(dim=-1)  # (batch, positions)
+    for row in range(inputs["input_ids"].shape[0]):
+        ids = inputs["input_ids"][row]
+        prompt_end = int(completion[row].nonzero()[0])
+        prompt, reflection = tokenizer.decode(ids[:prompt_end]), tokenizer.decode(ids[completion[row]])
+        # The failed attempt is in the prompt; the retry is nowhere in what is trained on.
+        assert "London" in prompt or "5" in prompt
+        assert re.fullmatch(r"Note \d\.<\|im_end\|>", reflection)
+        assert "Now try the task again" not in tokenizer.decode(ids) and "Paris" not in tokenizer.decode(ids)
+        predicts = credit[row, :-1]  # position t predicts token t + 1
+        assert torch.all(predicts[: prompt_end - 1] == 0), "the prompt (and the attempt in it) gets no credit"
+        predicts_reflection = predicts[completion[row][1:]]
+        if FRANCE in prompt:  # rewards 1, 0, 1, 0: trained
+            assert torch.all(predicts_reflection > 0)
+        else:  # every retry failed: the group is skipped, KL term included
+            assert torch.all(predicts_reflection == 0)
+
+
+def test_step_without_signal_leaves_the_adapter_alone(tiny_model, tmp_path):
+    def signal_in_first_step_only(question: str, note: int, rollout: int) -> str:
+        return half_right_on_france(question, note, rollout) if rollout == 1 else "London"
+
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append(lora_weights(model))
+
+    settings = replace(TINY, max_steps=2)
+    trainer, _, monitor = tiny_trainer(tiny_model, tmp_path, signal_in_first_step_only, settings)
+    initial = lora_weights(trainer.model)
+    trainer.add_callback(Snapshot())
+    trainer.train()
+
+    assert [step.updated for step in monitor.steps] == [True, False]
+    assert [step.skipped_groups for step in monitor.steps] == [1, 2]
+    assert monitor.steps[0].kl is not None and monitor.steps[1].kl is None  # nothing trained, no KL measured
+    after_first, after_second = snapshots
+    assert any(not torch.equal(initial[name], after_first[name]) for name in initial)
+    assert all(torch.equal(after_first[name], after_second[name]) for name in initial)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real round on the bundled model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_the_policy(model_path, tmp_path):
+    # Untrained, this model rarely answers right; a verifier that wants "the" somewhere in the retry
+    # passes some of its sampled retries and not others, so groups carry signal.
+    the = {"type": "regex", "pattern": r"\bthe\b", "mode": "search", "flags": ["IGNORECASE"]}
+    failures = [failure(FRANCE + " Answer in one word.", "London", the),
+                failure("Say hello to me.", "Goodbye.", the),
+                failure("Name a color of the sky on a clear day.", "Green", the)]
+    settings = GRPOSettings(num_generations=4, prompts_per_step=2, max_reflection_tokens=16, max_retry_tokens=16,
+                            retry_temperature=1.0, max_steps=2)
+    output = tmp_path / "adapter"
+    report = await asyncio.to_thread(train_round, str(model_path), None, failures, output, settings, WebhookPolicy())
+
+    assert (output / "adapter_config.json").is_file()
+    assert report.steps == 2 and report.failures == 3 and report.left_out == 0
+    assert report.groups == 4 and report.skipped_groups < report.groups  # something was learned from
+    assert len(report.reward_mean) == 2 and len(report.kl) == 2
+    assert all((kl is not None) == step.updated for kl, step in zip(report.kl, report.step_logs))
+    assert report.seconds_per_step > 0 and report.samples_per_second > 0 and report.mean_reflection_tokens > 0
+    print(f"\nbundled model round: {report.seconds_per_step:.1f} s/step, {report.samples_per_second:.2f} samples/s, "
+          f"rewards {report.reward_mean}, skipped {report.skipped_groups}/{report.groups} groups")
+
+    engine = TransformersEngine(str(model_path), "round-test")
+    try:
+        await engine.load_adapter("r3-v1", output)
+        prompt = reflection_prompt(engine.tokenizer, failures[0])
+        params = SamplingParams(max_tokens=1, temperature=0.0, top_logprobs=5)
+        base = await engine.generate(prompt, params)
+        trained = await engine.generate(prompt, params, "r3-v1")
+        # The first reflection token's distribution under the adapter is not the base model's.
+        base_top, trained_top = dict(base.tokens[0].top), dict(trained.tokens[0].top)
+        assert base_top.keys() != trained_top.keys() or any(
+            abs(base_top[token] - trained_top[token]) > 1e-4 for token in base_top)
+    finally:
+        await engine.close()

@@ -1,0 +1,82 @@
+"""`r3 train`'s worker: a real round on the CPU, from recorded failures to a gated, registered version."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from r3.engines.base import SamplingParams
+from r3.engines.transformers_engine import TransformersEngine
+from r3.episodes import AttemptRecord, Episode, new_episode_id
+from r3.settings import Settings
+from r3.store import database
+from r3.store.models import EpisodeRow, TrainingRound
+from r3.store.registry import adapter_sha256
+from r3.store.sql import SqlEpisodeStore
+from trainer.worker import HELD_OUT, TrainerWorker
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl"]
+
+
+def episode(word: str, passed: bool) -> Episode:
+    """A request to say a word, judged by a regex; the recorded first attempt passed or failed."""
+    attempt = AttemptRecord(number=1, completion_id=f"chatcmpl-{new_episode_id()}", finish_reason="stop",
+                            prompt_tokens=20, completion_tokens=3, latency_s=0.1,
+                            content=word if passed else "I cannot.", success=passed,
+                            detail="" if passed else "the answer must contain the word")
+    return Episode(id=new_episode_id(), tenant=None, model="m", adapter=None, task_kind="generic",
+                   verifier={"type": "regex", "pattern": word, "mode": "search", "flags": ["IGNORECASE"]},
+                   store_text=True, messages=[{"role": "user", "content": f"Say the word {word}."}], tools=None,
+                   tool_choice=None, sampling={"max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "seed": None,
+                                               "stop": [], "top_logprobs": 0},
+                   attempts=[attempt])
+
+
+@pytest.fixture
+async def worker(model_path: Path, tmp_path: Path):
+    settings = Settings(models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2, train_max_steps=1,
+                        reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2)
+    await asyncio.to_thread(database.migrate, database.database_url(settings))
+    worker = TrainerWorker(settings)
+    store = SqlEpisodeStore(worker.sessions)
+    await store.write([episode(word, passed=False) for word in WORDS] + [episode("hello", True), episode("yes", True)])
+    yield worker
+    await worker.close()
+
+
+async def test_a_round_trains_registers_gates_and_records(worker, model_path: Path) -> None:
+    outcome = await worker.run_round(requested_by="test")
+    assert outcome.candidate == "r3-v1"
+    version = await worker.registry.get("r3-v1")
+    assert version.status == ("active" if outcome.promoted else "rejected")
+    assert version.sha256 == adapter_sha256(version.path) and version.parent is None
+    gate = version.metrics["gate"]
+    assert gate and version.metrics["training"]["steps"] == 1 and version.metrics["reason"]
+
+    async with worker.sessions() as session:
+        round_row = await session.scalar(select(TrainingRound))
+        trained = dict((await session.execute(select(EpisodeRow.id, EpisodeRow.trained_in))).all())
+    assert (round_row.status, round_row.candidate, round_row.promoted) == ("finished", "r3-v1", outcome.promoted)
+    assert round_row.report["gate"] == gate
+    assert set(version.episodes_used) == {i for i, used in trained.items() if used == "r3-v1"}
+    assert version.episodes_used and any(used == HELD_OUT for used in trained.values())
+
+    # The registered files are a real adapter the serving engine loads and generates with (that a
+    # trained adapter changes the output is test_grpo's concern).
+    engine = TransformersEngine(str(model_path), "m")
+    try:
+        await engine.load_adapter(version.name, version.path)
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Say the word apple."}],
+                                                      add_generation_prompt=True, tokenize=False)
+        params = SamplingParams(max_tokens=4, temperature=0)
+        assert (await engine.generate(prompt, params, version.name)).completion_tokens > 0
+        assert version.name in engine.adapters()
+    finally:
+        await engine.close()
+
+    # Nothing new to learn from: the next round has no training set and registers nothing.
+    again = await worker.run_round(requested_by="test")
+    assert again.candidate is None and len(await worker.registry.versions()) == 1
