@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     train_num_generations: int = Field(4, ge=2, description="Reflections sampled per failure (GRPO's G).")
     train_learning_rate: float = Field(5e-5, gt=0)
     train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round.")
+    train_claim_idle_s: float = Field(60.0, gt=0, description="Stream entries a dead worker left this long are taken over.")
     gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
     gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate.")
