@@ -16,9 +16,22 @@ from typing import Any
 from r3.chat_format import ParsedOutput, parse_tool_calls, render_prompt
 from r3.engines.base import Engine, GenerationResult, PromptTooLongError, SamplingParams
 from r3.episodes import AttemptRecord, Episode, new_episode_id
-from r3.reflection import FailedAttempt, assistant_message, reflection_conversation, retry_conversation
+from r3.reflection import (
+    FailedAttempt,
+    assistant_message,
+    reflection_conversation,
+    retry_conversation,
+)
 from r3.settings import Settings
-from verifiers import Attempt, TaskContext, ToolCall, Verdict, VerifierSpec, WebhookPolicy, verify
+from verifiers import (
+    Attempt,
+    TaskContext,
+    ToolCall,
+    Verdict,
+    VerifierSpec,
+    WebhookPolicy,
+    verify,
+)
 
 
 def completion_id() -> str:
@@ -150,16 +163,25 @@ class Reflector:
         failures: list[FailedAttempt] = []
         while verdict is not None and not verdict.success and len(turns) <= task.max_retries:
             failures.append(FailedAttempt(turns[-1].message(), verdict.detail))
+            number = len(episode.attempts) + 1
             try:
-                reflection = await self.reflect(task, failures)
-                failures[-1] = replace(failures[-1], reflection=reflection.text)
-                conversation = retry_conversation(task.messages, failures, task.task_kind)
-                turns += [reflection, await self.generate(task, conversation, task.params)]
+                reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number)
             except PromptTooLongError:
                 break  # the growing conversation outgrew the context: answer with the last attempt
-            verdict = await self.judge(task, turns[-1], conversation, episode.id, len(episode.attempts) + 1)
-            episode.attempts.append(_record(len(episode.attempts) + 1, turns[-1], verdict, reflection, task.store_text))
+            failures[-1] = replace(failures[-1], reflection=reflection.text)
+            turns += [reflection, retry]
+            episode.attempts.append(_record(number, retry, verdict, reflection, task.store_text))
         return episode, turns
+
+    async def reflect_and_retry(self, task: ChatTask, failures: list[FailedAttempt], episode_id: str,
+                                number: int) -> tuple[Turn, Turn, Verdict | None]:
+        """Reflect on the last failure (still without its reflection), retry as attempt `number`,
+        judge the retry. Raises `PromptTooLongError` when the conversation outgrew the context."""
+        reflection = await self.reflect(task, failures)
+        reflected = [*failures[:-1], replace(failures[-1], reflection=reflection.text)]
+        conversation = retry_conversation(task.messages, reflected, task.task_kind)
+        retry = await self.generate(task, conversation, task.params)
+        return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Turn]]:
         """One reflect-retry round on an episode whose latest attempt the client reported failed."""
@@ -169,14 +191,9 @@ class Reflector:
                           episode.attempts[a.number].reflection if a.number < len(episode.attempts) else None)
             for a in episode.attempts
         ]
-        reflection = await self.reflect(task, failures)
-        failures[-1] = replace(failures[-1], reflection=reflection.text)
-        conversation = retry_conversation(task.messages, failures, task.task_kind)
-        retry = await self.generate(task, conversation, task.params)
         number = len(episode.attempts) + 1
-        verdict = await self.judge(task, retry, conversation, episode.id, number)
-        record = _record(number, retry, verdict, reflection, episode.store_text)
-        return record, [reflection, retry]
+        reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number)
+        return _record(number, retry, verdict, reflection, episode.store_text), [reflection, retry]
 
 
 def _record(number: int, turn: Turn, verdict: Verdict | None, reflection: Turn | None, store_text: bool) -> AttemptRecord:

@@ -14,14 +14,14 @@ from r3.settings import Settings, get_settings
 from r3.store import database
 from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
+from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
-from r3.store.registry import AdapterRegistry
+from server import metrics
 from server.adapters import AdapterManager
 from server.auth import Authenticator, tenant
-from server.errors import BodySizeLimit, install_error_handlers
-from server import metrics
 from server.auto_rollback import AutoRollback
+from server.errors import BodySizeLimit, install_error_handlers
 from server.metrics import Metrics
 from server.routes import admin, chat, episodes, feedback, health, models
 

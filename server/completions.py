@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
 from r3.episodes import AttemptRecord, Episode
+from r3.reflect_retry import Turn
 from server.protocol import (
     AttemptReport,
     ChatCompletion,
@@ -26,7 +27,6 @@ from server.protocol import (
     Usage,
     now,
 )
-from r3.reflect_retry import Turn
 
 # Called when a stream's last token is out: the r3 account and usage to send with the final chunk.
 Conclusion = Callable[[Turn], Awaitable[tuple[R3Info, Usage]]]

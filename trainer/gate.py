@@ -30,7 +30,7 @@ from typing import Any
 
 from r3.engines.base import Engine, PromptTooLongError, SamplingParams
 from r3.reflect_retry import Reflector
-from r3.reflection import FailedAttempt, retry_conversation
+from r3.reflection import FailedAttempt
 from trainer.data import Failure, Success, chat_task, recorded_params
 from verifiers import WebhookPolicy
 
@@ -98,15 +98,11 @@ async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, para
     """Reflect on the recorded failed attempt, retry once, judge the retry (as `Reflector.run` would
     after that attempt)."""
     task = chat_task(failure, params, adapter)
-    failures = [FailedAttempt(failure.failed_attempt, failure.detail)]
     try:
-        reflection = await reflector.reflect(task, failures)
-        failures = [replace(failures[0], reflection=reflection.text)]
-        conversation = retry_conversation(task.messages, failures, task.task_kind)
-        retry = await reflector.generate(task, conversation, task.params)
+        _, _, verdict = await reflector.reflect_and_retry(
+            task, [FailedAttempt(failure.failed_attempt, failure.detail)], failure.episode_id, 2)
     except PromptTooLongError:
         return False  # the server would have answered with the failed attempt
-    verdict = await reflector.judge(task, retry, conversation, failure.episode_id, 2)
     return verdict.success
 
 

@@ -42,7 +42,13 @@ from r3.store.models import EpisodeRow, TrainingRound
 from r3.store.registry import AdapterRegistry
 from r3.store.sql import episode_of
 from r3.store.stream import STREAM_KEY, TRAINER_GROUP
-from trainer.data import balance, dedupe, failures_from_episodes, first_attempt_successes, split
+from trainer.data import (
+    balance,
+    dedupe,
+    failures_from_episodes,
+    first_attempt_successes,
+    split,
+)
 from trainer.gate import decide, evaluate
 from trainer.grpo import GRPOSettings, train_round
 

@@ -13,7 +13,9 @@ async def create_engine(settings: Settings) -> Engine:
     """The engine `R3_ENGINE` names, with the model `R3_MODEL` names and `R3_LORA_MODULES` loaded."""
     model_path = bundled_model.resolve(settings)
     model_id = settings.served_model_name or Path(model_path).name
-    from r3.engines.transformers_engine import TransformersEngine  # torch loads only when needed
+    from r3.engines.transformers_engine import (
+        TransformersEngine,  # torch loads only when needed
+    )
 
     engine = TransformersEngine(
         model_path,

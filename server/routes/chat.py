@@ -12,14 +12,20 @@ from pydantic import ValidationError
 
 from r3.chat_format import render_prompt
 from r3.engines.base import Engine, GenerationChunk, GenerationResult, SamplingParams
+from r3.reflect_retry import ChatTask, Reflector, Turn, completion_id
 from r3.settings import Settings
-from server.completions import chat_completion, r3_info, sse_stream, usage_of
 from server.adapters import AdapterManager
 from server.auth import tenant
+from server.completions import chat_completion, r3_info, sse_stream, usage_of
 from server.errors import APIError
 from server.protocol import ChatCompletion, ChatCompletionRequest
-from r3.reflect_retry import ChatTask, Reflector, Turn, completion_id
-from verifiers import VerifierSpec, WebhookNotAllowed, WebhookPolicy, WebhookSpec, parse_spec
+from verifiers import (
+    VerifierSpec,
+    WebhookNotAllowed,
+    WebhookPolicy,
+    WebhookSpec,
+    parse_spec,
+)
 
 router = APIRouter()
 

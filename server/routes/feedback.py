@@ -8,11 +8,11 @@ import weakref
 from fastapi import APIRouter, Depends, Request
 
 from r3.episodes import Episode, Feedback
-from server.completions import chat_completion, completion_of_attempt
+from r3.reflect_retry import task_of
 from server.auth import tenant
+from server.completions import chat_completion, completion_of_attempt
 from server.errors import APIError
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
-from r3.reflect_retry import task_of
 from verifiers import parse_spec
 
 router = APIRouter()
