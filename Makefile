@@ -30,7 +30,7 @@ serve: install
 	$(BIN)/r3 serve
 
 test: install-dev
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 bench: install-dev
 	$(BIN)/python bench/throughput.py
