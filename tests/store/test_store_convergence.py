@@ -27,8 +27,9 @@ def make_lora(model_path: Path, folder: Path) -> Path:
 
 def test_two_servers_follow_each_activation(fresh_pg_url, private_redis, r3_process, model_path: Path,
                                             tmp_path: Path) -> None:
-    from r3.store.database import migrate
     from store_support import run_in_thread
+
+    from r3.store.database import migrate
 
     run_in_thread(migrate, fresh_pg_url)
     adapters_dir = tmp_path / "adapters"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from store_support import REPO, STREAM_KEY, run, run_in_thread, wait_for
 
 from r3.episodes import AttemptRecord, Episode, new_episode_id
