@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from store_support import run, wait_for
+from store_support import run, run_in_thread, wait_for
 
 from r3.settings import Settings
 from r3.store import database
@@ -27,11 +27,7 @@ def make_lora(model_path: Path, folder: Path) -> Path:
 
 def test_two_servers_follow_each_activation(fresh_pg_url, private_redis, r3_process, model_path: Path,
                                             tmp_path: Path) -> None:
-    from store_support import run_in_thread
-
-    from r3.store.database import migrate
-
-    run_in_thread(migrate, fresh_pg_url)
+    run_in_thread(database.migrate, fresh_pg_url)
     adapters_dir = tmp_path / "adapters"
     files = make_lora(model_path, tmp_path / "trained")
 
