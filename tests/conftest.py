@@ -10,6 +10,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
+from support import make_lora
 
 from r3 import bundled_model
 from r3.settings import Settings
@@ -23,13 +24,5 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def lora_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real peft LoRA adapter with random, non-zero weights (so it changes the output)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1234)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     path = tmp_path_factory.mktemp("lora") / "test-lora"
-    get_peft_model(base, config).save_pretrained(path)
-    return path
+    return make_lora(model_path, path, seed=1234, rank=8, alpha=16, target_modules=("q_proj", "v_proj"))

@@ -1,10 +1,11 @@
-"""Test support: run an ASGI app on a real uvicorn server in a background thread."""
+"""Test support: a real uvicorn server in a background thread, and real LoRA adapters to load."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -36,3 +37,17 @@ class ThreadedServer:
     def __exit__(self, *_) -> None:
         self.server.should_exit = True
         self.thread.join(60)
+
+
+def make_lora(model_path: Path, folder: Path, seed: int, rank: int = 4, alpha: int = 8,
+              target_modules: tuple[str, ...] = ("q_proj",)) -> Path:
+    """A real peft LoRA adapter with random, non-zero weights (so it changes the output), saved to `folder`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder)
+    return folder

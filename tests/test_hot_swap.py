@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ThreadedServer
+from support import ThreadedServer, make_lora
 
 from r3.settings import Settings
 from r3.store import database
@@ -20,18 +20,6 @@ from server.app import create_app
 MODEL = "SmolLM2-135M-Instruct"
 ADMIN = {"Authorization": "Bearer admin-key"}
 GRACE_S = 0.5
-
-
-def make_lora(model_path: Path, folder: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    config = LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

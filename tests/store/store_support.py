@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -319,3 +320,36 @@ def journal_records(data_dir: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+class RequestStream:
+    """`total` chat requests sent one after another from a background thread, for fault tests:
+    `results` fills with (status, episode id or error text) as they come back."""
+
+    def __init__(self, server: R3Process, total: int) -> None:
+        self.server, self.total = server, total
+        self.results: list[tuple[int, str]] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._send)
+        self._thread.start()
+
+    def _send(self) -> None:
+        try:
+            for i in range(self.total):
+                response = self.server.chat(f"Count to {i}.", max_tokens=3)
+                self.results.append((response.status_code, response.json()["r3"]["episode_id"]
+                                     if response.status_code == 200 else response.text))
+        finally:
+            self.done.set()
+
+    def wait_until_answered(self, count: int, what: str) -> int:
+        """Wait for `count` answers (or the end); returns how many there are."""
+        wait_for(lambda: len(self.results) >= count or self.done.is_set(), 120, what)
+        return len(self.results)
+
+    def finish(self) -> list[str]:
+        """Wait for the last request; assert every one succeeded; the episode ids, in order."""
+        self._thread.join(300)
+        assert self.done.is_set()
+        assert [status for status, _ in self.results] == [200] * self.total, self.results
+        return [episode_id for _, episode_id in self.results]

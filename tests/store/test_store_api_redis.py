@@ -7,12 +7,18 @@ and a private Redis with an fsync-always AOF, which one test kills and restarts.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections import Counter
 
 import pytest
-from store_support import STREAM_KEY, PrivateRedis, R3Process, query, wait_for
+from store_support import (
+    STREAM_KEY,
+    PrivateRedis,
+    R3Process,
+    RequestStream,
+    query,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -127,36 +133,20 @@ def test_store_false_keeps_no_text_in_postgres_redis_or_the_log(server, module_p
 
 def test_a_redis_outage_loses_and_duplicates_nothing(server, module_pg_url, private_redis) -> None:
     total, kill_after, restart_after = 30, 6, 20
-    results: list[tuple[int, str | None]] = []
-    done = threading.Event()
-
-    def send() -> None:
-        try:
-            for i in range(total):
-                response = server.chat(f"Count to {i}.", max_tokens=3)
-                results.append((response.status_code,
-                                response.json()["r3"]["episode_id"] if response.status_code == 200 else response.text))
-        finally:
-            done.set()
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    requests = RequestStream(server, total)
     try:
-        wait_for(lambda: len(results) >= kill_after or done.is_set(), 120, "the first requests")
+        requests.wait_until_answered(kill_after, "the first requests")
         private_redis.kill()
-        killed_at = len(results)
+        killed_at = len(requests.results)
         # While Redis is down, the episodes are still written to Postgres, waiting unannounced.
-        wait_for(lambda: len(results) >= restart_after or done.is_set(), 120, "requests during the outage")
-        during = [episode_id for status, episode_id in results[killed_at:] if status == 200]
+        requests.wait_until_answered(restart_after, "requests during the outage")
+        during = [episode_id for status, episode_id in requests.results[killed_at:] if status == 200]
         assert during, "no request was served during the outage"
         wait_for(lambda: query(module_pg_url, "SELECT count(*) AS n FROM episodes WHERE id = ANY($1) AND NOT announced",
                                during)[0]["n"] > 0, 30, "an unannounced episode in Postgres during the outage")
         private_redis.start()
     finally:
-        sender.join(300)
-    assert done.is_set()
-    assert [status for status, _ in results] == [200] * total, results
-    sent = [episode_id for _, episode_id in results]
+        sent = requests.finish()
     assert len(set(sent)) == total
 
     def all_announced() -> bool:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from store_support import run, run_in_thread, wait_for
+from support import make_lora
 
 from r3.settings import Settings
 from r3.store import database
@@ -14,22 +15,11 @@ from r3.store.registry import AdapterRegistry
 ADMIN = {"Authorization": "Bearer admin-key"}
 
 
-def make_lora(model_path: Path, folder: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(7)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(folder)
-    return folder
-
-
 def test_two_servers_follow_each_activation(fresh_pg_url, private_redis, r3_process, model_path: Path,
                                             tmp_path: Path) -> None:
     run_in_thread(database.migrate, fresh_pg_url)
     adapters_dir = tmp_path / "adapters"
-    files = make_lora(model_path, tmp_path / "trained")
+    files = make_lora(model_path, tmp_path / "trained", seed=7)
 
     async def register() -> str:
         engine = database.create_engine(database.database_url(Settings(database_url=fresh_pg_url)))

@@ -6,7 +6,6 @@ A private Postgres cluster (crashed with `pg_ctl stop -m immediate`), a private 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from store_support import (
     PrivatePostgres,
     PrivateRedis,
     R3Process,
+    RequestStream,
     journal_records,
     query,
     wait_for,
@@ -64,37 +64,22 @@ def check_stored_once(postgres: PrivatePostgres, redis_server: PrivateRedis, sen
 def test_a_postgres_crash_under_load_loses_and_duplicates_nothing(server, private_postgres, private_redis,
                                                                   data_dir) -> None:
     total, crash_after, restart_after = 24, 4, 16
-    results: list[tuple[int, str]] = []
-    done = threading.Event()
-
-    def send() -> None:
-        try:
-            for i in range(total):
-                response = server.chat(f"Count to {i}.", max_tokens=3)
-                results.append((response.status_code,
-                                response.json()["r3"]["episode_id"] if response.status_code == 200 else response.text))
-        finally:
-            done.set()
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    requests = RequestStream(server, total)
     try:
-        wait_for(lambda: len(results) >= crash_after or done.is_set(), 120, "the first requests")
+        requests.wait_until_answered(crash_after, "the first requests")
         private_postgres.crash()
-        crashed_at = len(results)
-        wait_for(lambda: len(results) >= restart_after or done.is_set(), 120, "requests during the outage")
+        crashed_at = len(requests.results)
+        requests.wait_until_answered(restart_after, "requests during the outage")
         # (the first may have been recorded, and written, just before the crash)
-        during = [episode_id for status, episode_id in results[crashed_at + 1:] if status == 200]
-        assert during, f"no request was served while Postgres was down: {results[crashed_at:]}"
+        during = [episode_id for status, episode_id in requests.results[crashed_at + 1:] if status == 200]
+        assert during, f"no request was served while Postgres was down: {requests.results[crashed_at:]}"
         # They wait in the journal (written before the response went out).
         journaled = {record["id"] for record in journal_records(data_dir)}
         assert set(during) <= journaled
         private_postgres.start()
     finally:
-        sender.join(300)
-    assert done.is_set()
-    assert [status for status, _ in results] == [200] * total, results
-    check_stored_once(private_postgres, private_redis, [episode_id for _, episode_id in results])
+        sent = requests.finish()
+    check_stored_once(private_postgres, private_redis, sent)
     # Everything written: the journal's segments are gone.
     wait_for(lambda: not journal_records(data_dir), 30, "the journal to empty")
 
