@@ -14,7 +14,9 @@ Earlier assistant tool calls are written back in that same `<tool_call>` form an
 
 `tool_choice` "required" and a named tool are enforced by prefilling the assistant's answer with
 the opening of a call (`<tool_call>\\n{"name": "`); the engine continues from there. It is the
-cheapest constrained decoding there is and works on every engine.
+cheapest constrained decoding there is and works on every engine. An engine that can constrain
+decoding to a JSON schema (vLLM) gets only `<tool_call>\\n` and a schema for the call, so the
+name is one of the tools and the arguments match that tool's parameters.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class ToolCall:
 class ChatPrompt:
     text: str  # the rendered conversation, ending where the assistant starts to write
     assistant_prefix: str = ""  # forced opening of the answer; part of the answer's text
+    json_schema: dict[str, Any] | None = None  # what must follow the prefix (engines that constrain decoding)
+
+    @property
+    def engine_input(self) -> str:
+        return self.text + self.assistant_prefix
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,12 @@ def render_prompt(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     tool_choice: str | dict[str, Any] | None = None,
+    json_constrained: bool = False,
 ) -> ChatPrompt:
-    """Render an OpenAI conversation (+ tools) into the model's prompt text."""
+    """Render an OpenAI conversation (+ tools) into the model's prompt text.
+
+    `json_constrained`: the engine can hold decoding to a JSON schema, so a forced tool call is a
+    schema rather than a longer prefix."""
     if tool_choice == "none":
         tools = None
     native_tools = bool(tools) and template_supports_tools(tokenizer)
@@ -91,6 +102,8 @@ def render_prompt(
         add_generation_prompt=True,
         tokenize=False,
     )
+    if json_constrained and (schema := _forced_call_schema(tools, tool_choice)):
+        return ChatPrompt(text=text, assistant_prefix="<tool_call>\n", json_schema=schema)
     return ChatPrompt(text=text, assistant_prefix=_forced_prefix(tools, tool_choice))
 
 
@@ -107,6 +120,21 @@ def _forced_prefix(tools: list[dict[str, Any]] | None, tool_choice: str | dict[s
         name = tool_choice["function"]["name"]
         return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": '
     return ""
+
+
+def _forced_call_schema(tools: list[dict[str, Any]] | None,
+                        tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON schema for one call of the tool `tool_choice` forces (any tool, for "required")."""
+    if not tools or tool_choice not in ("required",) and not isinstance(tool_choice, dict):
+        return None
+    named = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
+    calls = [
+        {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+         "properties": {"name": {"const": function["name"]},
+                        "arguments": function.get("parameters") or {"type": "object"}}}
+        for function in map(_function, tools) if named in (None, function["name"])
+    ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 def _with_hermes_system_prompt(

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from r3.chat_format import ParsedOutput, parse_tool_calls, render_prompt
+from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt
 from r3.engines.base import Engine, GenerationResult, PromptTooLongError, SamplingParams
 from r3.episodes import AttemptRecord, Episode, new_episode_id
 from r3.reflection import (
@@ -108,12 +108,17 @@ class Reflector:
     webhook_policy: WebhookPolicy
     reflection_max_tokens: int = 256
 
-    def prompt(self, task: ChatTask, conversation: list[dict[str, Any]], forced_prefix: bool = True) -> tuple[str, str]:
-        """The engine's input for the conversation, and the forced start of the answer within it."""
-        rendered = render_prompt(self.engine.tokenizer, conversation, task.tools,
-                                 task.tool_choice if forced_prefix else None)
-        prefix = rendered.assistant_prefix if forced_prefix else ""
-        return rendered.text + prefix, prefix
+    def prompt(self, task: ChatTask, conversation: list[dict[str, Any]], forced_prefix: bool = True) -> ChatPrompt:
+        """The conversation rendered for the engine; with `forced_prefix`, the tool call `tool_choice`
+        forces is started (and, on an engine that can, held to the call's schema)."""
+        return render_prompt(self.engine.tokenizer, conversation, task.tools,
+                             task.tool_choice if forced_prefix else None,
+                             json_constrained=self.engine.supports_json_schema)
+
+    @staticmethod
+    def constrained(params: SamplingParams, prompt: ChatPrompt) -> SamplingParams:
+        """`params`, holding the answer to the forced tool call's schema where there is one."""
+        return replace(params, json_schema=prompt.json_schema) if prompt.json_schema else params
 
     @staticmethod
     def turn(task: ChatTask, prefix: str, result: GenerationResult, latency_s: float, parse_tools: bool = True,
@@ -124,11 +129,11 @@ class Reflector:
 
     async def generate(self, task: ChatTask, conversation: list[dict[str, Any]], params: SamplingParams,
                        parse_tools: bool = True, forced_prefix: bool = True) -> Turn:
-        prompt, prefix = self.prompt(task, conversation, forced_prefix)
+        prompt = self.prompt(task, conversation, forced_prefix)
         started = time.perf_counter()
         # The engine shortens max_tokens to what the context leaves, and raises when nothing is left.
-        result = await self.engine.generate(prompt, params, task.adapter)
-        return self.turn(task, prefix, result, time.perf_counter() - started, parse_tools)
+        result = await self.engine.generate(prompt.engine_input, self.constrained(params, prompt), task.adapter)
+        return self.turn(task, prompt.assistant_prefix, result, time.perf_counter() - started, parse_tools)
 
     async def judge(self, task: ChatTask, turn: Turn, conversation: list[dict[str, Any]], episode_id: str,
                     number: int) -> Verdict | None:
@@ -144,7 +149,7 @@ class Reflector:
     async def reflect(self, task: ChatTask, failures: list[FailedAttempt]) -> Turn:
         """The model's reflection on the last failure (shown the tools, never forced to call one)."""
         conversation = reflection_conversation(task.messages, failures, task.task_kind)
-        params = replace(task.params, max_tokens=self.reflection_max_tokens, stop=(), top_logprobs=0)
+        params = replace(task.params, max_tokens=self.reflection_max_tokens, stop=(), top_logprobs=0, json_schema=None)
         return await self.generate(task, conversation, params, parse_tools=False, forced_prefix=False)
 
     async def run(self, task: ChatTask, tenant: str | None, first: Turn | None = None) -> tuple[Episode, list[Turn]]:
@@ -161,7 +166,7 @@ class Reflector:
         verdict = await self.judge(task, turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, turns[0], verdict, None, task.store_text))
         failures: list[FailedAttempt] = []
-        while verdict is not None and not verdict.success and len(turns) <= task.max_retries:
+        while verdict is not None and not verdict.success and len(episode.attempts) <= task.max_retries:
             failures.append(FailedAttempt(turns[-1].message(), verdict.detail))
             number = len(episode.attempts) + 1
             try:

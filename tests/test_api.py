@@ -187,6 +187,11 @@ def test_tool_calls_come_back_as_openai_tool_calls_streamed_or_not(client) -> No
         ({"model": MODEL, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "messages.0.content.0.type"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi " * 9000}]}, 400, "messages"),
+        # the transformers engine cannot hold decoding to a schema, and says so rather than ignore it
+        ({"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_schema"}}, 400, "response_format"),
+        ({"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": 5}}}}, 400, "response_format.json_schema.schema"),
     ],
 )
 def test_bad_requests_get_a_clear_openai_error(base_url, body, status, param) -> None:

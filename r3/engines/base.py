@@ -35,6 +35,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0  # alternatives reported per token (the chosen token's logprob is always kept)
+    # The completion must be JSON valid under this schema; only engines with `supports_json_schema`.
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Engine(Protocol):
     model_id: str
     max_model_len: int
     tokenizer: Any
+    supports_json_schema: bool  # can constrain decoding to a JSON schema (`SamplingParams.json_schema`)
 
     async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
         """The whole completion of `prompt` (`adapter=None` is the base model)."""

@@ -64,6 +64,8 @@ class _Sequence:
 
 
 class TransformersEngine:
+    supports_json_schema = False  # tool calls are steered by a forced prefix instead
+
     def __init__(
         self,
         model_path: str,
@@ -156,6 +158,8 @@ class TransformersEngine:
             raise EngineError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
             raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
+        if params.json_schema is not None:
+            raise EngineError("the transformers engine cannot constrain output to a JSON schema (R3_ENGINE=vllm can)")
         prompt_ids = self._encode(prompt)
         room = self.max_model_len - len(prompt_ids)
         if room < 1:

@@ -73,14 +73,15 @@ async def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, calle
     reflector: Reflector = state.reflector
     async with state.adapters.pin(body.model) as adapter:
         task = replace(task, adapter=adapter)
-        prompt, prefix = reflector.prompt(task, task.messages)
+        prompt = reflector.prompt(task, task.messages)
         started = time.perf_counter()
         stream_id = completion_id()
 
         def assemble(text, tokens, finish) -> Turn:
             result = GenerationResult(text=text, tokens=tokens, finish_reason=finish,
-                                      prompt_tokens=reflector.engine.count_tokens(prompt))
-            return Reflector.turn(task, prefix, result, time.perf_counter() - started, completion=stream_id)
+                                      prompt_tokens=reflector.engine.count_tokens(prompt.engine_input))
+            return Reflector.turn(task, prompt.assistant_prefix, result, time.perf_counter() - started,
+                                  completion=stream_id)
 
         async def conclude(turn: Turn):
             episode, turns = await reflector.run(task, tenant=caller, first=turn)
@@ -88,7 +89,8 @@ async def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, calle
             state.metrics.observe(episode, time.perf_counter() - started)
             return r3_info(episode), usage_of(turns)
 
-        async for event in sse_stream(body.model, stream_id, reflector.engine.stream(prompt, task.params, task.adapter),
+        generation = reflector.engine.stream(prompt.engine_input, Reflector.constrained(task.params, prompt), task.adapter)
+        async for event in sse_stream(body.model, stream_id, generation,
                                       assemble, conclude, parses_tools=task.parses_tools, logprobs=body.logprobs,
                                       include_usage=_include_usage(body)):
             yield event
@@ -105,8 +107,8 @@ def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings, 
     messages = [message.model_dump(exclude_none=True) for message in body.messages]
     tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
     tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
-    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice)
-    prompt_tokens = engine.count_tokens(prompt.text + prompt.assistant_prefix)
+    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice, json_constrained=engine.supports_json_schema)
+    prompt_tokens = engine.count_tokens(prompt.engine_input)
     room = engine.max_model_len - prompt_tokens
     if room < 1:
         raise APIError(400, f"the messages take {prompt_tokens} tokens; this model's context is "
@@ -119,10 +121,24 @@ def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings, 
                        param=param, code="context_length_exceeded")
     params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
-                            top_logprobs=body.top_logprobs or 0)
+                            top_logprobs=body.top_logprobs or 0, json_schema=_response_schema(body, engine))
     return ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
                     params=params, verifier=_verifier(body, policy), max_retries=body.reflect.max_retries,
                     store_text=body.store)
+
+
+def _response_schema(body: ChatCompletionRequest, engine: Engine) -> dict | None:
+    """The JSON schema `response_format` holds the answer to, on an engine that can enforce it."""
+    response_format = body.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if not engine.supports_json_schema:
+        raise APIError(400, f"response_format {response_format.type} needs an engine that constrains decoding "
+                       "(R3_ENGINE=vllm); on this one, attach a json_schema verifier instead, and a failed answer "
+                       "is reflected on and retried", param="response_format")
+    if response_format.type == "json_object":
+        return {"type": "object"}
+    return response_format.json_schema.schema_
 
 
 def _verifier(body: ChatCompletionRequest, policy: WebhookPolicy) -> VerifierSpec | None:

@@ -128,20 +128,22 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
 
 def test_prompts_are_the_servers(model_path):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    reflector = Reflector(engine=SimpleNamespace(tokenizer=tokenizer), webhook_policy=WebhookPolicy())
+    # The trainer samples with transformers, which holds no schema: the server on the same engine.
+    reflector = Reflector(engine=SimpleNamespace(tokenizer=tokenizer, supports_json_schema=False),
+                          webhook_policy=WebhookPolicy())
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     for item in (FAILURES[0], failure(FRANCE, "London", {"type": "tool_schema"}, tools, "required")):
         task = chat_task(item, SamplingParams())
         attempts = [FailedAttempt(item.failed_attempt, item.detail)]
-        served, _ = reflector.prompt(task, reflection_conversation(item.messages, attempts, item.task_kind),
-                                     forced_prefix=False)
-        assert reflection_prompt(tokenizer, item) == served
+        served = reflector.prompt(task, reflection_conversation(item.messages, attempts, item.task_kind),
+                                  forced_prefix=False)
+        assert reflection_prompt(tokenizer, item) == served.engine_input
         reflected = [FailedAttempt(item.failed_attempt, item.detail, "I should answer with the city.")]
         conversation = retry_conversation(item.messages, reflected, item.task_kind)
-        served_retry, served_prefix = reflector.prompt(task, conversation)
-        assert retry_prompt(tokenizer, item, "I should answer with the city.") == (conversation, served_retry,
-                                                                                   served_prefix)
-    assert served_prefix == '<tool_call>\n{"name": "'  # tool_choice "required" forces a call in the retry
+        served_retry = reflector.prompt(task, conversation)
+        assert retry_prompt(tokenizer, item, "I should answer with the city.") == (
+            conversation, served_retry.engine_input, served_retry.assistant_prefix)
+    assert served_retry.assistant_prefix == '<tool_call>\n{"name": "'  # "required" forces a call in the retry
 
 
 async def test_retry_reward_judges_retries_as_the_server_does(model_path):

@@ -1,28 +1,38 @@
-"""The transformers + peft engine, driven directly: batching, adapters, sampling, streaming."""
+"""The engine suite: the same cases against both engines (transformers + peft, and vLLM on the CPU).
+
+Each engine is started once for the whole test session (vLLM takes ~45 s) and shared with the
+server tests that run on it (`engines` in conftest.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from r3.chat_format import render_prompt
-from r3.engines.base import PromptTooLongError, SamplingParams, UnknownAdapterError
-from r3.engines.transformers_engine import TransformersEngine
+from r3.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams, UnknownAdapterError
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def started_engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
 @pytest.fixture(scope="module")
-async def engine(model_path: Path, lora_path: Path):
-    engine = TransformersEngine(str(model_path), "smol", max_batch_size=4)
+async def engine(started_engine: Engine, lora_path: Path):
+    engine = started_engine
     await engine.load_adapter("lora-a", lora_path)
     yield engine
-    await engine.close()
+    for name in engine.adapters():
+        await engine.unload_adapter(name)
 
 
-def prompt(engine: TransformersEngine, text: str) -> str:
+def prompt(engine: Engine, text: str) -> str:
     return render_prompt(engine.tokenizer, [{"role": "user", "content": text}]).text
 
 
@@ -121,16 +131,52 @@ async def test_unknown_and_unloaded_adapters_are_refused(engine, lora_path: Path
     assert_same_generation(await engine.generate(p, GREEDY), base_before)
 
 
-async def test_unloading_the_last_adapter_restores_the_plain_base(model_path: Path, lora_path: Path) -> None:
-    engine = TransformersEngine(str(model_path), "smol", max_model_len=64)
-    try:
-        p = prompt(engine, "Hi")
-        before = await engine.generate(p, GREEDY)
-        await engine.load_adapter("only", lora_path)
-        await engine.unload_adapter("only")
-        assert engine.adapters() == {}
-        assert_same_generation(await engine.generate(p, GREEDY), before)
-        with pytest.raises(PromptTooLongError):
-            await engine.generate(prompt(engine, "word " * 80), GREEDY)
-    finally:
-        await engine.close()
+async def test_unloading_the_last_adapter_restores_the_plain_base(engine, lora_path: Path) -> None:
+    p = prompt(engine, "Hi")
+    await engine.unload_adapter("lora-a")
+    before = await engine.generate(p, GREEDY)
+    await engine.load_adapter("only", lora_path)
+    await engine.unload_adapter("only")
+    assert engine.adapters() == {}
+    assert_same_generation(await engine.generate(p, GREEDY), before)
+    await engine.load_adapter("lora-a", lora_path)
+
+
+async def test_a_prompt_longer_than_the_context_is_refused(engine) -> None:
+    with pytest.raises(PromptTooLongError):
+        await engine.generate(prompt(engine, "word " * engine.max_model_len), GREEDY)
+    assert (await engine.generate(prompt(engine, "Hi"), GREEDY)).completion_tokens > 0
+
+
+async def test_a_folder_that_is_not_an_adapter_is_refused_and_serving_goes_on(engine, tmp_path: Path, lora_path: Path) -> None:
+    with pytest.raises(EngineError, match="adapter_config.json"):
+        await engine.load_adapter("broken", tmp_path)
+    with pytest.raises(EngineError, match="already loaded"):
+        await engine.load_adapter("lora-a", lora_path)
+    assert set(engine.adapters()) == {"lora-a"}
+    assert (await engine.generate(prompt(engine, "Hi"), GREEDY, adapter="lora-a")).completion_tokens > 0
+
+
+async def test_an_adapter_in_use_is_not_unloaded(engine) -> None:
+    stream = engine.stream(prompt(engine, "Tell me a story."), SamplingParams(max_tokens=16, temperature=0), adapter="lora-a")
+    await anext(stream)
+    with pytest.raises(EngineError, match="in use"):
+        await engine.unload_adapter("lora-a")
+    assert [c async for c in stream][-1].finish_reason is not None
+    assert "lora-a" in engine.adapters()
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+async def test_a_json_schema_constrains_the_output_where_the_engine_supports_it(engine) -> None:
+    p = prompt(engine, "What is the capital of France? Answer in JSON.")
+    params = SamplingParams(max_tokens=40, temperature=0.0, json_schema=CITY)
+    if not engine.supports_json_schema:
+        with pytest.raises(EngineError, match="JSON schema"):
+            await engine.generate(p, params)
+        return
+    result = await engine.generate(p, params)
+    assert result.finish_reason == "stop"
+    assert set(json.loads(result.text)) == {"city"}
