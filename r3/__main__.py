@@ -1,3 +1,5 @@
 from r3.cli import app
 
-app()
+# The guard matters: vLLM starts its engine core with `spawn`, which imports this module again.
+if __name__ == "__main__":
+    app()

@@ -28,8 +28,8 @@ from verifiers import parse_spec
 
 
 @dataclass(frozen=True)
-class Success:
-    """A request whose first attempt passed its verifier."""
+class LoggedRequest:
+    """A logged request, as much of it as is needed to run it again and judge the answer."""
 
     episode_id: str
     messages: list[dict[str, Any]]
@@ -41,18 +41,16 @@ class Success:
 
 
 @dataclass(frozen=True)
-class Failure:
+class Success(LoggedRequest):
+    """A request whose first attempt passed its verifier."""
+
+
+@dataclass(frozen=True)
+class Failure(LoggedRequest):
     """A request whose first attempt failed its verifier, with that attempt and the reason."""
 
-    episode_id: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    tool_choice: str | dict[str, Any] | None
     failed_attempt: dict[str, Any]  # the OpenAI assistant message: content and tool_calls
     detail: str  # what the verifier (or the client's feedback) said was wrong
-    verifier: dict[str, Any]
-    task_kind: str
-    sampling: dict[str, Any]
 
 
 Item = TypeVar("Item", Failure, Success)

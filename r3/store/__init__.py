@@ -1,4 +1,5 @@
-"""Where episodes live. The interface is what the server needs; `memory` implements it in-process."""
+"""Where episodes live. The interface is what the server needs; `sql.SqlEpisodeStore` implements it
+for Postgres and SQLite, and `episode_log.EpisodeLog` puts a journal and the stream in front of it."""
 
 from __future__ import annotations
 

@@ -72,10 +72,10 @@ async def test_evaluate_reflects_on_the_recorded_failure_and_replays_first_attem
     anything = {"type": "regex", "pattern": "(?s).*"}
     impossible = {"type": "exact", "expected": "a string no model writes: 7f3a9c"}
     failures = [
-        Failure("ep_any", question, None, None, {"role": "assistant", "content": "A car."}, "not a fruit", anything,
-                "generic", sampling),
-        Failure("ep_never", question, None, None, {"role": "assistant", "content": "A car."}, "", impossible,
-                "generic", sampling),
+        Failure("ep_any", question, None, None, anything, "generic", sampling,
+                failed_attempt={"role": "assistant", "content": "A car."}, detail="not a fruit"),
+        Failure("ep_never", question, None, None, impossible, "generic", sampling,
+                failed_attempt={"role": "assistant", "content": "A car."}, detail=""),
     ]
     successes = [Success("ep_ok", question, None, None, anything, "generic", sampling),
                  Success("ep_no", question, None, None, impossible, "generic", sampling)]
