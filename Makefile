@@ -34,9 +34,14 @@ serve: install
 test: install-dev
 	$(BIN)/pytest -q --durations=10
 
+# Each benchmark prints a table and writes JSON and a PNG to bench/results/ (see BENCHMARKS.md).
 bench: install-dev
-	$(BIN)/python bench/throughput.py
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/reflect_retry.py
 	$(BIN)/python bench/episode_log.py
+	$(BIN)/python bench/hot_swap.py
+	$(BIN)/r3 bench learn
 
 clean:
 	rm -rf $(VENV) build *.egg-info

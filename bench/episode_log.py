@@ -8,7 +8,7 @@
 2. Request latency with logging on vs off, in one run: two servers on the same model, one whose
    episodes go nowhere; requests alternate between them, one at a time, max_tokens=1 so the model's
    time does not drown the difference. Reports p50/p99 of each and their ratio.
-Writes bench/results/episode_log.json.
+Writes bench/results/episode_log.json and .png.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT)]  # the packages first: tests/verifiers must not shado
 sys.path.append(str(ROOT / "tests"))
 from support import ThreadedServer  # noqa: E402
 
+from bench.common import figure  # noqa: E402
 from r3.episodes import AttemptRecord, Episode, new_episode_id  # noqa: E402
 from r3.settings import Settings  # noqa: E402
 from r3.store import database  # noqa: E402
@@ -139,7 +140,26 @@ def latency(requests: int) -> dict:
               for name, v in times.items()}
     result["p50_ratio_on_off"] = round(result["on"]["p50_ms"] / result["off"]["p50_ms"], 3)
     result["p99_ratio_on_off"] = round(result["on"]["p99_ms"] / result["off"]["p99_ms"], 3)
+    result["latencies_ms"] = {name: [round(t * 1000, 2) for t in v] for name, v in times.items()}
     return result
+
+
+def plot(result: dict, path: Path) -> None:
+    with figure(path, "The episode log", columns=2) as (rate, latency):
+        draw(rate, latency, result)
+
+
+def draw(rate, latency, result: dict) -> None:
+    rate.bar(["measured"], [result["throughput"]["episodes_per_s"]])
+    rate.axhline(2000, color="grey", linestyle="--", linewidth=1, label="target: 2,000/s")
+    rate.set_ylabel("episodes/s into Postgres + Redis")
+    rate.legend()
+    for name, values in result["latency"]["latencies_ms"].items():
+        ordered = sorted(values)
+        latency.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=f"logging {name}")
+    latency.set_xlabel("request latency (ms), max_tokens=1")
+    latency.set_ylabel("fraction of requests")
+    latency.legend()
 
 
 def main() -> None:
@@ -159,6 +179,7 @@ def main() -> None:
           f"(ratio {lat['p99_ratio_on_off']})")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "episode_log.json").write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / "episode_log.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""What the benchmarks share: an `r3 serve` process to measure, a closed-loop load, and result files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# One torch thread per process (servers started here inherit it): with two model processes on a
+# 2-core machine, more threads mostly spin waiting on each other. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class R3Server:
+    """`with R3Server({"R3_ENGINE": "vllm"}) as url:` — `r3 serve` in its own process, with its own data dir."""
+
+    def __init__(self, settings: dict[str, str], startup_timeout_s: float = 300) -> None:
+        self.port = free_port()
+        self.data_dir = Path(settings.get("R3_DATA_DIR") or tempfile.mkdtemp(prefix="r3-bench-"))
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+        self.env = {**inherited, "R3_DATA_DIR": str(self.data_dir), **settings, "R3_PORT": str(self.port)}
+        self.log_path = self.data_dir / "server.log"
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=REPO, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"r3 serve exited; see {self.log_path}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"r3 serve did not start in {self.startup_timeout_s} s; see {self.log_path}")
+
+    def __exit__(self, *_) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class Sample:
+    started: float  # time.monotonic()
+    latency_s: float
+    completion_tokens: int
+    body: dict[str, Any] | None  # the response; None for a failed request
+
+
+async def closed_loop(send, concurrency: int, requests_per_worker: int) -> tuple[list[Sample], float]:
+    """`concurrency` workers, each sending `requests_per_worker` requests back to back; the samples and wall time.
+
+    `send()` returns (completion_tokens, response body or None)."""
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        for _ in range(requests_per_worker):
+            started = time.monotonic()
+            tokens, body = await send()
+            samples.append(Sample(started, time.monotonic() - started, tokens, body))
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.monotonic() - start
+
+
+def chat_sender(client: httpx.AsyncClient, body: dict[str, Any]):
+    async def send() -> tuple[int, dict[str, Any] | None]:
+        response = await client.post("/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            return 0, None
+        payload = response.json()
+        return payload["usage"]["completion_tokens"], payload
+
+    return send
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                **result}, indent=2))
+    return path
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(*headers)
+    for row in rows:
+        out.add_row(*(f"{cell:.3f}" if isinstance(cell, float) else str(cell) for cell in row))
+    Console().print(out)
+
+
+@contextmanager
+def figure(path: Path, title: str, columns: int = 1) -> Iterator[Any]:
+    """`with figure(path, title) as ax:` draw on `ax` (a list of axes for `columns` > 1); saved as a PNG at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, columns, figsize=(5 + 5 * (columns - 1) if columns > 1 else 7, 4))
+    yield axes
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
