@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 MODEL = "SmolLM2-135M-Instruct"
+PASSING = {"type": "regex", "pattern": "(?s).*"}  # a verifier every answer passes (regex is a full match)
 
 
 def machine() -> dict[str, Any]:
@@ -109,6 +110,8 @@ def chat_sender(client: httpx.AsyncClient, body: dict[str, Any]):
         if response.status_code != 200:
             return 0, None
         payload = response.json()
+        if payload["r3"]["reflected"]:
+            raise RuntimeError("a request meant to pass its verifier was reflected on and retried")
         return payload["usage"]["completion_tokens"], payload
 
     return send

@@ -6,7 +6,9 @@ Per engine: `r3 serve` with its own database, Redis for the promotion event, and
 clients sending verified requests without pause. This process then promotes `--swaps` freshly
 trained-looking versions one after another, the way the trainer does (`AdapterRegistry.activate`:
 commit, then publish), and for each one measures the time from the commit to the first response
-served on that version. Every version is new to the server, so each swap includes checking the
+served on that version, and to when the request that got that answer was sent (an answer comes
+one request's latency after its request: `to its request` is how soon the server served the new
+version, `to first answer` what a client sees). Every version is new to the server, so each swap includes checking the
 files' sha256 and loading the adapter. Writes bench/results/hot_swap.json and .png.
 """
 
@@ -25,7 +27,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 import httpx
 from support import make_lora  # the tests' random, non-zero LoRA adapters
 
-from bench.common import MODEL, R3Server, Sample, figure, save, table
+from bench.common import MODEL, PASSING, R3Server, Sample, figure, save, table
 from r3 import bundled_model
 from r3.settings import Settings
 from r3.store import database
@@ -33,7 +35,7 @@ from r3.store.registry import AdapterRegistry
 
 REDIS = "redis://127.0.0.1:6379/0"
 REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0,
-           "verifier": {"type": "regex", "pattern": ""}}
+           "verifier": PASSING}
 
 
 async def register(url: str, adapters_dir: Path, folders: list[Path]) -> tuple[AdapterRegistry, list[str]]:
@@ -58,20 +60,21 @@ async def swap_under_load(url: str, registry: AdapterRegistry, versions: list[st
                 body = None
             samples.append(Sample(started, time.monotonic() - started, 0, body))
 
-    async def first_answer_on(name: str, since: float, timeout_s: float = 60) -> float:
+    async def first_answer_on(name: str, since: float, timeout_s: float = 60) -> tuple[float, float]:
+        """Seconds from `since` to the first answer on `name`, and to when that request was sent."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done = [s.started + s.latency_s for s in samples
-                    if s.body and s.body["r3"]["adapter"] == name and s.started + s.latency_s >= since]
+            done = [s for s in samples if s.body and s.body["r3"]["adapter"] == name and s.started + s.latency_s >= since]
             if done:
-                return min(done) - since
+                first = min(done, key=lambda s: s.started + s.latency_s)
+                return first.started + first.latency_s - since, first.started - since
             await asyncio.sleep(0.005)
         raise RuntimeError(f"no answer on {name} within {timeout_s} s")
 
     await registry.activate(versions[0], actor="bench")
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         load = [asyncio.create_task(client(http)) for _ in range(clients)]
-        await first_answer_on(versions[0], 0)
+        await first_answer_on(versions[0], 0, timeout_s=300)
         swaps = []
         for name in versions[1:]:
             await registry.activate(name, actor="bench", reason="benchmark promotion")
@@ -80,7 +83,9 @@ async def swap_under_load(url: str, registry: AdapterRegistry, versions: list[st
             await asyncio.sleep(0.5)
         stop.set()
         await asyncio.gather(*load)
-    return {"swap_s": swaps, "requests": len(samples), "failed": sum(s.body is None for s in samples)}
+    return {"swap_s": [answered for answered, _ in swaps], "sent_s": [sent for _, sent in swaps],
+            "request_p50_s": sorted(s.latency_s for s in samples)[len(samples) // 2],
+            "requests": len(samples), "failed": sum(s.body is None for s in samples)}
 
 
 def main() -> None:
@@ -104,15 +109,22 @@ def main() -> None:
         with server as server_url:
             run = asyncio.run(swap_under_load(server_url, registry, versions, args.clients))
         runs[engine] = run
-        swaps = sorted(run["swap_s"])
+        swaps, sent = sorted(run["swap_s"]), sorted(run["sent_s"])
         rows.append({"engine": engine, "swaps": len(swaps), "requests": run["requests"], "failed": run["failed"],
                      "promotion_to_first_answer_p50_s": round(swaps[len(swaps) // 2], 3),
-                     "promotion_to_first_answer_max_s": round(swaps[-1], 3)})
-    table(["engine", "swaps", "requests", "failed", "to first answer p50 (s)", "max (s)"],
-          [[r["engine"], r["swaps"], r["requests"], r["failed"], r["promotion_to_first_answer_p50_s"],
-            r["promotion_to_first_answer_max_s"]] for r in rows])
+                     "promotion_to_first_answer_max_s": round(swaps[-1], 3),
+                     "promotion_to_first_request_sent_p50_s": round(sent[len(sent) // 2], 3),
+                     "promotion_to_first_request_sent_max_s": round(sent[-1], 3),
+                     "request_latency_p50_s": round(run["request_p50_s"], 3)})
+    table(["engine", "swaps", "requests", "failed", "to first answer p50 / max (s)",
+           "to its request p50 / max (s)", "request p50 (s)"],
+          [[r["engine"], r["swaps"], r["requests"], r["failed"],
+            f"{r['promotion_to_first_answer_p50_s']} / {r['promotion_to_first_answer_max_s']}",
+            f"{r['promotion_to_first_request_sent_p50_s']} / {r['promotion_to_first_request_sent_max_s']}",
+            r["request_latency_p50_s"]] for r in rows])
     save("hot_swap", {"clients": args.clients, "request": REQUEST, "rows": rows,
-                      "swap_s": {engine: run["swap_s"] for engine, run in runs.items()}})
+                      "swap_s": {engine: run["swap_s"] for engine, run in runs.items()},
+                      "sent_s": {engine: run["sent_s"] for engine, run in runs.items()}})
     plot(runs, Path(__file__).parent / "results" / "hot_swap.png")
 
 

@@ -19,14 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import httpx
 
-from bench.common import MODEL, R3Server, Sample, chat_sender, closed_loop, figure, percentile, save, table
+from bench.common import MODEL, PASSING, R3Server, Sample, chat_sender, closed_loop, figure, percentile, save, table
 from r3 import bundled_model
 from r3.chat_format import render_prompt
 from r3.engines.base import SamplingParams
 from r3.settings import Settings
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
-PASSING = {"type": "regex", "pattern": ""}  # matches every answer
 CONCURRENCY = (1, 8)
 
 

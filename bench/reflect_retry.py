@@ -28,8 +28,8 @@ from bench.common import MODEL, R3Server, figure, percentile, save, table
 
 CONFIGS = {  # name: the server's settings
     "transformers": {"R3_ENGINE": "transformers"},
-    "vllm, prefix cache on": {"R3_ENGINE": "vllm", "R3_ENABLE_PREFIX_CACHING": "true"},
-    "vllm, prefix cache off": {"R3_ENGINE": "vllm", "R3_ENABLE_PREFIX_CACHING": "false"},
+    "vllm prefix-cache on": {"R3_ENGINE": "vllm", "R3_ENABLE_PREFIX_CACHING": "true"},
+    "vllm prefix-cache off": {"R3_ENGINE": "vllm", "R3_ENABLE_PREFIX_CACHING": "false"},
 }
 
 
