@@ -16,6 +16,8 @@ model_app = typer.Typer(help="The model R3 serves.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -136,3 +138,26 @@ def serve(
     _check_database()
     # By import string: r3 must not import the server package (DESIGN.md's layering rule).
     uvicorn.run("server.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+
+
+@bench_app.command("learn")
+def bench_learn(
+    minutes: float = typer.Option(35.0, help="Time for the whole experiment: baseline, rounds, evaluations."),
+    seed: int = typer.Option(0, help="Seeds the task suite (the held-out set uses another seed derived from it)."),
+    heldout: int = typer.Option(80, help="Held-out tasks evaluated on every version."),
+    batch: int = typer.Option(48, help="Training tasks sent through the API before each round."),
+    train_max_steps: int = typer.Option(8, help="GRPO steps per round (R3_TRAIN_MAX_STEPS)."),
+    train_max_failures: int = typer.Option(16, help="Failures trained on per round (R3_TRAIN_MAX_FAILURES)."),
+    families: str = typer.Option("countdown2", help="Task families, comma-separated: countdown2, countdown3, "
+                                 "timer, weather, message, currency, alarm."),
+    out: str = typer.Option("bench/results", help="Where learn.json and learn.png go."),
+) -> None:
+    """The learning experiment: the real serve → reflect → train → gate → hot-swap loop on a task suite."""
+    import importlib
+    from pathlib import Path
+
+    # By module name: r3 must not import the benchmarks at import time.
+    learn = importlib.import_module("bench.learn")
+    config = learn.Config(minutes=minutes, seed=seed, heldout=heldout, batch=batch, train_max_steps=train_max_steps,
+                          train_max_failures=train_max_failures, families=tuple(families.split(",")))
+    learn.main(config, Path(out))

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`, and `r3 bench learn` (the learning experiment)."""

@@ -1,0 +1,592 @@
+"""`r3 bench learn`: does R3's real loop make the bundled model better at a task suite, on a CPU?
+
+    r3 bench learn [--minutes 35] [--seed 0] [--heldout 80]
+    python -m bench.learn [same options]
+
+Reading order:
+
+1. The task suite (`bench/tasks.py`): synthetic tasks generated from a seed and checked by R3's
+   own verifiers; by default two-number Countdown ("Using the numbers 11 and 5, make 6.", the
+   `countdown` verifier), where the untrained model passes about a third of first attempts. The
+   tool-call families (`tool_call` verifier, exact arguments) are there too (`--families`). The
+   training stream and the held-out set come from different seeds and share no prompt.
+2. The loop, the real one: an `r3 serve` process with a fresh data dir (embedded SQLite), training
+   tasks sent through the HTTP API with their verifiers attached (so failures reflect, retry and are
+   recorded as episodes), then `r3 train --once` in its own process against the same data dir, which
+   trains on the recorded failures (GRPO, reflection tokens only), registers a candidate, gates it
+   and promotes or rejects it; the server hot-swaps a promoted version. Repeated while time remains.
+3. Evaluation: the fixed held-out set through the API, greedy, with one reflect-retry allowed, on
+   the base model before training and on every version a round produced (each pinned by name,
+   `r3@vN`, promoted or not), `store: false` so evaluation is never trained on.
+   First-attempt success: attempt 1 passes. Second-attempt success: attempt 1 or, after one
+   reflection, attempt 2 passes.
+4. Statistics: Wilson 95% intervals; an exact one-sided McNemar (sign) test on the tasks whose
+   outcome differs between two versions.
+5. Report: a rich table, `bench/results/learn.json`, and `bench/results/learn.png`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import tasks as suite
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    minutes: float = 35.0  # the whole experiment: baseline, rounds and their evaluations
+    seed: int = 0
+    heldout: int = 80  # held-out tasks, evaluated on every version
+    batch: int = 48  # training tasks sent through the API before each round
+    answer_max_tokens: int = 48  # an equation, or a tool call (~25 tokens; it also stops at </tool_call>)
+    reflection_max_tokens: int = 64  # R3_REFLECTION_MAX_TOKENS
+    train_max_failures: int = 16  # R3_TRAIN_MAX_FAILURES
+    train_max_steps: int = 8  # R3_TRAIN_MAX_STEPS (2 failures × G reflections per step)
+    num_generations: int = 4  # R3_TRAIN_NUM_GENERATIONS (GRPO's G)
+    gate_regression_size: int = 16  # R3_GATE_REGRESSION_SIZE
+    concurrency: int = 8  # requests in flight (the engine batches up to 8 sequences)
+    families: tuple[str, ...] = suite.DEFAULT_FAMILIES
+
+    def server_env(self, data_dir: Path, port: int, admin_key: str) -> dict[str, str]:
+        """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+        return {
+            **inherited,
+            "R3_DATA_DIR": str(data_dir), "R3_PORT": str(port), "R3_ADMIN_KEY": admin_key,
+            "R3_REFLECTION_MAX_TOKENS": str(self.reflection_max_tokens),
+            "R3_TRAIN_MAX_FAILURES": str(self.train_max_failures),
+            "R3_TRAIN_MAX_STEPS": str(self.train_max_steps),
+            "R3_TRAIN_NUM_GENERATIONS": str(self.num_generations),
+            "R3_GATE_REGRESSION_SIZE": str(self.gate_regression_size),
+            "R3_ADAPTER_POLL_S": "1",
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes: `r3 serve` and `r3 train --once`
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`r3 serve` in its own process; the log goes to <data dir>/server.log."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
+        self.env, self.data_dir = env, data_dir
+        self.url = f"http://127.0.0.1:{env['R3_PORT']}"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=REPO, env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"r3 serve exited; see {self.data_dir / 'server.log'}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError("r3 serve did not start in 300 s")
+
+    def __exit__(self, *_: Any) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # uvicorn waits for requests in flight; a stopped experiment has none it needs
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def train_once(env: dict[str, str], data_dir: Path, timeout_s: float) -> tuple[int, float]:
+    """`r3 train --once`: one round (train, register, gate, promote or reject). (exit code, seconds)."""
+    started = time.monotonic()
+    with open(data_dir / "trainer.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "r3", "train", "--once"], cwd=REPO, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            code = -1
+        finally:
+            if process.poll() is None:  # timed out, or this process is being stopped
+                process.kill()
+                process.wait()
+    return code, time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending tasks through the API
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    first: bool  # attempt 1 passed
+    second: bool  # attempt 1 passed, or attempt 2 after one reflection did
+    adapter: str  # the version that served it ("base" for none), as the response says
+    episode_id: str
+    detail: str = ""  # the verifier's detail on attempt 1
+
+
+async def send(client: httpx.AsyncClient, tasks: list[suite.Task], model: str, config: Config,
+               store: bool) -> list[Outcome]:
+    """Every task once, greedy, one reflect-retry allowed; `concurrency` requests in flight."""
+    limit = asyncio.Semaphore(config.concurrency)
+
+    async def one(task: suite.Task) -> Outcome:
+        body = task.request(model, config.answer_max_tokens, max_retries=1, store=store)
+        if task.tools:
+            body["stop"] = ["</tool_call>"]  # the call is complete there; the rest would be prose
+        async with limit:
+            response = await client.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        info = response.json()["r3"]
+        verdicts = [attempt["success"] for attempt in info["attempts"]]
+        return Outcome(first=bool(verdicts[0]), second=any(verdicts[:2]), adapter=info["adapter"],
+                       episode_id=info["episode_id"], detail=info["attempts"][0].get("detail") or "")
+
+    return await asyncio.gather(*(one(task) for task in tasks))
+
+
+async def wait_recorded(client: httpx.AsyncClient, episode_ids: list[str], timeout_s: float = 120) -> None:
+    """Until every episode is in the database, where the trainer looks for failures."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(episode_ids)
+    while pending and time.monotonic() < deadline:
+        answers = await asyncio.gather(*(client.get(f"/v1/episodes/{i}") for i in pending))
+        pending = [i for i, answer in zip(pending, answers, strict=True) if answer.status_code != 200]
+        if pending:
+            await asyncio.sleep(0.5)
+    if pending:
+        raise RuntimeError(f"{len(pending)} episodes were not recorded within {timeout_s} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    version: str  # what was asked for: "base" or "r3-vN"
+    served_by: list[str]  # what the responses say served them (must all be `version`)
+    first: list[bool]  # per held-out task, in order
+    second: list[bool]
+    seconds: float
+    by_family: dict[str, dict[str, int]] = field(default_factory=dict)
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.first)
+        k1, k2 = sum(self.first), sum(self.second)
+        return {"version": self.version, "n": n, "seconds": round(self.seconds, 1),
+                "served_by": dict(Counter(self.served_by)),
+                "first_attempt": {"k": k1, "rate": k1 / n, "ci95": wilson(k1, n)},
+                "second_attempt": {"k": k2, "rate": k2 / n, "ci95": wilson(k2, n)},
+                "rescued": {"k": k2 - k1, "of_failures": n - k1},
+                "by_family": self.by_family, "note": self.note,
+                "outcomes": {"first": [int(x) for x in self.first], "second": [int(x) for x in self.second]}}
+
+
+async def evaluate(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
+    model = "base" if version == "base" else version.replace("r3-", "r3@", 1)
+    started = time.monotonic()
+    outcomes = await send(client, heldout, model, config, store=False)
+    by_family: dict[str, dict[str, int]] = {}
+    for task, outcome in zip(heldout, outcomes, strict=True):
+        row = by_family.setdefault(task.family, {"n": 0, "first": 0, "second": 0})
+        row["n"] += 1
+        row["first"] += outcome.first
+        row["second"] += outcome.second
+    return Evaluation(version, [o.adapter for o in outcomes], [o.first for o in outcomes],
+                      [o.second for o in outcomes], time.monotonic() - started, by_family)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for k successes in n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_one_sided(wins: int, losses: int) -> float:
+    """Exact one-sided McNemar: P(X ≥ wins), X ~ Binomial(wins + losses, 1/2).
+
+    `wins`: tasks only the later version passes; `losses`: tasks only the earlier one passes.
+    Tasks both pass or both fail say nothing about which is better."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
+
+
+def paired(before: list[bool], after: list[bool]) -> dict[str, Any]:
+    wins = sum(a and not b for b, a in zip(before, after, strict=True))
+    losses = sum(b and not a for b, a in zip(before, after, strict=True))
+    return {"after_only": wins, "before_only": losses, "p_one_sided": mcnemar_one_sided(wins, losses)}
+
+
+def compare(before: Evaluation, after: Evaluation) -> dict[str, Any]:
+    return {"before": before.version, "after": after.version,
+            "first_attempt": paired(before.first, after.first),
+            "second_attempt": paired(before.second, after.second)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def admin_get(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+    response = await client.get(path)
+    response.raise_for_status()
+    return response.json()
+
+
+async def wait_serving(client: httpx.AsyncClient, version: str | None, timeout_s: float = 120) -> None:
+    """Until the server has hot-swapped to `version` (None: the base model)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (await admin_get(client, "/admin/adapters"))["active"] == version:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the server did not switch to {version or 'base'} within {timeout_s} s")
+
+
+async def experiment(config: Config) -> dict[str, Any]:
+    started = time.monotonic()
+    deadline = started + config.minutes * 60
+    data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-"))
+    admin_key = secrets.token_urlsafe(16)
+    env = config.server_env(data_dir, free_port(), admin_key)
+    train_tasks, heldout = suite.split_suite(config.seed, config.batch * 6, config.heldout, config.families)
+    log(f"data dir {data_dir}; {len(heldout)} held-out tasks; training stream of {len(train_tasks)}")
+
+    evaluations: dict[str, Evaluation] = {}
+    rounds: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    with Server(env, data_dir) as server:
+        timings["server_start_s"] = time.monotonic() - started
+        async with httpx.AsyncClient(base_url=server.url, timeout=1800,
+                                     headers={"Authorization": f"Bearer {admin_key}"}) as client:
+            evaluations["base"] = await evaluate(client, heldout, "base", config)
+            log(f"before training: {_line(evaluations['base'])}")
+            active: str | None = None
+            round_seconds: float | None = None
+            seen_rounds: set[int | None] = {None}
+            cursor = 0
+            while True:
+                left = deadline - time.monotonic()
+                # A round is: collect, train + gate, evaluate what it produced. Start one only if the
+                # last one's length still fits (the first always runs: there must be an "after").
+                if rounds and (round_seconds is None or left < round_seconds):
+                    log(f"{left / 60:.1f} min left, a round took {(round_seconds or 0) / 60:.1f}: stopping")
+                    break
+                round_started = time.monotonic()
+                started_from = active
+                batch = train_tasks[cursor:cursor + config.batch]
+                cursor += config.batch
+                if not batch:
+                    log("the training stream is used up: stopping")
+                    break
+                collected = await send(client, batch, "r3", config, store=True)
+                await wait_recorded(client, [o.episode_id for o in collected])
+                collect_s = time.monotonic() - round_started
+                log(f"round {len(rounds) + 1}: sent {len(batch)} training tasks to {active or 'base'}: "
+                    f"first {sum(o.first for o in collected)}, second {sum(o.second for o in collected)} "
+                    f"({collect_s:.0f} s)")
+                code, train_s = train_once(env, data_dir, timeout_s=max(300.0, deadline - time.monotonic() + 300))
+                state = await admin_get(client, "/admin/train?limit=1")
+                last = state["rounds"][0] if state["rounds"] else {}
+                if last.get("round") in seen_rounds:  # the trainer died before it recorded a round
+                    last = {}
+                seen_rounds.add(last.get("round"))
+                candidate, promoted = last.get("candidate"), bool(last.get("promoted"))
+                if promoted:
+                    await wait_serving(client, candidate)
+                # What the server serves now (an auto-rollback could have changed it too).
+                active = (await admin_get(client, "/admin/adapters"))["active"]
+                log(f"round {len(rounds) + 1}: trainer exit {code} in {train_s:.0f} s; candidate {candidate}, "
+                    f"{'promoted' if promoted else 'not promoted'}: {last.get('report', {}).get('reason')}")
+                eval_s = 0.0
+                training = (last.get("report") or {}).get("training") or {}
+                if candidate and training.get("groups") and training.get("skipped_groups") == training.get("groups"):
+                    # No group had both a passing and a failing retry: no step changed the weights, so the
+                    # candidate is its starting adapter; its numbers are that version's.
+                    parent = started_from or "base"
+                    evaluations[candidate] = replace(evaluations[parent], version=candidate,
+                                                     note=f"no update in training: same weights as {parent}")
+                    log(f"  {candidate}: no step updated the adapter; same as {parent}")
+                elif candidate and candidate not in evaluations:
+                    evaluations[candidate] = await evaluate(client, heldout, candidate, config)
+                    eval_s = evaluations[candidate].seconds
+                    log(f"  {candidate}: {_line(evaluations[candidate])}")
+                rounds.append({
+                    "round": len(rounds) + 1, "trainer_exit_code": code, "candidate": candidate, "promoted": promoted,
+                    "active_after": active or "base",
+                    "collected": {"tasks": len(batch), "served_by": dict(Counter(o.adapter for o in collected)),
+                                  "first": sum(o.first for o in collected),
+                                  "second": sum(o.second for o in collected)},
+                    "training_round": last,
+                    "seconds": {"collect": round(collect_s, 1), "train_gate": round(train_s, 1),
+                                "evaluate": round(eval_s, 1), "total": round(time.monotonic() - round_started, 1)},
+                })
+                round_seconds = time.monotonic() - round_started
+                if code != 0 and candidate is None:
+                    log("the round produced no candidate; stopping")
+                    break
+            # Time left for less than a round but more than an evaluation: the base model again, to see
+            # how much two greedy runs of one version differ (batching changes float rounding).
+            repeat = None
+            if deadline - time.monotonic() > 1.2 * evaluations["base"].seconds:
+                repeat = await evaluate(client, heldout, "base", config)
+                log(f"base again: {_line(repeat)}")
+            adapters = await admin_get(client, "/admin/adapters")
+            actions = await admin_get(client, "/admin/actions")
+    timings["total_s"] = time.monotonic() - started
+    result = report(config, heldout, evaluations, rounds, adapters, actions, timings, data_dir)
+    if repeat is not None:
+        result["base_repeat"] = {**repeat.summary(), "vs_first_base_run": compare(evaluations["base"], repeat)}
+    return result
+
+
+def _line(evaluation: Evaluation) -> str:
+    s = evaluation.summary()
+    return (f"first {s['first_attempt']['k']}/{s['n']}, second {s['second_attempt']['k']}/{s['n']} "
+            f"({evaluation.seconds:.0f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def report(config: Config, heldout: list[suite.Task], evaluations: dict[str, Evaluation], rounds: list[dict[str, Any]],
+           adapters: dict[str, Any], actions: dict[str, Any], timings: dict[str, float], data_dir: Path) -> dict[str, Any]:
+    base = evaluations["base"]
+    # The curve: after round k, the version then active (the base model until one is promoted).
+    curve = [{"round": 0, "active": "base", **_point(base)}]
+    for r in rounds:
+        curve.append({"round": r["round"], "active": r["active_after"], **_point(evaluations[r["active_after"]])})
+    candidates = [{"round": r["round"], "candidate": r["candidate"], **_point(evaluations[r["candidate"]])}
+                  for r in rounds if r["candidate"] in evaluations]
+    final_active = rounds[-1]["active_after"] if rounds else "base"
+    comparisons = {"final_active_vs_base": compare(base, evaluations[final_active])}
+    if candidates:
+        last = candidates[-1]["candidate"]
+        comparisons["last_candidate_vs_base"] = compare(base, evaluations[last])
+    return {
+        "experiment": "r3 bench learn",
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "config": {**asdict(config), "families": list(config.families)},
+        "suite": {
+            "families": list(config.families),
+            "tool_tasks": {"tool_choice": suite.TOOL_CHOICE, "tools_offered": suite.OFFERED,
+                           "worked_example_shown": suite.TOOL_DEMO},
+            "verifiers": sorted({t.verifier["type"] for t in heldout}), "heldout": len(heldout),
+            "heldout_by_family": dict(Counter(t.family for t in heldout)),
+            "heldout_seed": config.seed + 1_000_003, "train_seed": config.seed,
+            "example": {"messages": heldout[0].messages, "verifier": heldout[0].verifier},
+        },
+        "definitions": {
+            "first_attempt": "attempt 1 passes the verifier (greedy)",
+            "second_attempt": "attempt 1 passes, or attempt 2 after one reflection passes (greedy)",
+            "ci95": "Wilson score interval",
+            "p_one_sided": "exact McNemar (sign test on discordant tasks), H1: after > before",
+        },
+        "curve": curve,
+        "candidates": candidates,
+        "comparisons": comparisons,
+        "rounds": rounds,
+        "evaluations": {name: e.summary() for name, e in evaluations.items()},
+        "adapters": adapters.get("data", []),
+        "admin_actions": actions.get("data", []),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "data_dir": str(data_dir),
+    }
+
+
+def _point(evaluation: Evaluation) -> dict[str, Any]:
+    s = evaluation.summary()
+    return {"version": evaluation.version, "n": s["n"], "first_attempt": s["first_attempt"],
+            "second_attempt": s["second_attempt"]}
+
+
+def _rate(part: dict[str, Any], n: int) -> str:
+    low, high = part["ci95"]
+    return f"{part['k']}/{n} = {100 * part['rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=170)
+    table = Table(title=f"r3 bench learn: held-out {'+'.join(result['suite']['families'])} tasks "
+                        f"(n = {result['suite']['heldout']}), greedy, 95% Wilson CIs")
+    for column in ("round", "version", "how", "first attempt [95% CI]", "second attempt [95% CI]", "rescued",
+                   "2nd vs base +/−", "p (1-sided)"):
+        table.add_column(column)
+    evaluations = result["evaluations"]
+    base = evaluations["base"]
+
+    def row(label: str, version: str, how: str) -> None:
+        e = evaluations[version]
+        f, s = e["first_attempt"], e["second_attempt"]
+        if version == "base":
+            versus, p = "", ""
+        else:
+            pair = paired([bool(x) for x in base["outcomes"]["second"]], [bool(x) for x in e["outcomes"]["second"]])
+            versus, p = f"+{pair['after_only']} / −{pair['before_only']}", f"{pair['p_one_sided']:.3g}"
+        table.add_row(label, version, how,
+                      _rate(f, e["n"]), _rate(s, e["n"]),
+                      f"{e['rescued']['k']}/{e['rescued']['of_failures']}", versus, p)
+
+    row("0 (before)", "base", "no adapter")
+    for r in result["rounds"]:
+        if r["candidate"] in evaluations:
+            how = "promoted, active" if r["promoted"] else "rejected by the gate, pinned"
+            row(str(r["round"]), r["candidate"], how)
+    console.print(table)
+
+    rounds = Table(title="training rounds (r3 train --once)")
+    for column in ("round", "collected 1st / 2nd", "trained", "steps", "reward", "skipped groups",
+                   "gate 2nd: cand. / active", "gate +/−", "gate p", "decision", "s"):
+        rounds.add_column(column)
+    for r in result["rounds"]:
+        report = (r["training_round"] or {}).get("report") or {}
+        training, gate = report.get("training") or {}, report.get("gate") or {}
+        rewards = training.get("reward_mean") or []
+        rounds.add_row(
+            str(r["round"]), f"{r['collected']['first']} / {r['collected']['second']} of {r['collected']['tasks']}",
+            str(training.get("failures", report.get("train", "—"))), str(training.get("steps", "—")),
+            f"{sum(rewards) / len(rewards):.2f}" if rewards else "—",
+            f"{training.get('skipped_groups', '—')}/{training.get('groups', '—')}",
+            (f"{gate['candidate_second_attempt']:.2f} / {gate['active_second_attempt']:.2f} (n={gate['heldout']})"
+             if gate else "—"),
+            f"+{gate.get('candidate_only_passed', '—')} / −{gate.get('active_only_passed', '—')}" if gate else "—",
+            f"{gate['p_value']:.3g}" if gate else "—",
+            "promoted" if r["promoted"] else (report.get("reason") or report.get("skipped") or "—"),
+            f"{r['seconds']['total']:.0f}")
+    console.print(rounds)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, label, colour, shift in (("first_attempt", "first attempt", "tab:blue", -0.07),
+                                      ("second_attempt", "second attempt (one reflect-retry)", "tab:orange", 0.07)):
+        xs = [p["round"] + shift for p in result["curve"]]
+        ys = [p[key]["rate"] for p in result["curve"]]
+        low = [p[key]["rate"] - p[key]["ci95"][0] for p in result["curve"]]
+        high = [p[key]["ci95"][1] - p[key]["rate"] for p in result["curve"]]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, color=colour, label=f"active version: {label}")
+        rejected = [c for c in result["candidates"] if c["candidate"] != result["curve"][c["round"]]["active"]]
+        if rejected:
+            ax.errorbar([c["round"] + 3 * shift for c in rejected], [c[key]["rate"] for c in rejected],
+                        yerr=[[c[key]["rate"] - c[key]["ci95"][0] for c in rejected],
+                              [c[key]["ci95"][1] - c[key]["rate"] for c in rejected]],
+                        marker="x", linestyle="none", capsize=3, color=colour, alpha=0.6,
+                        label=f"rejected candidate (pinned): {label}")
+    rejected_in = {c["round"]: c["candidate"] for c in result["candidates"]
+                   if c["candidate"] != result["curve"][c["round"]]["active"]}
+    ax.set_xticks([p["round"] for p in result["curve"]],
+                  [f"{p['round']}\n{p['active']}" + (f"\n({rejected_in[p['round']]} rejected)" if p["round"] in rejected_in else "")
+                   for p in result["curve"]])
+    ax.set_xlabel("after training round (active version)")
+    ax.set_ylabel(f"held-out success (n = {result['suite']['heldout']})")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"R3 on SmolLM2-135M-Instruct (CPU): held-out {'+'.join(result['suite']['families'])}, "
+                 "95% Wilson CIs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save(result: dict[str, Any], out_dir: Path = RESULTS) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "learn.json", out_dir / "learn.png"
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    plot(result, png_path)
+    return json_path, png_path
+
+
+def main(config: Config, out_dir: Path = RESULTS) -> dict[str, Any]:
+    # On SIGTERM unwind like Ctrl-C, so the server and trainer processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    result = asyncio.run(experiment(config))
+    json_path, png_path = save(result, out_dir)
+    print_table(result)
+    log(f"wrote {json_path} and {png_path}; total {result['timings_s']['total_s'] / 60:.1f} min")
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in asdict(Config()).items():
+        if name != "families":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--families", default=",".join(suite.DEFAULT_FAMILIES), help=", ".join(suite.FAMILIES))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    arguments = vars(parser.parse_args())
+    out = arguments.pop("out")
+    arguments["families"] = tuple(arguments["families"].split(","))
+    main(Config(**arguments), out)

@@ -1,0 +1,98 @@
+"""`r3 bench learn` without a model: the task suite and the statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import learn
+from bench import tasks as suite
+from verifiers import Attempt, TaskContext, ToolCall, parse_spec
+
+
+def judge(task: suite.Task, answer: dict) -> bool:
+    calls = tuple(ToolCall(c["name"], c["arguments"]) for c in answer.get("tool_calls", []))
+    attempt = Attempt(content=answer.get("content"), tool_calls=calls)
+    context = TaskContext(tools=tuple(task.tools or ()), tool_choice=task.tool_choice, messages=tuple(task.messages))
+    return parse_spec(task.verifier).judge(attempt, context).success
+
+
+def wrong(answer: dict) -> dict:
+    """The reference answer with one value changed."""
+    if "content" in answer:
+        return {"content": "<answer>1 + 1 + 1</answer>"}
+    call = answer["tool_calls"][0]
+    arguments = json.loads(call["arguments"])
+    key = sorted(arguments)[0]
+    value = arguments[key]
+    arguments[key] = value + 1 if isinstance(value, int) else value + "x"
+    return {"tool_calls": [{"name": call["name"], "arguments": json.dumps(arguments)}]}
+
+
+@pytest.mark.parametrize("family", sorted(suite.FAMILIES))
+def test_the_verifier_accepts_the_reference_answer_and_rejects_a_wrong_one(family):
+    for task in suite.generate(seed=3, n=40, families=[family]):
+        assert judge(task, task.reference), task
+        assert not judge(task, wrong(task.reference)), task
+
+
+def test_a_number_written_as_a_string_is_wrong():
+    task = suite.generate(seed=1, n=1, families=["timer"])[0]
+    minutes = json.loads(task.reference["tool_calls"][0]["arguments"])["minutes"]
+    answer = {"tool_calls": [{"name": "set_timer", "arguments": json.dumps({"minutes": str(minutes)})}]}
+    assert not judge(task, answer)
+
+
+def test_the_same_seed_gives_the_same_tasks_and_another_seed_others():
+    first, again, other = (suite.generate(seed, 30) for seed in (5, 5, 6))
+    assert first == again
+    assert [t.messages for t in first] != [t.messages for t in other]
+
+
+def test_training_and_heldout_prompts_are_disjoint_and_unique():
+    train, heldout = suite.split_suite(seed=0, train=300, heldout=80)
+    train_keys = {suite.prompt_key(t) for t in train}
+    heldout_keys = {suite.prompt_key(t) for t in heldout}
+    assert len(train_keys) == len(train) == 300 and len(heldout_keys) == len(heldout) == 80
+    assert not train_keys & heldout_keys
+
+
+def test_every_family_is_in_the_heldout_set_in_turn():
+    _, heldout = suite.split_suite(seed=0, train=10, heldout=80)
+    counts = {family: sum(t.family == family for t in heldout) for family in suite.DEFAULT_FAMILIES}
+    assert counts == {family: 80 // len(suite.DEFAULT_FAMILIES) for family in suite.DEFAULT_FAMILIES}
+
+
+def test_a_request_carries_the_verifier_and_the_forced_tool_choice():
+    task = suite.generate(seed=0, n=1, families=["weather"])[0]
+    body = task.request("r3", max_tokens=40, store=False)
+    assert body["verifier"]["type"] == "tool_call" and body["tool_choice"] == suite.TOOL_CHOICE
+    assert body["reflect"] == {"max_retries": 1} and body["store"] is False and body["temperature"] == 0.0
+    assert "get_weather" in {tool["function"]["name"] for tool in body["tools"]}
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = learn.wilson(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = learn.wilson(0, 10)  # the upper end is z² / (n + z²)
+    assert low == 0.0 and high == pytest.approx(learn.Z95**2 / (10 + learn.Z95**2))
+    low, high = learn.wilson(10, 10)
+    assert high == pytest.approx(1.0) and low == pytest.approx(1 - learn.Z95**2 / (10 + learn.Z95**2))
+    assert learn.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_exact_mcnemar_matches_hand_computed_values():
+    assert learn.mcnemar_one_sided(5, 0) == 1 / 32
+    # 6 of 8 discordant pairs for the later version: (C(8,6) + C(8,7) + C(8,8)) / 2^8 = 37/256.
+    assert learn.mcnemar_one_sided(6, 2) == pytest.approx(37 / 256)
+    assert learn.mcnemar_one_sided(0, 0) == 1.0
+    assert learn.mcnemar_one_sided(0, 3) == 1.0
+    assert math.isclose(learn.mcnemar_one_sided(3, 3), 42 / 64)
+
+
+def test_paired_counts_only_the_discordant_tasks():
+    before = [True, True, False, False, False, True]
+    after = [True, False, True, True, False, True]
+    assert learn.paired(before, after) == {"after_only": 2, "before_only": 1, "p_one_sided": 0.5}
