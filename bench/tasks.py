@@ -3,8 +3,9 @@
 Two kinds of task, each checked by one of R3's own verifiers:
 
 - tool calls (`tool_call` verifier, exact expected arguments): five families (timer, weather,
-  message, currency, alarm), each with its own small tool; a request offers three of the five tools
-  and says what to do in words, e.g. "Set a timer for 7 minutes." → set_timer(minutes=7).
+  message, currency, alarm), each with its own small tool; a request offers `OFFERED` of the five
+  tools (the right one and others) and says what to do in words, e.g. "Set a timer for 7 minutes." →
+  set_timer(minutes=7).
   `tool_choice` forces a call, so every failure is a wrong tool or wrong arguments.
 - Countdown (`countdown` verifier): combine the given numbers with + - * / to hit a target, e.g.
   "Using the numbers 11 and 5, make 6." (two numbers: `countdown2`, the default suite; three:
@@ -56,12 +57,13 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 # How a tool task is put to the model. These were chosen by measuring the untrained model's first
-# attempts (see the "suite" note in learn.py's docstring), not by how well it learns:
+# attempts (see the note on the suite in learn.py's docstring), not by how well it learns:
 # - "required": the answer is started with `<tool_call>\n{"name": "` (R3's forced call), so the model
 #   picks the tool and writes the arguments; it cannot answer in prose. ("named", which also forces
 #   the tool's name and `"arguments": `, made the model write a bare number or the tool's schema.)
 TOOL_CHOICE: str = "required"
-# - the right tool and OFFERED - 1 others (a shorter prompt than all five: prefill is most of the cost on a CPU).
+# - the right tool and OFFERED - 1 others: one by default, the shortest prompt (prefill is most of the
+#   cost on a CPU); the model still writes the tool's name, and sometimes a wrong one.
 OFFERED: int = 1
 # - one worked example of the family (a user turn and the assistant's call, with other values) before
 #   the task; without it the model copied the tools' JSON schemas instead of writing arguments.
