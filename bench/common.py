@@ -19,10 +19,6 @@ from typing import Any
 
 import httpx
 
-# One torch thread per process (servers started here inherit it): with two model processes on a
-# 2-core machine, more threads mostly spin waiting on each other. Set before torch is imported.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 MODEL = "SmolLM2-135M-Instruct"

@@ -31,6 +31,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]  # the packages first: tests/verifiers must not shadow `verifiers`
 sys.path.append(str(ROOT / "tests"))
+# One torch thread per process (the servers it starts inherit it): with two model processes on a
+# 2-core machine, more threads mostly spin waiting on each other. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from support import ThreadedServer  # noqa: E402
 
 from bench.common import figure  # noqa: E402

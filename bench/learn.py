@@ -38,11 +38,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +52,7 @@ from typing import Any
 import httpx
 
 from bench import tasks as suite
+from bench.common import R3Server, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -80,12 +78,10 @@ class Config:
     concurrency: int = 8  # requests in flight (the engine batches up to 8 sequences)
     families: tuple[str, ...] = suite.DEFAULT_FAMILIES
 
-    def server_env(self, data_dir: Path, port: int, admin_key: str) -> dict[str, str]:
+    def server_settings(self, data_dir: Path, admin_key: str) -> dict[str, str]:
         """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
         return {
-            **inherited,
-            "R3_DATA_DIR": str(data_dir), "R3_PORT": str(port), "R3_ADMIN_KEY": admin_key,
+            "R3_DATA_DIR": str(data_dir), "R3_ADMIN_KEY": admin_key,
             "R3_REFLECTION_MAX_TOKENS": str(self.reflection_max_tokens),
             "R3_TRAIN_MAX_FAILURES": str(self.train_max_failures),
             "R3_TRAIN_MAX_STEPS": str(self.train_max_steps),
@@ -98,47 +94,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # The processes: `r3 serve` and `r3 train --once`
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`r3 serve` in its own process; the log goes to <data dir>/server.log."""
-
-    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
-        self.env, self.data_dir = env, data_dir
-        self.url = f"http://127.0.0.1:{env['R3_PORT']}"
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> Server:
-        with open(self.data_dir / "server.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=REPO, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"r3 serve exited; see {self.data_dir / 'server.log'}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise RuntimeError("r3 serve did not start in 300 s")
-
-    def __exit__(self, *_: Any) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # uvicorn waits for requests in flight; a stopped experiment has none it needs
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def train_once(env: dict[str, str], data_dir: Path, timeout_s: float) -> tuple[int, float]:
@@ -315,16 +270,16 @@ async def experiment(config: Config) -> dict[str, Any]:
     deadline = started + config.minutes * 60
     data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-"))
     admin_key = secrets.token_urlsafe(16)
-    env = config.server_env(data_dir, free_port(), admin_key)
+    server = R3Server(config.server_settings(data_dir, admin_key))
     train_tasks, heldout = suite.split_suite(config.seed, config.batch * 6, config.heldout, config.families)
     log(f"data dir {data_dir}; {len(heldout)} held-out tasks; training stream of {len(train_tasks)}")
 
     evaluations: dict[str, Evaluation] = {}
     rounds: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    with Server(env, data_dir) as server:
+    with server as url:
         timings["server_start_s"] = time.monotonic() - started
-        async with httpx.AsyncClient(base_url=server.url, timeout=1800,
+        async with httpx.AsyncClient(base_url=url, timeout=1800,
                                      headers={"Authorization": f"Bearer {admin_key}"}) as client:
             evaluations["base"] = await evaluate(client, heldout, "base", config)
             log(f"before training: {_line(evaluations['base'])}")
@@ -352,7 +307,7 @@ async def experiment(config: Config) -> dict[str, Any]:
                 log(f"round {len(rounds) + 1}: sent {len(batch)} training tasks to {active or 'base'}: "
                     f"first {sum(o.first for o in collected)}, second {sum(o.second for o in collected)} "
                     f"({collect_s:.0f} s)")
-                code, train_s = train_once(env, data_dir, timeout_s=max(300.0, deadline - time.monotonic() + 300))
+                code, train_s = train_once(server.env, data_dir, timeout_s=max(300.0, deadline - time.monotonic() + 300))
                 state = await admin_get(client, "/admin/train?limit=1")
                 last = state["rounds"][0] if state["rounds"] else {}
                 if last.get("round") in seen_rounds:  # the trainer died before it recorded a round
@@ -435,7 +390,7 @@ def report(config: Config, heldout: list[suite.Task], evaluations: dict[str, Eva
     return {
         "experiment": "r3 bench learn",
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "config": {**asdict(config), "families": list(config.families)},
         "suite": {
             "families": list(config.families),

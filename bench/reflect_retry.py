@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo's packages first
+# One torch thread per process (the servers it starts inherit it): with two model processes on a
+# 2-core machine, more threads mostly spin waiting on each other. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
