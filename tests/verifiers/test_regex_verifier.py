@@ -23,6 +23,8 @@ CASES = [
     ({"pattern": ".+"}, None, False, "does not match"),
     ({"pattern": "a*"}, "a" * 20_000, True, ""),
     ({"pattern": "a*"}, "a" * 20_001, False, "content is too long to check (20001 characters; limit 20000)"),
+    # Catastrophic backtracking stops at the time limit instead of holding the event loop.
+    ({"pattern": "(a|aa)+$"}, "a" * 40 + "!", False, "the pattern took longer than 0.2 s on the answer"),
 ]
 
 
