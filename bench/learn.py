@@ -52,10 +52,7 @@ from typing import Any
 import httpx
 
 from bench import tasks as suite
-from bench.common import R3Server, machine
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+from bench.common import REPO, RESULTS, R3Server, machine
 
 
 # ---------------------------------------------------------------------------------------------
