@@ -2,6 +2,10 @@
 
 The validator class follows the schema's `$schema` and defaults to Draft 2020-12. `format` is not
 asserted (the JSON Schema default). Remote `$ref`s are never fetched: they are unresolvable.
+
+A known gap: jsonschema applies `pattern` and `patternProperties` with Python's `re`, which has no
+time limit, so a client's catastrophic pattern can hold the event loop while its answer is checked
+(the `regex` verifier bounds its matches; jsonschema offers no hook for another regex engine).
 """
 
 from __future__ import annotations
