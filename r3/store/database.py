@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 import migrations
+from r3.store import fast_json
 from r3.settings import Settings
 
 ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
@@ -37,7 +38,7 @@ def is_embedded(url: str) -> bool:
 def create_engine(url: str) -> AsyncEngine:
     # A stalled Postgres (not a refused connection) must fail a write, not hang it: the journal keeps it.
     connect_args = {"command_timeout": 30, "timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, json_serializer=fast_json.dumps)
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r3.store import fast_json
+
 
 @dataclass(eq=False)
 class Segment:
@@ -96,7 +98,7 @@ class Journal:
         return segment
 
     def append(self, record: dict[str, Any]) -> Segment:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (fast_json.dumps(record) + "\n").encode()
         written = os.write(self._fd, line)  # one O_APPEND write: lines never interleave
         while written < len(line):  # a short write (disk full, a signal): finish the line
             written += os.write(self._fd, line[written:])
@@ -105,7 +107,7 @@ class Journal:
 
     def reject(self, record: Any, reason: str) -> None:
         """Set aside a record the database will not take, for an operator to look at (and not retried)."""
-        line = json.dumps({"rejected_at": time.time(), "reason": reason, "record": record}, separators=(",", ":"))
+        line = fast_json.dumps({"rejected_at": time.time(), "reason": reason, "record": record})
         with open(self.root / "rejected.jsonl", "ab") as file:
             file.write(line.encode() + b"\n")
             file.flush()
