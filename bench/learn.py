@@ -125,12 +125,14 @@ class Outcome:
 
 
 async def send(client: httpx.AsyncClient, tasks: list[suite.Task], model: str, config: Config,
-               store: bool) -> list[Outcome]:
-    """Every task once, greedy, one reflect-retry allowed; `concurrency` requests in flight."""
+               store: bool, temperature: float = 0.0) -> list[Outcome]:
+    """Every task once, one reflect-retry allowed; `concurrency` requests in flight. Greedy unless
+    `temperature` says otherwise; a sampled request is seeded with its task's position."""
     limit = asyncio.Semaphore(config.concurrency)
 
-    async def one(task: suite.Task) -> Outcome:
-        body = task.request(model, config.answer_max_tokens, max_retries=1, store=store)
+    async def one(index: int, task: suite.Task) -> Outcome:
+        body = task.request(model, config.answer_max_tokens, max_retries=1, store=store, temperature=temperature,
+                            seed=index if temperature > 0 else None)
         if task.tools:
             body["stop"] = ["</tool_call>"]  # the call is complete there; the rest would be prose
         async with limit:
@@ -141,7 +143,7 @@ async def send(client: httpx.AsyncClient, tasks: list[suite.Task], model: str, c
         return Outcome(first=bool(verdicts[0]), second=any(verdicts[:2]), adapter=info["adapter"],
                        episode_id=info["episode_id"], detail=info["attempts"][0].get("detail") or "")
 
-    return await asyncio.gather(*(one(task) for task in tasks))
+    return await asyncio.gather(*(one(index, task) for index, task in enumerate(tasks)))
 
 
 async def wait_recorded(client: httpx.AsyncClient, episode_ids: list[str], timeout_s: float = 120) -> None:

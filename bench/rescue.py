@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import httpx
 
+from bench import learn
 from bench import tasks as suite
 from bench.common import MODEL, RESULTS, R3Server, figure, save, table
-from bench.learn import wilson
 
 DEFAULT_CONDITIONS = "countdown2@0,countdown2@0.5,countdown2@1,alarm@0,alarm@0.7"
-GROUP_SIZE = 4  # `r3 bench learn`'s G
+GROUP_SIZE = learn.Config.num_generations  # `r3 bench learn`'s G
 SEED = 7  # not the learning run's training or held-out seeds
 
 
@@ -38,23 +38,14 @@ def signal_share(p: float, g: int = GROUP_SIZE) -> float:
 
 
 async def measure(url: str, family: str, temperature: float, n: int, max_tokens: int) -> dict:
-    limit = asyncio.Semaphore(8)  # the engine batches up to 8 sequences
-
-    async def one(index: int, task: suite.Task) -> list[bool]:
-        body = task.request(MODEL, max_tokens, max_retries=1, store=False, temperature=temperature, seed=index)
-        if task.tools:
-            body["stop"] = ["</tool_call>"]  # as `r3 bench learn` sends them
-        async with limit:
-            response = await client.post("/v1/chat/completions", json=body)
-        response.raise_for_status()
-        return [attempt["success"] for attempt in response.json()["r3"]["attempts"]]
-
+    config = learn.Config(answer_max_tokens=max_tokens)  # requests as `r3 bench learn` sends them
     async with httpx.AsyncClient(base_url=url, timeout=900) as client:
-        verdicts = await asyncio.gather(*(one(i, t) for i, t in enumerate(suite.generate(SEED, n, (family,)))))
-    failed = [v for v in verdicts if not v[0]]
-    rescued = sum(len(v) > 1 and v[1] for v in failed)
+        outcomes = await learn.send(client, suite.generate(SEED, n, (family,)), MODEL, config, store=False,
+                                    temperature=temperature)
+    failed = [outcome for outcome in outcomes if not outcome.first]
+    rescued = sum(outcome.second for outcome in failed)
     rate = rescued / len(failed) if failed else 0.0
-    low, high = wilson(rescued, len(failed)) if failed else (0.0, 1.0)
+    low, high = learn.wilson(rescued, len(failed)) if failed else (0.0, 1.0)
     return {"family": family, "temperature": temperature, "tasks": n, "first_attempt_passed": n - len(failed),
             "failed": len(failed), "rescued": rescued, "rescue_rate": round(rate, 4),
             "rescue_ci95": [round(low, 4), round(high, 4)],
