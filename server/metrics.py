@@ -1,5 +1,6 @@
 """Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
-rescues, latency, swaps, rollbacks, training rounds and the episode log's backlog."""
+rescues, latency, swaps, rollbacks, training rounds and the episode log's backlog and
+refused episodes."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class Metrics:
         self.rollbacks = Counter("r3_auto_rollbacks", "Automatic rollbacks", registry=r)
         self.training_rounds = Gauge("r3_training_rounds", "Training rounds by status", ["status"], registry=r)
         self.backlog = Gauge("r3_episode_log_backlog", "Episodes recorded but not yet in the database", registry=r)
+        self.rejected = Gauge("r3_episode_log_rejected", "Episodes the database refused since the start, "
+                              "set aside in the journal's rejected.jsonl", registry=r)
 
     def observe(self, episode: Episode, seconds: float) -> None:
         version = episode.adapter or "base"
@@ -54,4 +57,5 @@ class Metrics:
 async def metrics(request: Request) -> Response:
     state = request.app.state
     state.metrics.backlog.set(state.store.backlog)
+    state.metrics.rejected.set(state.store.rejected)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

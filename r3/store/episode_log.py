@@ -11,10 +11,13 @@
 database is failing, the episode is only in the journal, and its segment is replayed later.
 Episodes recorded but not yet in the database are still readable (`get`), for `/feedback`.
 
-A write refused for what the rows hold (a data or constraint error, the database answering) is
-split until the episode the database refuses is found, and that one is set aside in the journal's
-`rejected.jsonl` (as is a journal line that is no longer an episode), so one bad episode never holds
-back the ones after it. Every other failure is the database's, and the episodes wait in the journal.
+Only a failure that is the database's (unreachable, shutting down, out of resources, its schema or
+permissions wrong: `_the_databases`) means "wait and retry": the episodes stay in the journal. Any
+other failed write (a constraint, a value the driver cannot send, an episode too deep to encode, …)
+is split until the episode that causes it is alone, and that one is set aside in the journal's
+`rejected.jsonl` with the reason (as is a journal line that is no longer an episode), counted in
+`rejected`, while the rest are written: one bad episode never holds back the ones after it, at run
+time or when a journal is replayed at start.
 A process that was still shutting down when this one started leaves its journal later: the
 maintenance loop adopts such journals now and then.
 """
@@ -27,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from r3.episodes import Episode, episode_from_dict, episode_to_dict
 from r3.store.journal import Journal, Segment
@@ -58,6 +61,7 @@ class EpisodeLog:
         self._stream_ok = True
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self.rejected = 0  # episodes (or journal lines) set aside since the start, for an operator
         # One maintenance pass at a time (the loop's, and flush's when a caller waits).
         self._maintaining = asyncio.Lock()
 
@@ -153,20 +157,18 @@ class EpisodeLog:
                     self._buffer.task_done()
 
     async def _write(self, episodes: list[Episode]) -> None:
-        """Write episodes; raises only when the database is unavailable.
+        """Write episodes; raises only when the database is at fault (`_the_databases`, or it does
+        not answer a ping).
 
-        When a write fails for what the rows hold (a data or constraint error, while the database
-        answers), halve the batch until the episode the database refuses is alone, try it once more,
-        then set it aside instead of letting it block every episode after it. Any other failure (the
-        database down, its schema or permissions wrong) is the database's: nothing is set aside, the
-        journal keeps the episodes and they are retried.
+        Any other failure is blamed on the rows: halve the batch until the episode the database
+        refuses is alone, try it once more, then set it aside instead of letting it block every
+        episode after it.
         """
         try:
             await self.store.write(episodes)
             return
-        except Exception as error:
-            if not _about_the_rows(error) or not await self._database_answers():
-                raise
+        except Exception as error:  # noqa: BLE001 - classified below: the database's, or the rows'
+            await self._raise_if_the_databases(error)
         if len(episodes) > 1:
             middle = len(episodes) // 2
             await self._write(episodes[:middle])
@@ -174,10 +176,13 @@ class EpisodeLog:
             return
         try:
             await self.store.write(episodes)
-        except Exception as error:
-            if not _about_the_rows(error) or not await self._database_answers():
-                raise
-            self._reject(episode_to_dict(episodes[0]), error)
+        except Exception as error:  # noqa: BLE001
+            await self._raise_if_the_databases(error)
+            self._reject(_record_of(episodes[0]), error)
+
+    async def _raise_if_the_databases(self, error: Exception) -> None:
+        if _the_databases(error) or not await self._database_answers():
+            raise error
 
     async def _database_answers(self) -> bool:
         try:
@@ -186,11 +191,13 @@ class EpisodeLog:
             return False
         return True
 
-    def _reject(self, record: object, error: Exception) -> None:
+    def _reject(self, record: object, error: BaseException | str) -> None:
         episode_id = record.get("id") if isinstance(record, dict) else None
-        log.error("the database refuses episode %s (%s); it is set aside in %s", episode_id, _describe(error),
+        reason = error if isinstance(error, str) else _describe(error)
+        log.error("the database refuses episode %s (%s); it is set aside in %s", episode_id, reason,
                   self.journal.root / "rejected.jsonl")
-        self.journal.reject(record, _describe(error))
+        self.journal.reject(record, reason)
+        self.rejected += 1
 
     def _database_failed(self, error: Exception) -> None:
         if self._database_ok:
@@ -225,7 +232,8 @@ class EpisodeLog:
         for segment in self.journal.pending():
             if not segment.needs_replay:
                 continue  # its entries are still on their way through the buffer
-            records, episodes, unreadable = Journal.read(segment), [], []
+            records, torn = Journal.read(segment)
+            episodes, unreadable = [], [(line, "not JSON (or nested too deep to read)") for line in torn]
             for record in records:
                 try:
                     episodes.append(episode_from_dict(record))
@@ -242,7 +250,9 @@ class EpisodeLog:
                 self._reject(record, error)
             for record in records:
                 episode = self._unwritten.get(record.get("id")) if isinstance(record, dict) else None
-                if episode is not None and episode_to_dict(episode) == record:
+                # The same revision is the same record (compared by value, an episode nested deep
+                # enough to be refused would also be too deep to compare).
+                if episode is not None and episode.revision == record.get("revision"):
                     del self._unwritten[record["id"]]
             segment.needs_replay = False
             segment.committed = segment.written
@@ -272,20 +282,39 @@ class EpisodeLog:
             self._stream_ok = False
 
 
-def _about_the_rows(error: BaseException) -> bool:
-    """Whether a failed write was refused for what the rows hold: a data exception or a constraint
-    violation (SQLSTATE classes 22 and 23), or a value the driver cannot send."""
-    if isinstance(error, IntegrityError | DataError):
-        return True
-    if isinstance(error, StatementError):  # the driver's error, or one raised binding a value
+# SQLSTATE classes that put the fault on the database rather than on the rows: connection (08),
+# transaction rollback such as a deadlock (40), syntax or access rule, i.e. the schema or the
+# permissions (42), invalid catalog or schema name (3D, 3F), insufficient resources (53), object
+# not in prerequisite state such as a lock (55), operator intervention such as a shutdown or a
+# statement timeout (57), system error (58), internal error (XX). Source: PostgreSQL, "Appendix A.
+# PostgreSQL Error Codes". The rows' classes are chiefly 22 (data) and 23 (constraints).
+_DATABASE_SQLSTATE_CLASSES = frozenset({"08", "40", "42", "3D", "3F", "53", "55", "57", "58", "XX"})
+
+
+def _the_databases(error: BaseException) -> bool:
+    """Whether a failed write is the database's fault (wait and retry), not its rows' (set them aside).
+
+    With a SQLSTATE (Postgres), its class decides. Without one, SQLAlchemy's operational and interface
+    errors are the database's (SQLite's "no such table", "database is locked", a lost connection),
+    as are the operating system's (a refused connection, a timeout). Everything else (a constraint,
+    a value the driver cannot bind or encode, a `RecursionError` from an episode nested too deep) is
+    the rows'.
+    """
+    if isinstance(error, DBAPIError):
         original = error.orig
         sqlstate = getattr(original, "sqlstate", None) or getattr(original.__cause__, "sqlstate", None)
-        if sqlstate:
-            return sqlstate[:2] in ("22", "23")
-        if isinstance(error, DBAPIError):  # asyncpg's own DataError (a value it cannot encode) is a ValueError
-            return isinstance(original.__cause__, ValueError)
-        return isinstance(original, ValueError | TypeError)
-    return isinstance(error, ValueError | TypeError | KeyError)  # building or encoding a row
+        if isinstance(sqlstate, str) and sqlstate:
+            return sqlstate[:2].upper() in _DATABASE_SQLSTATE_CLASSES
+        return isinstance(error, OperationalError | InterfaceError)
+    return isinstance(error, DisconnectionError | OSError | TimeoutError)
+
+
+def _record_of(episode: Episode) -> object:
+    """The episode as a rejected-file record; its id alone if it cannot even be turned into one."""
+    try:
+        return episode_to_dict(episode)
+    except Exception:  # noqa: BLE001 - setting aside must not fail: the reason says what happened
+        return {"id": episode.id}
 
 
 def _describe(error: BaseException) -> str:

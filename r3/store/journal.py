@@ -61,7 +61,9 @@ class Journal:
     def adopt(self) -> int:
         """Take over the segments of processes that died (at start, and again now and then: a process
         that was still shutting down when this one started leaves its folder later). Returns how many."""
-        adopted = [Segment(path, closed=True, needs_replay=True) for path in self._adopt_orphans(self.root)]
+        # Counted as written, so the backlog includes what a previous process left.
+        adopted = [Segment(path, written=_lines(path), closed=True, needs_replay=True)
+                   for path in self._adopt_orphans(self.root)]
         # Before our own: older episodes first (the revision guard makes the order harmless anyway).
         self.segments[:0] = adopted
         return len(adopted)
@@ -106,8 +108,17 @@ class Journal:
         return self.current
 
     def reject(self, record: Any, reason: str) -> None:
-        """Set aside a record the database will not take, for an operator to look at (and not retried)."""
-        line = fast_json.dumps({"rejected_at": time.time(), "reason": reason, "record": record})
+        """Set aside a record the database will not take, for an operator to look at (and not retried).
+
+        A record that cannot be written as JSON (nested deeper than the encoder goes) is kept as its
+        `repr`-free id, with the encoder's complaint added to the reason."""
+        entry = {"rejected_at": time.time(), "reason": reason, "record": record}
+        try:
+            line = fast_json.dumps(entry)
+        except (ValueError, TypeError, RecursionError) as error:
+            episode_id = record.get("id") if isinstance(record, dict) else None
+            line = fast_json.dumps({**entry, "record": {"id": episode_id},
+                                    "reason": f"{reason}; the record itself could not be encoded ({type(error).__name__})"})
         with open(self.root / "rejected.jsonl", "ab") as file:
             file.write(line.encode() + b"\n")
             file.flush()
@@ -138,16 +149,29 @@ class Journal:
         self.segments.remove(segment)
 
     @staticmethod
-    def read(segment: Segment) -> list[dict[str, Any]]:
-        """The segment's records; a torn last line (the process died mid-write) is skipped."""
-        records = []
-        for line in segment.path.read_bytes().splitlines():
+    def read(segment: Segment) -> tuple[list[Any], list[str]]:
+        """The segment's records, and the complete lines that are not JSON (text, for the rejected file).
+
+        A torn last line (the process died mid-write, before its newline) is skipped: its episode
+        never got a response. A line nested too deep for the decoder counts as not JSON, so it is set
+        aside instead of stopping the replay of everything after it."""
+        data = segment.path.read_bytes()
+        lines = data.split(b"\n")
+        if lines and lines[-1] and not data.endswith(b"\n"):
+            lines.pop()  # torn
+        records, unreadable = [], []
+        for line in filter(None, lines):
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+            except (ValueError, RecursionError):  # JSONDecodeError and undecodable bytes are ValueErrors
+                unreadable.append(line.decode("utf-8", "replace"))
+        return records, unreadable
 
     def pending(self) -> list[Segment]:
         """Closed segments whose entries the database may not hold yet."""
         return [s for s in self.segments if s.closed and not s.done]
+
+
+def _lines(path: Path) -> int:
+    """How many complete entries a segment file holds."""
+    return path.read_bytes().count(b"\n")
