@@ -8,6 +8,11 @@ request pins the version it started with for all its attempts; a version that is
 is unloaded once no request uses it and a grace period has passed, so a rollback within that
 period is instant.
 
+A version that cannot be served (its files no longer match their sha256, are missing, or the
+engine refuses them: truncated, or shaped for another model) is recorded in `refused` with the
+reason, logged once and not tried again: serving stays on what it has, and the next version
+activated is taken. No failure of one sync stops the polling or the listening.
+
 Model names a request may use:
     the served model id, or "r3"   the active version (the base model if none is active)
     "base"                         the base model, no adapter
@@ -18,7 +23,6 @@ Model names a request may use:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -29,7 +33,7 @@ from pathlib import Path
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from r3.engines.base import Engine
+from r3.engines.base import Engine, EngineError
 from r3.store.registry import ADAPTER_CHANNEL, AdapterRegistry, Version, adapter_sha256
 from server.errors import UnknownModel
 
@@ -43,6 +47,7 @@ class AdapterManager:
         self.redis_url, self.poll_s, self.grace_s = redis_url, poll_s, grace_s
         self.static_adapters = static_adapters  # R3_LORA_MODULES: loaded at start, never swapped out
         self.active: str | None = None
+        self.refused: dict[str, str] = {}  # version name -> why it cannot be served
         self.on_swap: Callable[[], None] = lambda: None  # e.g. a metrics counter
         self._in_use: Counter[str] = Counter()
         self._retired_at: dict[str, float] = {}
@@ -123,12 +128,13 @@ class AdapterManager:
 
     async def _swap_to(self, version: Version | None) -> None:
         target = version.name if version else None
-        if target == self.active:
+        if target == self.active or target in self.refused:
             return
         if target is not None and target not in self.engine.adapters():
             try:
                 await self._load(version)
-            except (ValueError, OSError) as error:
+            except (EngineError, ValueError, OSError) as error:
+                self.refused[target] = str(error)
                 log.error("refusing adapter version %s: %s; serving %s", target, error, self.active or "base")
                 return
         previous, self.active = self.active, target  # the swap itself: one assignment
@@ -156,10 +162,17 @@ class AdapterManager:
                         self._retired_at[name] = now
                         log.info("keeping %s loaded for now: %s", name, error)
 
+    async def _sync_and_go_on(self) -> None:
+        """`sync`, logging whatever it raises: one failed sync must not end the loop that called it."""
+        try:
+            await self.sync()
+        except Exception:  # noqa: BLE001 - the next sync may succeed; a dead loop never would
+            log.exception("adapter sync failed; serving %s", self.active or "base")
+
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            await self.sync()
+            await self._sync_and_go_on()
 
     async def _listen_forever(self) -> None:
         while True:
@@ -169,8 +182,8 @@ class AdapterManager:
                     await pubsub.subscribe(ADAPTER_CHANNEL)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            log.info("adapter event: %s", json.loads(message["data"]))
-                            await self.sync()
+                            log.info("adapter event: %s", message["data"])  # logged, not parsed: it only wakes a sync
+                            await self._sync_and_go_on()
             except (RedisError, OSError) as error:
                 log.warning("adapter events unavailable (%s); polling continues", error)
                 await asyncio.sleep(self.poll_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -50,4 +51,26 @@ def make_lora(model_path: Path, folder: Path, seed: int, rank: int = 4, alpha: i
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(folder)
+    return folder
+
+
+def make_model(model_path: Path, folder: Path, **changes) -> Path:
+    """A randomly initialised model of `model_path`'s architecture with config `changes` (e.g. another
+    `hidden_size`), saved to `folder`: the base of adapters made for a model other than ours."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model_path)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def truncated_copy(adapter: Path, folder: Path) -> Path:
+    """A copy of `adapter` in `folder` whose weights file is cut in half, as an interrupted copy leaves it."""
+    shutil.copytree(adapter, folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return folder

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support import make_lora, make_model, truncated_copy
 
 from r3.chat_format import render_prompt
 from r3.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams, UnknownAdapterError
@@ -164,6 +165,62 @@ async def test_an_adapter_in_use_is_not_unloaded(engine) -> None:
         await engine.unload_adapter("lora-a")
     assert [c async for c in stream][-1].finish_reason is not None
     assert "lora-a" in engine.adapters()
+
+
+async def test_a_tiny_temperature_is_greedy_and_fails_no_one_else(engine) -> None:
+    # 1e-38 overflows logits divided by it: it must read as greedy, and never fail the batch it joins.
+    tiny_prompt, other_prompt = prompt(engine, "Name three colours."), prompt(engine, "Write a word.")
+    seeded = SamplingParams(max_tokens=12, temperature=0.8, seed=3)
+    greedy, other_alone = await engine.generate(tiny_prompt, GREEDY), await engine.generate(other_prompt, seeded)
+    tiny, other = await asyncio.gather(
+        engine.generate(tiny_prompt, SamplingParams(max_tokens=12, temperature=1e-38)),
+        engine.generate(other_prompt, seeded))
+    assert_same_generation(tiny, greedy)
+    assert other.token_ids == other_alone.token_ids
+
+
+async def test_a_base_request_batched_with_adapters_in_every_slot_gets_the_base(engine, model_path: Path,
+                                                                               tmp_path: Path) -> None:
+    # The vLLM session engine has max_loras=2: lora-a and lora-c fill every slot.
+    await engine.load_adapter("lora-c", make_lora(model_path, tmp_path / "c", seed=99, rank=8, alpha=16,
+                                                  target_modules=("q_proj", "v_proj")))
+    try:
+        p = prompt(engine, "What is the capital of France?")
+        alone = await engine.generate(p, GREEDY)
+        together = await asyncio.gather(engine.generate(p, GREEDY), engine.generate(p, GREEDY, adapter="lora-a"),
+                                        engine.generate(p, GREEDY, adapter="lora-c"))
+        assert_same_generation(together[0], alone)
+    finally:
+        await engine.unload_adapter("lora-c")
+
+
+async def test_an_adapter_for_a_model_of_another_size_is_refused_and_serving_goes_on(engine, model_path: Path,
+                                                                                     tmp_path: Path) -> None:
+    # A smaller hidden size: vLLM would copy its tensors into zero-padded slots and serve it silently.
+    other_model = make_model(model_path, tmp_path / "other-model", hidden_size=512, num_attention_heads=8,
+                             intermediate_size=1024, num_hidden_layers=2)
+    adapter = make_lora(other_model, tmp_path / "other-lora", seed=5, target_modules=("q_proj", "v_proj"))
+    with pytest.raises(EngineError, match=r"another model .*hidden_size 512 \(this model: 576\)"):
+        await engine.load_adapter("other", adapter)
+
+    # Claiming our model as its base, it is caught by its tensors' shapes.
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(model_path)}))
+    with pytest.raises(EngineError, match=r"tensor base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.lora_A"
+                                          r"\.weight has shape \[4, 512\], but module .* has 576 inputs"):
+        await engine.load_adapter("other", adapter)
+    assert set(engine.adapters()) == {"lora-a"}
+    assert (await engine.generate(prompt(engine, "Hi"), GREEDY, adapter="lora-a")).completion_tokens > 0
+
+
+async def test_a_truncated_adapter_is_an_engine_error_and_serving_goes_on(engine, lora_path: Path,
+                                                                          tmp_path: Path) -> None:
+    p = prompt(engine, "Hi")
+    before = await engine.generate(p, GREEDY, adapter="lora-a")
+    with pytest.raises(EngineError, match="cannot read the weights of adapter 'cut'"):
+        await engine.load_adapter("cut", truncated_copy(lora_path, tmp_path / "cut"))
+    assert set(engine.adapters()) == {"lora-a"}
+    assert_same_generation(await engine.generate(p, GREEDY, adapter="lora-a"), before)
 
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],

@@ -1,4 +1,5 @@
-"""Hot-swap, rollback and the admin API, through a real server, with the registry on the same database."""
+"""Hot-swap, rollback and the admin API, through a real server, with the registry on the same database;
+and the adapter manager itself, on the session's engine, meeting versions it cannot serve."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ThreadedServer, make_lora
+from support import ThreadedServer, make_lora, make_model, truncated_copy
 
 from r3.settings import Settings
 from r3.store import database
 from r3.store.registry import AdapterRegistry
+from server.adapters import AdapterManager
 from server.app import create_app
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -212,3 +214,84 @@ async def _wait_unloaded(app, name: str) -> None:
     while name in app.state.engine.adapters():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def registry(tmp_path: Path):
+    """An adapter registry on a fresh SQLite database of its own."""
+    settings = Settings(data_dir=tmp_path / "data")
+    url = database.database_url(settings)
+    await asyncio.to_thread(database.migrate, url)
+    engine = database.create_engine(url)
+    yield AdapterRegistry(database.sessions(engine), settings.adapters_path)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def manager(transformers_engine, registry: AdapterRegistry):
+    """An adapter manager polling every 50 ms, not started; its versions are unloaded after the test."""
+    manager = AdapterManager(transformers_engine, registry, poll_s=0.05, grace_s=0)
+    yield manager
+    await manager.close()
+    for name in transformers_engine.adapters():
+        await transformers_engine.unload_adapter(name)
+
+
+def count_loads(monkeypatch: pytest.MonkeyPatch, engine, fail_once: str | None = None) -> dict[str, int]:
+    """Calls of `engine.load_adapter` by adapter name, as they happen; the first load of `fail_once`
+    raises a RuntimeError (no refusal: an unforeseen failure)."""
+    calls: dict[str, int] = {}
+    load = engine.load_adapter
+
+    async def counting_load(name: str, path: Path) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        if name == fail_once and calls[name] == 1:
+            raise RuntimeError("injected load failure")
+        await load(name, path)
+
+    monkeypatch.setattr(engine, "load_adapter", counting_load)
+    return calls
+
+
+async def wait_until(condition, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_versions_the_engine_refuses_are_recorded_skipped_and_the_next_is_taken(
+        manager, registry, transformers_engine, model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    good = make_lora(model_path, tmp_path / "good", seed=1)
+    cut = await registry.register(truncated_copy(good, tmp_path / "cut"), None, {}, [])
+    other_model = make_model(model_path, tmp_path / "other-model", hidden_size=512, num_attention_heads=8,
+                             intermediate_size=1024, num_hidden_layers=2)
+    misfit = await registry.register(make_lora(other_model, tmp_path / "misfit", seed=2), None, {}, [])
+    loads = count_loads(monkeypatch, transformers_engine)
+
+    await registry.activate(cut.name, actor="test")
+    await manager.start()  # the active version cannot be served: the server starts anyway, on the base
+    assert manager.active is None
+    assert "cannot read the weights" in manager.refused[cut.name]
+
+    await registry.activate(misfit.name, actor="test")
+    await wait_until(lambda: misfit.name in manager.refused)
+    assert "trained for another model" in manager.refused[misfit.name] and manager.active is None
+    await asyncio.sleep(0.5)  # ten polls: a refused version is not tried again
+    assert loads == {cut.name: 1, misfit.name: 1}
+
+    taken = await registry.register(good, None, {}, [])
+    await registry.activate(taken.name, actor="test")
+    await wait_until(lambda: manager.active == taken.name)
+    assert set(transformers_engine.adapters()) == {taken.name}
+
+
+async def test_an_unforeseen_failure_of_one_sync_does_not_stop_the_polling(
+        manager, registry, transformers_engine, model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    version = await registry.register(make_lora(model_path, tmp_path / "lora", seed=3), None, {}, [])
+    loads = count_loads(monkeypatch, transformers_engine, fail_once=version.name)
+    await manager.start()
+    await registry.activate(version.name, actor="test")
+    await wait_until(lambda: manager.active == version.name)  # the poll after the failed one takes it
+    assert loads[version.name] == 2 and version.name not in manager.refused
+

@@ -14,6 +14,10 @@ from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
+# Temperatures below this sample greedily, as in vLLM (`_SAMPLING_EPS` in vllm/sampling_params.py):
+# dividing logits by a smaller one can overflow them to inf, and the distribution to nan.
+GREEDY_BELOW = 1e-5
+
 
 class EngineError(Exception):
     """A request the engine cannot serve; the message is safe to show to the client."""
@@ -30,13 +34,18 @@ class PromptTooLongError(EngineError):
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 256
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or under GREEDY_BELOW) means greedy
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0  # alternatives reported per token (the chosen token's logprob is always kept)
     # The completion must be JSON valid under this schema; only engines with `supports_json_schema`.
     json_schema: dict[str, Any] | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Whether each token is the most likely one: temperature 0, or one under `GREEDY_BELOW`."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

