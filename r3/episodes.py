@@ -3,6 +3,9 @@
 An episode holds the task (messages, tools, verifier spec) and every attempt the server made at
 it: the output, its tokens, the verifier's verdict and the reflection that preceded it. With
 `store: false` no text is kept (messages, outputs, reflections, token ids), only the numbers.
+
+A request whose client hung up before its answer was ready is recorded too, as far as it got: its
+last attempt's finish_reason is "abandoned", and the trainer never learns from such an episode.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+
+ABANDONED = "abandoned"  # the finish_reason of the attempt being made when the client hung up
 
 
 def new_episode_id() -> str:
@@ -28,7 +34,7 @@ class Feedback:
 class AttemptRecord:
     number: int  # 1 is the first attempt; n > 1 followed reflection n - 1
     completion_id: str
-    finish_reason: str
+    finish_reason: str  # stop | length | abandoned (the client hung up while it was made or judged)
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
@@ -68,6 +74,11 @@ class Episode:
     @property
     def latest(self) -> AttemptRecord:
         return self.attempts[-1]
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the client hung up before the answer was ready."""
+        return bool(self.attempts) and self.latest.finish_reason == ABANDONED
 
     @property
     def outcome(self) -> bool | None:

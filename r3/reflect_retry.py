@@ -4,18 +4,30 @@ The server runs it inside a request; the trainer's gate runs it to compare adapt
 and reflection runs on the adapter the task names. The conversations come
 from `r3.reflection`, so they are the ones the trainer will learn from. The result is an
 `Episode`: the server answers with its last attempt and records it whole.
+
+A request is made in a `Run`, which holds each generation while it is streamed from the engine. When
+the client hangs up, the server cancels the run (which cancels the engine's request: its batch slot
+is freed at once) and `Reflector.abandon` records what was made so far as an abandoned episode.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt
-from r3.engines.base import Engine, GenerationResult, PromptTooLongError, SamplingParams
-from r3.episodes import AttemptRecord, Episode, new_episode_id
+from r3.engines.base import (
+    Engine,
+    GenerationChunk,
+    GenerationResult,
+    PromptTooLongError,
+    SamplingParams,
+    TokenLogprob,
+)
+from r3.episodes import ABANDONED, AttemptRecord, Episode, new_episode_id
 from r3.reflection import (
     FailedAttempt,
     assistant_message,
@@ -77,6 +89,39 @@ class Turn:
         return assistant_message(self.parsed.content, openai_tool_calls(self.parsed))
 
 
+@dataclass
+class Generation:
+    """One generation as far as it has got, kept while the engine streams it."""
+
+    prompt: ChatPrompt
+    reflecting: bool = False  # a reflection, or else an attempt at the task
+    completion_id: str = field(default_factory=completion_id)
+    started: float = field(default_factory=time.perf_counter)  # time.perf_counter() seconds
+    text: str = ""
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "length"
+
+    async def follow(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+        """`chunks`, passed on and kept as they come (cancelling the reader cancels the engine's request)."""
+        async for chunk in chunks:
+            self.text += chunk.text
+            self.tokens += chunk.tokens
+            self.finish_reason = chunk.finish_reason or self.finish_reason
+            yield chunk
+
+
+@dataclass
+class Run:
+    """A request's episode while it is being made. If it is cancelled midway (its client hung up), it
+    still holds what was made: `Reflector.abandon` records that."""
+
+    task: ChatTask
+    episode: Episode
+    turns: list[Turn] = field(default_factory=list)
+    generation: Generation | None = None  # the latest one started
+    reflection: Generation | None = None  # the latest reflection started: the one the next attempt follows
+
+
 def openai_tool_calls(parsed: ParsedOutput) -> list[dict[str, Any]] | None:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in parsed.tool_calls] or None
@@ -120,20 +165,32 @@ class Reflector:
         """`params`, holding the answer to the forced tool call's schema where there is one."""
         return replace(params, json_schema=prompt.json_schema) if prompt.json_schema else params
 
-    @staticmethod
-    def turn(task: ChatTask, prefix: str, result: GenerationResult, latency_s: float, parse_tools: bool = True,
-             completion: str | None = None) -> Turn:
-        text = prefix + result.text
-        parsed = parse_tool_calls(text) if parse_tools and task.parses_tools else ParsedOutput(text, [])
-        return Turn(result, text, parsed, latency_s, completion or completion_id())
+    def turn(self, task: ChatTask, generation: Generation) -> Turn:
+        """A finished generation as a turn; a reflection's tool calls are never parsed.
+
+        The prompt is counted again here: the engine's stream does not report its length."""
+        result = GenerationResult(text=generation.text, tokens=generation.tokens,
+                                  finish_reason=generation.finish_reason,
+                                  prompt_tokens=self.engine.count_tokens(generation.prompt.engine_input))
+        text = generation.prompt.assistant_prefix + result.text
+        parse_tools = task.parses_tools and not generation.reflecting
+        parsed = parse_tool_calls(text) if parse_tools else ParsedOutput(text, [])
+        return Turn(result, text, parsed, time.perf_counter() - generation.started, generation.completion_id)
 
     async def generate(self, task: ChatTask, conversation: list[dict[str, Any]], params: SamplingParams,
-                       parse_tools: bool = True, forced_prefix: bool = True) -> Turn:
-        prompt = self.prompt(task, conversation, forced_prefix)
-        started = time.perf_counter()
+                       reflecting: bool = False, run: Run | None = None) -> Turn:
+        """An attempt at the task, or (`reflecting`) a reflection: shown the tools, never forced to call
+        one. With `run`, the generation is kept there while it is made."""
+        prompt = self.prompt(task, conversation, forced_prefix=not reflecting)
+        generation = Generation(prompt, reflecting)
+        if run is not None:
+            run.generation = generation
+            run.reflection = generation if reflecting else run.reflection
         # The engine shortens max_tokens to what the context leaves, and raises when nothing is left.
-        result = await self.engine.generate(prompt.engine_input, self.constrained(params, prompt), task.adapter)
-        return self.turn(task, prompt.assistant_prefix, result, time.perf_counter() - started, parse_tools)
+        async for _ in generation.follow(self.engine.stream(prompt.engine_input, self.constrained(params, prompt),
+                                                            task.adapter)):
+            pass
+        return self.turn(task, generation)
 
     async def judge(self, task: ChatTask, turn: Turn, conversation: list[dict[str, Any]], episode_id: str,
                     number: int) -> Verdict | None:
@@ -146,15 +203,15 @@ class Reflector:
                               messages=tuple(conversation), episode_id=episode_id, attempt_number=number)
         return await verify(task.verifier, attempt, context, self.webhook_policy)
 
-    async def reflect(self, task: ChatTask, failures: list[FailedAttempt]) -> Turn:
-        """The model's reflection on the last failure (shown the tools, never forced to call one)."""
+    async def reflect(self, task: ChatTask, failures: list[FailedAttempt], run: Run | None = None) -> Turn:
+        """The model's reflection on the last failure."""
         conversation = reflection_conversation(task.messages, failures, task.task_kind)
         params = replace(task.params, max_tokens=self.reflection_max_tokens, stop=(), top_logprobs=0, json_schema=None)
-        return await self.generate(task, conversation, params, parse_tools=False, forced_prefix=False)
+        return await self.generate(task, conversation, params, reflecting=True, run=run)
 
-    async def run(self, task: ChatTask, tenant: str | None, first: Turn | None = None) -> tuple[Episode, list[Turn]]:
-        """The request's episode: attempt 1 (`first`, if already generated), then reflect and retry
-        while the verifier says no."""
+    @staticmethod
+    def start(task: ChatTask, tenant: str | None) -> Run:
+        """A new run of `task`: its episode, with no attempt yet."""
         episode = Episode(
             id=new_episode_id(), tenant=tenant, model=task.model, adapter=task.adapter, task_kind=task.task_kind,
             verifier=task.verifier.model_dump(mode="json", by_alias=True) if task.verifier else None,
@@ -162,30 +219,36 @@ class Reflector:
             tools=task.tools if task.store_text else None, tool_choice=task.tool_choice,
             sampling=asdict(task.params),
         )
-        turns = [first or await self.generate(task, task.messages, task.params)]
-        verdict = await self.judge(task, turns[0], task.messages, episode.id, 1)
-        episode.attempts.append(_record(1, turns[0], verdict, None, task.store_text))
+        return Run(task, episode)
+
+    async def run(self, run: Run, first: Turn | None = None) -> Run:
+        """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
+        reflect and retry while the verifier says no."""
+        task, episode = run.task, run.episode
+        run.turns = [first or await self.generate(task, task.messages, task.params, run=run)]
+        verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
+        episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         failures: list[FailedAttempt] = []
         while verdict is not None and not verdict.success and len(episode.attempts) <= task.max_retries:
-            failures.append(FailedAttempt(turns[-1].message(), verdict.detail))
+            failures.append(FailedAttempt(run.turns[-1].message(), verdict.detail))
             number = len(episode.attempts) + 1
             try:
-                reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number)
+                reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number, run)
             except PromptTooLongError:
                 break  # the growing conversation outgrew the context: answer with the last attempt
             failures[-1] = replace(failures[-1], reflection=reflection.text)
-            turns += [reflection, retry]
+            run.turns += [reflection, retry]
             episode.attempts.append(_record(number, retry, verdict, reflection, task.store_text))
-        return episode, turns
+        return run
 
     async def reflect_and_retry(self, task: ChatTask, failures: list[FailedAttempt], episode_id: str,
-                                number: int) -> tuple[Turn, Turn, Verdict | None]:
+                                number: int, run: Run | None = None) -> tuple[Turn, Turn, Verdict | None]:
         """Reflect on the last failure (still without its reflection), retry as attempt `number`,
         judge the retry. Raises `PromptTooLongError` when the conversation outgrew the context."""
-        reflection = await self.reflect(task, failures)
+        reflection = await self.reflect(task, failures, run)
         reflected = [*failures[:-1], replace(failures[-1], reflection=reflection.text)]
         conversation = retry_conversation(task.messages, reflected, task.task_kind)
-        retry = await self.generate(task, conversation, task.params)
+        retry = await self.generate(task, conversation, task.params, run=run)
         return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Turn]]:
@@ -199,6 +262,30 @@ class Reflector:
         number = len(episode.attempts) + 1
         reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number)
         return _record(number, retry, verdict, reflection, episode.store_text), [reflection, retry]
+
+    def abandon(self, run: Run) -> None:
+        """Record `run`, cut off because its client hung up: what was being made becomes its last
+        attempt, as far as it got, with finish_reason "abandoned" (the trainer never learns from it)."""
+        attempts, generation = run.episode.attempts, run.generation
+        if generation is not None and attempts and attempts[-1].completion_id == generation.completion_id:
+            attempts[-1].finish_reason = ABANDONED  # made and judged, but never answered
+            return
+        attempt = generation if generation is not None and not generation.reflecting else None
+        reflection = run.reflection if len(attempts) > 0 else None  # attempt 1 follows no reflection
+        record = AttemptRecord(
+            number=len(attempts) + 1, completion_id=attempt.completion_id if attempt else completion_id(),
+            finish_reason=ABANDONED,
+            prompt_tokens=self.engine.count_tokens(attempt.prompt.engine_input) if attempt else 0,
+            completion_tokens=len(attempt.tokens) if attempt else 0,
+            latency_s=time.perf_counter() - attempt.started if attempt else 0.0,
+            reflection_tokens=len(reflection.tokens) if reflection else 0,
+        )
+        if run.task.store_text:
+            record.content = attempt.prompt.assistant_prefix + attempt.text if attempt else None
+            record.token_ids = [t.token_id for t in attempt.tokens] if attempt else None
+            record.logprobs = [t.logprob for t in attempt.tokens] if attempt else None
+            record.reflection = reflection.text if reflection else None
+        attempts.append(record)
 
 
 def _record(number: int, turn: Turn, verdict: Verdict | None, reflection: Turn | None, store_text: bool) -> AttemptRecord:

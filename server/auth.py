@@ -2,6 +2,9 @@
 
 With no key configured anywhere (no `R3_API_KEYS`, none created with `r3 keys create`) the server
 is open, but only to loopback clients, so the embedded default is safe on a laptop.
+
+The API's routes are `CheckedRoute`s: the caller is checked before the body is read, so a client
+without a valid key is told so (401) whatever it sent.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from r3.store import keys
-from server.errors import APIError
+from server.errors import APIError, refuse_unencodable_text
 
 _CACHE_S = 5.0  # a revoked key stops working within this long
 
@@ -95,10 +101,35 @@ def _is_loopback(request: Request) -> bool:
 
 
 async def tenant(request: Request) -> str | None:
-    """FastAPI dependency: the calling tenant."""
-    return await request.app.state.auth.tenant(request)
+    """FastAPI dependency: the calling tenant (looked up once per request; raises `APIError` 401)."""
+    if not hasattr(request.state, "tenant"):
+        request.state.tenant = await request.app.state.auth.tenant(request)
+    return request.state.tenant
 
 
-def admin(request: Request) -> None:
-    """FastAPI dependency: only the admin key passes."""
+async def admin(request: Request) -> None:
+    """FastAPI dependency: only the admin key passes (raises `APIError` 401 or 403)."""
     request.app.state.auth.require_admin(request)
+
+
+class CheckedRoute(APIRoute):
+    """A route that refuses a request before FastAPI reads its body: first a caller without a valid
+    key (its `tenant` or `admin` dependency, run early), then text no tokenizer or database can hold.
+
+    FastAPI parses a JSON body before it runs any dependency, so without this a keyless client that
+    sent malformed JSON would be answered 400 (bad JSON) instead of 401.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        caller_checks = [d.call for d in self.dependant.dependencies if d.call in (tenant, admin)]
+        takes_body = self.body_field is not None
+
+        async def checked(request: Request) -> Response:
+            for check in caller_checks:
+                await check(request)
+            if takes_body:
+                await refuse_unencodable_text(request)
+            return await handler(request)
+
+        return checked

@@ -1,12 +1,20 @@
-"""Turning generations into OpenAI responses: a ChatCompletion, or its SSE chunk stream."""
+"""Turning generations into OpenAI responses: a ChatCompletion, or its SSE chunk stream; and
+running a request's generation only while its client waits for it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.types import Receive
 
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import Turn
+from server.errors import APIError, ClientGone
 from server.protocol import (
     AttemptReport,
     ChatCompletion,
@@ -28,8 +36,38 @@ from server.protocol import (
     now,
 )
 
-# Called when a stream's last token is out: the r3 account and usage to send with the final chunk.
-Conclusion = Callable[[Turn], Awaitable[tuple[R3Info, Usage]]]
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Called when a stream's last token is out: the answer as a turn, and the r3 account and usage to
+# send with the final chunk.
+Conclusion = Callable[[], Awaitable[tuple[Turn, R3Info, Usage]]]
+
+
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, unless the client hangs up first: then `work` is cancelled (which cancels its
+    engine requests), has finished cancelling, and `ClientGone` is raised."""
+    task = asyncio.create_task(work)
+    hangup = asyncio.create_task(_hangup(request.receive))
+    try:
+        await asyncio.wait((task, hangup), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping
+        task.cancel()
+        raise
+    finally:
+        hangup.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+        raise ClientGone()
+    return task.result()
+
+
+async def _hangup(receive: Receive) -> None:
+    """Returns when the client disconnects; the body is read by then, so nothing else can come."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def r3_info(episode: Episode) -> R3Info:
@@ -98,11 +136,30 @@ def chat_completion(model: str, episode: Episode, turns: list[Turn], logprobs: b
     )
 
 
-async def sse_stream(
+async def sse_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`events`, then `[DONE]`. The stream's 200 is sent before its first event, so a failure can
+    only be told in the stream: any exception `events` raises ends it in an error event, then `[DONE]`."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as error:  # noqa: BLE001 - whatever it was, the client must learn the stream failed
+        yield _error_event(error)
+    yield "data: [DONE]\n\n"
+
+
+def _error_event(error: Exception) -> str:
+    if isinstance(error, APIError | EngineError):
+        message = str(error)
+    else:
+        log.error("a stream failed", exc_info=error)
+        message = "internal server error"
+    return f"data: {ErrorResponse(error=ErrorDetail(message=message, type='server_error')).model_dump_json()}\n\n"
+
+
+async def answer_events(
     model: str,
     completion_id: str,
     pieces: AsyncIterator[GenerationChunk],
-    assemble: Callable[[str, list[TokenLogprob], str], Turn],
     conclude: Conclusion,
     *,
     parses_tools: bool,
@@ -118,23 +175,13 @@ async def sse_stream(
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
     yield event(Delta(role="assistant", content=""))
-    text, tokens, finish = "", [], "length"
-    try:
-        async for piece in pieces:
-            text += piece.text
-            tokens += piece.tokens
-            finish = piece.finish_reason or finish
-            if not parses_tools and (piece.text or piece.tokens):
-                yield event(Delta(content=piece.text), lp=logprobs_out(piece.tokens) if logprobs else None)
-        turn = assemble(text, tokens, finish)
-        info, usage = await conclude(turn)
-    except EngineError as error:
-        yield f"data: {ErrorResponse(error=ErrorDetail(message=str(error), type='server_error')).model_dump_json()}\n\n"
-        yield "data: [DONE]\n\n"
-        return
+    async for piece in pieces:
+        if not parses_tools and (piece.text or piece.tokens):
+            yield event(Delta(content=piece.text), lp=logprobs_out(piece.tokens) if logprobs else None)
+    turn, info, usage = await conclude()
     if parses_tools:
         if turn.parsed.content:
-            yield event(Delta(content=turn.parsed.content), lp=logprobs_out(tokens) if logprobs else None)
+            yield event(Delta(content=turn.parsed.content), lp=logprobs_out(turn.result.tokens) if logprobs else None)
         if turn.parsed.tool_calls:
             yield event(Delta(tool_calls=[
                 ToolCallDelta(index=i, id=c.id, type="function", function=FunctionCall(name=c.name, arguments=c.arguments))
@@ -144,5 +191,3 @@ async def sse_stream(
     if include_usage:
         chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[], usage=usage)
         yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-    yield "data: [DONE]\n\n"
-

@@ -1,8 +1,14 @@
-"""OpenAI-style errors: every failure leaves as `{"error": {message, type, param, code}}`."""
+"""OpenAI-style errors: every failure leaves as `{"error": {message, type, param, code}}`.
+
+Also the checks that refuse a request before FastAPI validates it: a body over the size limit
+(413), and text that is not valid Unicode (400).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +33,14 @@ class APIError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
+class ClientGone(APIError):
+    """The client hung up before its answer was ready; nobody reads this response (499, as nginx logs it)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the request before the answer was ready",
+                         code="client_closed_request")
+
+
 class UnknownModel(APIError):
     """A request's `model` names nothing this server serves."""
 
@@ -46,7 +60,9 @@ def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse
     first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
     param = _param_path(first.get("loc", ()))
     if first.get("type") == "json_invalid":
-        return error_response(400, "the request body is not valid JSON", code="invalid_json")
+        reason = first.get("ctx", {}).get("error")
+        return error_response(400, "the request body is not valid JSON" + (f": {reason}" if reason else ""),
+                              code="invalid_json")
     message = first.get("msg", "invalid request")
     return error_response(400, f"{param}: {message}" if param else message, param=param)
 
@@ -105,7 +121,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """ASGI middleware: a body over `max_bytes` gets a 413 before it is read into memory."""
+    """ASGI middleware: a body over `max_bytes` gets a 413, whether its length is declared or it comes chunked.
+
+    The body is read here (up to the limit) before the app runs. Enforced while the app reads, the
+    limit would surface inside FastAPI's body parsing, which answers any error there with a 400.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -116,20 +136,18 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
+            if message["type"] == "http.disconnect":
+                return  # gone before its body was sent: there is no one to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
@@ -137,5 +155,68 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the whole `body` at once, then the client's later messages
+    (its `http.disconnect`, which tells a running request that nobody waits for it any more)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+# How a UTF-16 surrogate can be written in a JSON body: escaped (\ud800), or encoded raw (which
+# Python's json module decodes with "surrogatepass"). A body without either holds none.
+_SURROGATE_IN_JSON = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+async def refuse_unencodable_text(request: Request) -> None:
+    """Refuse (`APIError` 400, naming the param) a JSON body whose text holds a lone surrogate.
+
+    Such a string is not Unicode text: a tokenizer raises on it, and neither UTF-8 nor a database
+    can hold it. A body that is not JSON is left to FastAPI to refuse.
+    """
+    body = await request.body()
+    if not _SURROGATE_IN_JSON.search(body):
+        return
+    try:
+        value = await request.json()  # cached: FastAPI validates this very parse
+    except (ValueError, RecursionError):
+        return  # not JSON: FastAPI refuses it (400)
+    path = lone_surrogate_at(value)
+    if path is not None:
+        where = path or "the request body"
+        raise APIError(400, f"{where}: holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), "
+                       "which is not Unicode text", param=path or None, code="invalid_unicode")
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """The path (`"messages.0.content"`; `""` for the value itself) of a string or key in a JSON value
+    that holds a lone surrogate, or None when all its text is valid Unicode."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str) and not _is_unicode(item):
+            return path
+        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        for key, child in children:
+            child_path = f"{path}.{key}" if path else str(key)
+            if not _is_unicode(child_path):  # the key itself: named escaped, so the error can be sent
+                return child_path.encode("utf-8", "backslashreplace").decode()
+            stack.append((child_path, child))
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

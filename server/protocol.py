@@ -1,8 +1,10 @@
 """OpenAI wire schemas: what crosses the HTTP boundary, and nothing else.
 
 Requests are strict (`extra="forbid"`): a misspelled parameter is a 400 that names it, not a
-silently ignored setting. Parameters OpenAI defines but R3 does not implement are accepted only at
-their neutral values.
+silently ignored setting. Booleans must be JSON booleans (`"yes"` or `1` is no `true`). Parameters
+OpenAI defines but R3 does not implement are accepted only at their neutral values. A free-form JSON
+value (a tool's `parameters`, a `response_format` schema, a `verifier`) may nest at most
+`verifiers.MAX_JSON_DEPTH` arrays and objects, and a schema must be a valid JSON Schema.
 """
 
 from __future__ import annotations
@@ -10,12 +12,33 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from verifiers import depth_problem, schema_problem
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _a_valid_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    problem = schema_problem(schema)
+    if problem is not None:
+        raise ValueError(problem)
+    return schema
+
+
+def _not_too_deep(value: dict[str, Any]) -> dict[str, Any]:
+    problem = depth_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A JSON Schema a request carries: valid, and shallow enough to check and to apply.
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_a_valid_schema)]
+# Any other free-form JSON object a request carries: shallow enough to walk.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_not_too_deep)]
 
 
 # ---------------------------------------------------------------- request
@@ -78,8 +101,8 @@ Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage
 class FunctionDefinition(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    parameters: JsonSchema | None = None
+    strict: StrictBool | None = None
 
 
 class Tool(_Strict):
@@ -99,17 +122,8 @@ class NamedToolChoice(_Strict):
 class JsonSchemaFormat(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _a_valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as error:
-            raise ValueError(f"not a valid JSON schema: {error.message}") from error
-        return schema
+    schema_: JsonSchema = Field(default_factory=dict, alias="schema")
+    strict: StrictBool | None = None
 
 
 class ResponseFormat(_Strict):
@@ -124,7 +138,7 @@ class ResponseFormat(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ReflectOptions(_Strict):
@@ -136,16 +150,16 @@ class ChatCompletionRequest(_Strict):
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool = False
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer (as vLLM's).")
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     n: Literal[1] = 1
@@ -153,9 +167,9 @@ class ChatCompletionRequest(_Strict):
     frequency_penalty: Literal[0] = 0
     user: str | None = None
     # R3's extensions (the OpenAI SDKs send them through `extra_body`):
-    verifier: dict[str, Any] | None = Field(None, description="How to judge an answer; see the verifiers package.")
+    verifier: JsonObject | None = Field(None, description="How to judge an answer; see the verifiers package.")
     reflect: ReflectOptions = Field(default_factory=ReflectOptions)
-    store: bool = Field(True, description="false: keep no prompt or completion text, only metrics.")
+    store: StrictBool = Field(True, description="false: keep no prompt or completion text, only metrics.")
 
     @field_validator("stop")
     @classmethod
@@ -287,9 +301,10 @@ class ChatCompletionChunk(BaseModel):
 class FeedbackRequest(_Strict):
     episode_id: str | None = None
     completion_id: str | None = None
-    success: bool
+    success: StrictBool
     detail: str | None = Field(None, max_length=4000)
-    retry: bool = Field(False, description="With success: false, reflect and retry now and return the new completion.")
+    retry: StrictBool = Field(False, description="With success: false, reflect and retry now and return the new "
+                                                 "completion.")
 
     @model_validator(mode="after")
     def _one_id(self) -> FeedbackRequest:

@@ -57,7 +57,8 @@ Item = TypeVar("Item", Failure, Success)
 
 
 def failures_from_episodes(episodes: Iterable[Episode]) -> list[Failure]:
-    """Episodes whose first attempt failed and can be judged again: verifier recorded, text stored."""
+    """Episodes whose first attempt failed and can be judged again: verifier recorded, text stored,
+    not abandoned."""
     failures = []
     for episode in episodes:
         if not _replayable(episode):
@@ -87,8 +88,9 @@ def first_attempt_successes(episodes: Iterable[Episode]) -> list[Success]:
 
 
 def _replayable(episode: Episode) -> bool:
+    # An abandoned episode's attempts were cut off (or never judged) when its client hung up.
     return (episode.verifier is not None and episode.store_text and episode.messages is not None
-            and bool(episode.attempts))
+            and bool(episode.attempts) and not episode.abandoned)
 
 
 def _detail(attempt: AttemptRecord) -> str:

@@ -19,6 +19,7 @@ from verifiers.exact import ExactSpec
 from verifiers.json_schema import JsonSchemaSpec
 from verifiers.math import MathSpec
 from verifiers.regex import RegexSpec
+from verifiers.schema import MAX_JSON_DEPTH, depth_problem, nesting_depth, schema_problem
 from verifiers.tool_call import ToolCallSpec
 from verifiers.tool_schema import ToolSchemaSpec
 from verifiers.webhook import WebhookNotAllowed, WebhookPolicy, WebhookSpec
@@ -46,6 +47,7 @@ __all__ = [
     "CountdownSpec",
     "ExactSpec",
     "JsonSchemaSpec",
+    "MAX_JSON_DEPTH",
     "MathSpec",
     "RegexSpec",
     "TaskContext",
@@ -57,6 +59,9 @@ __all__ = [
     "WebhookNotAllowed",
     "WebhookPolicy",
     "WebhookSpec",
+    "depth_problem",
+    "nesting_depth",
     "parse_spec",
+    "schema_problem",
     "verify",
 ]

@@ -12,10 +12,12 @@ from sqlalchemy import select
 from r3.store.live_stats import VersionStats, version_stats
 from r3.store.models import TrainingRound
 from r3.store.registry import AdapterRegistry, Version
-from server.auth import admin
+from server.auth import CheckedRoute, admin
 from server.errors import APIError
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
+
+MAX_STATS_WINDOW_S = 366 * 24 * 3600.0  # the longest window /admin/stats looks back: a year
 
 
 def _stats_out(stats: VersionStats | None) -> dict[str, Any]:
@@ -91,8 +93,8 @@ async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) 
 
 
 @router.get("/stats")
-async def live_stats(request: Request, window_s: float = Query(3600, gt=0)) -> dict[str, Any]:
-    """Success rates per version over the last `window_s` seconds."""
+async def live_stats(request: Request, window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S)) -> dict[str, Any]:
+    """Success rates per version over the last `window_s` seconds (at most a year)."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     live = await version_stats(request.app.state.registry.sessions, since=since)
     return {"window_s": window_s, "active": request.app.state.adapters.active or "base",

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from r3.episodes import Episode
 from r3.store.sql import EpisodeFilter
-from server.auth import admin, tenant
+from server.auth import CheckedRoute, admin, tenant
 from server.errors import APIError
 from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 
 def episode_out(episode: Episode) -> EpisodeOut:

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Request
 
 from r3.episodes import Episode, Feedback
 from r3.reflect_retry import task_of
-from server.auth import tenant
-from server.completions import chat_completion, completion_of_attempt
+from server.auth import CheckedRoute, tenant
+from server.completions import chat_completion, completion_of_attempt, unless_disconnected
 from server.errors import APIError
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
 from verifiers import parse_spec
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)
 
 # One feedback at a time per episode, so two retries never race to become the same attempt.
 _episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -29,6 +29,9 @@ async def give_feedback(body: FeedbackRequest, request: Request,
     lock = _episode_locks.setdefault(episode.id, asyncio.Lock())
     async with lock:
         episode, number = await _find(store, body, caller)  # as it is now that we hold the lock
+        if episode.abandoned:
+            raise APIError(409, "this request was abandoned: its client hung up before the answer was ready",
+                           type="conflict_error", code="episode_abandoned")
         attempt = episode.attempt(number)
         if attempt.feedback is not None:
             return _repeat(episode, number, body)
@@ -39,9 +42,11 @@ async def give_feedback(body: FeedbackRequest, request: Request,
             await store.save(episode)
             return _receipt(episode, number)
         verifier = parse_spec(episode.verifier) if episode.verifier else None
-        # The retry runs on the version the episode was served with, held loaded while it runs.
+        # The retry runs on the version the episode was served with, held loaded while it runs. A client
+        # that hangs up meanwhile leaves nothing behind: sent again, its feedback retries again.
         async with request.app.state.adapters.pin(episode.adapter or "base"):
-            record, turns = await reflector.retry_after_feedback(task_of(episode, verifier), episode)
+            retry = reflector.retry_after_feedback(task_of(episode, verifier), episode)
+            record, turns = await unless_disconnected(request, retry)
         episode.attempts.append(record)
         await store.save(episode)
         return chat_completion(episode.model, episode, turns, logprobs=False)

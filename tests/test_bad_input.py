@@ -1,0 +1,357 @@
+"""Bad input never hurts anyone else: a real server answers each kind of bad request with an
+OpenAI-style 4xx naming the param, never a 500, and a client that hangs up costs no more generation."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import ThreadedServer
+
+from r3.engines.base import EngineError, GenerationChunk
+from r3.episodes import ABANDONED, AttemptRecord, Episode
+from r3.settings import Settings
+from server.app import create_app
+from server.completions import answer_events, sse_stream
+from trainer.data import failures_from_episodes
+from verifiers import MAX_JSON_DEPTH
+
+MODEL = "SmolLM2-135M-Instruct"
+KEY = "r3-test-key"
+ADMIN = "r3-test-admin"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+QUESTION = [{"role": "user", "content": "Say hi."}]
+LONG_TASK = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
+
+
+@pytest.fixture(scope="module")
+def url(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    # One sequence at a time: a second request finishes quickly only if a hung-up one freed the slot.
+    settings = Settings(models_dir=model_path.parent, data_dir=tmp_path_factory.mktemp("bad-input-data"),
+                        api_keys=[KEY], admin_key=ADMIN, default_max_tokens=4, max_batch_size=1)
+    with ThreadedServer(create_app(settings)) as base_url:
+        yield base_url
+
+
+def chat(url: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, **body},
+                      headers=AUTH, timeout=120)
+
+
+def assert_refused(response: httpx.Response, param: str | None, status: int = 400) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+    return error
+
+
+def nested_object(depth: int) -> dict:
+    """A JSON Schema whose `not`s nest `depth` objects deep."""
+    schema: dict = {"type": "string"}
+    for _ in range(depth - 1):
+        schema = {"not": schema}
+    return schema
+
+
+# ------------------------------------------------------------------ 1b: deeply nested JSON values
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": nested_object(900)}}]},
+         "tools.0.function.parameters"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": nested_object(440)}}},
+         "response_format.json_schema.schema"),
+        ({"verifier": {"type": "json_schema", "schema": nested_object(440)}}, "verifier"),
+        ({"verifier": {"type": "tool_call", "expected": [{"name": "f", "arguments": nested_object(300)}]}},
+         "verifier"),
+        ({"verifier": {"type": "json_schema", "schema": nested_object(MAX_JSON_DEPTH + 1)}}, "verifier"),
+    ],
+)
+def test_json_nested_deeper_than_the_limit_is_refused(url, body, param) -> None:
+    error = assert_refused(chat(url, **body), param)
+    assert str(MAX_JSON_DEPTH) in error["message"]
+
+
+def test_json_nested_to_the_limit_is_taken(url) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": nested_object(MAX_JSON_DEPTH)}}
+    response = chat(url, tools=[tool], max_tokens=1, reflect={"max_retries": 0},
+                    verifier={"type": "json_schema", "schema": nested_object(MAX_JSON_DEPTH - 1)})
+    assert response.status_code == 200, response.text
+
+
+# ------------------------------------------------------------------ 4: 500s that must be 400s
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**64), 2**63, 10**100])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_seed_beyond_64_bits_is_refused(url, seed, stream) -> None:
+    assert_refused(chat(url, seed=seed, stream=stream), "seed")
+
+
+@pytest.mark.parametrize("seed", [2**63 - 1, -(2**63)])
+def test_the_64_bit_seed_range_is_served(url, seed) -> None:
+    response = chat(url, seed=seed, max_tokens=2)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("text", "param"),
+    [
+        ('{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % MODEL, "messages.0.content"),
+        ('{"model": "%s", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}' % MODEL,
+         "messages.0.content.0.text"),
+        ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "user": "\\ud83d"}' % MODEL, "user"),
+        ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
+         '"verifier": {"type": "exact", "expected": "x", "\\udc00": 1}}' % MODEL, "verifier.\\udc00"),
+    ],
+)
+def test_text_with_a_lone_surrogate_is_refused(url, text, param) -> None:
+    response = httpx.post(f"{url}/v1/chat/completions", content=text.encode(),
+                          headers={**AUTH, "content-type": "application/json"}, timeout=60)
+    error = assert_refused(response, param)
+    assert error["code"] == "invalid_unicode"
+
+
+def test_text_with_surrogate_pairs_is_served(url) -> None:
+    body = '{"model": "%s", "max_tokens": 1, "messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
+    response = httpx.post(f"{url}/v1/chat/completions", content=(body % MODEL).encode(),
+                          headers={**AUTH, "content-type": "application/json"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("window_s", ["1e11", "inf", "6e307", "nan", "-1", "0"])
+def test_an_unbounded_stats_window_is_refused(url, window_s) -> None:
+    response = httpx.get(f"{url}/admin/stats", params={"window_s": window_s},
+                         headers={"Authorization": f"Bearer {ADMIN}"})
+    assert_refused(response, "window_s")
+
+
+def test_a_year_of_stats_is_served(url) -> None:
+    response = httpx.get(f"{url}/admin/stats", params={"window_s": 366 * 24 * 3600},
+                         headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code == 200, response.text
+
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
+    async def pieces():
+        yield GenerationChunk("Hello", [])
+        raise RuntimeError("the disk is on fire")
+
+    async def engine_pieces():
+        yield GenerationChunk("Hello", [])
+        raise EngineError("generation failed: out of memory")
+
+    async def conclude():
+        raise AssertionError("never reached: the stream failed first")
+
+    for source, message in ((pieces(), "internal server error"), (engine_pieces(), "out of memory")):
+        events = answer_events(MODEL, "chatcmpl-x", source, conclude, parses_tools=False, logprobs=False,
+                               include_usage=False)
+        sent = [e async for e in sse_stream(events)]
+        assert sent[-1] == "data: [DONE]\n\n"
+        error = json.loads(sent[-2].removeprefix("data: "))["error"]
+        assert message in error["message"] and error["type"] == "server_error"
+        assert json.loads(sent[1].removeprefix("data: "))["choices"][0]["delta"]["content"] == "Hello"
+
+
+async def test_a_stream_that_fails_before_or_after_its_tokens_ends_with_an_error_event_and_done() -> None:
+    async def pieces():
+        yield GenerationChunk("Hello", [], "stop")
+
+    async def conclude() -> tuple:
+        raise ValueError("the episode could not be built")
+
+    async def failing_setup():
+        raise KeyError("no such adapter")
+        yield  # an async generator that fails before its first event
+
+    late = answer_events(MODEL, "chatcmpl-x", pieces(), conclude, parses_tools=True, logprobs=False,
+                         include_usage=True)
+    for events in (late, failing_setup()):
+        sent = [e async for e in sse_stream(events)]
+        assert sent[-1] == "data: [DONE]\n\n" and '"server_error"' in sent[-2]
+
+
+# ------------------------------------------------------------------ 5: invalid tool schemas
+
+
+@pytest.mark.parametrize("parameters", [{"type": "nonsense"}, {"type": 12}, {"properties": []},
+                                        {"$schema": []}, {"$schema": 5}, {"pattern": "("}])
+def test_an_invalid_tool_schema_is_refused(url, parameters) -> None:
+    tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    assert_refused(chat(url, tools=tools), "tools.1.function.parameters")
+
+
+@pytest.mark.parametrize("schema", [{"$schema": []}, {"type": "nonsense"}])
+def test_an_invalid_verifier_or_response_schema_is_refused(url, schema) -> None:
+    assert_refused(chat(url, verifier={"type": "json_schema", "schema": schema}), "verifier.schema")
+    assert_refused(chat(url, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}),
+                   "response_format.json_schema.schema")
+
+
+# ------------------------------------------------------------------ 7: smaller breaches of the contract
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, "true", None])
+def test_feedback_success_must_be_a_boolean(url, value) -> None:
+    response = httpx.post(f"{url}/feedback", json={"episode_id": "ep_x", "success": value}, headers=AUTH)
+    assert_refused(response, "success")
+
+
+@pytest.mark.parametrize("field", ["stream", "logprobs", "store", "parallel_tool_calls"])
+@pytest.mark.parametrize("value", ["true", 1])
+def test_request_booleans_must_be_booleans(url, field, value) -> None:
+    assert_refused(chat(url, **{field: value}), field)
+
+
+def test_include_usage_and_retry_must_be_booleans(url) -> None:
+    assert_refused(chat(url, stream=True, stream_options={"include_usage": 1}), "stream_options.include_usage")
+    response = httpx.post(f"{url}/feedback", json={"episode_id": "ep_x", "success": False, "retry": "yes"},
+                          headers=AUTH)
+    assert_refused(response, "retry")
+
+
+def test_a_chunked_body_over_the_limit_gets_413(url) -> None:
+    def chunks():  # no Content-Length: httpx sends it chunked
+        for _ in range(5):
+            yield b" " * (1024 * 1024)
+
+    response = httpx.post(f"{url}/v1/chat/completions", content=chunks(),
+                          headers={**AUTH, "content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_chunked_body_under_the_limit_is_served(url) -> None:
+    body = json.dumps({"model": MODEL, "messages": QUESTION, "max_tokens": 1}).encode()
+
+    def chunks():
+        yield body[:10]
+        yield body[10:]
+
+    response = httpx.post(f"{url}/v1/chat/completions", content=chunks(),
+                          headers={**AUTH, "content-type": "application/json"}, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"model": ', b"[" * 100_000])
+def test_a_caller_without_a_key_hears_401_before_anything_about_its_body(url, body) -> None:
+    for path in ("/v1/chat/completions", "/feedback"):
+        keyless = httpx.post(f"{url}{path}", content=body, headers={"content-type": "application/json"})
+        assert keyless.status_code == 401, keyless.text
+        assert keyless.json()["error"]["code"] == "invalid_api_key"
+        keyed = httpx.post(f"{url}{path}", content=body, headers={**AUTH, "content-type": "application/json"})
+        assert_refused(keyed, None)
+
+
+# ~3 MB is refused by its length alone; ~1 MB must be tokenized (about a second of work) to be refused.
+@pytest.mark.parametrize("repeats", [170_000, 60_000])
+def test_a_huge_request_does_not_hold_up_others(url, repeats) -> None:
+    huge = {"model": MODEL, "messages": [{"role": "user", "content": "lorem ipsum dolor " * repeats}]}
+    answered: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answered.append(
+        httpx.post(f"{url}/v1/chat/completions", json=huge, headers=AUTH, timeout=60)))
+    thread.start()
+    waits = []
+    while thread.is_alive():
+        started = time.perf_counter()
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        waits.append(time.perf_counter() - started)
+        time.sleep(0.01)
+    thread.join()
+    error = assert_refused(answered[0], "messages")
+    assert error["code"] == "context_length_exceeded"
+    assert max(waits) < 0.5, waits
+
+
+def test_a_prompt_just_over_the_context_is_counted_exactly(url) -> None:
+    error = assert_refused(chat(url, messages=[{"role": "user", "content": "hi " * 9000}]), "messages")
+    assert "at least" not in error["message"] and error["code"] == "context_length_exceeded"
+
+
+# ------------------------------------------------------------------ 3: a client that hangs up
+
+
+def abandoned_episodes(url: str, timeout_s: float = 30) -> list[dict]:
+    """The episodes whose last attempt was abandoned, once the log has written at least one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page = httpx.get(f"{url}/admin/episodes", params={"limit": 500},
+                         headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        found = [e for e in page["data"] if e["attempts"][-1]["finish_reason"] == ABANDONED]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def quick_answer_s(url: str) -> float:
+    started = time.perf_counter()
+    response = chat(url, max_tokens=4, temperature=0)
+    assert response.status_code == 200, response.text
+    return time.perf_counter() - started
+
+
+def test_a_client_that_hangs_up_frees_its_slot_and_leaves_an_abandoned_episode(url) -> None:
+    known = {e["id"] for e in abandoned_episodes(url, timeout_s=0)}
+    body = {"model": MODEL, "messages": LONG_TASK, "max_tokens": 2000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=1.5)
+    # The engine decodes one sequence at a time here: this waits unless the first one was cancelled.
+    assert quick_answer_s(url) < 10
+    episode = next(e for e in abandoned_episodes(url) if e["id"] not in known)
+    attempt = episode["attempts"][-1]
+    assert len(episode["attempts"]) == 1 and attempt["success"] is None
+    assert 0 < attempt["completion_tokens"] < 500 and attempt["content"]
+    assert episode["outcome"] is None
+    refused = httpx.post(f"{url}/feedback", json={"episode_id": episode["id"], "success": False}, headers=AUTH)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "episode_abandoned"
+
+
+def test_a_stream_whose_client_hangs_up_leaves_an_abandoned_episode(url) -> None:
+    known = {e["id"] for e in abandoned_episodes(url, timeout_s=0)}
+    body = {"model": MODEL, "messages": LONG_TASK, "max_tokens": 2000, "temperature": 0, "stream": True}
+    received = ""
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                received += json.loads(line.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
+            if len(received) > 20:
+                break  # leaving the block closes the connection mid-stream
+    assert quick_answer_s(url) < 10
+    episode = next(e for e in abandoned_episodes(url) if e["id"] not in known)
+    attempt = episode["attempts"][-1]
+    assert attempt["content"].startswith(received) and 0 < attempt["completion_tokens"] < 500
+
+
+def test_a_client_that_hangs_up_while_the_server_reflects_leaves_what_was_made(url) -> None:
+    known = {e["id"] for e in abandoned_episodes(url, timeout_s=0)}
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0,
+            "verifier": {"type": "exact", "expected": "a word the model will not say"}}
+    with pytest.raises(httpx.ReadTimeout):  # attempt 1 fails at once; the reflection (256 tokens) is cut short
+        httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=3)
+    assert quick_answer_s(url) < 10
+    episode = next(e for e in abandoned_episodes(url) if e["id"] not in known)
+    first, cut = episode["attempts"]
+    assert first["success"] is False and first["finish_reason"] != ABANDONED
+    assert cut["attempt"] == 2 and cut["success"] is None and cut["reflection"] and cut["reflection_tokens"] > 0
+
+
+def test_the_trainer_never_picks_an_abandoned_episode() -> None:
+    def episode(finish_reasons: list[str]) -> Episode:
+        attempts = [AttemptRecord(number=n, completion_id=f"c{n}", finish_reason=reason, prompt_tokens=1,
+                                  completion_tokens=1, latency_s=0.1, content="x", success=False)
+                    for n, reason in enumerate(finish_reasons, start=1)]
+        return Episode(id="ep", tenant=None, model=MODEL, adapter=None, task_kind="generic",
+                       verifier={"type": "exact", "expected": "y"}, store_text=True, messages=QUESTION, tools=None,
+                       tool_choice=None, attempts=attempts)
+
+    assert len(failures_from_episodes([episode(["stop"])])) == 1
+    assert failures_from_episodes([episode([ABANDONED]), episode(["stop", ABANDONED])]) == []
