@@ -355,3 +355,51 @@ def test_the_trainer_never_picks_an_abandoned_episode() -> None:
 
     assert len(failures_from_episodes([episode(["stop"])])) == 1
     assert failures_from_episodes([episode([ABANDONED]), episode(["stop", ABANDONED])]) == []
+
+
+# ------------------------------------------------------------------ 1: a poisoned journal at start
+
+
+def test_a_poisoned_journal_left_by_an_earlier_process_is_set_aside_shown_and_blocks_nothing(
+        model_path: Path, tmp_path: Path) -> None:
+    """An episode the database cannot take (here, tool parameters nested 900 deep, which an earlier
+    version took in) waits in the journal of a process that stopped: the next server sets it aside,
+    says so in `/admin/stats` and `/metrics`, and every other episode, old and new, reaches the database."""
+    import sqlite3
+
+    from r3.episodes import episode_to_dict, new_episode_id
+
+    def episode(tools: list | None = None) -> Episode:
+        return Episode(id=new_episode_id(), tenant=None, model=MODEL, adapter=None, task_kind="generic",
+                       verifier=None, store_text=True, messages=QUESTION, tools=tools, tool_choice="none",
+                       attempts=[AttemptRecord(number=1, completion_id=f"chatcmpl-{new_episode_id()}",
+                                               finish_reason="length", prompt_tokens=3, completion_tokens=1,
+                                               latency_s=0.1, content="hi")])
+
+    parameters: dict = {}
+    for _ in range(900):
+        parameters = {"a": parameters}
+    poison = episode([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+    old = episode()
+    folder = tmp_path / "journal" / f"process-{1:020d}-1"  # a stopped process's folder: its lock is free
+    folder.mkdir(parents=True)
+    (folder / ".lock").touch()
+    (folder / "segment-000000001.jsonl").write_text(
+        "".join(json.dumps(episode_to_dict(e)) + "\n" for e in (poison, old)))
+
+    settings = Settings(models_dir=model_path.parent, data_dir=tmp_path, api_keys=[KEY], admin_key=ADMIN,
+                        default_max_tokens=2)
+    with ThreadedServer(create_app(settings)) as url:
+        ids = [chat(url).json()["r3"]["episode_id"] for _ in range(20)]
+        deadline = time.monotonic() + 10  # the last episodes may still be on their way to the database
+        while (stats := httpx.get(f"{url}/admin/stats", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+               )["episode_log"]["backlog"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert stats["episode_log"] == {"backlog": 0, "rejected": 1}
+    assert "r3_episode_log_rejected 1.0" in metrics
+    with sqlite3.connect(tmp_path / "r3.db") as database:
+        stored = {row[0] for row in database.execute("SELECT id FROM episodes")}
+    assert stored == {old.id, *ids}
+    [rejected] = [json.loads(line) for line in (tmp_path / "journal" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["record"]["id"] == poison.id and "RecursionError" in rejected["reason"]

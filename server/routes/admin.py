@@ -67,7 +67,10 @@ async def _activate(request: Request, name: str | None, reason: str) -> dict[str
         raise APIError(404, str(error), type="not_found_error", param="name") from error
     await request.app.state.adapters.sync()  # this replica at once; the others on the event or their poll
     request.app.state.metrics.swaps_requested.labels(actor="admin").inc()
-    return {"active": name or "base", "serving": request.app.state.adapters.active or "base"}
+    adapters = request.app.state.adapters
+    # A version this server cannot serve (its files are damaged, or shaped for another model) stays
+    # active in the registry but is not served: say why.
+    return {"active": name or "base", "serving": adapters.active or "base", "refused": adapters.refused.get(name)}
 
 
 @router.post("/train")
@@ -94,11 +97,16 @@ async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) 
 
 @router.get("/stats")
 async def live_stats(request: Request, window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S)) -> dict[str, Any]:
-    """Success rates per version over the last `window_s` seconds (at most a year)."""
+    """Success rates per version over the last `window_s` seconds (at most a year); the versions this
+    server refused to serve, with the reason; the episode log's backlog and the episodes the database
+    refused since the start (kept in the journal's `rejected.jsonl`)."""
+    state = request.app.state
     since = datetime.now(UTC) - timedelta(seconds=window_s)
-    live = await version_stats(request.app.state.registry.sessions, since=since)
-    return {"window_s": window_s, "active": request.app.state.adapters.active or "base",
-            "versions": {name: _stats_out(stats) for name, stats in sorted(live.items())}}
+    live = await version_stats(state.registry.sessions, since=since)
+    return {"window_s": window_s, "active": state.adapters.active or "base",
+            "versions": {name: _stats_out(stats) for name, stats in sorted(live.items())},
+            "refused_versions": dict(state.adapters.refused),
+            "episode_log": {"backlog": state.store.backlog, "rejected": state.store.rejected}}
 
 
 @router.get("/actions")
