@@ -31,8 +31,9 @@ serve: install
 	$(BIN)/r3 model pull
 	$(BIN)/r3 serve
 
+# -rs: say why each skipped test was skipped (no Postgres, no browser).
 test: install-dev
-	$(BIN)/pytest -q --durations=10
+	$(BIN)/pytest -q -rs --durations=10
 
 # Each benchmark prints a table and writes JSON and a PNG to bench/results/ (see BENCHMARKS.md).
 bench: install-dev

@@ -18,7 +18,7 @@ from r3.store.journal import Journal
 from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
-from server import metrics
+from server import dashboard, metrics
 from server.adapters import AdapterManager
 from server.auth import Authenticator, tenant
 from server.auto_rollback import AutoRollback
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(metrics.router)
     app.include_router(admin.router)
     app.include_router(episodes.router)  # its routes carry their own tenant or admin checks
+    dashboard.install(app)  # /dashboard: its login session and CSRF checks are its own
     for module in (models, chat, feedback):
         app.include_router(module.router, dependencies=[Depends(tenant)])
     return app

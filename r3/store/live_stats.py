@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, case, func, select
+from sqlalchemy import ColumnElement, Integer, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.store.models import EpisodeRow
@@ -34,20 +34,24 @@ class VersionStats:
         return self.successes / self.judged if self.judged else None
 
 
-async def version_stats(sessions: async_sessionmaker[AsyncSession], since: datetime | None = None,
-                        until: datetime | None = None) -> dict[str, VersionStats]:
-    def count(condition) -> func:
+def stats_columns() -> tuple[ColumnElement[int], ...]:
+    """SQL aggregates over `EpisodeRow`, in the order of `VersionStats`' counts (requests … successes)."""
+    def count(condition: ColumnElement[bool]) -> ColumnElement[int]:
         return func.sum(case((condition, 1), else_=0)).cast(Integer)
 
-    query = select(
-        EpisodeRow.adapter,
+    return (
         func.count(),
         count(EpisodeRow.first_success.is_not(None)),
         count(EpisodeRow.first_success.is_(True)),
         count(EpisodeRow.attempt_count > 1),
         count((EpisodeRow.attempt_count > 1) & EpisodeRow.outcome.is_(True)),
         count(EpisodeRow.outcome.is_(True)),
-    ).group_by(EpisodeRow.adapter)
+    )
+
+
+async def version_stats(sessions: async_sessionmaker[AsyncSession], since: datetime | None = None,
+                        until: datetime | None = None) -> dict[str, VersionStats]:
+    query = select(EpisodeRow.adapter, *stats_columns()).group_by(EpisodeRow.adapter)
     if since is not None:
         query = query.where(EpisodeRow.created_at >= since)
     if until is not None:

@@ -1,0 +1,79 @@
+"""Live numbers over time: episodes counted per adapter version and time bucket, in the database.
+
+The operator's dashboard plots these. The counting happens in SQL (one grouped query for the
+counts, one for the latency), so a plot costs about the same over ten thousand episodes as over
+ten, and no episode row leaves the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Float, Integer, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+
+from r3.store.live_stats import VersionStats, stats_columns
+from r3.store.models import AttemptRow, EpisodeRow
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    bucket: int  # 0 is the bucket that starts at `since`
+    stats: VersionStats  # the episodes of one version created in that bucket
+    seconds: float  # their attempts' generation time, added up
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        """Mean seconds per request, every attempt included."""
+        return self.seconds / self.stats.requests if self.stats.requests else None
+
+
+class _bucket_of(FunctionElement[int]):
+    """The index of the `width`-second bucket after `since` (both in Unix seconds) a timestamp falls in."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_bucket_of, "postgresql")
+def _bucket_postgres(element: _bucket_of, compiler: SQLCompiler, **kw) -> str:
+    moment, since, width = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(FLOOR((EXTRACT(EPOCH FROM {moment}) - {since}) / {width}) AS INTEGER)"
+
+
+@compiles(_bucket_of, "sqlite")
+def _bucket_sqlite(element: _bucket_of, compiler: SQLCompiler, **kw) -> str:
+    # julianday keeps the fraction of a second; CAST truncates, which is FLOOR for the moments at or
+    # after `since` the query keeps (SQLite's FLOOR needs its optional math functions).
+    moment, since, width = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(((julianday({moment}) - 2440587.5) * 86400.0 - {since}) / {width} AS INTEGER)"
+
+
+def _bucket(since: datetime, bucket_s: float) -> ColumnElement[int]:
+    return _bucket_of(EpisodeRow.created_at, func.cast(since.timestamp(), Float), func.cast(bucket_s, Float))
+
+
+async def timeline(sessions: async_sessionmaker[AsyncSession], since: datetime, bucket_s: float,
+                   buckets: int) -> list[TimelinePoint]:
+    """Per version, the episodes of each of `buckets` buckets of `bucket_s` seconds from `since`
+    (an aware datetime); buckets without episodes are left out. Ordered by bucket, then version."""
+    since = since.astimezone(UTC)  # SQLite keeps timestamps as UTC text without an offset
+    until = datetime.fromtimestamp(since.timestamp() + bucket_s * buckets, since.tzinfo)
+    window = (EpisodeRow.created_at >= since) & (EpisodeRow.created_at < until)
+    bucket = _bucket(since, bucket_s).label("bucket")
+    counts = (select(bucket, EpisodeRow.adapter, *stats_columns()).where(window)
+              .group_by(bucket, EpisodeRow.adapter))
+    seconds = (select(bucket, EpisodeRow.adapter, func.sum(AttemptRow.latency_s))
+               .join(AttemptRow, AttemptRow.episode_id == EpisodeRow.id).where(window)
+               .group_by(bucket, EpisodeRow.adapter))
+    async with sessions() as session:
+        count_rows = (await session.execute(counts)).all()
+        latency = {(index, adapter): total or 0.0 for index, adapter, total in await session.execute(seconds)}
+    points = [TimelinePoint(index, VersionStats(adapter or "base", *(n or 0 for n in numbers)),
+                            latency.get((index, adapter), 0.0))
+              for index, adapter, *numbers in count_rows if 0 <= index < buckets]
+    return sorted(points, key=lambda p: (p.bucket, p.stats.version))

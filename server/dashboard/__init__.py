@@ -1,0 +1,33 @@
+"""The operator's dashboard: web pages over what R3 is doing, behind the admin key.
+
+`install(app)` mounts it on the FastAPI app: the pages under `/dashboard`, their static files (the
+vendored Chart.js, the page script, the style sheet) under `/dashboard/static`, and the answers to
+a missing session (to the login form) and to a form without its CSRF token (403).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from server.dashboard.routes import router
+from server.dashboard.session import PATH, FormRefused, LoginRequired
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount(f"{PATH}/static", StaticFiles(directory=Path(__file__).parent / "static"), name="dashboard-static")
+    app.add_exception_handler(LoginRequired, _to_login)
+    app.add_exception_handler(FormRefused, _refused)
+
+
+async def _to_login(_: Request, __: Exception) -> RedirectResponse:
+    return RedirectResponse(f"{PATH}/login", status_code=303)
+
+
+async def _refused(_: Request, __: Exception) -> PlainTextResponse:
+    return PlainTextResponse("This form is not from your dashboard session (its CSRF token is missing or wrong); "
+                             "reload the page and try again.", status_code=403)

@@ -1,0 +1,51 @@
+"""How the dashboard's templates write numbers, times and JSON (Jinja filters)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment
+
+from server.dashboard.lineage import Rate
+
+
+def when(moment: datetime | float | None) -> str:
+    """A moment (an aware or UTC-naive datetime, or Unix seconds) as UTC text; "—" for none."""
+    if moment is None:
+        return "—"
+    if isinstance(moment, int | float):
+        moment = datetime.fromtimestamp(moment, UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # SQLite gives back UTC without its offset
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def rate(value: Rate | None) -> str:
+    """"41.2% (7/17, 95% CI 21.6–64.0%)"."""
+    if value is None:
+        return "—"
+    low, high = value.interval
+    return f"{100 * value.value:.1f}% ({value.successes}/{value.n}, 95% CI {100 * low:.1f}–{100 * high:.1f}%)"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def verdict(success: bool | None) -> str:
+    return {True: "pass", False: "fail", None: "not judged"}[success]
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def install_filters(environment: Environment) -> None:
+    environment.filters.update(when=when, percent=percent, rate=rate, number=number, verdict=verdict,
+                               pretty_json=pretty_json)

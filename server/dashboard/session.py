@@ -1,0 +1,123 @@
+"""The dashboard's login: a signed session cookie, and a CSRF token that every form sends back.
+
+Logging in with the admin key (`R3_ADMIN_KEY`) sets the cookie `r3_dashboard`: a signed, timed
+token (itsdangerous) holding the session's CSRF token; the admin key itself never leaves the login
+form. The cookie is HttpOnly, SameSite=Strict, scoped to `/dashboard`, and Secure when the page
+was served over https (behind a TLS proxy, run uvicorn with `--proxy-headers`). Over plain http —
+a laptop, the tests — the browser would not send a Secure cookie back, so it goes without.
+
+The signing key is derived from the admin key, so every replica behind one load balancer accepts
+the others' cookies, and changing `R3_ADMIN_KEY` ends every session. A session lasts `MAX_AGE_S`.
+
+Every POST carries the session's CSRF token in a hidden field (`csrf`); the login form, made
+before any session exists, carries a token that must match a short-lived cookie of its own
+(double submit). SameSite=Strict alone would keep other sites' forms out of a session in today's
+browsers; the token keeps them out in any browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Request, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import FormData
+
+PATH = "/dashboard"
+COOKIE = "r3_dashboard"
+LOGIN_COOKIE = "r3_dashboard_login"
+MAX_AGE_S = 12 * 3600
+LOGIN_MAX_AGE_S = 3600  # how long a login form stays usable
+
+
+class LoginRequired(Exception):
+    """No valid session: the browser is sent to the login form."""
+
+
+class FormRefused(Exception):
+    """A POST without the session's CSRF token (a 403)."""
+
+
+@dataclass(frozen=True)
+class Session:
+    csrf: str  # the token this session's forms must send back
+
+
+def admin_key(request: Request) -> str | None:
+    """The admin key the server was started with (None: the admin API and the dashboard are off)."""
+    return request.app.state.auth.admin_key
+
+
+def key_matches(request: Request, candidate: str) -> bool:
+    key = admin_key(request)
+    return key is not None and hmac.compare_digest(candidate.encode(), key.encode())
+
+
+def _signer(key: str) -> URLSafeTimedSerializer:
+    secret = hmac.new(key.encode(), b"r3 dashboard session", hashlib.sha256).digest()
+    return URLSafeTimedSerializer(secret, salt="r3-dashboard")
+
+
+def current(request: Request) -> Session | None:
+    """The request's session, or None (no cookie, a forged or expired one, or the admin key changed)."""
+    key, token = admin_key(request), request.cookies.get(COOKIE)
+    if key is None or token is None:
+        return None
+    try:
+        data = _signer(key).loads(token, max_age=MAX_AGE_S)
+    except BadSignature:  # SignatureExpired is one too
+        return None
+    return Session(csrf=data["csrf"]) if isinstance(data, dict) and isinstance(data.get("csrf"), str) else None
+
+
+def start(request: Request, response: Response) -> Session:
+    """Log in: set a new session's cookie on `response` (the caller checked the admin key)."""
+    session = Session(csrf=secrets.token_urlsafe(32))
+    set_cookie(request, response, COOKIE, _signer(admin_key(request)).dumps({"csrf": session.csrf}), MAX_AGE_S)
+    response.delete_cookie(LOGIN_COOKIE, path=PATH)
+    return session
+
+
+def end(response: Response) -> None:
+    response.delete_cookie(COOKIE, path=PATH)
+
+
+def new_login_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def remember_login_token(request: Request, page: Response, token: str) -> None:
+    """Set the login form's token in the cookie the form's POST must come with."""
+    set_cookie(request, page, LOGIN_COOKIE, token, LOGIN_MAX_AGE_S)
+
+
+def login_token_matches(request: Request, form: FormData) -> bool:
+    cookie, sent = request.cookies.get(LOGIN_COOKIE), form.get("csrf")
+    return bool(cookie) and isinstance(sent, str) and hmac.compare_digest(cookie.encode(), sent.encode())
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path=PATH, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+
+
+async def required(request: Request) -> Session:
+    """FastAPI dependency for the pages: the session (raises `LoginRequired`)."""
+    session = current(request)
+    if session is None:
+        raise LoginRequired
+    return session
+
+
+async def checked_form(request: Request) -> FormData:
+    """FastAPI dependency for the actions: the posted form, once the session and its CSRF token are
+    checked (raises `LoginRequired`, `FormRefused`)."""
+    session = await required(request)
+    form = await request.form()
+    sent = form.get("csrf")
+    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+        raise FormRefused
+    return form

@@ -1,0 +1,94 @@
+"""The dashboard's tests' world: a real server over a store that holds a line of adapter versions
+with their gate numbers, training rounds, and episodes made up in bulk (passes, failures, rescues
+over several versions and tenants), written the way the episode log writes them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import ThreadedServer, make_lora
+
+from bench.dashboard import TASK_KINDS, made_up_episodes, write_episodes
+from r3.settings import Settings
+from r3.store import database
+from r3.store.models import TrainingRound
+from r3.store.registry import AdapterRegistry
+from r3.store.sql import SqlEpisodeStore
+from server.app import create_app
+
+def gate_numbers(heldout: int, candidate: float, active: float, p_value: float, first_drop: float = 0.0) -> dict[str, Any]:
+    """A version's `gate` metrics, shaped as trainer.gate records them."""
+    return {"heldout": heldout, "candidate_second_attempt": candidate, "active_second_attempt": active,
+            "p_value": p_value, "alpha": 0.05, "regression": 40, "candidate_first_attempt": 0.7 - first_drop,
+            "active_first_attempt": 0.7, "first_attempt_drop": first_drop, "tolerance": 0.05}
+
+
+def training_numbers(rewards: list[float], kls: list[float | None], groups: int, skipped: int) -> dict[str, Any]:
+    """A round's `training` report, shaped as trainer.grpo's RoundReport writes it."""
+    return {"failures": 24, "left_out": 1, "steps": len(rewards), "reward_mean": rewards, "kl": kls,
+            "groups": groups, "skipped_groups": skipped}
+
+
+GATE = gate_numbers(20, 0.6, 0.25, 0.0195)  # the active child's
+# (gate, training, promoted, reason) of each version, oldest first: r3-v1 → r3-v2 (active) → r3-v3 (rejected).
+LINE = (
+    (gate_numbers(16, 0.5, 0.1875, 0.0352), training_numbers([0.25, 0.375, 0.5], [None, 0.0012, 0.0021], 18, 7),
+     True, "second-attempt success higher (6 vs 1 discordant, p = 0.0352); first attempts within tolerance (+0.000)"),
+    (GATE, training_numbers([0.31, 0.44, 0.5, 0.56], [0.0008, 0.0015, 0.0019, 0.0024], 24, 9),
+     True, "second-attempt success higher (8 vs 1 discordant, p = 0.0195); first attempts within tolerance (+0.000)"),
+    (gate_numbers(20, 0.65, 0.6, 0.5, first_drop=0.1), training_numbers([0.5, 0.5], [0.002, 0.003], 12, 8),
+     False, "first-attempt success fell by 0.100 (more than 0.05) on the regression set"),
+)
+
+
+@contextmanager
+def served_store(model_path: Path, tmp_path_factory: pytest.TempPathFactory, episodes: int, span_s: float,
+                 admin_key: str) -> Iterator[tuple[Any, str, list[str]]]:
+    """A real server (SQLite store, the bundled model) whose store holds the versions of `LINE` (real
+    LoRA adapters; the middle one active), a finished training round for each, and `episodes` made-up
+    episodes over the last `span_s` seconds, served by the base model and then each promoted version.
+    Yields (app, base url, [parent, child, rejected])."""
+    settings = Settings(models_dir=model_path.parent, data_dir=tmp_path_factory.mktemp("dashboard-data"),
+                        admin_key=admin_key, adapter_poll_s=0.2, adapter_grace_s=0.5, default_max_tokens=1,
+                        reflection_max_tokens=2)
+    url = database.database_url(settings)
+    database.migrate(url)
+
+    async def prepare() -> list[str]:
+        engine = database.create_engine(url)
+        sessions = database.sessions(engine)
+        registry = AdapterRegistry(sessions, settings.adapters_path)
+        now = datetime.now(UTC)
+        try:
+            names: list[str] = []
+            for seed, (gate, training, promote, reason) in enumerate(LINE):
+                folder = make_lora(model_path, tmp_path_factory.mktemp("lora") / "adapter", seed)
+                version = await registry.register(folder, names[-1] if names else None, {"training": training}, [])
+                await registry.record_decision(version.name, {"gate": gate, "reason": reason}, promote=promote)
+                names.append(version.name)
+                finished = now - timedelta(seconds=span_s * (len(LINE) - seed) / (len(LINE) + 1))
+                async with sessions.begin() as session:
+                    session.add(TrainingRound(
+                        status="finished", requested_by="schedule", requested_at=finished - timedelta(minutes=9),
+                        started_at=finished - timedelta(minutes=8), finished_at=finished, candidate=version.name,
+                        promoted=promote, report={"train": 24, "heldout": gate["heldout"], "regression": 40,
+                                                  "gate": gate, "reason": reason, "training": training}))
+            served_by = [None, *(name for name, line in zip(names, LINE) if line[2])]
+            await write_episodes(SqlEpisodeStore(sessions),
+                                 made_up_episodes(episodes, served_by, time.time() - span_s, time.time()))
+            return names
+        finally:
+            await engine.dispose()
+
+    names = asyncio.run(prepare())
+    app = create_app(settings)
+    with ThreadedServer(app) as base_url:
+        yield app, base_url, names

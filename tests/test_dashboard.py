@@ -1,0 +1,369 @@
+"""The operator's dashboard over HTTP, against a real server and store: login and its cookie, CSRF on
+every action, each page's numbers, activation, rollback, training requests, episode filters and
+pages, the overview's speed with ten thousand episodes; and the Prometheus and Grafana files of the
+production stack. (tests/test_dashboard_browser.py drives the same pages in Chromium.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from dashboard_support import GATE, made_up_episodes, served_store, write_episodes
+
+from r3.store import database
+from r3.store.live_stats import VersionStats
+from r3.store.registry import AdapterRegistry, Version
+from r3.store.sql import SqlEpisodeStore
+from server.dashboard.charts import WINDOWS, overview_charts
+from server.dashboard.lineage import GateNumbers, Rate, lineage
+from server.metrics import Metrics
+from r3.store.timeline import TimelinePoint
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "dashboard-admin-key"
+SEEDED = 120
+
+
+@pytest.fixture(scope="module")
+def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(app, url, [parent, child, rejected]): see `dashboard_support.served_store`; SEEDED episodes over the
+    last 50 minutes."""
+    with served_store(model_path, tmp_path_factory, SEEDED, span_s=3000, admin_key=ADMIN_KEY) as served:
+        yield served
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def logged_in(url: str) -> httpx.Client:
+    client = httpx.Client(base_url=url, timeout=60)
+    form = client.get("/dashboard/login")
+    answer = client.post("/dashboard/login", data={"key": ADMIN_KEY, "csrf": csrf_of(form.text)})
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard"
+    return client
+
+
+@pytest.fixture
+def browser(stack) -> httpx.Client:
+    with closing(logged_in(stack[1])) as client:
+        yield client
+
+
+# ------------------------------------------------------------------ login, session, CSRF
+
+
+def test_login_sets_a_signed_http_only_strict_cookie_and_wrong_keys_are_refused(stack) -> None:
+    _, url, _ = stack
+    with httpx.Client(base_url=url) as client:
+        form = client.get("/dashboard/login")
+        assert form.status_code == 200 and 'type="password"' in form.text
+        assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+        token = csrf_of(form.text)
+        wrong = client.post("/dashboard/login", data={"key": "not-the-key", "csrf": token})
+        assert wrong.status_code == 401 and "not the admin key" in wrong.text
+        assert "r3_dashboard" not in client.cookies
+
+        answer = client.post("/dashboard/login", data={"key": ADMIN_KEY, "csrf": csrf_of(wrong.text)})
+        assert answer.status_code == 303
+        cookie = next(h for h in answer.headers.get_list("set-cookie") if h.startswith("r3_dashboard="))
+        attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "path", "max-age"} <= attributes and "samesite=strict" in cookie.lower()
+        assert "secure" not in attributes  # plain http: a Secure cookie would never come back
+        assert ADMIN_KEY not in cookie
+        assert client.get("/dashboard").status_code == 200
+
+
+def test_login_form_needs_its_own_token(stack) -> None:
+    _, url, _ = stack
+    with httpx.Client(base_url=url) as client:  # no login cookie: a form posted from elsewhere
+        answer = client.post("/dashboard/login", data={"key": ADMIN_KEY, "csrf": "made-up"})
+        assert answer.status_code == 403 and "r3_dashboard" not in client.cookies
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/versions", "/dashboard/training", "/dashboard/episodes",
+                                  "/dashboard/episodes/ep_x"])
+def test_pages_send_a_stranger_to_the_login_form(stack, path: str) -> None:
+    answer = httpx.get(f"{stack[1]}{path}")
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/login"
+
+
+def test_forged_or_expired_cookies_are_no_session(stack) -> None:
+    _, url, _ = stack
+    forged = httpx.get(f"{url}/dashboard", cookies={"r3_dashboard": "eyJjc3JmIjoieCJ9.forged.sig"})
+    assert forged.status_code == 303
+    with closing(logged_in(url)) as client:  # the same cookie under another admin key is worthless
+        cookie = client.cookies["r3_dashboard"]
+    app = stack[0]
+    original = app.state.auth.admin_key
+    app.state.auth.admin_key = "rotated-key"
+    try:
+        assert httpx.get(f"{url}/dashboard", cookies={"r3_dashboard": cookie}).status_code == 303
+    finally:
+        app.state.auth.admin_key = original
+
+
+def test_without_an_admin_key_the_dashboard_is_off(stack) -> None:
+    app, url, _ = stack
+    original = app.state.auth.admin_key
+    app.state.auth.admin_key = None
+    try:
+        form = httpx.get(f"{url}/dashboard/login")
+        assert form.status_code == 403 and "The dashboard is off" in form.text
+        assert httpx.post(f"{url}/dashboard/login", data={"key": "", "csrf": ""}).status_code == 403
+        assert httpx.get(f"{url}/dashboard").status_code == 303
+    finally:
+        app.state.auth.admin_key = original
+
+
+@pytest.mark.parametrize("action", ["/dashboard/versions/rollback", "/dashboard/versions/base/activate",
+                                    "/dashboard/training", "/dashboard/logout"])
+def test_every_action_needs_the_session_and_its_csrf_token(stack, browser: httpx.Client, action: str) -> None:
+    app, url, _ = stack
+    before = _active_name(app)
+    assert httpx.post(f"{url}{action}", data={"csrf": "x"}).status_code == 303  # no session: to the login form
+    assert browser.post(action).status_code == 403  # a session, but no token
+    assert browser.post(action, data={"csrf": "not-this-sessions-token"}).status_code == 403
+    assert _active_name(app) == before
+    assert browser.get("/dashboard").status_code == 200  # still logged in
+
+
+def test_logout_ends_the_session(stack) -> None:
+    with closing(logged_in(stack[1])) as client:
+        token = csrf_of(client.get("/dashboard").text)
+        assert client.post("/dashboard/logout", data={"csrf": token}).status_code == 303
+        assert client.get("/dashboard").status_code == 303
+
+
+# ------------------------------------------------------------------ pages
+
+
+def test_overview_shows_the_active_version_backlog_trainer_and_plots(stack, browser: httpx.Client) -> None:
+    _, _, versions = stack
+    page = browser.get("/dashboard", params={"window": "1h"})
+    assert page.status_code == 200
+    assert f'id="active-version">{versions[1]}<' in page.text
+    plots = {p["id"]: p for p in map(json.loads, re.findall(
+        r'<script type="application/json" id="plot-[^"]+">(.*?)</script>', page.text, re.S))}
+    assert set(plots) == {"requests", "first-attempt", "rescues", "latency"}
+    requests = plots["requests"]
+    assert {d["label"] for d in requests["datasets"]} == {"base", *versions[:2]}
+    assert sum(v or 0 for d in requests["datasets"] for v in d["data"]) >= SEEDED
+    assert len(requests["labels"]) == WINDOWS["1h"].buckets
+    assert "round 1 finished" in page.text.replace("\n", " ") or "last: round" in page.text
+    assert "/dashboard/static/chart.umd.min.js" in page.text
+    assert browser.get("/dashboard/static/chart.umd.min.js").text.startswith("/*!\n * Chart.js v4")
+
+
+def test_versions_page_shows_lineage_gate_intervals_live_numbers_and_audit(stack, browser: httpx.Client) -> None:
+    _, _, (parent, child, rejected) = stack
+    page = browser.get("/dashboard/versions").text
+    assert page.index(f'id="version-{parent}"') < page.index(f'id="version-{child}"')
+    assert "60.0% (12/20, 95% CI 38.7–78.1%)" in page  # the candidate's held-out rescues, Wilson interval
+    assert "p = 0.0195" in page and "fell by 0.100 (more than 0.05)" in page
+    assert page.index(f'id="version-{child}"') < page.index(f'id="version-{rejected}"')
+    assert f'action="/dashboard/versions/{rejected}/activate"' in page  # any version can be activated
+    assert f"Roll back to {parent}" in page
+    assert "passed the evaluation gate" in page  # the audit log: the trainer's promotions
+
+
+def test_activate_and_roll_back_from_the_dashboard(stack, browser: httpx.Client) -> None:
+    app, _, (parent, child, _) = stack
+    token = csrf_of(browser.get("/dashboard/versions").text)
+    try:
+        done = browser.post(f"/dashboard/versions/{parent}/activate", data={"csrf": token})
+        assert done.status_code == 303 and done.headers["location"] == "/dashboard/versions"
+        assert _active_name(app) == parent and app.state.adapters.active == parent
+        page = browser.get("/dashboard/versions").text
+        assert f"{parent} is active, this server serves {parent}." in page  # the one-shot notice
+        assert "activated from the dashboard" in page
+        assert "is active, this server serves" not in browser.get("/dashboard/versions").text  # shown once
+
+        browser.post(f"/dashboard/versions/{child}/activate", data={"csrf": token})
+        rolled = browser.post("/dashboard/versions/rollback", data={"csrf": token})
+        assert rolled.status_code == 303 and _active_name(app) == parent
+        assert f"rollback from {child}" in browser.get("/dashboard/versions").text
+
+        missing = browser.post("/dashboard/versions/r3-v99/activate", data={"csrf": token})
+        assert missing.status_code == 303
+        assert "Activation refused: no complete adapter version named" in browser.get("/dashboard/versions").text
+    finally:
+        browser.post(f"/dashboard/versions/{child}/activate", data={"csrf": token})
+    assert _active_name(app) == child
+
+
+def test_training_page_shows_rounds_and_starts_one(stack, browser: httpx.Client) -> None:
+    page = browser.get("/dashboard/training").text
+    assert "0.25, 0.375, 0.5" in page and "7 of 18" in page and "r3-v3 rejected" in page
+    assert 'id="round-plot-1"' in page
+    started = browser.post("/dashboard/training", data={"csrf": csrf_of(page)})
+    assert started.status_code == 303
+    page = browser.get("/dashboard/training").text
+    assert re.search(r"Round \d+ requested", page) and "is requested." in page
+    assert 'id="start-round" disabled' in page
+
+
+def test_episodes_filter_page_and_open(stack, browser: httpx.Client) -> None:
+    _, _, (parent, _, _) = stack
+    listed = browser.get("/dashboard/episodes", params={"outcome": "fail", "version": parent}).text
+    rows = re.findall(r'<a href="/dashboard/episodes/(ep_[0-9a-f]+)">', listed)
+    assert rows and all(f"<td>{parent}</td>" in listed for _ in rows)
+    assert 'class="outcome-pass"' not in listed
+
+    first = browser.get("/dashboard/episodes")
+    assert first.status_code == 200 and 'id="next-page"' in first.text  # SEEDED > one page
+    next_href = re.search(r'<a href="\?([^"]+)" id="next-page">', first.text).group(1).replace("&amp;", "&")
+    second = browser.get(f"/dashboard/episodes?{next_href}").text
+    first_ids = set(re.findall(r"/dashboard/episodes/(ep_[0-9a-f]+)", first.text))
+    second_ids = set(re.findall(r"/dashboard/episodes/(ep_[0-9a-f]+)", second))
+    assert second_ids and not first_ids & second_ids
+
+    bad_time = browser.get("/dashboard/episodes", params={"since": "yesterday"})
+    assert bad_time.status_code == 200 and "is not a time" in bad_time.text
+
+    rescued = next(e for e in rows)
+    episode = browser.get(f"/dashboard/episodes/{rescued}").text
+    assert "Using 2, 3 and 4 once each" in episode
+    assert 'id="attempt-1"' in episode and 'id="reflection-1"' in episode and 'id="attempt-2"' in episode
+    assert "the target needs their product" in episode and "2 + 3 + 4 = 9, not 24" in episode
+    assert browser.get("/dashboard/episodes/ep_missing").status_code == 404
+
+
+def test_overview_with_ten_thousand_episodes_counts_every_one(stack, browser: httpx.Client) -> None:
+    """Aggregated in SQL, so thousands of episodes are one small page (its render time is measured in
+    bench/dashboard.py, not asserted here)."""
+    app, _, versions = stack
+    now = time.time()
+    before = _plotted_requests(browser)
+    asyncio.run(_write_directly(app, made_up_episodes(10_000, [None, *versions[:2]], now - 20 * 3600, now, seed=1)))
+    assert _plotted_requests(browser) == before + 10_000
+    assert browser.get("/dashboard/episodes", params={"outcome": "fail"}).status_code == 200
+
+
+def _plotted_requests(browser: httpx.Client) -> int:
+    page = browser.get("/dashboard", params={"window": "24h"})
+    assert page.status_code == 200
+    plot = json.loads(re.search(r'<script type="application/json" id="plot-requests">(.*?)</script>', page.text,
+                                re.S).group(1))
+    return sum(v or 0 for d in plot["datasets"] for v in d["data"])
+
+
+# ------------------------------------------------------------------ the pieces
+
+
+def test_wilson_interval_and_gate_numbers() -> None:
+    low, high = Rate(12, 20).interval
+    assert (round(low, 3), round(high, 3)) == (0.387, 0.781)
+    assert Rate(0, 5).interval[0] == pytest.approx(0.0, abs=1e-12) and 0.4 < Rate(0, 5).interval[1] < 0.45
+    assert Rate.of(0.5, 0) is None and Rate.of(None, 10) is None
+    numbers = GateNumbers.of(GATE)
+    assert numbers.candidate_second == Rate(12, 20) and numbers.active_first == Rate(28, 40)
+    assert GateNumbers.of(None) is None
+
+
+def test_lineage_puts_each_parent_above_its_children() -> None:
+    def version(number: int, parent: int | None) -> Version:
+        return Version(f"r3-v{number}", number, f"r3-v{parent}" if parent else None, "retired", Path("."), "", {}, [],
+                       datetime.now(UTC), None)
+
+    rows = lineage([version(1, None), version(2, 1), version(3, 1), version(4, 2), version(5, None)], {})
+    assert [(r.version.name, r.depth) for r in rows] == [
+        ("r3-v1", 0), ("r3-v2", 1), ("r3-v4", 2), ("r3-v3", 1), ("r3-v5", 0)]
+
+
+def test_overview_charts_leave_gaps_where_a_version_served_nothing() -> None:
+    window = WINDOWS["1h"]
+    since = window.start(datetime.now(UTC))
+    charts = overview_charts([TimelinePoint(2, VersionStats("r3-v1", 4, 4, 1, 3, 3, 4), 2.0)], window, since)
+    requests, first, rescues, latency = charts
+    assert requests["datasets"][0]["data"][2] == 4 and requests["datasets"][0]["data"][0] is None
+    assert first["datasets"][0]["data"][2] == 25.0 and rescues["datasets"][0]["data"][2] == 100.0
+    assert latency["datasets"][0]["data"][2] == 0.5
+
+
+# ------------------------------------------------------------------ Prometheus and Grafana
+
+
+def metric_names() -> set[str]:
+    """Every series name R3 exposes, as Prometheus sees them (counters end in _total; a histogram is
+    its _bucket, _count and _sum)."""
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_prometheus_scrapes_every_r3_server() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    r3 = jobs["r3"]
+    assert r3.get("metrics_path", "/metrics") == "/metrics"
+    discovery = r3["dns_sd_configs"][0]  # every replica of the compose service, however many
+    assert discovery["names"] == ["server"] and discovery["type"] == "A" and discovery["port"] == 8000
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert "server" in compose and "8000" in json.dumps(compose["server"]["environment"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["prometheus"]["volumes"]}
+    assert (ROOT / mounts["/etc/prometheus/prometheus.yml"]).resolve() == ROOT / "deploy/prometheus/prometheus.yml"
+
+
+def test_grafana_is_provisioned_with_a_dashboard_over_r3_metrics() -> None:
+    provisioning = ROOT / "deploy/grafana/provisioning"
+    sources = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    source = next(s for s in sources if s["type"] == "prometheus")
+    assert source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards/r3.yml").read_text())["providers"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["volumes"]}
+    folder = providers[0]["options"]["path"]
+    assert (ROOT / mounts[folder]).resolve() == ROOT / "deploy/grafana/dashboards"
+
+    board = json.loads((ROOT / "deploy/grafana/dashboards/r3.json").read_text())
+    assert board["uid"] and board["title"]
+    known = metric_names()
+    exprs = []
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\br3_[a-z_]+", target["expr"]))
+            assert used and used <= known, (panel["title"], used - known)
+            assert target["expr"].count("(") == target["expr"].count(")")
+            exprs.append(target["expr"])
+    shown = " ".join(exprs)
+    for series in ("r3_requests_total", "r3_rescues_total", "r3_verdicts_total", "r3_request_seconds_bucket",
+                   "r3_adapter_swaps_total", "r3_auto_rollbacks_total", "r3_episode_log_backlog"):
+        assert series in shown, f"no panel shows {series}"
+    assert "histogram_quantile" in shown
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def _active_name(app) -> str | None:
+    """The registry's active version, read through an engine of our own: the server's connection pool
+    belongs to its event loop, in its thread."""
+    async def read() -> str | None:
+        engine = database.create_engine(database.database_url(app.state.settings))
+        try:
+            version = await AdapterRegistry(database.sessions(engine), app.state.settings.adapters_path).active()
+            return version.name if version else None
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+async def _write_directly(app, episodes) -> None:
+    """Bulk-write through an engine of our own (see `_active_name`)."""
+    engine = database.create_engine(database.database_url(app.state.settings))
+    try:
+        await write_episodes(SqlEpisodeStore(database.sessions(engine)), episodes)
+    finally:
+        await engine.dispose()
