@@ -53,6 +53,7 @@ import httpx
 
 from bench import tasks as suite
 from bench.common import REPO, RESULTS, R3Server, machine
+from r3.stats import wilson
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,20 +204,6 @@ async def evaluate(client: httpx.AsyncClient, heldout: list[suite.Task], version
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
 
 def mcnemar_one_sided(wins: int, losses: int) -> float:
     """Exact one-sided McNemar: P(X ≥ wins), X ~ Binomial(wins + losses, 1/2).

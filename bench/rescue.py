@@ -26,6 +26,7 @@ import httpx
 from bench import learn
 from bench import tasks as suite
 from bench.common import MODEL, RESULTS, R3Server, figure, save, table
+from r3.stats import wilson
 
 DEFAULT_CONDITIONS = "countdown2@0,countdown2@0.5,countdown2@1,alarm@0,alarm@0.7"
 GROUP_SIZE = learn.Config.num_generations  # `r3 bench learn`'s G
@@ -45,7 +46,7 @@ async def measure(url: str, family: str, temperature: float, n: int, max_tokens:
     failed = [outcome for outcome in outcomes if not outcome.first]
     rescued = sum(outcome.second for outcome in failed)
     rate = rescued / len(failed) if failed else 0.0
-    low, high = learn.wilson(rescued, len(failed)) if failed else (0.0, 1.0)
+    low, high = wilson(rescued, len(failed)) if failed else (0.0, 1.0)
     return {"family": family, "temperature": temperature, "tasks": n, "first_attempt_passed": n - len(failed),
             "failed": len(failed), "rescued": rescued, "rescue_rate": round(rate, 4),
             "rescue_ci95": [round(low, 4), round(high, 4)],

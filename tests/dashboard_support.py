@@ -5,9 +5,8 @@ over several versions and tenants), written the way the episode log writes them.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from support import ThreadedServer, make_lora
 
-from bench.dashboard import TASK_KINDS, made_up_episodes, write_episodes
+from bench.dashboard import made_up_episodes, write_episodes
 from r3.settings import Settings
 from r3.store import database
 from r3.store.models import TrainingRound

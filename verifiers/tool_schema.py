@@ -2,7 +2,10 @@
 
 Each call must name an offered function and its arguments must validate against that function's
 `parameters` schema. A function without `parameters` takes none (as in OpenAI's API): only `{}`
-passes. `tool_choice` is honoured: "required" or a named function with no call fails, a named
+passes. A function marked `"strict": true` (OpenAI's structured function calling) takes no argument
+its schema does not name, even where the schema leaves `additionalProperties` open (OpenAI's strict
+mode requires it closed on every object; R3 closes the top level, and nested objects follow their
+schema). `tool_choice` is honoured: "required" or a named function with no call fails, a named
 function answered with another fails, and "none" with a call fails. With "auto" (or no
 `tool_choice`) an answer without calls passes: not calling a tool is allowed there; a client that
 wants a call says "required".
@@ -10,6 +13,7 @@ wants a call says "required".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from verifiers.base import (
@@ -26,13 +30,20 @@ from verifiers.schema import schema_problem, schema_violation
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "maxProperties": 0}
 
 
-def offered_functions(tools: tuple[dict, ...]) -> dict[str, Any]:
-    """Function name → its parameters schema, for every well-formed function tool offered."""
-    functions: dict[str, Any] = {}
+@dataclass(frozen=True)
+class OfferedFunction:
+    parameters: Any  # its JSON Schema, as the request sent it (not necessarily valid)
+    strict: bool = False
+
+
+def offered_functions(tools: tuple[dict, ...]) -> dict[str, OfferedFunction]:
+    """Function name → what the request said of it, for every well-formed function tool offered."""
+    functions: dict[str, OfferedFunction] = {}
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and isinstance(function.get("name"), str):
-            functions[function["name"]] = function.get("parameters", _NO_PARAMETERS)
+            functions[function["name"]] = OfferedFunction(function.get("parameters", _NO_PARAMETERS),
+                                                           function.get("strict") is True)
     return functions
 
 
@@ -69,18 +80,27 @@ class ToolSchemaSpec(SpecBase):
         return Verdict(True)
 
 
-def _call_problem(call: ToolCall, functions: dict[str, Any], forced: str | None) -> str | None:
+def _call_problem(call: ToolCall, functions: dict[str, OfferedFunction], forced: str | None) -> str | None:
     if forced is not None and call.name != forced:
         return f"called {call.name}, but tool_choice requires {forced}"
     if call.name not in functions:
         return f"unknown tool {call.name!r} (offered: {', '.join(sorted(functions)) or 'none'})"
-    schema = functions[call.name]
-    problem = schema_problem(schema)
+    function = functions[call.name]
+    problem = schema_problem(function.parameters)
     if problem is not None:
         return f"{call.name}: the request's parameters schema is invalid: {problem}"
     try:
         arguments = parse_arguments(call)
     except UnreadableOutput as error:
         return str(error)
-    violation = schema_violation(schema, arguments)
+    if function.strict:
+        unknown = sorted(set(arguments) - _named_parameters(function.parameters))
+        if unknown:
+            return f"{call.name}: unexpected argument {unknown[0]!r} (the function is strict)"
+    violation = schema_violation(function.parameters, arguments)
     return None if violation is None else f"{call.name}: arguments do not match the schema: {violation}"
+
+
+def _named_parameters(schema: Any) -> set[str]:
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return set(properties) if isinstance(properties, dict) else set()

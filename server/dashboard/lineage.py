@@ -3,16 +3,13 @@ children), with the gate's numbers turned into rates with 95% intervals."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from r3.stats import wilson
 from r3.store.live_stats import VersionStats
 from r3.store.registry import Version
-
-Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
-
 
 @dataclass(frozen=True)
 class Rate:
@@ -27,10 +24,7 @@ class Rate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        p, n = self.value, self.n
-        centre = (p + Z_95**2 / (2 * n)) / (1 + Z_95**2 / n)
-        half = Z_95 / (1 + Z_95**2 / n) * math.sqrt(p * (1 - p) / n + Z_95**2 / (4 * n**2))
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson(self.successes, self.n)
 
     @classmethod
     def of(cls, rate: float | None, n: int | None) -> Rate | None:

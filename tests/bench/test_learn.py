@@ -73,16 +73,6 @@ def test_a_request_carries_the_verifier_and_the_forced_tool_choice():
     assert "get_weather" in {tool["function"]["name"] for tool in body["tools"]}
 
 
-def test_wilson_interval_matches_known_values():
-    low, high = learn.wilson(5, 10)
-    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    low, high = learn.wilson(0, 10)  # the upper end is z² / (n + z²)
-    assert low == 0.0 and high == pytest.approx(learn.Z95**2 / (10 + learn.Z95**2))
-    low, high = learn.wilson(10, 10)
-    assert high == pytest.approx(1.0) and low == pytest.approx(1 - learn.Z95**2 / (10 + learn.Z95**2))
-    assert learn.wilson(0, 0) == (0.0, 1.0)
-
-
 def test_exact_mcnemar_matches_hand_computed_values():
     assert learn.mcnemar_one_sided(5, 0) == 1 / 32
     # 6 of 8 discordant pairs for the later version: (C(8,6) + C(8,7) + C(8,8)) / 2^8 = 37/256.

@@ -16,7 +16,7 @@ from r3.store import fast_json
         {"messages": [{"role": "user", "content": "Grüße, 東京 🌧"}], "logprobs": [-0.5, -1e-9], "n": None},
         {"target": 10**30, "negative": -(2**70)},  # a client's JSON may hold integers beyond 64 bits
         {"content": "half a pair: \ud800"},  # a lone surrogate, which the standard library escapes
-        {1: "a key that is not a string", True: "another"},
+        {1: "a key that is not a string", None: "another"},
     ],
 )
 def test_reads_back_as_the_standard_library_writes_it(value):

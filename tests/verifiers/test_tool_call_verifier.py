@@ -114,7 +114,6 @@ def test_long_values_are_shortened_in_the_detail() -> None:
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        ({"type": "tool_call", "expected": []}, "expected"),
         ({"type": "tool_call"}, "expected"),
         ({"type": "tool_call", "expected": [{"name": "f"}]}, "arguments"),
         ({"type": "tool_call", "expected": [{"name": "f", "arguments": "{}"}]}, "arguments"),

@@ -25,6 +25,11 @@ WEATHER = function_tool(
     },
 )
 PING = function_tool("ping")  # no parameters: takes none
+# A schema that leaves additionalProperties open, offered plainly and with OpenAI's "strict": true.
+OPEN_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"},
+                                                "at": {"type": "object", "properties": {"hour": {"type": "integer"}}}}}
+LOOSE = function_tool("lookup", OPEN_SCHEMA)
+STRICT = {"type": "function", "function": {"name": "lookup", "parameters": OPEN_SCHEMA, "strict": True}}
 TOOLS = (WEATHER, PING)
 NAMED_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
 
@@ -62,6 +67,16 @@ CASES = [
     ((function_tool("f", True),), None, [("f", '{"anything": 1}')], True, ""),
     # Malformed tool entries are not offered functions.
     (("not a tool", {"type": "function"}, {"function": {"name": 7}}, PING), None, [("ping", "{}")], True, ""),
+    # "strict": true refuses arguments the schema does not name; without it they pass.
+    ((LOOSE,), None, [("lookup", '{"city": "Oslo", "days": 3}')], True, ""),
+    ((STRICT,), None, [("lookup", '{"city": "Oslo", "days": 3}')], False,
+     "lookup: unexpected argument 'days' (the function is strict)"),
+    ((STRICT,), None, [("lookup", '{"city": "Oslo"}')], True, ""),
+    ((STRICT,), None, [("lookup", '{"city": 5}')], False, "lookup: arguments do not match the schema: $.city"),
+    # Nested objects follow their own schema (OpenAI's strict mode has them say additionalProperties: false).
+    ((STRICT,), None, [("lookup", '{"at": {"hour": 9, "tz": "UTC"}}')], True, ""),
+    (({"type": "function", "function": {"name": "lookup", "parameters": OPEN_SCHEMA, "strict": False}},), None,
+     [("lookup", '{"zone": 1}')], True, ""),
     # `$schema` picks the dialect: draft-07 `dependencies` is honoured.
     ((function_tool("f", {"$schema": "http://json-schema.org/draft-07/schema#",
                           "dependencies": {"a": ["b"]}}),), None, [("f", '{"a": 1}')], False, "'b' is a dependency"),

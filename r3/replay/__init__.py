@@ -1,0 +1,6 @@
+"""`r3 replay`: send a file of tasks through R3 and measure first- and second-attempt success.
+
+`tasks` is the file format (one chat request with its verifier per line), `bfcl` and `xlam` turn
+those benchmarks' records into it, `runner` sends the tasks (bounded concurrency, resumable by id),
+`report` counts the verdicts per category, `local_server` starts an `r3 serve` for the run.
+"""

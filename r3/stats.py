@@ -1,0 +1,21 @@
+"""Small statistics shared by the gate's reports, the dashboard, `r3 replay` and the benchmarks."""
+
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a rate of `k` successes in `n` trials, as (low, high) in [0, 1];
+    (0, 1) when `n` is 0. Sound for small `n` and for rates of 0 or 1, unlike the normal
+    approximation. Source: E. B. Wilson, "Probable inference, the law of succession, and statistical
+    inference", JASA 22 (1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
