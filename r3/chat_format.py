@@ -12,19 +12,22 @@ many open models are trained on:
 Earlier assistant tool calls are written back in that same `<tool_call>` form and tool results as
 `<tool_response>` blocks, so a multi-turn conversation reads the way the model is asked to write.
 
-`tool_choice` "required" and a named tool are enforced by prefilling the assistant's answer with
-the opening of a call (`<tool_call>\\n{"name": "`); the engine continues from there. It is the
-cheapest constrained decoding there is and works on every engine. An engine that can constrain
-decoding to a JSON schema (vLLM) gets only `<tool_call>\\n` and a schema for the call, so the
-name is one of the tools and the arguments match that tool's parameters.
+On an engine that constrains decoding (both of R3's), `tool_choice` is enforced by a grammar
+(`r3.structured_output`), and the answer starts as the model's own. Elsewhere (the trainer samples
+with plain transformers) "required" and a named tool are enforced by prefilling the answer with
+the opening of a call (`<tool_call>\\n{"name": "`), and the model continues from there.
+
+Parsing returns only calls of offered tools, with the arguments as the model wrote them when they
+are a JSON object (so a streamed call's argument pieces rejoin into exactly them); anything else
+stays content.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
 HERMES_TOOL_PROMPT = (
@@ -37,23 +40,28 @@ HERMES_TOOL_PROMPT = (
     '{{"name": <function-name>, "arguments": <args-dict>}}\n</tool_call>'
 )
 REQUIRED_TOOL_NOTE = "\nYou must call at least one of these functions."
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _CODE_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+# The opening of a call up to its arguments' first character, as the Hermes format and R3's grammar
+# write it: `[<tool_call>] {"name": "<name>", "arguments": {`. Group 1 is the name as a JSON string.
+CALL_HEADER = re.compile(r'(?:<tool_call>\s*)?\{\s*"name"\s*:\s*("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
+                         r'\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
 
 
 @dataclass(frozen=True)
 class ToolCall:
     name: str
     arguments: str  # a JSON object, as a string, as OpenAI sends it
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    id: str = ""  # set by `with_call_ids` once the completion's id is known
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
     text: str  # the rendered conversation, ending where the assistant starts to write
     assistant_prefix: str = ""  # forced opening of the answer; part of the answer's text
-    json_schema: dict[str, Any] | None = None  # what must follow the prefix (engines that constrain decoding)
 
     @property
     def engine_input(self) -> str:
@@ -64,6 +72,17 @@ class ChatPrompt:
 class ParsedOutput:
     content: str | None
     tool_calls: list[ToolCall]
+
+
+def call_id(completion_id: str, index: int) -> str:
+    """The id of a completion's `index`th tool call: known before the call is whole, so a stream
+    can send it with the call's name and the recorded episode holds the same one."""
+    return f"call_{completion_id.removeprefix('chatcmpl-')[:24]}_{index}"
+
+
+def with_call_ids(parsed: ParsedOutput, completion_id: str) -> ParsedOutput:
+    return replace(parsed, tool_calls=[replace(call, id=call_id(completion_id, i))
+                                       for i, call in enumerate(parsed.tool_calls)])
 
 
 def template_supports_tools(tokenizer: Any) -> bool:
@@ -84,12 +103,12 @@ def render_prompt(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     tool_choice: str | dict[str, Any] | None = None,
-    json_constrained: bool = False,
+    constrained_decoding: bool = False,
 ) -> ChatPrompt:
     """Render an OpenAI conversation (+ tools) into the model's prompt text.
 
-    `json_constrained`: the engine can hold decoding to a JSON schema, so a forced tool call is a
-    schema rather than a longer prefix."""
+    `constrained_decoding`: the engine holds the answer to `tool_choice` with a grammar, so no
+    forced call is prefilled."""
     if tool_choice == "none":
         tools = None
     native_tools = bool(tools) and template_supports_tools(tokenizer)
@@ -102,9 +121,7 @@ def render_prompt(
         add_generation_prompt=True,
         tokenize=False,
     )
-    if json_constrained and (schema := _forced_call_schema(tools, tool_choice)):
-        return ChatPrompt(text=text, assistant_prefix="<tool_call>\n", json_schema=schema)
-    return ChatPrompt(text=text, assistant_prefix=_forced_prefix(tools, tool_choice))
+    return ChatPrompt(text=text, assistant_prefix="" if constrained_decoding else _forced_prefix(tools, tool_choice))
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
@@ -115,26 +132,11 @@ def _forced_prefix(tools: list[dict[str, Any]] | None, tool_choice: str | dict[s
     if not tools:
         return ""
     if tool_choice == "required":
-        return '<tool_call>\n{"name": "'
+        return f'{CALL_OPEN}\n{{"name": "'
     if isinstance(tool_choice, dict):
         name = tool_choice["function"]["name"]
-        return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": '
+        return f'{CALL_OPEN}\n{{"name": {json.dumps(name)}, "arguments": '
     return ""
-
-
-def _forced_call_schema(tools: list[dict[str, Any]] | None,
-                        tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """A JSON schema for one call of the tool `tool_choice` forces (any tool, for "required")."""
-    if not tools or tool_choice not in ("required",) and not isinstance(tool_choice, dict):
-        return None
-    named = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
-    calls = [
-        {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-         "properties": {"name": {"const": function["name"]},
-                        "arguments": function.get("parameters") or {"type": "object"}}}
-        for function in map(_function, tools) if named in (None, function["name"])
-    ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 def _with_hermes_system_prompt(
@@ -184,55 +186,51 @@ def _arguments_object(arguments: str | dict[str, Any]) -> Any:
         return arguments  # shown to the model as it was sent
 
 
-def parse_tool_calls(text: str) -> ParsedOutput:
-    """Split model output into prose and tool calls.
+def parse_tool_calls(text: str, offered: Collection[str] | None = None) -> ParsedOutput:
+    """Split model output into prose and tool calls, reading it left to right.
 
-    Accepts `<tool_call>{...}</tool_call>` blocks (the closing tag may be cut off by max_tokens or a
-    stop string) and, failing those, bare JSON calls: `{"name": ..., "arguments": {...}}` or a list
-    of them, alone or within text. `parameters` is accepted for `arguments`. Anything that does not
-    parse as a call stays in the content, so a malformed call is never silently lost.
+    A call is `{"name": ..., "arguments": {...}}` (`parameters` for `arguments`, or the arguments as
+    a JSON string) naming one of `offered` (None: any name), found in a `<tool_call>` block (whose
+    closing tag may be cut off by max_tokens or a stop string) or, outside blocks, as bare JSON,
+    fenced or not; a block or a JSON list holds one or more. A call's arguments are always whole
+    JSON: everything else (a block that does not parse, a call cut short by `max_tokens`, JSON that
+    is no call, a call of a tool never offered) stays in the content, so nothing the model wrote is
+    lost. Content beside calls is the prose around them, joined by spaces.
     """
     calls: list[ToolCall] = []
     kept: list[str] = []
-    cursor = 0
-    for block in _TOOL_CALL_BLOCK.finditer(text):
-        found = _calls_from_json(_CODE_FENCE.sub("", block.group(1).strip()))
-        if found is None:
-            continue
-        kept.append(text[cursor:block.start()])
-        calls.extend(found)
-        cursor = block.end()
-    kept.append(text[cursor:])
-    if not calls:
-        return _parse_bare_json(text)
-    return ParsedOutput(content=_joined(kept), tool_calls=calls)
-
-
-def _parse_bare_json(text: str) -> ParsedOutput:
-    decoder = json.JSONDecoder()
-    calls: list[ToolCall] = []
-    kept: list[str] = []
     cursor = position = 0
-    while position < len(text):
-        if text[position] not in "{[":
-            position += 1
+    while (candidate := _CANDIDATE.search(text, position)) is not None:
+        start = candidate.start()
+        if candidate.group() == CALL_OPEN:
+            block = _TOOL_CALL_BLOCK.match(text, start)
+            found, end = _calls_from_json(_CODE_FENCE.sub("", block.group(1).strip()), offered), block.end()
+        else:
+            found, end = _bare_calls(text, start, offered)
+        if found is None:  # a failed block may still hold a bare call; JSON that is no call holds none
+            position = start + 1 if candidate.group() == CALL_OPEN else end
             continue
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
-            position += 1
-            continue
-        found = _calls_from_value(value)
-        if found is None:
-            position += 1
-            continue
-        kept.append(text[cursor:position])
+        kept.append(text[cursor:start])
         calls.extend(found)
         cursor = position = end
     kept.append(text[cursor:])
     if not calls:
-        return ParsedOutput(content=text, tool_calls=[])
+        return ParsedOutput(content=text.strip() or None, tool_calls=[])
     return ParsedOutput(content=_joined(kept), tool_calls=calls)
+
+
+_CANDIDATE = re.compile(r"<tool_call>|[{\[]")
+_CALL_KEYS = {"name", "arguments", "parameters", "type", "id"}
+_DECODER = json.JSONDecoder()
+
+
+def _bare_calls(text: str, start: int, offered: Collection[str] | None) -> tuple[list[ToolCall] | None, int]:
+    """The calls of the JSON value at `start` (None: it is no call), and where to read on."""
+    try:
+        value, end = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError:
+        return None, start + 1
+    return _calls_from_value(value, text[start:end], offered), end
 
 
 def _joined(pieces: list[str]) -> str | None:
@@ -240,23 +238,30 @@ def _joined(pieces: list[str]) -> str | None:
     return " ".join(piece for piece in kept if piece) or None
 
 
-def _calls_from_json(body: str) -> list[ToolCall] | None:
+def _calls_from_json(body: str, offered: Collection[str] | None) -> list[ToolCall] | None:
     try:
-        return _calls_from_value(json.loads(body))
+        return _calls_from_value(json.loads(body), body, offered)
     except json.JSONDecodeError:
         return None
 
 
-def _calls_from_value(value: Any) -> list[ToolCall] | None:
+def _calls_from_value(value: Any, written: str, offered: Collection[str] | None) -> list[ToolCall] | None:
+    """`value` (written as `written`) as calls, or None unless every item of it is a call of an offered tool."""
     items = value if isinstance(value, list) else [value]
-    calls = [_call_from_object(item) for item in items]
+    calls = [_call_from_object(item, offered) for item in items]
     if not calls or any(call is None for call in calls):
         return None
+    if not isinstance(value, list):
+        calls = [replace(calls[0], arguments=_as_written(written, calls[0].arguments))]
     return calls  # type: ignore[return-value]
 
 
-def _call_from_object(item: Any) -> ToolCall | None:
+def _call_from_object(item: Any, offered: Collection[str] | None) -> ToolCall | None:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+        return None
+    if not item.keys() <= _CALL_KEYS:  # e.g. {"name": "Alice", "age": 30}: data that has a name, not a call
+        return None
+    if offered is not None and item["name"] not in offered:
         return None
     arguments = item.get("arguments", item.get("parameters", {}))
     if isinstance(arguments, str):
@@ -267,3 +272,16 @@ def _call_from_object(item: Any) -> ToolCall | None:
     if not isinstance(arguments, dict):
         return None
     return ToolCall(name=item["name"], arguments=json.dumps(arguments))
+
+
+def _as_written(call: str, arguments: str) -> str:
+    """The arguments as the model wrote them in `call` (one call's JSON), when they were written as
+    the object they are; else `arguments` (re-serialized)."""
+    header = CALL_HEADER.match(call, len(call) - len(call.lstrip()))
+    if header is None:
+        return arguments
+    try:
+        value, end = _DECODER.raw_decode(call, header.end())
+    except json.JSONDecodeError:
+        return arguments
+    return call[header.end():end] if value == json.loads(arguments) else arguments

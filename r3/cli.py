@@ -108,18 +108,10 @@ def train(once: bool = typer.Option(False, "--once", help="Run one round now and
     # By module name, like the server: r3 is the shared kernel and must not import the trainer.
     worker_module = importlib.import_module("trainer.worker")
 
-    async def run() -> None:
-        worker = worker_module.TrainerWorker(get_settings())
-        try:
-            if once:
-                outcome = await worker.run_round(requested_by="cli")
-                console.print(outcome.report)
-            else:
-                await worker.run_forever()
-        finally:
-            await worker.close()
-
-    asyncio.run(run())
+    # Alone, or as one of the processes `accelerate launch` started (the main one leads, the others train with it).
+    outcome = worker_module.run_trainer(get_settings(), once=once)
+    if outcome is not None:
+        console.print(outcome.report)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt
+from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt, with_call_ids
 from r3.engines.base import (
     Engine,
     GenerationChunk,
@@ -35,6 +35,7 @@ from r3.reflection import (
     retry_conversation,
 )
 from r3.settings import Settings
+from r3.structured_output import structural_tag
 from verifiers import (
     Attempt,
     TaskContext,
@@ -63,10 +64,16 @@ class ChatTask:
     verifier: VerifierSpec | None = None
     max_retries: int = 1
     store_text: bool = True
+    parallel_tool_calls: bool = True
 
     @property
     def parses_tools(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """The names an answer's tool calls may have: those of the tools offered."""
+        return frozenset(tool.get("function", tool)["name"] for tool in self.tools or ())
 
     @property
     def task_kind(self) -> str:
@@ -154,16 +161,20 @@ class Reflector:
     reflection_max_tokens: int = 256
 
     def prompt(self, task: ChatTask, conversation: list[dict[str, Any]], forced_prefix: bool = True) -> ChatPrompt:
-        """The conversation rendered for the engine; with `forced_prefix`, the tool call `tool_choice`
-        forces is started (and, on an engine that can, held to the call's schema)."""
+        """The conversation rendered for the engine; with `forced_prefix`, the answer `tool_choice`
+        forces is started (unless the engine holds it to a grammar, `constrained`)."""
         return render_prompt(self.engine.tokenizer, conversation, task.tools,
                              task.tool_choice if forced_prefix else None,
-                             json_constrained=self.engine.supports_json_schema)
+                             constrained_decoding=self.engine.supports_json_schema)
 
-    @staticmethod
-    def constrained(params: SamplingParams, prompt: ChatPrompt) -> SamplingParams:
-        """`params`, holding the answer to the forced tool call's schema where there is one."""
-        return replace(params, json_schema=prompt.json_schema) if prompt.json_schema else params
+    def constrained(self, task: ChatTask, params: SamplingParams) -> SamplingParams:
+        """`params` for an attempt at `task`: on an engine that constrains decoding, tool calls are held
+        to the offered tools and their schemas, `tool_choice` is enforced, and `response_format`'s
+        schema joins them (`r3.structured_output`)."""
+        if not self.engine.supports_json_schema:
+            return params
+        tag = structural_tag(task.tools, task.tool_choice, task.parallel_tool_calls, params.json_schema)
+        return replace(params, structural_tag=tag) if tag is not None else params
 
     def turn(self, task: ChatTask, generation: Generation) -> Turn:
         """A finished generation as a turn; a reflection's tool calls are never parsed.
@@ -174,8 +185,9 @@ class Reflector:
                                   prompt_tokens=self.engine.count_tokens(generation.prompt.engine_input))
         text = generation.prompt.assistant_prefix + result.text
         parse_tools = task.parses_tools and not generation.reflecting
-        parsed = parse_tool_calls(text) if parse_tools else ParsedOutput(text, [])
-        return Turn(result, text, parsed, time.perf_counter() - generation.started, generation.completion_id)
+        parsed = parse_tool_calls(text, task.tool_names) if parse_tools else ParsedOutput(text, [])
+        return Turn(result, text, with_call_ids(parsed, generation.completion_id),
+                    time.perf_counter() - generation.started, generation.completion_id)
 
     async def generate(self, task: ChatTask, conversation: list[dict[str, Any]], params: SamplingParams,
                        reflecting: bool = False, run: Run | None = None) -> Turn:
@@ -187,8 +199,8 @@ class Reflector:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
         # The engine shortens max_tokens to what the context leaves, and raises when nothing is left.
-        async for _ in generation.follow(self.engine.stream(prompt.engine_input, self.constrained(params, prompt),
-                                                            task.adapter)):
+        params = params if reflecting else self.constrained(task, params)
+        async for _ in generation.follow(self.engine.stream(prompt.engine_input, params, task.adapter)):
             pass
         return self.turn(task, generation)
 

@@ -29,9 +29,13 @@ class Settings(BaseSettings):
         None, description="The id clients use for the base model; defaults to the model's folder name."
     )
     engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="transformers: embedded, CPU. vllm: production (pip install '.[vllm]').")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights' dtype; float32 is the fast one on CPUs without AVX512-BF16."
+        "transformers", description="transformers: embedded, CPU or one GPU. vllm: production (pip install '.[vllm]').")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the transformers engine, the gate and the trainer run; auto: CUDA when torch "
+        "sees a GPU, else the CPU. (vLLM runs where its build runs.)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype; auto: bfloat16 on CUDA, float32 on the CPU (the fast one there "
+        "without AVX512-BF16)."
     )
     max_batch_size: int = Field(8, ge=1, description="Most sequences decoded together in one step.")
     max_model_len: int | None = Field(
@@ -43,6 +47,12 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = Field(True, description="vllm: reuse the KV cache of shared prompt prefixes (retries).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
     cpu_kv_cache_gb: int = Field(2, ge=1, description="vllm on a CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each layer is split across.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vllm: stages the layers are split into, one per GPU "
+                                        "group (across nodes with ray).")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="vllm: how it runs its workers past one GPU; mp: processes on this node (vLLM's default), "
+        "ray: a Ray cluster, for more than one node.")
     lora_modules: dict[str, Path] = Field(
         default_factory=dict, description='LoRA adapters to load at start, as JSON: {"name": "/path"}.'
     )
@@ -75,6 +85,15 @@ class Settings(BaseSettings):
     train_learning_rate: float = Field(5e-5, gt=0)
     train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round.")
     train_claim_idle_s: float = Field(60.0, gt=0, description="Stream entries a dead worker left this long are taken over.")
+    train_use_vllm: bool = Field(False, description="Sample the trainer's reflections and retries with vLLM "
+                                 "through TRL (GPUs; needs the vllm extra).")
+    train_vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside each training process; server: a `trl vllm-serve` process.")
+    train_vllm_server_url: str | None = Field(
+        None, description="server mode: the `trl vllm-serve` URL, e.g. http://trl-vllm:8000 (TRL's default: "
+        "http://0.0.0.0:8000).")
+    train_vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="colocate mode: vLLM's share of each training GPU's memory.")
     gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
     gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate.")

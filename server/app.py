@@ -24,7 +24,8 @@ from server.auth import Authenticator, tenant
 from server.auto_rollback import AutoRollback
 from server.errors import BodySizeLimit, install_error_handlers
 from server.metrics import Metrics
-from server.routes import admin, chat, episodes, feedback, health, models
+from server.request_id import RequestId
+from server.routes import admin, chat, completions, episodes, feedback, health, models
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestId)  # outermost: every response, errors and 413s included, carries x-request-id
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(admin.router)
@@ -86,4 +88,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     dashboard.install(app)  # /dashboard: its login session and CSRF checks are its own
     for module in (models, chat, feedback):
         app.include_router(module.router, dependencies=[Depends(tenant)])
+    app.include_router(completions.router, dependencies=[Depends(tenant)])  # the legacy POST /v1/completions
     return app

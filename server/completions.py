@@ -1,19 +1,28 @@
 """Turning generations into OpenAI responses: a ChatCompletion, or its SSE chunk stream; and
-running a request's generation only while its client waits for it."""
+running a request's generation only while its client waits for it.
+
+A streamed answer sends its content as it is generated and, when tools are offered, its tool calls
+as vLLM does: a call's id and name as soon as its opening is recognised, then its arguments in
+pieces (`r3.tool_call_stream`). Every chunk carries `finish_reason` and `logprobs`, null until they
+have a value; with `n` > 1 the choices' chunks interleave, each with its `index`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.types import Receive
 
+from r3.chat_format import call_id
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import Turn
+from r3.tool_call_stream import ArgumentsPiece, CallStart, ContentPiece, Event, ToolCallStream
 from server.errors import APIError, ClientGone
 from server.protocol import (
     AttemptReport,
@@ -26,6 +35,7 @@ from server.protocol import (
     ErrorDetail,
     ErrorResponse,
     FunctionCall,
+    FunctionCallDelta,
     R3Info,
     ResponseMessage,
     TokenLogprobOut,
@@ -43,6 +53,8 @@ T = TypeVar("T")
 # Called when a stream's last token is out: the answer as a turn, and the r3 account and usage to
 # send with the final chunk.
 Conclusion = Callable[[], Awaitable[tuple[Turn, R3Info, Usage]]]
+# One choice of a response: its episode and the turns that made it (the last is the answer).
+Answer = tuple[Episode, list[Turn]]
 
 
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -70,6 +82,18 @@ async def _hangup(receive: Receive) -> None:
         pass
 
 
+async def all_of(works: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """The results of `works`, run concurrently. If one raises, the others are cancelled (and have
+    finished cancelling) before its exception is raised; so they are if this is cancelled."""
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def r3_info(episode: Episode) -> R3Info:
     return R3Info(
         episode_id=episode.id,
@@ -88,15 +112,20 @@ def usage_of(turns: list[Turn]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def logprobs_out(tokens: list[TokenLogprob]) -> ChoiceLogprobs:
-    def encoded(text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+def logprobs_out(tokens: list[TokenLogprob], vocabulary: Sequence[bytes] = ()) -> ChoiceLogprobs:
+    """OpenAI's logprobs of `tokens`. A token's `bytes` are its own, from `vocabulary` (the bytes of
+    each token id, `r3.engines.token_bytes`), so the bytes of the pieces of a character rejoin into
+    it; an alternative, known only by its text, has its text's UTF-8 (its own bytes when it is the
+    token chosen)."""
+    def own(token: TokenLogprob) -> list[int]:
+        return list(vocabulary[token.token_id] if token.token_id < len(vocabulary) else token.token.encode())
 
-    return ChoiceLogprobs(content=[
-        TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=encoded(t.token),
-                        top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=encoded(s)) for s, lp in t.top])
-        for t in tokens
-    ])
+    def alternatives(token: TokenLogprob) -> list[TopLogprob]:
+        return [TopLogprob(token=text, logprob=logprob, bytes=own(token) if text == token.token else list(text.encode()))
+                for text, logprob in token.top]
+
+    return ChoiceLogprobs(content=[TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=own(t),
+                                                   top_logprobs=alternatives(t)) for t in tokens])
 
 
 def _finish_reason(turn: Turn) -> str:
@@ -117,23 +146,25 @@ def completion_of_attempt(episode: Episode, attempt: AttemptRecord) -> ChatCompl
     )
 
 
-def chat_completion(model: str, episode: Episode, turns: list[Turn], logprobs: bool) -> ChatCompletion:
-    """The response to a request: its last attempt, with the cost and verdicts of all of them."""
-    final = turns[-1]
-    tool_calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
-                  for c in final.parsed.tool_calls] or None
-    return ChatCompletion(
-        id=final.completion_id,
-        created=now(),
-        model=model,
-        choices=[Choice(
-            message=ResponseMessage(content=final.parsed.content, tool_calls=tool_calls),
-            finish_reason=_finish_reason(final),
-            logprobs=logprobs_out(final.result.tokens) if logprobs else None,
-        )],
-        usage=usage_of(turns),
-        r3=r3_info(episode),
-    )
+def chat_completion(model: str, episode: Episode, turns: list[Turn], logprobs: bool,
+                    vocabulary: Sequence[bytes] = (), more: Sequence[Answer] = ()) -> ChatCompletion:
+    """The response to a request: its last attempt, with the cost and verdicts of all of them; with
+    `more` (the other choices of `n`), one choice each, each with its own `r3`."""
+    answers = [(episode, turns), *more]
+
+    def choice(index: int, answer: Answer) -> Choice:
+        final = answer[1][-1]
+        tool_calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                      for c in final.parsed.tool_calls] or None
+        return Choice(index=index, message=ResponseMessage(content=final.parsed.content, tool_calls=tool_calls),
+                      finish_reason=_finish_reason(final),
+                      logprobs=logprobs_out(final.result.tokens, vocabulary) if logprobs else None,
+                      r3=r3_info(answer[0]) if more else None)
+
+    return ChatCompletion(id=turns[-1].completion_id, created=now(), model=model,
+                          choices=[choice(index, answer) for index, answer in enumerate(answers)],
+                          usage=usage_of([turn for _, answer_turns in answers for turn in answer_turns]),
+                          r3=r3_info(episode))
 
 
 async def sse_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -156,38 +187,100 @@ def _error_event(error: Exception) -> str:
     return f"data: {ErrorResponse(error=ErrorDetail(message=message, type='server_error')).model_dump_json()}\n\n"
 
 
-async def answer_events(
-    model: str,
-    completion_id: str,
-    pieces: AsyncIterator[GenerationChunk],
-    conclude: Conclusion,
-    *,
-    parses_tools: bool,
-    logprobs: bool,
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    """SSE chunks of one answer. With tools, the answer is held until it ends: a call is known only when whole."""
-    created = now()
+@dataclass(frozen=True)
+class Wire:
+    """What every chunk of one streamed response shares."""
 
-    def event(delta: Delta, finish: str | None = None, lp: ChoiceLogprobs | None = None, **extra) -> str:
-        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=lp)], **extra)
-        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    model: str
+    completion_id: str
+    created: int
+    logprobs: bool
+    include_usage: bool
+    vocabulary: Sequence[bytes] = ()  # the bytes of each token id, for logprobs
 
-    yield event(Delta(role="assistant", content=""))
+    def event(self, choices: list[ChunkChoice], usage: Usage | None = None, r3: R3Info | None = None) -> str:
+        chunk = ChatCompletionChunk(id=self.completion_id, created=self.created, model=self.model, choices=choices,
+                                    usage=usage, r3=r3)
+        return chunk.sse(self.include_usage)
+
+
+async def response_events(wire: Wire, choices: list[AsyncIterator[str]], usage: Callable[[], Usage]) -> AsyncIterator[str]:
+    """The chunks of every choice (`choice_events`), interleaved as they come; then, with
+    `include_usage`, the usage chunk (`usage()`: the whole request's, once every choice is done)."""
+    async for event in interleaved(choices):
+        yield event
+    if wire.include_usage:
+        yield wire.event([], usage=usage())
+
+
+async def choice_events(wire: Wire, index: int, completion_id: str, pieces: AsyncIterator[GenerationChunk],
+                        conclude: Conclusion, offered_tools: frozenset[str] | None, prefix: str = "",
+                        info_in_choice: bool = False) -> AsyncIterator[str]:
+    """SSE chunks of choice `index` (whose answer has `completion_id`, which names its tool calls): its
+    role; its content and tool calls (of `offered_tools`; None: tools are not parsed) as they are
+    generated after `prefix`, each chunk with the logprobs of the tokens since the last one; its
+    finish, with the r3 account (in the choice with `info_in_choice`, for n > 1)."""
+    unsent: list[TokenLogprob] = []
+
+    def chunk(delta: Delta, finish: str | None = None, info: R3Info | None = None) -> str:
+        lp = logprobs_out(unsent, wire.vocabulary) if wire.logprobs and unsent else None
+        unsent.clear()
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=lp,
+                             r3=info if info_in_choice else None)
+        return wire.event([choice], r3=None if info_in_choice else info)
+
+    yield chunk(Delta(role="assistant", content=""))
+    calls = ToolCallStream(offered_tools) if offered_tools is not None else None
+    for event in calls.feed(prefix) if calls else []:
+        yield chunk(_delta(event, completion_id))
     async for piece in pieces:
-        if not parses_tools and (piece.text or piece.tokens):
-            yield event(Delta(content=piece.text), lp=logprobs_out(piece.tokens) if logprobs else None)
-    turn, info, usage = await conclude()
-    if parses_tools:
-        if turn.parsed.content:
-            yield event(Delta(content=turn.parsed.content), lp=logprobs_out(turn.result.tokens) if logprobs else None)
-        if turn.parsed.tool_calls:
-            yield event(Delta(tool_calls=[
-                ToolCallDelta(index=i, id=c.id, type="function", function=FunctionCall(name=c.name, arguments=c.arguments))
-                for i, c in enumerate(turn.parsed.tool_calls)
-            ]))
-    yield event(Delta(), finish=_finish_reason(turn), r3=info)
-    if include_usage:
-        chunk = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[], usage=usage)
-        yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+        unsent += piece.tokens
+        events = calls.feed(piece.text) if calls else [ContentPiece(piece.text)] if piece.text or piece.tokens else []
+        for event in events:
+            yield chunk(_delta(event, completion_id))
+    turn, info, _ = await conclude()
+    if calls:
+        for event in calls.finish(turn.parsed):
+            yield chunk(_delta(event, completion_id))
+    yield chunk(Delta(), finish=_finish_reason(turn), info=info)
+
+
+def _delta(event: Event, completion_id: str) -> Delta:
+    if isinstance(event, ContentPiece):
+        return Delta(content=event.text)
+    if isinstance(event, CallStart):
+        return Delta(tool_calls=[ToolCallDelta(index=event.index, id=call_id(completion_id, event.index),
+                                               type="function",
+                                               function=FunctionCallDelta(name=event.name, arguments=""))])
+    assert isinstance(event, ArgumentsPiece)
+    return Delta(tool_calls=[ToolCallDelta(index=event.index, function=FunctionCallDelta(arguments=event.text))])
+
+
+async def interleaved(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """The events of every one of `streams` as they come. The first failure ends it (raised here,
+    the other streams closed); so does closing it."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield event
+        return
+    queue: asyncio.Queue[tuple[str | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[str]) -> None:
+        try:
+            async for event in stream:
+                await queue.put((event, None))
+            await queue.put((None, None))
+        except Exception as error:  # noqa: BLE001 - handed to the reader, which raises it
+            await queue.put((None, error))
+
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        for _ in streams:
+            while (item := await queue.get())[0] is not None:
+                yield item[0]
+            if item[1] is not None:
+                raise item[1]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,10 +1,15 @@
 """OpenAI wire schemas: what crosses the HTTP boundary, and nothing else.
 
-Requests are strict (`extra="forbid"`): a misspelled parameter is a 400 that names it, not a
-silently ignored setting. Booleans must be JSON booleans (`"yes"` or `1` is no `true`). Parameters
-OpenAI defines but R3 does not implement are accepted only at their neutral values. A free-form JSON
-value (a tool's `parameters`, a `response_format` schema, a `verifier`) may nest at most
+Every field of OpenAI's chat completion request is accepted (the fields are those of the `openai`
+SDK's `CompletionCreateParams`); those R3 cannot honour (`metadata`, `service_tier`,
+`reasoning_effort`, ...) are accepted and have no effect. An explicit `null` is the field's default,
+as OpenAI types them "... or null" and client wrappers send nulls. A field outside OpenAI's request
+and R3's extensions is a 400 that names it (`extra="forbid"`), so a misspelled parameter is never a
+silently ignored setting. Booleans must be JSON booleans (`"yes"` or `1` is no `true`). A free-form
+JSON value (a tool's `parameters`, a `response_format` schema, a `verifier`) may nest at most
 `verifiers.MAX_JSON_DEPTH` arrays and objects, and a schema must be a valid JSON Schema.
+Responses follow OpenAI's: a stream chunk always carries `finish_reason` and `logprobs` (null until
+they have a value), and with `include_usage` every chunk carries `usage` (null but in the last).
 """
 
 from __future__ import annotations
@@ -12,7 +17,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from verifiers import depth_problem, schema_problem
 
@@ -79,12 +93,14 @@ class AssistantMessage(_Strict):
     role: Literal["assistant"]
     content: Content | None = None
     tool_calls: list[ToolCallIn] | None = None
+    function_call: FunctionCall | None = None  # deprecated by OpenAI; read as a tool call
     name: str | None = None
     refusal: str | None = None
+    audio: JsonObject | None = None  # a reference to OpenAI's stored audio; no effect
 
     @model_validator(mode="after")
     def _says_something(self) -> AssistantMessage:
-        if self.content is None and not self.tool_calls:
+        if self.content is None and not self.tool_calls and self.function_call is None:
             raise ValueError("an assistant message needs content or tool_calls")
         return self
 
@@ -93,9 +109,19 @@ class ToolMessage(_Strict):
     role: Literal["tool"]
     content: Content
     tool_call_id: str
+    name: str | None = None  # not in OpenAI's type, but clients send it (instructor's retries do); no effect
 
 
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+class FunctionMessage(_Strict):
+    """A function's result, in the form OpenAI deprecated for `tool` messages; read as one."""
+
+    role: Literal["function"]
+    name: str
+    content: Content | None
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+                    Field(discriminator="role")]
 
 
 class FunctionDefinition(_Strict):
@@ -117,6 +143,18 @@ class NamedFunction(_Strict):
 class NamedToolChoice(_Strict):
     type: Literal["function"]
     function: NamedFunction
+
+
+class AllowedTools(_Strict):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(_Strict):
+    """Only these of the tools may be called: R3 offers the model only them."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
 
 
 class JsonSchemaFormat(_Strict):
@@ -145,12 +183,40 @@ class ReflectOptions(_Strict):
     max_retries: int = Field(1, ge=0, le=3, description="Reflect-and-retry rounds after a failed attempt; 0 only judges.")
 
 
+MAX_CHOICES = 8  # `n`: each choice is a generation (and an episode) of its own
+MAX_LEGACY_CHOICES = 256  # prompts × n of one legacy completion request (an evaluation tool's batch)
+
+
+def _default_for_null(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """An explicit null is the field's default: OpenAI types these "... or null", and clients send nulls."""
+    if value is None:
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+    return value
+
+
+def _token_ids_and_biases(cls: type[BaseModel], bias: dict[str, float] | None) -> dict[str, float] | None:
+    for token, value in (bias or {}).items():
+        if not token.isdigit():
+            raise ValueError(f"{token!r} is not a token id")
+        if not -100 <= value <= 100:
+            raise ValueError(f"the bias of token {token} is {value}; biases are from -100 to 100")
+    return bias
+
+
+def _at_most_four_stops(cls: type[BaseModel], stop: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(stop, list) and len(stop) > 4:
+        raise ValueError("at most 4 stop sequences")
+    if stop == "" or (isinstance(stop, list) and "" in stop):
+        raise ValueError("stop sequences must not be empty")
+    return stop
+
+
 class ChatCompletionRequest(_Strict):
     model: str
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: StrictBool | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice | None = None
+    parallel_tool_calls: StrictBool = Field(True, description="false: at most one tool call per answer.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
@@ -159,26 +225,42 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer (as vLLM's).")
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (a string) -> bias added to its "
+                                                                 "logit, -100 to 100.")
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    n: Literal[1] = 1
-    presence_penalty: Literal[0] = 0
-    frequency_penalty: Literal[0] = 0
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
+    # Accepted, no effect: what they ask for is OpenAI's own service (or output R3 cannot make).
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: JsonObject | None = None
+    prediction: JsonObject | None = None
+    web_search_options: JsonObject | None = None
+    moderation: JsonObject | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: JsonObject | None = None
+    safety_identifier: str | None = None
+    # Deprecated by OpenAI for `tools` and `tool_choice`, and read as them (the answer has `tool_calls`):
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
     # R3's extensions (the OpenAI SDKs send them through `extra_body`):
     verifier: JsonObject | None = Field(None, description="How to judge an answer; see the verifiers package.")
     reflect: ReflectOptions = Field(default_factory=ReflectOptions)
     store: StrictBool = Field(True, description="false: keep no prompt or completion text, only metrics.")
 
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if stop == "" or (isinstance(stop, list) and "" in stop):
-            raise ValueError("stop sequences must not be empty")
-        return stop
+    _null_is_the_default = field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty",
+                                           "logprobs", "stream", "store", "parallel_tool_calls", "reflect",
+                                           mode="before")(_default_for_null)
+    _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
+    _stops_checked = field_validator("stop")(_at_most_four_stops)
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -186,6 +268,63 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("top_logprobs requires logprobs: true")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options requires stream: true")
+        if self.functions and (self.tools or self.tool_choice is not None):
+            raise ValueError("send tools and tool_choice, or the deprecated functions and function_call, not both")
+        if self.function_call is not None and not self.functions:
+            raise ValueError("function_call needs functions")
+        return self
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionRequest(_Strict):
+    """The legacy `POST /v1/completions` (OpenAI's `CompletionCreateParams`): a prompt in, its
+    continuation out, as evaluation tools (lm-evaluation-harness) use it to score a model."""
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, texts, or token ids (decoded to text, then tokenized as any prompt).")
+    max_tokens: int = Field(16, ge=0, description="0 (with echo): only score the prompt.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="Only n itself: R3 keeps every choice it makes.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives reported per token.")
+    echo: StrictBool = Field(False, description="The prompt comes back before the completion (with its logprobs).")
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = Field(None, description="Not supported (the model has no fill-in-the-middle): only null.")
+    user: str | None = None
+
+    _null_is_the_default = field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty",
+                                           "echo", "stream", "max_tokens", mode="before")(_default_for_null)
+    _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
+    _stops_checked = field_validator("stop")(_at_most_four_stops)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.suffix is not None:
+            raise ValueError("suffix is not supported: this model has no fill-in-the-middle")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of must equal n: R3 returns every choice it makes")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 scores the prompt, which needs echo: true")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options requires stream: true")
+        if self.prompt in ("", []) or (isinstance(self.prompt, list) and any(p in ("", []) for p in self.prompt)):
+            raise ValueError("prompts must not be empty")
+        prompts = len(self.prompt) if isinstance(self.prompt, list) and not isinstance(self.prompt[0], int) else 1
+        if prompts * self.n > MAX_LEGACY_CHOICES:
+            raise ValueError(f"at most {MAX_LEGACY_CHOICES} choices (prompts × n) in one request")
         return self
 
     @property
@@ -202,6 +341,15 @@ def now() -> int:
     return int(time.time())
 
 
+def _absent_when_none(value: Any) -> bool:
+    return value is None
+
+
+def omitted() -> Any:
+    """A field OpenAI leaves out while it has no value (a delta's unchanged parts, R3's extensions)."""
+    return Field(None, exclude_if=_absent_when_none)
+
+
 class ToolCallOut(BaseModel):
     id: str
     type: Literal["function"] = "function"
@@ -211,7 +359,7 @@ class ToolCallOut(BaseModel):
 class TopLogprob(BaseModel):
     token: str
     logprob: float
-    bytes: list[int]
+    bytes: list[int]  # the token's own bytes: those of a piece of a character rejoin into it with the next
 
 
 class TokenLogprobOut(TopLogprob):
@@ -225,6 +373,7 @@ class ChoiceLogprobs(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    refusal: str | None = None  # never set: R3 has no refusal channel
     tool_calls: list[ToolCallOut] | None = None
 
 
@@ -233,6 +382,7 @@ class Choice(BaseModel):
     message: ResponseMessage
     finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChoiceLogprobs | None = None
+    r3: R3Info | None = omitted()  # with n > 1: this choice's own episode (the response's `r3` is choice 0's)
 
 
 class Usage(BaseModel):
@@ -268,34 +418,77 @@ class ChatCompletion(BaseModel):
     r3: R3Info | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = omitted()  # in the call's first delta only
+    arguments: str
+
+
 class ToolCallDelta(BaseModel):
+    """A piece of a streamed tool call: the first has its id, type and name (and arguments ""), the
+    others the next piece of its arguments."""
+
     index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: FunctionCall
+    id: str | None = omitted()
+    type: Literal["function"] | None = omitted()
+    function: FunctionCallDelta
 
 
 class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
+    role: Literal["assistant"] | None = omitted()
+    content: str | None = omitted()
+    tool_calls: list[ToolCallDelta] | None = omitted()
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None  # null until the choice's last chunk
     logprobs: ChoiceLogprobs | None = None
+    r3: R3Info | None = omitted()  # in the choice's last chunk
 
 
-class ChatCompletionChunk(BaseModel):
+class _Streamed(BaseModel):
+    usage: Usage | None = None  # sent only with include_usage: null but in the last chunk
+
+    def sse(self, include_usage: bool) -> str:
+        """The chunk as a server-sent event; `usage` is in every chunk with `include_usage`, else in none."""
+        return f"data: {self.model_dump_json(exclude=None if include_usage else {'usage'})}\n\n"
+
+
+class ChatCompletionChunk(_Streamed):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
-    r3: R3Info | None = None
+    r3: R3Info | None = omitted()  # in the last chunk (choice 0's, with n > 1)
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy logprobs: per token, its text, logprob (null for a prompt's first token), the most
+    likely alternatives, and where it starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(_Streamed):
+    """A legacy completion, whole or (streamed) one chunk of it."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
 
 
 class FeedbackRequest(_Strict):

@@ -16,7 +16,7 @@ from r3.engines.base import EngineError, GenerationChunk
 from r3.episodes import ABANDONED, AttemptRecord, Episode
 from r3.settings import Settings
 from server.app import create_app
-from server.completions import answer_events, sse_stream
+from server.completions import Wire, choice_events, response_events, sse_stream
 from trainer.data import failures_from_episodes
 from verifiers import MAX_JSON_DEPTH
 
@@ -152,8 +152,8 @@ async def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() ->
         raise AssertionError("never reached: the stream failed first")
 
     for source, message in ((pieces(), "internal server error"), (engine_pieces(), "out of memory")):
-        events = answer_events(MODEL, "chatcmpl-x", source, conclude, parses_tools=False, logprobs=False,
-                               include_usage=False)
+        wire = Wire(MODEL, "chatcmpl-x", 0, logprobs=False, include_usage=False)
+        events = response_events(wire, [choice_events(wire, 0, "chatcmpl-x", source, conclude, None)], lambda: None)
         sent = [e async for e in sse_stream(events)]
         assert sent[-1] == "data: [DONE]\n\n"
         error = json.loads(sent[-2].removeprefix("data: "))["error"]
@@ -172,8 +172,9 @@ async def test_a_stream_that_fails_before_or_after_its_tokens_ends_with_an_error
         raise KeyError("no such adapter")
         yield  # an async generator that fails before its first event
 
-    late = answer_events(MODEL, "chatcmpl-x", pieces(), conclude, parses_tools=True, logprobs=False,
-                         include_usage=True)
+    wire = Wire(MODEL, "chatcmpl-x", 0, logprobs=False, include_usage=True)
+    late = response_events(wire, [choice_events(wire, 0, "chatcmpl-x", pieces(), conclude, frozenset())],
+                           lambda: None)
     for events in (late, failing_setup()):
         sent = [e async for e in sse_stream(events)]
         assert sent[-1] == "data: [DONE]\n\n" and '"server_error"' in sent[-2]

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from r3.chat_format import parse_tool_calls, render_prompt
+from r3.chat_format import call_id, parse_tool_calls, render_prompt, with_call_ids
 
 WEATHER = {
     "type": "function",
@@ -51,9 +51,11 @@ def calls(text: str) -> list[tuple[str, dict]]:
     ],
 )
 def test_parses_valid_calls(output: str, expected_calls: list, expected_content: str | None) -> None:
-    parsed = parse_tool_calls(output)
+    parsed = with_call_ids(parse_tool_calls(output), "chatcmpl-0123456789abcdef")
     assert calls(output) == expected_calls
     assert parsed.content == expected_content
+    assert [c.id for c in parsed.tool_calls] == [call_id("chatcmpl-0123456789abcdef", i)
+                                                 for i in range(len(expected_calls))]
     assert all(c.id.startswith("call_") for c in parsed.tool_calls)
     assert len({c.id for c in parsed.tool_calls}) == len(parsed.tool_calls)
 
@@ -140,3 +142,34 @@ def test_earlier_tool_calls_and_results_are_rendered_the_way_the_model_writes_th
     assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in text
     assert "<|im_start|>tool\n<tool_response>\n18C, sunny\n</tool_response><|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
+
+
+# ------------------------------------------------------------------ issue 16: only offered tools, as written
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        '{"name": "Alice", "age": 30}',  # JSON with a name, echoed as asked: data, not a call to "Alice"
+        '{"name": "Alice", "arguments": {"age": 30}}',  # shaped like a call, of a tool never offered
+        '<tool_call>\n{"name": "send_email", "arguments": {"to": "x"}}\n</tool_call>',
+        '[{"name": "get_weather", "arguments": {}}, {"name": "delete_everything", "arguments": {}}]',
+    ],
+)
+def test_only_calls_of_offered_tools_are_calls(output: str) -> None:
+    parsed = parse_tool_calls(output, {"get_weather"})
+    assert parsed.tool_calls == [] and parsed.content == output
+
+
+def test_a_call_of_an_offered_tool_keeps_its_arguments_as_written() -> None:
+    written = '{"city":"Paris",  "units": "metric"}'
+    parsed = parse_tool_calls(f'<tool_call>\n{{"name": "get_weather", "arguments": {written}}}\n</tool_call>',
+                              {"get_weather"})
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("get_weather", written)]
+
+
+def test_an_engine_that_constrains_decoding_gets_no_prefill(tokenizer) -> None:
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        prompt = render_prompt(tokenizer, messages, [WEATHER], choice, constrained_decoding=True)
+        assert prompt.assistant_prefix == "" and prompt.engine_input == prompt.text

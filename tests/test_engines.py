@@ -10,11 +10,13 @@ import asyncio
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from support import make_lora, make_model, truncated_copy
 
-from r3.chat_format import render_prompt
+from r3.chat_format import parse_tool_calls, render_prompt
 from r3.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams, UnknownAdapterError
+from r3.structured_output import structural_tag
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
@@ -227,13 +229,69 @@ CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength":
         "additionalProperties": False}
 
 
-async def test_a_json_schema_constrains_the_output_where_the_engine_supports_it(engine) -> None:
+async def test_a_json_schema_constrains_the_output(engine) -> None:
     p = prompt(engine, "What is the capital of France? Answer in JSON.")
-    params = SamplingParams(max_tokens=40, temperature=0.0, json_schema=CITY)
-    if not engine.supports_json_schema:
-        with pytest.raises(EngineError, match="JSON schema"):
-            await engine.generate(p, params)
-        return
-    result = await engine.generate(p, params)
+    result = await engine.generate(p, SamplingParams(max_tokens=40, temperature=0.0, json_schema=CITY))
     assert result.finish_reason == "stop"
     assert set(json.loads(result.text)) == {"city"}
+
+
+# ------------------------------------------------------------------ issue 16: both engines constrain decoding
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
+    "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
+    "required": ["timezone"], "additionalProperties": False}}}
+
+
+def tool_prompt(engine: Engine, tool_choice) -> str:
+    return render_prompt(engine.tokenizer, [{"role": "user", "content": "What is the weather in Paris?"}],
+                         [WEATHER, TIME], tool_choice, constrained_decoding=True).engine_input
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+async def test_a_forced_tool_call_names_an_offered_tool_and_ends_the_answer(engine, tool_choice) -> None:
+    tag = structural_tag([WEATHER, TIME], tool_choice, False, None)
+    result = await engine.generate(tool_prompt(engine, tool_choice),
+                                   SamplingParams(max_tokens=60, temperature=0.0, structural_tag=tag))
+    assert result.finish_reason == "stop"  # the call ended the answer, long before max_tokens
+    [call] = parse_tool_calls(result.text, {"get_weather", "get_time"}).tool_calls
+    assert call.name in ({"get_time"} if isinstance(tool_choice, dict) else {"get_weather", "get_time"})
+    tool = WEATHER if call.name == "get_weather" else TIME
+    jsonschema.validate(json.loads(call.arguments), tool["function"]["parameters"])
+
+
+async def test_a_constrained_row_leaves_its_batch_mates_as_they_are_alone(engine) -> None:
+    free = prompt(engine, "Name three colours.")
+    alone = await engine.generate(free, GREEDY)
+    tag = structural_tag([WEATHER, TIME], "required", False, None)
+    together, held = await asyncio.gather(
+        engine.generate(free, GREEDY),
+        engine.generate(tool_prompt(engine, "required"), SamplingParams(max_tokens=40, temperature=0, structural_tag=tag)))
+    assert_same_generation(together, alone)
+    assert parse_tool_calls(held.text, {"get_weather", "get_time"}).tool_calls
+
+
+async def test_logit_bias_steers_the_choice_and_logprobs_stay_the_models(engine) -> None:
+    p = prompt(engine, "Write the word cat ten times.")
+    plain = await engine.generate(p, SamplingParams(max_tokens=1, temperature=0, top_logprobs=2))
+    runner_up, runner_up_logprob = plain.tokens[0].top[1]
+    [runner_up_id] = engine.tokenizer.convert_tokens_to_ids(engine.tokenizer.tokenize(runner_up))
+    biased = await engine.generate(p, SamplingParams(max_tokens=1, temperature=0,
+                                                     logit_bias=((runner_up_id, 100.0),)))
+    assert biased.token_ids == [runner_up_id]
+    assert biased.tokens[0].logprob == pytest.approx(runner_up_logprob, abs=1e-4)  # before the bias, as vLLM's
+
+
+async def test_penalties_discourage_repeating_tokens(engine) -> None:
+    p = prompt(engine, "Write the word cat ten times.")
+
+    def most_repeats(result) -> int:
+        return max(result.token_ids.count(token) for token in result.token_ids)
+
+    plain = await engine.generate(p, SamplingParams(max_tokens=20, temperature=0))
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        penalised = await engine.generate(p, SamplingParams(max_tokens=20, temperature=0, **penalty))
+        assert most_repeats(penalised) < most_repeats(plain), penalty

@@ -45,7 +45,8 @@ async def chat(client: httpx.AsyncClient, **body) -> dict:
 async def test_a_required_tool_call_is_decoded_to_the_tools_schema(client) -> None:
     for tool_choice, names in (("required", {"get_weather", "get_time"}),
                                ({"type": "function", "function": {"name": "get_time"}}, {"get_time"})):
-        body = await chat(client, tools=[WEATHER, TIME], tool_choice=tool_choice, temperature=0)
+        body = await chat(client, tools=[WEATHER, TIME], tool_choice=tool_choice, temperature=0,
+                          parallel_tool_calls=False)
         choice = body["choices"][0]
         assert choice["finish_reason"] == "tool_calls", choice
         [call] = choice["message"]["tool_calls"]

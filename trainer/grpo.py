@@ -46,20 +46,31 @@ current step, whichever engine runs it. (The vLLM path is not exercised by the C
 The round starts from the active adapter: its LoRA config and weights are loaded into the adapter
 being trained, and the KL reference is the base model (TRL disables the adapter to score it), so
 KL keeps every round close to the base, not only to the previous round.
+
+Device and processes: the model is loaded on `GRPOSettings.device` in `dtype` (`R3_DEVICE` and
+`R3_DTYPE`, resolved by `r3.engines.device.placement`: bfloat16 weights with bfloat16 autocast on
+CUDA, float32 on the CPU). Under `accelerate launch` the round runs in every process (DDP, or
+DeepSpeed through an accelerate config), each process on its share of the failures, whole GRPO
+groups each: `prompts_per_step` is per process. Every process must call `train_round` with the
+same failures (`trainer.distributed` sends them); the statistics and the skip of a step without
+signal are decided over all processes, and only the main process writes the adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, load_peft_weights, set_peft_model_state_dict
 from transformers import (
@@ -73,6 +84,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from r3.chat_format import ParsedOutput, parse_tool_calls, render_prompt
+from r3.engines.device import Placement, placement
 from r3.reflection import FailedAttempt, reflection_conversation, retry_conversation
 from trainer.data import Failure, recorded_params
 from verifiers import (
@@ -105,7 +117,7 @@ class GRPOSettings:
     # G: reflections per failure. GRPO's baseline is the group mean; 4 is the fewest that often
     # holds both a success and a failure when the retry passes a fair share of the time.
     num_generations: int = 4
-    # Failures per optimizer step (fewer if the round has fewer); the paper: 256 samples a step on 4–8 H100s.
+    # Failures per optimizer step and process (fewer if the round has fewer); the paper: 256 samples a step.
     prompts_per_step: int = 2
     gradient_accumulation_steps: int = 1  # split a step's prompts_per_step × G sequences into this many passes
     beta: float = 0.001  # KL to the base model (the paper's coefficient); TRL's default is 0
@@ -122,8 +134,12 @@ class GRPOSettings:
     max_steps: int | None = None  # None: `num_epochs` passes over the failures
     num_epochs: float = 1.0
     seed: int = 0
+    device: str = "auto"  # R3_DEVICE: auto, cpu or cuda
+    dtype: str = "auto"  # R3_DTYPE: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, float16
     use_vllm: bool = False  # on GPUs: TRL's vLLM generation (see `vllm_mode`)
-    vllm_mode: str = "colocate"  # or "server" (a `trl vllm-serve` process)
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # in each training process, or a `trl vllm-serve` process
+    vllm_server_url: str | None = None  # server mode: its base URL (None: TRL's default, http://0.0.0.0:8000)
+    vllm_gpu_memory_utilization: float = 0.3  # colocate mode: vLLM's share of each training GPU
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,7 @@ class RoundReport:
     skipped_groups: int
     zero_variance_fraction: float
     mean_reflection_tokens: float
+    processes: int = 1  # training processes (accelerate launch), each with its share of every step
     step_logs: list[StepLog] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,7 +365,14 @@ def retry_success(prompts: list[str], completions: list[str], retry_reward: list
 
 
 class RoundMonitor(TrainerCallback):
-    """Logs each step (from the rollouts it ran and TRL's KL) and skips updates without signal."""
+    """Logs each step (from the rollouts of every process and TRL's KL) and skips updates without signal.
+
+    Under DDP every process sees the same all-reduced gradient, so each must take the same decision:
+    it is made on the rollouts of all processes (`gather_object`, a collective that every process
+    reaches at the same hook). Under DeepSpeed the optimizer steps inside the backward pass, before
+    this hook, so there a step without signal is not skipped: its gradient is zero, and only Adam's
+    momentum moves the adapter.
+    """
 
     def __init__(self, rollout: ReflectionRollout) -> None:
         self.rollout = rollout
@@ -365,7 +389,7 @@ class RoundMonitor(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         # Every group of the step was masked out, so its gradient is zero; AdamW would still move the
         # weights on its momentum. Without a gradient it skips them and the adapter stays as it was.
-        self._updated = any(batch.skipped_groups < len(batch.groups) for batch in self._step_batches())
+        self._updated = any(batch.skipped_groups < len(batch.groups) for batch in gather_object(self._step_batches()))
         if not self._updated:
             for group in optimizer.param_groups:
                 for parameter in group["params"]:
@@ -377,7 +401,7 @@ class RoundMonitor(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:  # the end-of-training summary
             return
-        batches = self._step_batches()
+        batches = gather_object(self._step_batches())
         rewards = [reward for batch in batches for reward in batch.rewards]
         lengths = [length for batch in batches for length in batch.reflection_tokens]
         groups = sum(len(batch.groups) for batch in batches)
@@ -400,16 +424,36 @@ class RoundMonitor(TrainerCallback):
 # ---------------------------------------------------------------------------------------------
 
 
-def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int) -> GRPOConfig:
-    on_gpu = torch.cuda.is_available()
+def precision_args(where: Placement) -> dict[str, Any]:
+    """GRPOConfig's arguments for `where`: the device, the weights' dtype, and autocast in the same
+    dtype. (TRL loads a model in float32 unless told, and turns bf16 autocast on even on a CPU.)"""
+    return {
+        "use_cpu": where.device == "cpu",
+        "bf16": where.dtype == "bfloat16",
+        "fp16": where.dtype == "float16",
+        "model_init_kwargs": {"dtype": where.dtype},
+    }
+
+
+def vllm_args(settings: GRPOSettings) -> dict[str, Any]:
+    """GRPOConfig's arguments for TRL's vLLM generation (unused unless `use_vllm`)."""
+    args: dict[str, Any] = {"use_vllm": settings.use_vllm, "vllm_mode": settings.vllm_mode,
+                            "vllm_gpu_memory_utilization": settings.vllm_gpu_memory_utilization}
+    if settings.vllm_server_url is not None:
+        args["vllm_server_base_url"] = settings.vllm_server_url
+    return args
+
+
+def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int, where: Placement) -> GRPOConfig:
+    """TRL's config for a round in which each process trains on `prompts_per_step` failures a step."""
     sequences_per_step = prompts_per_step * settings.num_generations
     if sequences_per_step % settings.gradient_accumulation_steps:
         raise ValueError(f"{sequences_per_step} sequences a step do not split into "
                          f"{settings.gradient_accumulation_steps} gradient accumulation steps")
     return GRPOConfig(
         output_dir=str(output_dir),
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # TRL defaults to bf16 even on a CPU
+        **precision_args(where),
+        **vllm_args(settings),
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler_type,
         warmup_steps=settings.warmup_ratio,  # below 1: a fraction of the steps
@@ -427,8 +471,8 @@ def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int)
         max_steps=settings.max_steps or -1,
         num_train_epochs=settings.num_epochs,
         seed=settings.seed,
-        use_vllm=settings.use_vllm,
-        vllm_mode=settings.vllm_mode,
+        # Every LoRA weight takes part in every forward pass: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -449,16 +493,26 @@ def lora_config(settings: GRPOSettings, start_adapter: Path | None) -> LoraConfi
 def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequence[Failure], output_dir: Path,
                   settings: GRPOSettings, webhook_policy: WebhookPolicy,
                   generate: Generate = generate_with_policy) -> tuple[GRPOTrainer, ReflectionRollout, RoundMonitor]:
-    """The trainer for a round, its rollout and its monitor (`generate` is the policy's sampler)."""
+    """The trainer for a round, its rollout and its monitor (`generate` is the policy's sampler).
+
+    Raises ValueError when the failures cannot give every process at least one prompt a step, or
+    when `settings.device` is cuda and there is no GPU."""
+    where = placement(settings.device, settings.dtype)
+    state = PartialState(cpu=where.device == "cpu")  # under accelerate launch: joins the other processes
+    if state.device.type == "cuda":
+        torch.cuda.set_device(state.device)  # the current device is per thread, and a round may run in a worker thread
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
     rollout = ReflectionRollout(failures, tokenizer, settings, webhook_policy, generate)
-    if not rollout.failures:
-        raise ValueError(f"no failure has a reflection prompt within {settings.max_prompt_tokens} tokens")
+    if len(rollout.failures) < state.num_processes:
+        raise ValueError(f"{len(rollout.failures)} failures have a reflection prompt within "
+                         f"{settings.max_prompt_tokens} tokens; {state.num_processes} processes need one each")
     monitor = RoundMonitor(rollout)
+    # Each process's share of a step holds whole groups, so the rollout masks and counts whole groups.
+    prompts_per_step = min(settings.prompts_per_step, len(rollout.failures) // state.num_processes)
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=retry_success,
-        args=grpo_config(settings, output_dir, min(settings.prompts_per_step, len(rollout.failures))),
+        args=grpo_config(settings, output_dir, prompts_per_step, where),
         train_dataset=Dataset.from_dict({"prompt": list(rollout.failures)}),
         processing_class=tokenizer,
         peft_config=lora_config(settings, start_adapter),
@@ -478,27 +532,48 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
 def train_round(model_path: str, start_adapter: Path | None, failures: list[Failure], output_dir: Path,
                 settings: GRPOSettings, webhook_policy: WebhookPolicy) -> RoundReport:
     """Train a new adapter on `failures`, starting from `start_adapter` (None: a fresh LoRA), and
-    save it to `output_dir` (peft format, loadable by `TransformersEngine.load_adapter`).
+    save it to `output_dir` (peft format, loadable by `TransformersEngine.load_adapter`; written by
+    the main process only). Under `accelerate launch` every process calls it, with the same
+    arguments; the report counts the rollouts of all of them.
 
     Blocking and CPU/GPU-heavy; call it from a worker thread or process, not from an event loop.
     """
     trainer, rollout, monitor = build_trainer(model_path, start_adapter, failures, output_dir, settings, webhook_policy)
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(output_dir))
+    processes = trainer.accelerator.num_processes
+    try:
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        save_adapter(trainer, output_dir)
+    finally:
+        trainer.accelerator.free_memory()  # accelerate's references to the model and optimizer
+        del trainer
+        gc.collect()  # the trainer and its callbacks refer to each other
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # so the gate's engine finds the GPU's memory free
 
     steps = monitor.steps
-    rewards = [reward for batch in rollout.batches for reward in batch.rewards]
-    lengths = [length for batch in rollout.batches for length in batch.reflection_tokens]
-    groups = sum(len(batch.groups) for batch in rollout.batches)
-    skipped = sum(batch.skipped_groups for batch in rollout.batches)
+    batches = gather_object(rollout.batches)
+    rewards = [reward for batch in batches for reward in batch.rewards]
+    lengths = [length for batch in batches for length in batch.reflection_tokens]
+    groups = sum(len(batch.groups) for batch in batches)
+    skipped = sum(batch.skipped_groups for batch in batches)
     return RoundReport(
         adapter_path=output_dir, failures=len(rollout.failures), left_out=len(failures) - len(rollout.failures),
         steps=len(steps),
         seconds_per_step=seconds / max(len(steps), 1), samples_per_second=len(rewards) / seconds,
         reward_mean=[step.reward_mean for step in steps], kl=[step.kl for step in steps],
         groups=groups, skipped_groups=skipped, zero_variance_fraction=skipped / groups,
-        mean_reflection_tokens=sum(lengths) / len(lengths), step_logs=steps,
+        mean_reflection_tokens=sum(lengths) / len(lengths), processes=processes, step_logs=steps,
     )
+
+
+def save_adapter(trainer: GRPOTrainer, output_dir: Path) -> None:
+    """Write the trained LoRA to `output_dir` in peft's format, from the main process only.
+
+    Every process must call it: under DeepSpeed ZeRO-3 the weights are sharded, and gathering them
+    (`get_state_dict`) is a collective."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if trainer.accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        trainer.accelerator.unwrap_model(trainer.model_wrapped).save_pretrained(str(output_dir), state_dict=state_dict)

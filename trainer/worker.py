@@ -14,6 +14,9 @@
 Stream entries are acknowledged only after the round that covered them is committed; a worker
 that dies leaves them pending, and the next one claims them (XAUTOCLAIM) and redoes the round.
 A crash at any point leaves the active version as it was or fully replaced, never in between.
+
+Under `accelerate launch` (`run_trainer`) the worker runs in the main process only; the other
+processes train each round with it and touch nothing else (`trainer.distributed`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import func, select, update
 
 from r3 import bundled_model
-from r3.engines.transformers_engine import TransformersEngine
+from r3.engines import create_engine
 from r3.reflect_retry import webhook_policy
 from r3.settings import Settings
 from r3.store import database
@@ -49,6 +52,7 @@ from trainer.data import (
     first_attempt_successes,
     split,
 )
+from trainer.distributed import Launch, RoundOrder, follow
 from trainer.gate import decide, evaluate
 from trainer.grpo import GRPOSettings, train_round
 
@@ -71,9 +75,54 @@ def _untrained_failures():
                    EpisodeRow.trained_in.is_(None)))
 
 
+def grpo_settings(settings: Settings) -> GRPOSettings:
+    """A round's GRPO settings from R3's (`R3_TRAIN_*`, `R3_DEVICE`, `R3_DTYPE`, `R3_REFLECTION_MAX_TOKENS`)."""
+    return GRPOSettings(num_generations=settings.train_num_generations, learning_rate=settings.train_learning_rate,
+                        max_steps=settings.train_max_steps, max_reflection_tokens=settings.reflection_max_tokens,
+                        device=settings.device, dtype=settings.dtype, use_vllm=settings.train_use_vllm,
+                        vllm_mode=settings.train_vllm_mode, vllm_server_url=settings.train_vllm_server_url,
+                        vllm_gpu_memory_utilization=settings.train_vllm_gpu_memory_utilization)
+
+
+def run_trainer(settings: Settings, once: bool = False) -> RoundOutcome | None:
+    """`r3 train` in this process, alone or as one of those `accelerate launch` started: the main
+    process runs the worker (rounds until stopped, or one with `once`) and the others follow it.
+
+    Returns the round's outcome in the main process with `once`, else None (a follower, or a worker
+    that was stopped)."""
+    launch = Launch(settings.device)
+    if not launch.is_main:
+        follow(launch, settings)
+        return None
+    return asyncio.run(_lead(settings, launch, once))
+
+
+async def _lead(settings: Settings, launch: Launch, once: bool) -> RoundOutcome | None:
+    worker = TrainerWorker(settings, launch)
+    outcome = None
+    try:
+        if once:
+            outcome = await worker.run_round(requested_by="cli")
+        else:
+            await worker.run_forever()  # returns only by raising
+    finally:
+        await worker.close()
+    # Only after a clean end: after a failure the followers may be inside the round's collectives, and
+    # the launcher ends them once this process exits with the error.
+    launch.send(None)
+    return outcome
+
+
 class TrainerWorker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, launch: Launch | None = None) -> None:
+        """The worker of the main process; `launch`: the processes that train with it (default:
+        this one alone, or those `accelerate launch` started). Raises RuntimeError in any other
+        process: only the main one touches the store (`run_trainer` makes the others follow)."""
         self.settings = settings
+        self.launch = launch or Launch(settings.device)
+        if not self.launch.is_main:
+            raise RuntimeError("the trainer's worker runs in the main process only; under accelerate launch, "
+                               "start the trainer with trainer.worker.run_trainer")
         url = database.database_url(settings)
         self.url, self.engine = url, database.create_engine(url)
         self.sessions = database.sessions(self.engine)
@@ -209,22 +258,22 @@ class TrainerWorker:
         successes = first_attempt_successes(passed)
         counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes)}
         log.info("round %d: %s", round_id, counts)
-        if not train or not heldout:
+        if len(train) < self.launch.processes or not heldout:  # every training process needs a failure
             await self._finish_round(round_id, status="finished", report={**counts, "skipped": "too few failures"})
             return RoundOutcome(round_id, None, False, counts)
 
-        model_path = bundled_model.resolve(settings)
         active = await self.registry.active()
-        grpo = GRPOSettings(num_generations=settings.train_num_generations, learning_rate=settings.train_learning_rate,
-                            max_steps=settings.train_max_steps, max_reflection_tokens=settings.reflection_max_tokens)
+        order = RoundOrder(bundled_model.resolve(settings), active.path if active else None, train,
+                           grpo_settings(settings))
+        self.launch.send(order)
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
-            report = await asyncio.to_thread(train_round, model_path, active.path if active else None, train,
-                                             Path(scratch) / "adapter", grpo, webhook_policy(settings))
+            report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
+                                             Path(scratch) / "adapter", order.settings, webhook_policy(settings))
             candidate = await self.registry.register(
                 Path(scratch) / "adapter", active.name if active else None,
                 {"training": _summary(report.to_dict())}, [f.episode_id for f in train])
 
-        decision = await self._gate(model_path, candidate.name, candidate.path, active, heldout, successes)
+        decision = await self._gate(candidate.name, candidate.path, active, heldout, successes)
         await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
                                             promote=decision.promote)
         async with self.sessions.begin() as session:
@@ -240,8 +289,11 @@ class TrainerWorker:
                  "promoted" if decision.promote else "rejected", decision.reason)
         return RoundOutcome(round_id, candidate.name, decision.promote, summary)
 
-    async def _gate(self, model_path: str, candidate: str, candidate_path: Path, active, heldout, successes):
-        engine = TransformersEngine(model_path, "gate", max_batch_size=8)
+    async def _gate(self, candidate: str, candidate_path: Path, active, heldout, successes):
+        # The serving engine on the trainer's device (R3_ENGINE, R3_DEVICE, R3_DTYPE), with none of
+        # the server's own adapters.
+        gate_settings = self.settings.model_copy(update={"lora_modules": {}, "served_model_name": "gate"})
+        engine = await create_engine(gate_settings)
         try:
             await engine.load_adapter(candidate, candidate_path)
             if active is not None:

@@ -10,16 +10,21 @@ from r3.settings import Settings
 
 
 async def create_engine(settings: Settings) -> Engine:
-    """The engine `R3_ENGINE` names, with the model `R3_MODEL` names and `R3_LORA_MODULES` loaded."""
+    """The engine `R3_ENGINE` names, with the model `R3_MODEL` names and `R3_LORA_MODULES` loaded, on
+    `R3_DEVICE` in `R3_DTYPE` (`r3.engines.device.placement`; ValueError if that device is missing)."""
+    from r3.engines.device import placement  # torch loads only when an engine is made
+
     model_path = bundled_model.resolve(settings)
     model_id = settings.served_model_name or Path(model_path).name
+    where = placement(settings.device, settings.dtype)
     if settings.engine == "vllm":
         from r3.engines.vllm_engine import VllmEngine  # vllm loads only when chosen
 
         engine: Engine = VllmEngine.start(
             model_path,
             model_id,
-            dtype=settings.dtype,
+            device=where.device,
+            dtype=where.dtype,
             max_model_len=settings.max_model_len,
             max_batch_size=settings.max_batch_size,
             max_loras=settings.max_loras,
@@ -27,14 +32,18 @@ async def create_engine(settings: Settings) -> Engine:
             enable_prefix_caching=settings.enable_prefix_caching,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
+            distributed_executor_backend=settings.distributed_executor_backend,
         )
     else:
-        from r3.engines.transformers_engine import TransformersEngine  # torch loads only when needed
+        from r3.engines.transformers_engine import TransformersEngine
 
         engine = TransformersEngine(
             model_path,
             model_id,
-            dtype=settings.dtype,
+            device=where.device,
+            dtype=where.dtype,
             max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len,
         )

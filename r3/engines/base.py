@@ -41,6 +41,16 @@ class SamplingParams:
     top_logprobs: int = 0  # alternatives reported per token (the chosen token's logprob is always kept)
     # The completion must be JSON valid under this schema; only engines with `supports_json_schema`.
     json_schema: dict[str, Any] | None = None
+    # The completion must match this structural tag (xgrammar's `StructuralTag` as JSON, as vLLM takes
+    # it; it wins over `json_schema`); only engines with `supports_json_schema`.
+    structural_tag: dict[str, Any] | None = None
+    # OpenAI's sampling adjustments, as vLLM applies them: after logprobs are taken, before temperature.
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated
+    frequency_penalty: float = 0.0  # subtracted from a token's logit once per time it was generated
+    # Report the logprob of each prompt token after the first too, with this many alternatives (the
+    # first chunk's `prompt_tokens`); None: not computed.
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +73,8 @@ class GenerationChunk:
     text: str
     tokens: list[TokenLogprob]
     finish_reason: FinishReason | None = None
+    # In the first chunk, with `SamplingParams.prompt_logprobs`: the prompt's tokens after its first.
+    prompt_tokens: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -86,7 +98,8 @@ class Engine(Protocol):
     model_id: str
     max_model_len: int
     tokenizer: Any
-    supports_json_schema: bool  # can constrain decoding to a JSON schema (`SamplingParams.json_schema`)
+    # Can constrain decoding (`SamplingParams.json_schema` and `structural_tag`).
+    supports_json_schema: bool
 
     async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
         """The whole completion of `prompt` (`adapter=None` is the base model)."""

@@ -1,4 +1,4 @@
-"""The embedded engine: transformers + peft on the CPU, with continuous batching.
+"""The embedded engine: transformers + peft on the CPU or one GPU, with continuous batching.
 
 One scheduler thread owns the model. Each turn of its loop it admits waiting requests (a batched,
 left-padded prefill whose KV cache is then merged into the running batch), runs one decode step
@@ -14,6 +14,9 @@ batch) while the engine goes on with the rest.
 Adapters are chosen per row: peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for
 no adapter) apply each row's LoRA only to that row, so requests for different adapters and the
 base share a batch without seeing each other's weights.
+
+On a GPU (`device="cuda"`) the weights are loaded straight onto it and every tensor of a step
+stays there: the inputs are made on it and each request samples with a generator of its own on it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from r3.engines.adapter_check import AdapterChecker
+from r3.engines.constrained import Grammars, RowGrammar
 from r3.engines.base import (
     EngineError,
     GenerationChunk,
@@ -65,6 +69,8 @@ class _Sequence:
     emitted_tokens: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
+    grammar: RowGrammar | None = None  # what the next token may be, for a constrained request
+    prompt_tokens: list[TokenLogprob] | None = None  # the prompt's logprobs, until the first chunk takes them
 
     def send(self, item: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
@@ -76,7 +82,8 @@ class _Sequence:
 
 
 class TransformersEngine:
-    supports_json_schema = False  # tool calls are steered by a forced prefix instead
+    supports_json_schema = True  # each row may be held to its own grammar (`r3.engines.constrained`)
+    _grammars: Grammars | None = None  # made at the first constrained request (reading the vocabulary takes ~0.1 s)
 
     def __init__(
         self,
@@ -85,10 +92,19 @@ class TransformersEngine:
         dtype: str = "float32",
         max_batch_size: int = 8,
         max_model_len: int | None = None,
+        device: str = "cpu",
     ) -> None:
+        """`model_path` loaded on `device` ("cpu", "cuda" or "cuda:N") in `dtype` ("float32",
+        "bfloat16", "float16"); `r3.engines.create_engine` passes `R3_DEVICE` and `R3_DTYPE` resolved."""
         self.model_id = model_id
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # Pinned now: "cuda" means the current device, which is per thread, and the scheduler is another thread.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self._model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+        # device_map puts each weight on the device as it is read: the whole model never sits in CPU memory.
+        self._model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype),
+                                                           device_map=self.device).eval()
         config_len = getattr(self._model.config, "max_position_embeddings", 2048)
         self.max_model_len = min(max_model_len or config_len, config_len)
         self.max_batch_size = max_batch_size
@@ -112,6 +128,11 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ public interface
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base model's weights' dtype (adapters may hold float32 weights beside bfloat16 ones)."""
+        return self._model.dtype
+
     def count_tokens(self, prompt: str) -> int:
         return len(self._encode(prompt))
 
@@ -131,7 +152,7 @@ class TransformersEngine:
         await asyncio.to_thread(self._unload_adapter, name)
 
     async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
-        sequence = self._submit(prompt, params, adapter)
+        sequence = self._submit(prompt, params, adapter, await self._grammar(params))
         text, tokens, finish = "", [], "length"
         async for chunk in self._chunks(sequence):
             text += chunk.text
@@ -141,7 +162,7 @@ class TransformersEngine:
                                 prompt_tokens=len(sequence.prompt_ids), prompt_token_ids=sequence.prompt_ids)
 
     async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._chunks(self._submit(prompt, params, adapter)):
+        async for chunk in self._chunks(self._submit(prompt, params, adapter, await self._grammar(params))):
             yield chunk
 
     async def _chunks(self, sequence: _Sequence) -> AsyncIterator[GenerationChunk]:
@@ -166,13 +187,22 @@ class TransformersEngine:
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    def _submit(self, prompt: str, params: SamplingParams, adapter: str | None) -> _Sequence:
+    async def _grammar(self, params: SamplingParams) -> RowGrammar | None:
+        """A fresh matcher of `params`' grammar, compiled in a worker thread (a large schema takes a
+        while); None when `params` has none. Raises `EngineError` for one that cannot be compiled."""
+        if params.json_schema is None and params.structural_tag is None:
+            return None
+        grammars = self._grammars or await asyncio.to_thread(Grammars, self.tokenizer, self._model.config.vocab_size)
+        self._grammars = grammars
+        compiled = await asyncio.to_thread(grammars.compile, params)
+        return grammars.row(compiled) if compiled is not None else None
+
+    def _submit(self, prompt: str, params: SamplingParams, adapter: str | None,
+                grammar: RowGrammar | None = None) -> _Sequence:
         if self._closed:
             raise EngineError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
             raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
-        if params.json_schema is not None:
-            raise EngineError("the transformers engine cannot constrain output to a JSON schema (R3_ENGINE=vllm can)")
         prompt_ids = self._encode(prompt)
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
@@ -187,7 +217,8 @@ class TransformersEngine:
             max_new_tokens=min(params.max_tokens, room),
             loop=asyncio.get_running_loop(),
             chunks=asyncio.Queue(),
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(device=self.device).manual_seed(seed),
+            grammar=grammar,
         )
         self._waiting.put(sequence)
         return sequence
@@ -290,7 +321,9 @@ class TransformersEngine:
             if sequence is not None:
                 drained.append(sequence)
 
-    def _forward(self, batch: _Batch, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: _Batch, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                 every_position: bool = False) -> torch.Tensor:
+        """The logits ([rows, vocab]) after the last position, or ([rows, width, vocab]) after each one."""
         extra = {"adapter_names": [s.adapter for s in batch.sequences]} if self._adapters else {}
         output = self._model(
             input_ids=input_ids,
@@ -300,16 +333,39 @@ class TransformersEngine:
             use_cache=True,
             **extra,
         )
-        return output.logits[:, -1, :].float()
+        return output.logits.float() if every_position else output.logits[:, -1, :].float()
 
     def _prefill(self, sequences: list[_Sequence]) -> _Batch | None:
         """A batch of `sequences` with their prompts' KV cache and first tokens (None: all finished)."""
         width = max(len(s.prompt_ids) for s in sequences)
-        input_ids = torch.tensor([[self._pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences])
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences])
+        input_ids = torch.tensor([[self._pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences],
+                                 device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences],
+                            device=self.device)
         fresh = _Batch(sequences=list(sequences), cache=DynamicCache(), attention_mask=mask)
-        logits = self._forward(fresh, input_ids, (mask.cumsum(-1) - 1).clamp(min=0))
+        scored = [s.params.prompt_logprobs is not None for s in sequences]
+        logits = self._forward(fresh, input_ids, (mask.cumsum(-1) - 1).clamp(min=0), every_position=any(scored))
+        if any(scored):
+            for sequence, row_logits in zip(sequences, logits):
+                if sequence.params.prompt_logprobs is not None:
+                    sequence.prompt_tokens = self._prompt_tokens(sequence, row_logits)
+            logits = logits[:, -1, :].contiguous()
         return self._sample_and_emit(fresh, logits)
+
+    def _prompt_tokens(self, sequence: _Sequence, logits: torch.Tensor) -> list[TokenLogprob]:
+        """Each prompt token after the first with its logprob (and `prompt_logprobs` alternatives) under
+        the model's raw distribution, from `logits` ([width, vocab], the prompt left-padded to width)."""
+        count = len(sequence.prompt_ids)
+        logprobs = torch.log_softmax(logits[logits.shape[0] - count:-1], dim=-1)  # position i predicts token i + 1
+        ids = sequence.prompt_ids[1:]
+        chosen = logprobs.gather(1, torch.tensor(ids, device=logprobs.device)[:, None]).squeeze(1).tolist()
+        top: list[tuple[tuple[str, float], ...]] = [()] * len(ids)
+        if alternatives := sequence.params.prompt_logprobs:
+            values, top_ids = logprobs.topk(alternatives, dim=-1)
+            top = [tuple((self.tokenizer.decode([i]), v) for i, v in zip(row_ids, row_values))
+                   for row_ids, row_values in zip(top_ids.tolist(), values.tolist())]
+        return [TokenLogprob(token_id, self.tokenizer.decode([token_id]), logprob, alternatives_of)
+                for token_id, logprob, alternatives_of in zip(ids, chosen, top)]
 
     def _decode(self, batch: _Batch) -> _Batch | None:
         """`batch` one token further (None: all its sequences finished or left)."""
@@ -317,17 +373,26 @@ class TransformersEngine:
         if batch is None:
             return None
         batch.attention_mask = F.pad(batch.attention_mask, (0, 1), value=1)
-        input_ids = torch.tensor([[s.generated[-1]] for s in batch.sequences])
+        input_ids = torch.tensor([[s.generated[-1]] for s in batch.sequences], device=self.device)
         position_ids = batch.attention_mask.sum(-1, keepdim=True) - 1
         logits = self._forward(batch, input_ids, position_ids)
         return self._sample_and_emit(batch, logits)
 
     def _sample_and_emit(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
-        """Each row's next token, sent to its client; `batch` less the rows that finished or failed."""
-        logprobs = torch.log_softmax(logits, dim=-1)
+        """Each row's next token, sent to its client; `batch` less the rows that finished or failed.
+
+        Each row in vLLM's order: its grammar's mask; the logprobs it reports; logit bias and
+        penalties; temperature and top-p."""
         for row, sequence in enumerate(batch.sequences):
             try:
-                self._append(sequence, _sample(logits[row], sequence.params, sequence.generator), logprobs[row])
+                if sequence.grammar is not None:
+                    sequence.grammar.mask(logits[row])
+                logprobs = torch.log_softmax(logits[row], dim=-1)
+                token_id = _sample(_adjusted(logits[row], sequence.params, sequence.generated), sequence.params,
+                                   sequence.generator)
+                if sequence.grammar is not None:
+                    sequence.grammar.accept(token_id)
+                self._append(sequence, token_id, logprobs)
             except Exception as error:  # noqa: BLE001 - a row's failure is that row's alone
                 log.exception("sampling failed for one request")
                 sequence.fail(EngineError(f"sampling failed: {error}"))
@@ -367,8 +432,10 @@ class TransformersEngine:
             text=sequence.text[sequence.emitted_chars:ready],
             tokens=sequence.tokens[sequence.emitted_tokens:],
             finish_reason=sequence.finish_reason,
+            prompt_tokens=sequence.prompt_tokens,
         )
         sequence.emitted_chars, sequence.emitted_tokens = ready, len(sequence.tokens)
+        sequence.prompt_tokens = None
         sequence.send(chunk)
 
 
@@ -384,7 +451,7 @@ class _Batch:
         if not rows:
             return None
         if len(rows) < len(self.sequences):
-            index = torch.tensor(rows)
+            index = torch.tensor(rows, device=self.attention_mask.device)
             self.cache.batch_select_indices(index)
             self.sequences = [self.sequences[r] for r in rows]
             self.attention_mask = self.attention_mask[index]
@@ -428,6 +495,21 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _adjusted(logits: torch.Tensor, params: SamplingParams, generated: list[int]) -> torch.Tensor:
+    """`logits` ([vocab]) with `params`' logit bias added and presence and frequency penalties taken
+    off the tokens generated so far (OpenAI's definitions, as vLLM applies them); a copy when any applies."""
+    if not (params.logit_bias or params.presence_penalty or params.frequency_penalty):
+        return logits
+    adjusted = logits.clone()
+    if params.logit_bias:
+        ids, biases = zip(*params.logit_bias)
+        adjusted[list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(generated, device=logits.device), minlength=logits.shape[-1])
+        adjusted -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return adjusted
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

@@ -84,6 +84,7 @@ class VllmEngine:
         cls,
         model_path: str,
         model_id: str,
+        device: str = "cpu",
         dtype: str = "float32",
         max_model_len: int | None = None,
         max_batch_size: int = 8,
@@ -92,12 +93,24 @@ class VllmEngine:
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.85,
         cpu_kv_cache_gb: int = 2,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
     ) -> VllmEngine:
+        """Start vLLM on `model_path`. `device` is where R3 expects it to run ("cpu" or "cuda"):
+        vLLM runs where its build runs, and a mismatch is an EngineError rather than a surprise.
+        Past one GPU, `tensor_parallel_size` × `pipeline_parallel_size` GPUs serve the model, with
+        workers started by `distributed_executor_backend` ("mp" on one node, "ray" across nodes;
+        None lets vLLM choose)."""
         # vLLM on a CPU reads its KV cache size from the environment only.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gb))
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if current_platform.device_type != device:
+            raise EngineError(f"R3_DEVICE resolves to {device}, but this vLLM build runs on "
+                              f"{current_platform.device_type}")
         checker = AdapterChecker(model_path)
         identity_lora = None
         if _needs_identity_lora():
@@ -115,6 +128,9 @@ class VllmEngine:
             max_lora_rank=max_lora_rank,
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            distributed_executor_backend=distributed_executor_backend,
             # R3 reports logprobs under the model's raw distribution, as the transformers engine does.
             logprobs_mode="raw_logprobs",
             max_logprobs=20,
@@ -189,6 +205,11 @@ class VllmEngine:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        if params.structural_tag is not None:  # it embeds any answer schema itself
+            structured = StructuredOutputsParams(structural_tag=json.dumps(params.structural_tag))
+        elif params.json_schema is not None:
+            structured = StructuredOutputsParams(json=params.json_schema)
         return VllmSamplingParams(
             max_tokens=min(params.max_tokens, room),
             temperature=0.0 if params.greedy else params.temperature,
@@ -197,7 +218,11 @@ class VllmEngine:
             stop=list(params.stop) or None,
             logprobs=params.top_logprobs,  # vLLM always adds the sampled token's own logprob
             output_kind=RequestOutputKind.DELTA,
-            structured_outputs=StructuredOutputsParams(json=params.json_schema) if params.json_schema else None,
+            structured_outputs=structured,
+            logit_bias=dict(params.logit_bias) or None,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            prompt_logprobs=params.prompt_logprobs,
         )
 
     async def _generate(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None) -> AsyncIterator[GenerationChunk]:
@@ -220,8 +245,12 @@ class VllmEngine:
                     tokens = tokens[:-1]  # an end-of-sequence token (vLLM's stop_reason None) is not part of the answer
                 if finish not in (None, "stop", "length"):
                     raise EngineError(f"generation ended abnormally ({finish})")
-                if completion.text or tokens or finish:
-                    yield GenerationChunk(text=completion.text, tokens=tokens, finish_reason=finish)
+                # The first output has the prompt's logprobs (vLLM's first entry, for the first token, is None).
+                prompt_tokens = (self._tokens(prompt_ids[1:], output.prompt_logprobs[1:], params.prompt_logprobs)
+                                 if output.prompt_logprobs else None)
+                if completion.text or tokens or finish or prompt_tokens:
+                    yield GenerationChunk(text=completion.text, tokens=tokens, finish_reason=finish,
+                                          prompt_tokens=prompt_tokens)
         finally:
             self._in_use[adapter or ""] -= 1
 

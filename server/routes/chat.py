@@ -1,10 +1,14 @@
-"""`POST /v1/chat/completions`: validate, generate (reflecting and retrying when a verifier says no), respond."""
+"""`POST /v1/chat/completions`: validate, generate (reflecting and retrying when a verifier says no), respond.
+
+With `n` > 1 each choice is a task of its own (the seed of choice i is `seed + i`, as in vLLM),
+generated concurrently, recorded as its own episode and reflected on by itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -16,20 +20,25 @@ from pydantic import ValidationError
 
 from r3.chat_format import render_prompt
 from r3.engines.base import Engine, GenerationChunk, SamplingParams
-from r3.reflect_retry import ChatTask, Generation, Reflector, Turn
+from r3.engines.token_bytes import vocabulary_bytes
+from r3.reflect_retry import ChatTask, Generation, Reflector, Run, Turn
 from r3.settings import Settings
+from r3.structured_output import grammar_problem, structural_tag
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute, tenant
 from server.completions import (
-    answer_events,
+    Wire,
+    all_of,
     chat_completion,
+    choice_events,
     r3_info,
+    response_events,
     sse_stream,
     unless_disconnected,
     usage_of,
 )
 from server.errors import APIError, ClientGone
-from server.protocol import ChatCompletion, ChatCompletionRequest, R3Info, Usage
+from server.protocol import ChatCompletion, ChatCompletionRequest, NamedToolChoice, R3Info, Tool, Usage, now
 from verifiers import (
     VerifierSpec,
     WebhookNotAllowed,
@@ -49,67 +58,109 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     reflector: Reflector = state.reflector
     adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
     task = await build_task(state.engine, body, state.settings, reflector.webhook_policy)
+    tasks = _choice_tasks(task, body.n)
+    vocabulary = await _token_bytes(state.engine) if body.logprobs else ()
     if body.stream and task.verifier is None:
-        return StreamingResponse(sse_stream(_live_stream(state, task, body, caller)), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(_live_stream(state, tasks, body, caller, vocabulary)),
+                                 media_type="text/event-stream")
     started = time.perf_counter()
     async with adapters.pin(body.model) as adapter:  # every attempt on the version the request started with
-        run = Reflector.start(replace(task, adapter=adapter), caller)
+        runs = [Reflector.start(replace(choice, adapter=adapter), caller) for choice in tasks]
         try:
-            await unless_disconnected(request, reflector.run(run))
+            await unless_disconnected(request, all_of(reflector.run(run) for run in runs))
         except ClientGone:
-            reflector.abandon(run)
-            await state.store.save(run.episode)
+            for run in runs:
+                reflector.abandon(run)
+                await state.store.save(run.episode)
             raise
-    await state.store.save(run.episode)
-    state.metrics.observe(run.episode, time.perf_counter() - started)
+    for run in runs:
+        await state.store.save(run.episode)
+        state.metrics.observe(run.episode, time.perf_counter() - started)
+    first, *others = runs
     if not body.stream:
-        return chat_completion(body.model, run.episode, run.turns, body.logprobs)
-    final = run.turns[-1]
-    # Earlier attempts were judged before anything is sent; the final one goes out as one piece.
-    replay = _one_piece(GenerationChunk(final.result.text, final.result.tokens, final.result.finish_reason))
+        return chat_completion(body.model, first.episode, first.turns, body.logprobs, vocabulary,
+                               [(run.episode, run.turns) for run in others])
+    # Earlier attempts were judged before anything is sent; each final one goes out as one piece.
+    wire = _wire(body, first.turns[-1].completion_id, vocabulary)
 
-    async def conclude() -> tuple[Turn, R3Info, Usage]:
-        return final, r3_info(run.episode), usage_of(run.turns)
+    def replayed(index: int, run: Run) -> AsyncIterator[str]:
+        final = run.turns[-1]
 
-    events = answer_events(body.model, final.completion_id, replay, conclude, parses_tools=task.parses_tools,
-                           logprobs=body.logprobs, include_usage=_include_usage(body))
+        async def conclude() -> tuple[Turn, R3Info, Usage]:
+            return final, r3_info(run.episode), usage_of(run.turns)
+
+        return choice_events(wire, index, final.completion_id, _one_piece(final), conclude, _offered(run.task),
+                             info_in_choice=len(runs) > 1)
+
+    events = response_events(wire, [replayed(i, run) for i, run in enumerate(runs)],
+                             lambda: usage_of([turn for run in runs for turn in run.turns]))
     return StreamingResponse(sse_stream(events), media_type="text/event-stream")
 
 
-async def _one_piece(chunk: GenerationChunk) -> AsyncIterator[GenerationChunk]:
-    yield chunk
+def _choice_tasks(task: ChatTask, n: int) -> list[ChatTask]:
+    """The task of each of `n` choices: the same but for the seed, `seed + i` (vLLM's rule)."""
+    seed = task.params.seed
+    return [task if i == 0 or seed is None else replace(task, params=replace(task.params, seed=seed + i))
+            for i in range(n)]
 
 
-def _include_usage(body: ChatCompletionRequest) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
+async def _token_bytes(engine: Engine) -> Sequence[bytes]:
+    """The bytes of each token id of the engine's vocabulary (read once, off the event loop)."""
+    return await asyncio.to_thread(vocabulary_bytes, engine.tokenizer)
 
 
-async def _live_stream(state, task: ChatTask, body: ChatCompletionRequest, caller: str | None) -> AsyncIterator[str]:
-    """Plain inference, streamed as it is generated; the episode is recorded when it ends, or as
-    abandoned when the client hangs up (Starlette then cancels this stream, and so the generation)."""
-    reflector: Reflector = state.reflector
+def _wire(body: ChatCompletionRequest, completion_id: str, vocabulary: Sequence[bytes]) -> Wire:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return Wire(body.model, completion_id, now(), body.logprobs, include_usage, vocabulary)
+
+
+def _offered(task: ChatTask) -> frozenset[str] | None:
+    """The names a streamed answer's tool calls may have; None when tools are not parsed."""
+    return task.tool_names if task.parses_tools else None
+
+
+async def _one_piece(turn: Turn) -> AsyncIterator[GenerationChunk]:
+    yield GenerationChunk(turn.text, turn.result.tokens, turn.result.finish_reason)  # any forced prefix included
+
+
+async def _live_stream(state, tasks: list[ChatTask], body: ChatCompletionRequest, caller: str | None,
+                       vocabulary: Sequence[bytes]) -> AsyncIterator[str]:
+    """Plain inference, streamed as it is generated; each choice's episode is recorded when it ends,
+    or as abandoned when the client hangs up (Starlette then cancels this stream, and so the generations)."""
     async with state.adapters.pin(body.model) as adapter:
-        run = Reflector.start(replace(task, adapter=adapter), caller)
-        prompt = reflector.prompt(run.task, run.task.messages)
-        generation = run.generation = Generation(prompt)
+        runs = [Reflector.start(replace(task, adapter=adapter), caller) for task in tasks]
+        prompts = [state.reflector.prompt(run.task, run.task.messages) for run in runs]
+        for run, prompt in zip(runs, prompts):
+            run.generation = Generation(prompt)
+        wire = _wire(body, runs[0].generation.completion_id, vocabulary)
+        choices = [_live_choice(state, wire, index, run, info_in_choice=len(runs) > 1)
+                   for index, run in enumerate(runs)]
+        async for event in response_events(wire, choices, lambda: usage_of([t for run in runs for t in run.turns])):
+            yield event
 
-        async def conclude() -> tuple[Turn, R3Info, Usage]:
-            await reflector.run(run, first=reflector.turn(run.task, generation))
+
+async def _live_choice(state, wire: Wire, index: int, run: Run, info_in_choice: bool) -> AsyncIterator[str]:
+    """One choice of a live stream: its chunks as the engine makes them; its episode recorded at the end."""
+    reflector: Reflector = state.reflector
+    generation = run.generation
+
+    async def conclude() -> tuple[Turn, R3Info, Usage]:
+        await reflector.run(run, first=reflector.turn(run.task, generation))
+        await state.store.save(run.episode)
+        state.metrics.observe(run.episode, time.perf_counter() - generation.started)
+        return run.turns[-1], r3_info(run.episode), usage_of(run.turns)
+
+    chunks = reflector.engine.stream(generation.prompt.engine_input, reflector.constrained(run.task, run.task.params),
+                                     run.task.adapter)
+    try:
+        async for event in choice_events(wire, index, generation.completion_id, generation.follow(chunks), conclude,
+                                         _offered(run.task), generation.prompt.assistant_prefix, info_in_choice):
+            yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        reflector.abandon(run)
+        with anyio.CancelScope(shield=True):  # recorded even though this task is being cancelled
             await state.store.save(run.episode)
-            state.metrics.observe(run.episode, time.perf_counter() - generation.started)
-            return run.turns[-1], r3_info(run.episode), usage_of(run.turns)
-
-        chunks = reflector.engine.stream(prompt.engine_input, Reflector.constrained(run.task.params, prompt), adapter)
-        try:
-            async for event in answer_events(body.model, generation.completion_id, generation.follow(chunks), conclude,
-                                             parses_tools=task.parses_tools, logprobs=body.logprobs,
-                                             include_usage=_include_usage(body)):
-                yield event
-        except (asyncio.CancelledError, GeneratorExit):
-            reflector.abandon(run)
-            with anyio.CancelScope(shield=True):  # recorded even though this task is being cancelled
-                await state.store.save(run.episode)
-            raise
+        raise
 
 
 async def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings,
@@ -117,15 +168,8 @@ async def build_task(engine: Engine, body: ChatCompletionRequest, settings: Sett
     """Check everything a request asks for before any generation starts (the adapter is set when pinned).
 
     Raises `APIError` (400) for what the request asks wrongly, and when it does not fit the context."""
-    tool_names = {tool.function.name for tool in body.tools or []}
-    if body.tool_choice not in (None, "none", "auto") and not tool_names:
-        raise APIError(400, "tool_choice needs tools", param="tool_choice")
-    if hasattr(body.tool_choice, "function") and body.tool_choice.function.name not in tool_names:
-        raise APIError(400, f"tool_choice names {body.tool_choice.function.name!r}, which is not in tools",
-                       param="tool_choice")
-    messages = [message.model_dump(exclude_none=True) for message in body.messages]
-    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
-    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    tools, tool_choice = _tools_and_choice(body)
+    messages = [_message(message.model_dump(exclude_none=True)) for message in body.messages]
     # A long prompt takes a second to tokenize: in a worker thread, the event loop serves others meanwhile.
     prompt_tokens = await asyncio.to_thread(_prompt_tokens, engine, messages, tools, tool_choice)
     room = engine.max_model_len - prompt_tokens
@@ -135,12 +179,71 @@ async def build_task(engine: Engine, body: ChatCompletionRequest, settings: Sett
         raise APIError(400, f"{param} is {asked}, but the context of {engine.max_model_len} tokens leaves "
                        f"room for {room} after the {prompt_tokens}-token prompt",
                        param=param, code="context_length_exceeded")
+    schema = _response_schema(body, engine)
+    _check_grammar(engine, tools, tool_choice, body.parallel_tool_calls, schema)
     params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
-                            top_logprobs=body.top_logprobs or 0, json_schema=_response_schema(body, engine))
+                            top_logprobs=body.top_logprobs or 0, json_schema=schema,
+                            logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
+                            frequency_penalty=body.frequency_penalty)
     return ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
                     params=params, verifier=_verifier(body, policy), max_retries=body.reflect.max_retries,
-                    store_text=body.store)
+                    store_text=body.store, parallel_tool_calls=body.parallel_tool_calls)
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the conversation holds it: OpenAI's deprecated function forms read as the tool
+    forms that replaced them (a call's id is its function's name, which is how a result names it)."""
+    if message["role"] == "function":
+        return {"role": "tool", "tool_call_id": message["name"], "content": message.get("content") or ""}
+    if call := message.pop("function_call", None):
+        message["tool_calls"] = [*message.get("tool_calls", []),
+                                 {"id": call["name"], "type": "function", "function": call}]
+    return message
+
+
+def _tools_and_choice(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, str | dict[str, Any] | None]:
+    """The tools the model is offered and the `tool_choice` it answers under, as plain JSON (the
+    deprecated `functions` and `function_call` are read as them). With `allowed_tools`, only the
+    allowed tools are offered, under its mode. Raises `APIError` (400) for a choice that names no
+    offered tool."""
+    offered = body.tools or [Tool(type="function", function=function) for function in body.functions or []]
+    tools = {tool.function.name: tool.model_dump(exclude_none=True) for tool in offered}
+    choice = body.tool_choice
+    if body.function_call is not None:
+        choice = body.function_call if isinstance(body.function_call, str) else NamedToolChoice(
+            type="function", function=body.function_call)
+    if choice not in (None, "none", "auto") and not tools:
+        raise APIError(400, "tool_choice needs tools", param="tool_choice")
+    named = [choice.function.name] if hasattr(choice, "function") else []
+    if hasattr(choice, "allowed_tools"):
+        named = [allowed.function.name for allowed in choice.allowed_tools.tools]
+    if unknown := [name for name in named if name not in tools]:
+        raise APIError(400, f"tool_choice names {unknown[0]!r}, which is not in tools", param="tool_choice")
+    if hasattr(choice, "allowed_tools"):
+        return [tools[name] for name in dict.fromkeys(named)], choice.allowed_tools.mode
+    return list(tools.values()) or None, choice.model_dump() if hasattr(choice, "model_dump") else choice
+
+
+def _check_grammar(engine: Engine, tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None,
+                   parallel_tool_calls: bool, schema: dict[str, Any] | None) -> None:
+    """Refuses (400) a schema that no grammar can be built for, before the answer (or its stream) starts."""
+    if not engine.supports_json_schema:
+        return
+    if problem := grammar_problem(json_schema=schema):
+        raise APIError(400, f"response_format: {problem}", param="response_format")
+    if problem := grammar_problem(structural_tag(tools, tool_choice, parallel_tool_calls, schema)):
+        raise APIError(400, f"tools: {problem}", param="tools")
+
+
+def _logit_bias(body: ChatCompletionRequest, engine: Engine) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as (token id, bias) pairs. Raises `APIError` (400) for an id outside the vocabulary."""
+    vocabulary = len(engine.tokenizer)
+    bias = tuple((int(token), value) for token, value in (body.logit_bias or {}).items())
+    if outside := [token for token, _ in bias if token >= vocabulary]:
+        raise APIError(400, f"logit_bias names token {outside[0]}; this model's vocabulary has {vocabulary} tokens",
+                       param="logit_bias")
+    return bias
 
 
 def _prompt_tokens(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -148,7 +251,8 @@ def _prompt_tokens(engine: Engine, messages: list[dict[str, Any]], tools: list[d
     """The rendered prompt's length in tokens. Raises `APIError` (400) when it leaves no room in the
     context; a prompt that cannot fit even at the most characters a token can stand for is refused
     without tokenizing it."""
-    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice, json_constrained=engine.supports_json_schema)
+    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice,
+                           constrained_decoding=engine.supports_json_schema)
     at_least = len(prompt.engine_input) // _most_characters_per_token(engine.tokenizer)
     if at_least >= engine.max_model_len:
         raise _too_long(f"at least {at_least}", engine.max_model_len)
@@ -177,9 +281,9 @@ def _response_schema(body: ChatCompletionRequest, engine: Engine) -> dict | None
     if response_format is None or response_format.type == "text":
         return None
     if not engine.supports_json_schema:
-        raise APIError(400, f"response_format {response_format.type} needs an engine that constrains decoding "
-                       "(R3_ENGINE=vllm); on this one, attach a json_schema verifier instead, and a failed answer "
-                       "is reflected on and retried", param="response_format")
+        raise APIError(400, f"response_format {response_format.type} needs an engine that constrains decoding; "
+                       "on this one, attach a json_schema verifier instead, and a failed answer is reflected on "
+                       "and retried", param="response_format")
     if response_format.type == "json_object":
         return {"type": "object"}
     return response_format.json_schema.schema_

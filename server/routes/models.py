@@ -1,10 +1,11 @@
-"""`GET /v1/models`: what a request may name in `model`."""
+"""`GET /v1/models` and `GET /v1/models/{id}`: what a request may name in `model`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from server.auth import CheckedRoute
+from server.errors import UnknownModel
 from server.protocol import ModelCard, ModelList
 
 router = APIRouter(route_class=CheckedRoute)
@@ -13,6 +14,19 @@ router = APIRouter(route_class=CheckedRoute)
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     """The served id (the active adapter version on the base), "base", and every loaded adapter."""
+    return ModelList(data=_cards(request))
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    """One of the models `GET /v1/models` lists (`client.models.retrieve`); any other id is a 404."""
+    card = next((card for card in _cards(request) if card.id == model_id), None)
+    if card is None:
+        raise UnknownModel(model_id)
+    return card
+
+
+def _cards(request: Request) -> list[ModelCard]:
     engine, started, adapters = request.app.state.engine, request.app.state.started, request.app.state.adapters
     loaded = engine.adapters()
     cards = [ModelCard(id=engine.model_id, created=started, root=str(loaded.get(adapters.active, engine.model_id)),
@@ -22,4 +36,4 @@ async def list_models(request: Request) -> ModelList:
               for name in sorted(adapters.static_adapters)]
     cards += [ModelCard(id=name, created=started, root=str(loaded[name.replace("r3@", "r3-", 1)]),
                         parent=engine.model_id) for name in adapters.served_models()]
-    return ModelList(data=cards)
+    return cards

@@ -21,6 +21,7 @@ from peft import LoraConfig, get_peft_model, load_peft_weights
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from r3.engines.base import SamplingParams
+from r3.engines.device import Placement
 from r3.engines.transformers_engine import TransformersEngine
 from r3.reflect_retry import Reflector
 from r3.reflection import FailedAttempt, reflection_conversation, retry_conversation
@@ -30,6 +31,8 @@ from trainer.grpo import (
     ReflectionRollout,
     build_trainer,
     carries_signal,
+    grpo_config,
+    precision_args,
     reflection_prompt,
     retry_prompt,
     retry_reward,
@@ -282,6 +285,31 @@ def test_step_without_signal_leaves_the_adapter_alone(tiny_model, tmp_path):
     after_first, after_second = snapshots
     assert any(not torch.equal(initial[name], after_first[name]) for name in initial)
     assert all(torch.equal(after_first[name], after_second[name]) for name in initial)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, precision and TRL's vLLM generation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_round_loads_and_computes_in_the_placements_dtype():
+    cpu = precision_args(Placement("cpu", "float32"))
+    assert cpu == {"use_cpu": True, "bf16": False, "fp16": False, "model_init_kwargs": {"dtype": "float32"}}
+    gpu = precision_args(Placement("cuda", "bfloat16"))  # not float32 weights, as TRL loads them unless told
+    assert gpu == {"use_cpu": False, "bf16": True, "fp16": False, "model_init_kwargs": {"dtype": "bfloat16"}}
+    assert precision_args(Placement("cuda", "float16"))["fp16"]
+
+
+def test_trls_vllm_generation_is_chosen_by_settings(tmp_path):
+    cpu = Placement("cpu", "float32")
+    plain = grpo_config(TINY, tmp_path, 2, cpu)
+    assert not plain.use_vllm and plain.model_init_kwargs == {"dtype": "float32"} and plain.use_cpu
+    assert plain.per_device_train_batch_size == 2 * TINY.num_generations  # whole groups per process
+    server = grpo_config(replace(TINY, use_vllm=True, vllm_mode="server", vllm_server_url="http://trl-vllm:8000"),
+                         tmp_path, 1, cpu)
+    assert (server.use_vllm, server.vllm_mode, server.vllm_server_base_url) == (True, "server", "http://trl-vllm:8000")
+    colocate = grpo_config(replace(TINY, use_vllm=True, vllm_gpu_memory_utilization=0.4), tmp_path, 1, cpu)
+    assert (colocate.vllm_mode, colocate.vllm_gpu_memory_utilization) == ("colocate", 0.4)
 
 
 # ---------------------------------------------------------------------------------------------

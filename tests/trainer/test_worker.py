@@ -16,7 +16,7 @@ from r3.store import database
 from r3.store.models import EpisodeRow, TrainingRound
 from r3.store.registry import adapter_sha256
 from r3.store.sql import SqlEpisodeStore
-from trainer.worker import HELD_OUT, TrainerWorker
+from trainer.worker import HELD_OUT, TrainerWorker, grpo_settings
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl"]
 
@@ -80,3 +80,28 @@ async def test_a_round_trains_registers_gates_and_records(worker, model_path: Pa
     # Nothing new to learn from: the next round has no training set and registers nothing.
     again = await worker.run_round(requested_by="test")
     assert again.candidate is None and len(await worker.registry.versions()) == 1
+
+
+def test_a_round_takes_device_dtype_and_vllm_generation_from_the_settings() -> None:
+    settings = Settings(_env_file=None, device="cpu", dtype="bfloat16", train_num_generations=6, train_use_vllm=True,
+                        train_vllm_mode="server", train_vllm_server_url="http://trl-vllm:8000")
+    grpo = grpo_settings(settings)
+    assert (grpo.device, grpo.dtype, grpo.num_generations) == ("cpu", "bfloat16", 6)
+    assert (grpo.use_vllm, grpo.vllm_mode, grpo.vllm_server_url) == (True, "server", "http://trl-vllm:8000")
+
+
+async def test_the_gate_runs_on_the_engine_factorys_engine_without_the_servers_adapters(
+        worker, lora_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Settings] = []
+
+    async def create_engine(settings: Settings):
+        made.append(settings)
+        raise RuntimeError("no engine in this test")
+
+    monkeypatch.setattr("trainer.worker.create_engine", create_engine)
+    worker.settings = worker.settings.model_copy(update={"engine": "vllm", "device": "cpu", "dtype": "bfloat16",
+                                                         "lora_modules": {"static": lora_path}})
+    with pytest.raises(RuntimeError, match="no engine"):
+        await worker._gate("r3-v1", lora_path, None, [], [])
+    (gate,) = made
+    assert (gate.engine, gate.device, gate.dtype, gate.lora_modules) == ("vllm", "cpu", "bfloat16", {})

@@ -1,0 +1,68 @@
+"""Constrained decoding for the embedded engine, with xgrammar: the library vLLM's own structured
+outputs use, so both engines hold an answer to the same grammar in the same way.
+
+One `Grammars` per engine compiles a request's constraint (a JSON schema, or a structural tag as
+vLLM takes it: `xgrammar.StructuralTag`'s JSON) against the tokenizer's vocabulary once, with a cache;
+each sequence gets its own `RowGrammar` (an `xgrammar.GrammarMatcher`), so every row of a batch is
+held to its own grammar and rows without one are untouched. As in vLLM, the grammar's mask is
+applied before logprobs are taken, and the end-of-sequence token is allowed only where the grammar
+may end (and then it is the only choice left), so an answer stops when its grammar is complete.
+
+Sources: xgrammar's `GrammarCompiler.compile_json_schema` / `compile_structural_tag`,
+`GrammarMatcher.fill_next_token_bitmask` / `accept_token`, `apply_token_bitmask_inplace`; vLLM's
+`vllm/v1/structured_output/backend_xgrammar.py` (the same calls, the same whitespace rules).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+import xgrammar as xgr
+
+from r3.engines.base import EngineError, SamplingParams
+from r3.structured_output import xgrammar_reason
+
+
+class RowGrammar:
+    """One sequence's grammar state: which tokens may come next, advanced by each token sampled."""
+
+    def __init__(self, compiled: xgr.CompiledGrammar, vocab_size: int) -> None:
+        self._matcher = xgr.GrammarMatcher(compiled)
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits ([vocab], in place) of every token the grammar does not allow next to -inf."""
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        xgr.apply_token_bitmask_inplace(logits, self._bitmask[0].to(logits.device))
+
+    def accept(self, token_id: int) -> None:
+        """Advance past `token_id`. Raises `EngineError` if the grammar refuses it (a masked row never samples one)."""
+        if not self._matcher.accept_token(token_id):
+            raise EngineError(f"token {token_id} breaks the request's grammar")
+
+
+class Grammars:
+    """Compiles the constraints of `SamplingParams` for one tokenizer (thread-safe; compiled grammars are cached)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self._vocab_size = vocab_size
+
+    def compile(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
+        """`params`' grammar (None: unconstrained). A structural tag wins over a JSON schema, as it
+        embeds any answer schema itself. Raises `EngineError` for a constraint xgrammar cannot compile."""
+        try:
+            if params.structural_tag is not None:
+                return self._compiler.compile_structural_tag(json.dumps(params.structural_tag))
+            if params.json_schema is not None:
+                return self._compiler.compile_json_schema(json.dumps(params.json_schema), any_whitespace=True)
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise EngineError(f"cannot constrain decoding to this schema: {xgrammar_reason(error)}") from error
+        return None
+
+    def row(self, compiled: xgr.CompiledGrammar) -> RowGrammar:
+        return RowGrammar(compiled, self._vocab_size)
+

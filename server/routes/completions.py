@@ -1,0 +1,205 @@
+"""`POST /v1/completions`: OpenAI's legacy text completion, as vLLM serves it: a prompt in, its
+continuation out, with `logprobs` and `echo`.
+
+It is how evaluation tools such as lm-evaluation-harness score a served model (a prompt echoed
+with its tokens' logprobs, `max_tokens` 0 to score only), which is how a user checks an adapter
+for forgetting. It is plain inference: no chat template, no verifier, no reflection, and it is not
+recorded as an episode (episodes are conversations). Each prompt gets `n` choices (choice
+`prompt_index * n + i`, with seed `seed + i`, as vLLM numbers and seeds them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from r3.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogprob
+from r3.reflect_retry import completion_id
+from server.auth import CheckedRoute
+from server.completions import all_of, interleaved, sse_stream, unless_disconnected
+from server.errors import APIError
+from server.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+    now,
+)
+
+router = APIRouter(route_class=CheckedRoute)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One choice to make: which, of which prompt, with what."""
+
+    index: int
+    prompt: str
+    prompt_ids: list[int]
+    first_token: str  # the prompt's first token, which nothing predicts (its logprob is null)
+    params: SamplingParams
+    score_only: bool  # max_tokens 0: one token is generated (engines make at least one) and dropped
+
+
+@dataclass
+class _Made:
+    """What the engine made of a job so far."""
+
+    text: str = ""
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    prompt_tokens: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(body: CompletionRequest, request: Request) -> Completion | StreamingResponse:
+    state = request.app.state
+    state.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
+    jobs = await asyncio.to_thread(_jobs, state.engine, body)
+    answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now())
+    if body.stream:
+        return StreamingResponse(sse_stream(_stream(state, body, jobs, answer)), media_type="text/event-stream")
+    async with state.adapters.pin(body.model) as adapter:
+        made = await unless_disconnected(request, all_of(_make(state.engine, job, adapter) for job in jobs))
+    return Completion(id=answer.id, created=answer.created, model=body.model,
+                      choices=[answer.choice(job, result, whole=True) for job, result in zip(jobs, made)],
+                      usage=answer.usage(jobs, made))
+
+
+def _jobs(engine: Engine, body: CompletionRequest) -> list[_Job]:
+    """The choices to make, prompt by prompt. Raises `APIError` (400) for a prompt that is not text or
+    token ids of this vocabulary, or that leaves no room for `max_tokens` in the context."""
+    params = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
+                            top_logprobs=body.logprobs or 0, presence_penalty=body.presence_penalty,
+                            frequency_penalty=body.frequency_penalty,
+                            logit_bias=tuple((int(t), b) for t, b in (body.logit_bias or {}).items()),
+                            prompt_logprobs=body.logprobs if body.echo else None)
+    if any(token >= len(engine.tokenizer) for token, _ in params.logit_bias):
+        raise APIError(400, "logit_bias names a token outside this model's vocabulary", param="logit_bias")
+    jobs = []
+    for number, prompt in enumerate(_texts(engine, body.prompt)):
+        prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if engine.max_model_len - len(prompt_ids) < max(body.max_tokens, 1):
+            raise APIError(400, f"the prompt takes {len(prompt_ids)} tokens and max_tokens is {body.max_tokens}; this "
+                           f"model's context is {engine.max_model_len}", param="prompt", code="context_length_exceeded")
+        for i in range(body.n):
+            seed = None if body.seed is None else body.seed + i
+            jobs.append(_Job(number * body.n + i, prompt, prompt_ids, engine.tokenizer.decode(prompt_ids[:1]),
+                             replace(params, max_tokens=max(body.max_tokens, 1), seed=seed), body.max_tokens == 0))
+    return jobs
+
+
+def _texts(engine: Engine, prompt: str | list[Any]) -> list[str]:
+    """The prompt(s) as text: token ids are decoded (and tokenized again by the engine, to the same ids
+    for any text this tokenizer wrote)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(item, int) for item in prompt):
+        prompt = [prompt]
+    texts = []
+    for item in prompt:
+        if isinstance(item, list):
+            if any(not 0 <= token < len(engine.tokenizer) for token in item):
+                raise APIError(400, "prompt holds a token id outside this model's vocabulary", param="prompt")
+            item = engine.tokenizer.decode(item)
+        texts.append(item)
+    return texts
+
+
+async def _make(engine: Engine, job: _Job, adapter: str | None) -> _Made:
+    made = _Made()
+    async for _ in _follow(engine, job, adapter, made):
+        pass
+    return made
+
+
+async def _follow(engine: Engine, job: _Job, adapter: str | None, made: _Made) -> AsyncIterator[GenerationChunk]:
+    """The engine's chunks of `job`, kept in `made` as they come (a score-only job's generation left out)."""
+    async for chunk in engine.stream(job.prompt, job.params, adapter):
+        made.prompt_tokens += chunk.prompt_tokens or []
+        if job.score_only:
+            chunk = replace(chunk, text="", tokens=[])
+        made.text += chunk.text
+        made.tokens += chunk.tokens
+        made.finish_reason = "length" if job.score_only else chunk.finish_reason or made.finish_reason
+        yield chunk
+
+
+async def _stream(state, body: CompletionRequest, jobs: list[_Job], answer: _Answer) -> AsyncIterator[str]:
+    made = [_Made() for _ in jobs]
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+        return Completion(id=answer.id, created=answer.created, model=body.model, choices=choices,
+                          usage=usage).sse(include_usage)
+
+    async def choice_events(job: _Job, result: _Made, adapter: str | None) -> AsyncIterator[str]:
+        first = True
+        async for chunk in _follow(state.engine, job, adapter, result):
+            yield event([answer.piece(job, chunk, echo=first)])
+            first = False
+
+    async with state.adapters.pin(body.model) as adapter:
+        async for chunk in interleaved([choice_events(job, result, adapter) for job, result in zip(jobs, made)]):
+            yield chunk
+    if include_usage:
+        yield event([], answer.usage(jobs, made))
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """How the choices of one request are written."""
+
+    body: CompletionRequest
+    id: str
+    created: int
+
+    def choice(self, job: _Job, made: _Made, whole: bool) -> CompletionChoice:
+        echoed = self._echoed(job, made.prompt_tokens) if self.body.echo else []
+        return CompletionChoice(index=job.index, text=(job.prompt if self.body.echo else "") + made.text,
+                                logprobs=self._logprobs(echoed + _rows(made.tokens)),
+                                finish_reason=made.finish_reason if whole else None)
+
+    def piece(self, job: _Job, chunk: GenerationChunk, echo: bool) -> CompletionChoice:
+        """A streamed chunk of `job` (the first one with the echoed prompt, when asked)."""
+        echoed = echo and self.body.echo
+        text, tokens = ("", []) if job.score_only else (chunk.text, chunk.tokens)
+        rows = (self._echoed(job, chunk.prompt_tokens or []) if echoed else []) + _rows(tokens)
+        finish = ("length" if job.score_only else chunk.finish_reason) if chunk.finish_reason else None
+        return CompletionChoice(index=job.index, text=(job.prompt if echoed else "") + text,
+                                logprobs=self._logprobs(rows), finish_reason=finish)
+
+    def usage(self, jobs: Sequence[_Job], made: Sequence[_Made]) -> Usage:
+        """Each prompt's tokens once, every choice's generated tokens."""
+        prompt = sum(len(job.prompt_ids) for job in jobs if job.index % self.body.n == 0)
+        completion = sum(len(result.tokens) for result in made)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def _echoed(self, job: _Job, prompt_tokens: list[TokenLogprob]) -> list[_Row]:
+        """The prompt's rows: its first token (which nothing predicts) with no logprob, then the scored ones."""
+        return [(job.first_token, None, None), *_rows(prompt_tokens)] if self.body.logprobs is not None else []
+
+    def _logprobs(self, rows: list[_Row]) -> CompletionLogprobs | None:
+        if self.body.logprobs is None:
+            return None
+        offsets, offset = [], 0
+        for text, _, _ in rows:
+            offsets.append(offset)
+            offset += len(text)
+        return CompletionLogprobs(tokens=[text for text, _, _ in rows], token_logprobs=[lp for _, lp, _ in rows],
+                                  top_logprobs=[top for _, _, top in rows], text_offset=offsets)
+
+
+# A token as the legacy logprobs list it: its text, its logprob, the most likely tokens with theirs.
+_Row = tuple[str, float | None, dict[str, float] | None]
+
+
+def _rows(tokens: list[TokenLogprob]) -> list[_Row]:
+    """Each token's row; its alternatives include the token itself, as vLLM's do."""
+    return [(t.token, t.logprob, {**dict(t.top), t.token: t.logprob}) for t in tokens]
