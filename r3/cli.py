@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from r3 import bundled_model
 from r3.settings import get_settings
@@ -49,7 +50,7 @@ def migrate() -> None:
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Option(..., help="Who the key is for.")) -> None:
+def keys_create(name: str = typer.Option(..., help="Who the key is for (one live key per name).")) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     from r3.store import database, keys
 
@@ -57,14 +58,14 @@ def keys_create(name: str = typer.Option(..., help="Who the key is for.")) -> No
         url = database.database_url(get_settings())
         engine = database.create_engine(url)
         try:
-            await database.ensure_migrated(engine, url)
+            await database.make_ready(engine, url)
             return await keys.create_key(database.sessions(engine), name)
         finally:
             await engine.dispose()
 
     try:
         tenant, key = asyncio.run(create())
-    except database.NotMigratedError as error:
+    except (database.NotMigratedError, keys.KeyNameTaken) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error
     console.print(f"created key for {name!r} (tenant {tenant}); it is shown only now:")
@@ -81,14 +82,11 @@ def _check_database() -> None:
     """Refuse to start on a database that is behind the code (the embedded SQLite migrates itself)."""
     from r3.store import database
 
-    url = database.database_url(get_settings())
-    if database.is_embedded(url):
-        return
-
     async def check() -> None:
+        url = database.database_url(get_settings())
         engine = database.create_engine(url)
         try:
-            await database.ensure_migrated(engine, url)
+            await database.make_ready(engine, url)
         finally:
             await engine.dispose()
 
@@ -100,18 +98,64 @@ def _check_database() -> None:
 
 
 @app.command()
-def train(once: bool = typer.Option(False, "--once", help="Run one round now and exit.")) -> None:
+def train(once: bool = typer.Option(False, "--once", help="Run one round now and exit."),
+          as_json: bool = typer.Option(False, "--json", help="With --once: print the round's whole report as "
+                                       "JSON (it is also kept in the database: GET /admin/train)."),
+          verbose: bool = typer.Option(False, "--verbose", help="Log the libraries' messages too.")) -> None:
     """Run the trainer: GRPO rounds on recorded failures, gated, promoted or rejected."""
     import importlib
+    import json
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_quietly(verbose)
     # By module name, like the server: r3 is the shared kernel and must not import the trainer.
     worker_module = importlib.import_module("trainer.worker")
 
     # Alone, or as one of the processes `accelerate launch` started (the main one leads, the others train with it).
     outcome = worker_module.run_trainer(get_settings(), once=once)
-    if outcome is not None:
-        console.print(outcome.report)
+    if outcome is None:
+        return
+    if as_json:
+        print(json.dumps(outcome.report, default=str))
+    else:
+        console.print(round_summary(outcome.report))
+
+
+def _log_quietly(verbose: bool) -> None:
+    """R3's own messages at INFO; the libraries' (Alembic's set-up lines, TRL's and vLLM's notices)
+    only at WARNING, unless `verbose`."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("r3", "trainer", "server"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    if not verbose:
+        # TRL warns about the installed vLLM's version at import, and vLLM about its Triton backend:
+        # true, but nothing a trainer on this machine can act on.
+        logging.captureWarnings(True)
+        for noisy in ("py.warnings", "vllm"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def round_summary(report: dict) -> Table:
+    """A training round's report (`trainer.worker`'s summary) as a table a person reads."""
+    table = Table(title="training round", show_header=False, title_justify="left")
+    table.add_row("failures", f"{report.get('train', 0)} to train on, {report.get('heldout', 0)} held out, "
+                              f"{report.get('regression', 0)} first-attempt successes for the regression check")
+    if "skipped" in report:
+        table.add_row("skipped", str(report["skipped"]))
+        return table
+    training = report.get("training") or {}
+    rewards = ", ".join(f"{r:.2f}" for r in training.get("reward_mean", []))
+    table.add_row("training", f"{training.get('steps', 0)} steps ({training.get('seconds_per_step', 0):.1f} s each); "
+                              f"reward per step: {rewards or '-'}")
+    groups, skipped = training.get("groups", 0), training.get("skipped_groups", 0)
+    table.add_row("groups", f"{groups - skipped} of {groups} carried signal (the rest had equal rewards)")
+    gate = report.get("gate") or {}
+    if gate:
+        table.add_row("gate", f"held-out second attempts: candidate {gate.get('candidate_second_attempt', 0):.2f} vs "
+                              f"active {gate.get('active_second_attempt', 0):.2f} (p = {gate.get('p_value', 1):.3g})")
+    verdict = "[green]promoted[/green]" if report.get("promoted") else "[yellow]rejected[/yellow]"
+    table.add_row("decision", f"{report.get('candidate')}: {verdict} ({report.get('reason', '')})")
+    return table
 
 
 @app.command()

@@ -39,10 +39,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI):
         url = database.database_url(settings)
         db = database.create_engine(url)
-        if database.is_embedded(url):
-            await asyncio.to_thread(database.migrate, url)  # the embedded SQLite keeps itself current
-        else:
-            await database.ensure_migrated(db, url)
+        await database.make_ready(db, url)
         sessions = database.sessions(db)
         stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else InProcessEpisodeStream()
         app.state.episodes = SqlEpisodeStore(sessions)

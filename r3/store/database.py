@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -59,6 +60,16 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+async def make_ready(engine: AsyncEngine, url: str) -> None:
+    """Get the database ready for use: the embedded SQLite migrates itself wherever it is opened (the
+    server, the trainer, `r3 keys`); any other database must have been migrated (`r3 migrate`), or
+    this raises `NotMigratedError`."""
+    if is_embedded(url):
+        await asyncio.to_thread(migrate, url)
+    else:
+        await ensure_migrated(engine, url)
 
 
 async def ensure_migrated(engine: AsyncEngine, url: str) -> None:

@@ -23,11 +23,20 @@ def tenant_of_configured_key(key: str) -> str:
     return f"env-{key_hash(key)[:16]}"
 
 
+class KeyNameTaken(ValueError):
+    """A live key already has this name: a second would make two tenants nobody can tell apart."""
+
+
 async def create_key(sessions: async_sessionmaker[AsyncSession], name: str) -> tuple[str, str]:
-    """A new key for `name`: returns (tenant id, key). The key cannot be recovered later."""
+    """A new key for `name`: returns (tenant id, key). The key cannot be recovered later.
+
+    Raises `KeyNameTaken` when a key that is not revoked already has `name`."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     tenant = f"key-{secrets.token_hex(8)}"
     async with sessions.begin() as session:
+        taken = await session.scalar(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)))
+        if taken is not None:
+            raise KeyNameTaken(f"a key named {name!r} exists already (tenant {taken}); choose another name")
         session.add(ApiKey(id=tenant, name=name, key_hash=key_hash(key), created_at=datetime.now(UTC)))
     return tenant, key
 
