@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from r3.store import keys
-from server.errors import APIError, refuse_unencodable_text
+from server.errors import APIError, refuse_unsound_body
 
 _CACHE_S = 5.0  # a revoked key stops working within this long
 
@@ -129,7 +129,7 @@ class CheckedRoute(APIRoute):
             for check in caller_checks:
                 await check(request)
             if takes_body:
-                await refuse_unencodable_text(request)
+                await refuse_unsound_body(request)
             return await handler(request)
 
         return checked

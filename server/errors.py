@@ -1,12 +1,15 @@
 """OpenAI-style errors: every failure leaves as `{"error": {message, type, param, code}}`.
 
 Also the checks that refuse a request before FastAPI validates it: a body over the size limit
-(413), and text that is not valid Unicode (400).
+(413, raised while the body is read, so a route that checks its caller first answers a caller
+without a valid key 401 without reading it), and a JSON body holding what no JSON text should
+(400): text that is not valid Unicode, a number that is NaN or infinite.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -15,10 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
-from server.protocol import ErrorDetail, ErrorResponse
+from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, shown
+from verifiers.base import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,21 @@ class UnknownModel(APIError):
     """A request's `model` names nothing this server serves."""
 
     def __init__(self, model: str) -> None:
-        super().__init__(404, f"the model {model!r} does not exist; GET /v1/models lists them",
+        super().__init__(404, f"the model {shown(model)} does not exist; GET /v1/models lists them",
                          type="not_found_error", param="model", code="model_not_found")
+
+
+class RequestTooLarge(StarletteHTTPException):
+    """The body is over `R3_MAX_REQUEST_BYTES` (413). Raised by `BodySizeLimit`'s `receive` while the
+    app reads the body: an HTTPException, which FastAPI's body parsing lets through as it is."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is larger than {max_bytes} bytes")
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    """A client's text (a param's path) as an error message shows it: cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error",
@@ -55,16 +73,23 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+# What pydantic says when the body as a whole is no object: missing (empty, or `null`), or another type.
+_NOT_AN_OBJECT = {"missing", "model_attributes_type", "model_type", "dict_type"}
+
+
 def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     # Of a union's alternatives, the error that got furthest into the input says most.
     first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
-    param = _param_path(first.get("loc", ()))
+    location = tuple(first.get("loc", ()))
+    param = _param_path(location)
     if first.get("type") == "json_invalid":
         reason = first.get("ctx", {}).get("error")
         return error_response(400, "the request body is not valid JSON" + (f": {reason}" if reason else ""),
                               code="invalid_json")
-    message = first.get("msg", "invalid request")
-    return error_response(400, f"{param}: {message}" if param else message, param=param)
+    if location == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+        return error_response(400, "the request body must be a JSON object")
+    message = validation_message(first)
+    return error_response(400, f"{clipped(param)}: {message}" if param else message, param=param)
 
 
 _TYPE_BRANCHES = {"str", "int", "float", "bool", "dict", "list"}
@@ -110,8 +135,13 @@ def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(500, "internal server error", type="server_error")
 
 
+def _too_large(_: Request, error: RequestTooLarge) -> JSONResponse:
+    return error_response(413, str(error.detail), code="request_too_large")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, lambda _, error: error.response())
+    app.add_exception_handler(RequestTooLarge, _too_large)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -123,8 +153,11 @@ def install_error_handlers(app: FastAPI) -> None:
 class BodySizeLimit:
     """ASGI middleware: a body over `max_bytes` gets a 413, whether its length is declared or it comes chunked.
 
-    The body is read here (up to the limit) before the app runs. Enforced while the app reads, the
-    limit would surface inside FastAPI's body parsing, which answers any error there with a 400.
+    The limit is enforced as the app reads the body (its `receive` raises `RequestTooLarge`), not
+    before the app runs: a route that needs a key checks the caller before it reads anything
+    (`server.auth.CheckedRoute`), so a client without a valid key hears 401 whatever it sends, and
+    only a known caller hears about its body. A declared length over the limit is refused at the
+    first read, without waiting for the body; a chunked one once the bytes read pass the limit.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -134,81 +167,101 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, receive, send)
-        chunks, size = [], 0
-        while True:
+        declared_too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        size = 0
+
+        async def limited() -> Message:
+            nonlocal size
+            if declared_too_large:
+                raise RequestTooLarge(self.max_bytes)
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # gone before its body was sent: there is no one to answer
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._reject(scope, receive, send)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise RequestTooLarge(self.max_bytes)
+            return message
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"the request body is larger than {self.max_bytes} bytes",
-                                  code="request_too_large")
-        await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the app the whole `body` at once, then the client's later messages
-    (its `http.disconnect`, which tells a running request that nobody waits for it any more)."""
-    given = False
-
-    async def replay() -> Message:
-        nonlocal given
-        if given:
-            return await receive()
-        given = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
+        await self.app(scope, limited, send)
 
 
 # How a UTF-16 surrogate can be written in a JSON body: escaped (\ud800), or encoded raw (which
 # Python's json module decodes with "surrogatepass"). A body without either holds none.
-_SURROGATE_IN_JSON = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE_IN_JSON = rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
+# How Python's json module can come to a float that is not finite: its NaN and Infinity extensions,
+# an exponent (1e999), or an integer part of 309 digits or more (the largest float has 309). A body
+# without any of these holds no such number.
+_NON_FINITE_IN_JSON = rb"NaN|Infinity|[0-9][eE]|[0-9]{309}"
+_MAY_BE_UNSOUND = re.compile(_SURROGATE_IN_JSON + b"|" + _NON_FINITE_IN_JSON)
 
 
-async def refuse_unencodable_text(request: Request) -> None:
-    """Refuse (`APIError` 400, naming the param) a JSON body whose text holds a lone surrogate.
+async def refuse_unsound_body(request: Request) -> None:
+    """Refuse (`APIError` 400, naming the param) a JSON body that holds what no JSON text may:
 
-    Such a string is not Unicode text: a tokenizer raises on it, and neither UTF-8 nor a database
-    can hold it. A body that is not JSON is left to FastAPI to refuse.
+    - text with a lone UTF-16 surrogate (`"\\ud800"` without its pair): not Unicode text, which a
+      tokenizer raises on and neither UTF-8 nor a database can hold (code `invalid_unicode`);
+    - a number that is NaN or infinite (`NaN`, `Infinity`, `1e999`, which Python's json reads but
+      JSON has not): a schema or pattern holding one would be judged with it and stored as null
+      (code `invalid_number`).
+
+    One walk over the whole body, free-form values (`verifier`, tool `parameters`, ...) included,
+    so no field's validator has to repeat it. A body that is not JSON is left to FastAPI to refuse.
     """
-    body = await request.body()
-    if not _SURROGATE_IN_JSON.search(body):
+    try:
+        body = await request.body()  # over the size limit: `RequestTooLarge` (413), from `BodySizeLimit`
+    except ClientDisconnect:
+        raise ClientGone from None  # hung up while sending its body: nobody to answer
+    if not _MAY_BE_UNSOUND.search(body):
         return
     try:
         value = await request.json()  # cached: FastAPI validates this very parse
     except (ValueError, RecursionError):
         return  # not JSON: FastAPI refuses it (400)
-    path = lone_surrogate_at(value)
-    if path is not None:
-        where = path or "the request body"
+    found = unsound_value_at(value)
+    if found is None:
+        return
+    path, problem = found
+    where = clipped(path) if path else "the request body"
+    if problem == "surrogate":
         raise APIError(400, f"{where}: holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), "
                        "which is not Unicode text", param=path or None, code="invalid_unicode")
+    raise APIError(400, f"{where}: {problem} is not a number JSON can hold: numbers must be finite",
+                   param=path or None, code="invalid_number")
 
 
-def lone_surrogate_at(value: Any) -> str | None:
-    """The path (`"messages.0.content"`; `""` for the value itself) of a string or key in a JSON value
-    that holds a lone surrogate, or None when all its text is valid Unicode."""
+def unsound_value_at(value: Any) -> tuple[str, str] | None:
+    """The first (in document order) string, key or number in a JSON value that JSON text cannot
+    hold, as (its path, `"messages.0.content"`, `""` for the value itself; what is wrong: `"surrogate"`
+    for text with a lone surrogate, else the number as Python's json writes it, `NaN`, `Infinity`,
+    `-Infinity`), or None when there is none. Iterative, so any depth; a path is made only for a
+    container, or for what is wrong."""
+    problem = _scalar_problem(value)
+    if problem is not None:
+        return "", problem
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
-        path, item = stack.pop()
-        if isinstance(item, str) and not _is_unicode(item):
-            return path
-        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        path, container = stack.pop()
+        children = container.items() if isinstance(container, dict) else enumerate(container)
+        nested: list[tuple[str, Any]] = []
         for key, child in children:
-            child_path = f"{path}.{key}" if path else str(key)
-            if not _is_unicode(child_path):  # the key itself: named escaped, so the error can be sent
-                return child_path.encode("utf-8", "backslashreplace").decode()
-            stack.append((child_path, child))
+            if isinstance(key, str) and not _is_unicode(key):  # named escaped, so the error can be sent
+                return _child(path, key).encode("utf-8", "backslashreplace").decode(), "surrogate"
+            if isinstance(child, dict | list):
+                nested.append((_child(path, key), child))
+            elif (problem := _scalar_problem(child)) is not None:
+                return _child(path, key), problem
+        stack.extend(reversed(nested))
+    return None
+
+
+def _child(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if _is_unicode(value) else "surrogate"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return None
 
 

@@ -5,7 +5,11 @@ SDK's `CompletionCreateParams`); those R3 cannot honour (`metadata`, `service_ti
 `reasoning_effort`, ...) are accepted and have no effect. An explicit `null` is the field's default,
 as OpenAI types them "... or null" and client wrappers send nulls. A field outside OpenAI's request
 and R3's extensions is a 400 that names it (`extra="forbid"`), so a misspelled parameter is never a
-silently ignored setting. Booleans must be JSON booleans (`"yes"` or `1` is no `true`). A free-form
+silently ignored setting. Nothing is coerced (`verifiers.base.ClientInput`, the base of every
+request model): a boolean must be a JSON boolean (`"yes"` or `1` is no `true`), a number a JSON
+number (`"0"` or `true` is none; an integer is a number, `5.0` is not an integer). No number may be
+NaN or infinite, anywhere in the body (JSON has none; the server refuses them before this: see
+`server.errors.refuse_unsound_body`). A free-form
 JSON value (a tool's `parameters`, a `response_format` schema, a `verifier`) may nest at most
 `verifiers.MAX_JSON_DEPTH` arrays and objects, and a schema must be a valid JSON Schema.
 Responses follow OpenAI's: a stream chunk always carries `finish_reason` and `logprobs` (null until
@@ -20,7 +24,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     ValidationInfo,
@@ -29,10 +32,18 @@ from pydantic import (
 )
 
 from verifiers import depth_problem, schema_problem
+from verifiers.base import ClientInput
+
+_Strict = ClientInput  # every request model: unknown fields refused, nothing coerced
+
+SHOWN_CHARS = 100  # a client's value quoted back in an error message is cut to about this long
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A client's value as an error message quotes it (`repr`), cut to `limit` characters: a
+    10,000-character model name is not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _a_valid_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +208,7 @@ def _default_for_null(cls: type[BaseModel], value: Any, info: ValidationInfo) ->
 def _token_ids_and_biases(cls: type[BaseModel], bias: dict[str, float] | None) -> dict[str, float] | None:
     for token, value in (bias or {}).items():
         if not token.isdigit():
-            raise ValueError(f"{token!r} is not a token id")
+            raise ValueError(f"{shown(token)} is not a token id")
         if not -100 <= value <= 100:
             raise ValueError(f"the bias of token {token} is {value}; biases are from -100 to 100")
     return bias

@@ -4,12 +4,15 @@ OpenAI-style 4xx naming the param, never a 500, and a client that hangs up costs
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 from support import ThreadedServer
 
 from r3.engines.base import EngineError, GenerationChunk
@@ -17,6 +20,7 @@ from r3.episodes import ABANDONED, AttemptRecord, Episode
 from r3.settings import Settings
 from server.app import create_app
 from server.completions import Wire, choice_events, response_events, sse_stream
+from server.errors import BodySizeLimit, install_error_handlers, refuse_unsound_body
 from trainer.data import failures_from_episodes
 from verifiers import MAX_JSON_DEPTH
 
@@ -130,7 +134,9 @@ def test_text_with_surrogate_pairs_is_served(url) -> None:
 def test_an_unbounded_stats_window_is_refused(url, window_s) -> None:
     response = httpx.get(f"{url}/admin/stats", params={"window_s": window_s},
                          headers={"Authorization": f"Bearer {ADMIN}"})
-    assert_refused(response, "window_s")
+    error = assert_refused(response, "window_s")
+    if window_s in ("inf", "nan"):  # not "less than or equal to 31622400", which nan is not either
+        assert "finite number" in error["message"], error
 
 
 def test_a_year_of_stats_is_served(url) -> None:
@@ -178,6 +184,148 @@ async def test_a_stream_that_fails_before_or_after_its_tokens_ends_with_an_error
     for events in (late, failing_setup()):
         sent = [e async for e in sse_stream(events)]
         assert sent[-1] == "data: [DONE]\n\n" and '"server_error"' in sent[-2]
+
+
+# ------------------------------------------------------------------ NaN and infinities, anywhere in a body
+
+
+def raw_chat(url: str, text: str, path: str = "/v1/chat/completions") -> httpx.Response:
+    return httpx.post(f"{url}{path}", content=text.encode(), headers={**AUTH, "content-type": "application/json"},
+                      timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ('"verifier": {"type": "tool_call", "expected": [{"name": "f", "arguments": {"b": {"$one_of": [NaN, Infinity]}}}]}',
+         "verifier.expected.0.arguments.b.$one_of.0"),
+        ('"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "number", "maximum": NaN}}}]',
+         "tools.0.function.parameters.maximum"),
+        ('"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "number", '
+         '"minimum": 1e999}}}', "response_format.json_schema.schema.minimum"),
+        ('"verifier": {"type": "json_schema", "schema": {"const": -Infinity}}', "verifier.schema.const"),
+        ('"temperature": Infinity', "temperature"),
+        ('"logit_bias": {"5": -Infinity}', "logit_bias.5"),
+        ('"metadata": {"a": "b"}, "prediction": {"x": [1, 2, 10000000000000000000000000000000000000000000000000000'
+         '000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000'
+         '000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000'
+         '000000000000000000000000000000000000000000000000000000000000.5]}', "prediction.x.2"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_wherever_it_is(url, extra, param) -> None:
+    """JSON has no NaN or Infinity (Python's json reads them, and 1e999 as inf): judged with one, a
+    verifier or schema would be stored with null in its place. One walk over the body refuses them."""
+    text = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], %s}' % (MODEL, extra)
+    error = assert_refused(raw_chat(url, text), param)
+    assert error["code"] == "invalid_number" and "finite" in error["message"]
+
+
+def test_a_legacy_completion_with_a_non_finite_number_is_refused(url) -> None:
+    error = assert_refused(raw_chat(url, '{"model": "%s", "prompt": "hi", "top_p": NaN}' % MODEL, "/v1/completions"),
+                           "top_p")
+    assert error["code"] == "invalid_number"
+
+
+def test_finite_numbers_with_exponents_are_served(url) -> None:
+    text = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "temperature": 5e-1, "max_tokens": 1, '
+            '"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "number", '
+            '"maximum": 1E+300}}}]}' % MODEL)
+    response = raw_chat(url, text)
+    assert response.status_code == 200, response.text
+
+
+# ------------------------------------------------------------------ strict booleans and numbers
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": "0"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": "1"}, "top_p"),
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 5.0}, "max_tokens"),
+        ({"n": "2"}, "n"),
+        ({"seed": "7"}, "seed"),
+        ({"logit_bias": {"5": "10"}}, "logit_bias.5"),
+        ({"reflect": {"max_retries": True}}, "reflect.max_retries"),
+        ({"verifier": {"type": "tool_call", "expected": [], "ordered": 1}}, "verifier.ordered"),
+        ({"verifier": {"type": "tool_call", "expected": [], "ordered": "true"}}, "verifier.ordered"),
+        ({"verifier": {"type": "tool_call", "expected": [], "numeric_tolerance": "0.1"}}, "verifier.numeric_tolerance"),
+        ({"verifier": {"type": "exact", "expected": "hi", "ignore_case": "yes"}}, "verifier.ignore_case"),
+        ({"verifier": {"type": "countdown", "numbers": [1, 2], "target": "3"}}, "verifier.target"),
+    ],
+)
+def test_booleans_and_numbers_must_be_json_booleans_and_numbers(url, body, param) -> None:
+    """Nothing in a request or its verifier is coerced: `"0"`, `true`, `"true"`, `1` are not what they look like."""
+    error = assert_refused(chat(url, **body), param)
+    assert "Value error" not in error["message"]
+
+
+def test_an_integer_is_a_number(url) -> None:
+    response = chat(url, temperature=0, top_p=1, max_tokens=1,
+                    verifier={"type": "tool_call", "expected": [], "numeric_tolerance": 1})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("arguments", [{"$one_of": [{"a": 1}]}, {"$one_of": [{"a": 1}], "$optional": True},
+                                       {"a": 1, "$optional": True}])
+def test_an_operator_for_a_whole_call_s_arguments_is_refused(url, arguments) -> None:
+    """`arguments` are argument names: read literally, `{"$one_of": [...]}` there could never match."""
+    verifier = {"type": "tool_call", "expected": [{"name": "f", "arguments": arguments}]}
+    error = assert_refused(chat(url, verifier=verifier), "verifier.expected.0.arguments")
+    assert "cannot stand for a call's whole arguments" in error["message"]
+    assert not error["message"].startswith("verifier.expected.0.arguments: Value error"), error
+
+
+# ------------------------------------------------------------------ messages that say what is wrong
+
+
+@pytest.mark.parametrize("body", [b"null", b"", b"[]", b"5", b'"hi"'])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/feedback"])
+def test_a_body_that_is_not_an_object_is_called_so(url, body, path) -> None:
+    response = httpx.post(f"{url}{path}", content=body, headers={**AUTH, "content-type": "application/json"})
+    error = assert_refused(response, None)
+    assert error["message"] == "the request body must be a JSON object", error
+
+
+def test_messages_carry_no_pydantic_prefix(url) -> None:
+    error = assert_refused(chat(url, messages=[{"role": "assistant"}]), "messages.0")
+    assert error["message"] == "messages.0: an assistant message needs content or tool_calls", error
+    error = assert_refused(chat(url, stream=False, stream_options={"include_usage": True}), None)
+    assert error["message"] == "stream_options requires stream: true", error
+
+
+def test_a_long_value_is_not_echoed_whole(url) -> None:
+    name = "m" * 10_000
+    response = httpx.post(f"{url}/v1/chat/completions", json={"model": name, "messages": QUESTION}, headers=AUTH)
+    assert response.status_code == 404 and response.json()["error"]["param"] == "model"
+    assert len(response.json()["error"]["message"]) < 200
+    response = httpx.get(f"{url}/v1/models/{name}", headers=AUTH)
+    assert response.status_code == 404 and len(response.json()["error"]["message"]) < 200
+    key = "k" * 10_000
+    response = chat(url, **{key: 1})
+    assert response.status_code == 400 and response.json()["error"]["param"] == key
+    assert len(response.json()["error"]["message"]) < 200
+
+
+def test_load_balancers_may_probe_with_head(url) -> None:
+    for path, headers in (("/health", {}), ("/v1/models", AUTH)):
+        response = httpx.head(f"{url}{path}", headers=headers)
+        assert response.status_code == 200 and response.content == b"", (path, response.status_code)
+    assert httpx.head(f"{url}/v1/models").status_code == 401  # a probe is still a request: it needs the key
+
+
+def test_asking_for_training_while_a_round_is_pending_adds_none(url) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    first, second, third = (httpx.post(f"{url}/admin/train", headers=admin) for _ in range(3))
+    assert first.status_code == second.status_code == third.status_code == 200
+    round_id = first.json()["round"]
+    assert first.json()["status"] == "requested"
+    assert second.json() == third.json() == {"round": round_id, "status": "requested", "new": False}
+    rounds = httpx.get(f"{url}/admin/train", headers=admin).json()["rounds"]
+    assert [r["round"] for r in rounds if r["status"] == "requested"] == [round_id]
 
 
 # ------------------------------------------------------------------ 5: invalid tool schemas
@@ -251,6 +399,91 @@ def test_a_caller_without_a_key_hears_401_before_anything_about_its_body(url, bo
         assert keyless.json()["error"]["code"] == "invalid_api_key"
         keyed = httpx.post(f"{url}{path}", content=body, headers={**AUTH, "content-type": "application/json"})
         assert_refused(keyed, None)
+
+
+def declared_post(url: str, path: str, headers: dict[str, str], declared: int) -> tuple[int, dict]:
+    """POST that declares a `declared`-byte body and sends one byte of it: (status, JSON body) of the
+    answer, which must come without the server waiting for the rest."""
+    parts = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": parts.hostname, "Content-Type": "application/json",
+                                                "Content-Length": str(declared), **headers}.items())
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n{{".encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < _length(received):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    status = int(received.split(b" ", 2)[1])
+    return status, json.loads(received.split(b"\r\n\r\n", 1)[1][: _length(received)])
+
+
+def _length(response: bytes) -> int:
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/feedback", "/v1/completions", "/admin/train"])
+def test_a_caller_without_a_key_hears_401_before_anything_about_its_body_size(url, path) -> None:
+    """The key is checked before the body is read: a stranger learns nothing about the size limit."""
+    for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Bearer {KEY}"} if "admin" in path
+                    else {"Authorization": f"Bearer {ADMIN}"}):
+        status, body = declared_post(url, path, headers, 99_999_999)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+    if "admin" in path:
+        return  # takes no body: it never reads one, so there is nothing to refuse
+    good = AUTH
+    status, body = declared_post(url, path, good, 99_999_999)
+    assert status == 413 and body["error"]["code"] == "request_too_large", body
+
+    def chunks():  # no Content-Length: sent chunked, and over the limit
+        for _ in range(5):
+            yield b" " * (1024 * 1024)
+
+    for headers in ({}, {"Authorization": "Bearer not-a-key"}):
+        keyless = httpx.post(f"{url}{path}", content=chunks(), headers={**headers, "content-type": "application/json"},
+                             timeout=60)
+        assert keyless.status_code == 401, keyless.text
+    keyed = httpx.post(f"{url}{path}", content=chunks(), headers={**good, "content-type": "application/json"},
+                       timeout=60)
+    assert keyed.status_code == 413 and keyed.json()["error"]["code"] == "request_too_large", keyed.text
+
+
+@pytest.mark.parametrize(("messages", "status"), [
+    ([{"type": "http.request", "body": b'{"a": ', "more_body": True}, {"type": "http.disconnect"}], 499),
+    ([{"type": "http.request", "body": b" " * 60, "more_body": True}] * 2, 413),
+    ([{"type": "http.request", "body": b'{"a": [1, NaN]}', "more_body": False}], 400),
+    ([{"type": "http.request", "body": b'{"a": [1, 2e3]}', "more_body": False}], 200),
+])
+async def test_the_body_checks_at_the_asgi_level(messages: list, status: int, caplog) -> None:
+    """The size limit is enforced as the body is read (after any caller check); a client that hangs
+    up while sending its body is no server error (499, nobody reads it)."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/x")
+    async def endpoint(request: Request) -> dict:
+        await refuse_unsound_body(request)
+        return {}
+
+    pending, sent = list(messages), []
+
+    async def receive() -> dict:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/x", "raw_path": b"/x", "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2), "headers": [(b"content-type", b"application/json")]}
+    await BodySizeLimit(app, max_bytes=100)(scope, receive, send)
+    assert sent[0]["status"] == status
+    assert "unhandled error" not in caplog.text
 
 
 # ~3 MB is refused by its length alone; ~1 MB must be tokenized (about a second of work) to be refused.
@@ -334,7 +567,8 @@ def test_a_stream_whose_client_hangs_up_leaves_an_abandoned_episode(url) -> None
 
 def test_a_client_that_hangs_up_while_the_server_reflects_leaves_what_was_made(url) -> None:
     known = {e["id"] for e in abandoned_episodes(url, timeout_s=0)}
-    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0,
+    # `<|im_end|>` (id 2) banned: the reflection cannot end early, whatever the model would write.
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0, "logit_bias": {"2": -100},
             "verifier": {"type": "exact", "expected": "a word the model will not say"}}
     with pytest.raises(httpx.ReadTimeout):  # attempt 1 fails at once; the reflection (256 tokens) is cut short
         httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=3)

@@ -137,10 +137,21 @@ def test_every_action_needs_the_session_and_its_csrf_token(stack, browser: httpx
 
 
 def test_logout_ends_the_session(stack) -> None:
-    with closing(logged_in(stack[1])) as client:
+    _, url, _ = stack
+    with closing(logged_in(url)) as client, closing(logged_in(url)) as elsewhere:
+        copied = client.cookies["r3_dashboard"]
         token = csrf_of(client.get("/dashboard").text)
         assert client.post("/dashboard/logout", data={"csrf": token}).status_code == 303
         assert client.get("/dashboard").status_code == 303
+        # Ended on the server, not only in this browser: a copy of the cookie is worth nothing now,
+        # and neither is the admin's session in another browser (a logout is a "not before").
+        assert httpx.get(f"{url}/dashboard", cookies={"r3_dashboard": copied}).status_code == 303
+        stolen = httpx.post(f"{url}/dashboard/training", cookies={"r3_dashboard": copied}, data={"csrf": token})
+        assert stolen.status_code == 303 and stolen.headers["location"] == "/dashboard/login"
+        assert elsewhere.get("/dashboard").status_code == 303
+    with closing(logged_in(url)) as again:  # logging in again starts a new session
+        assert again.get("/dashboard").status_code == 200
+        assert "logged out of the dashboard" in again.get("/dashboard/versions").text  # in the audit log
 
 
 # ------------------------------------------------------------------ pages
@@ -207,8 +218,14 @@ def test_training_page_shows_rounds_and_starts_one(stack, browser: httpx.Client)
     started = browser.post("/dashboard/training", data={"csrf": csrf_of(page)})
     assert started.status_code == 303
     page = browser.get("/dashboard/training").text
-    assert re.search(r"Round \d+ requested", page) and "is requested." in page
+    requested = re.search(r"Round (\d+) requested", page)
+    assert requested and "is requested." in page
     assert 'id="start-round" disabled' in page
+    # A second click (another tab, a double submit) adds no round: it is told of the pending one.
+    assert browser.post("/dashboard/training", data={"csrf": csrf_of(page)}).status_code == 303
+    page = browser.get("/dashboard/training").text
+    assert f"Round {requested.group(1)} is already requested; no other was requested." in page
+    assert len(re.findall(r"Round \d+ · requested", page)) == 1
 
 
 def test_episodes_filter_page_and_open(stack, browser: httpx.Client) -> None:
@@ -228,6 +245,10 @@ def test_episodes_filter_page_and_open(stack, browser: httpx.Client) -> None:
 
     bad_time = browser.get("/dashboard/episodes", params={"since": "yesterday"})
     assert bad_time.status_code == 200 and "is not a time" in bad_time.text
+    bad_cursor = browser.get("/dashboard/episodes", params={"after": "garbage"})  # a page, not the API's JSON 400
+    assert bad_cursor.status_code == 200 and bad_cursor.headers["content-type"].startswith("text/html")
+    assert "not a page of this list" in bad_cursor.text and set(re.findall(
+        r"/dashboard/episodes/(ep_[0-9a-f]+)", bad_cursor.text)) == first_ids
 
     rescued = next(e for e in rows)
     episode = browser.get(f"/dashboard/episodes/{rescued}").text

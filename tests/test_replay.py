@@ -129,6 +129,36 @@ def test_a_malformed_task_file_is_refused_before_anything_is_sent(tmp_path: Path
     assert result.exit_code == 1 and "tasks.jsonl:1" in result.output
 
 
+BFCL_QUESTION = {"id": "simple_python_0", "question": [[{"role": "user", "content": "Area of a 10 by 5 triangle?"}]],
+                 "function": [{"name": "calculate_triangle_area", "description": "Area.", "parameters": {
+                     "type": "dict", "required": ["base"], "properties": {"base": {"type": "integer"}}}}]}
+
+
+@pytest.mark.parametrize(("source", "records", "answers", "where"), [
+    ("xlam", [{"id": 1, "query": "q", "tools": json.dumps([{"name": "f", "parameters": []}]), "answers": "[]"}],
+     None, "x.json:1"),
+    ("bfcl", [BFCL_QUESTION], [{"id": "simple_python_0", "ground_truth": {"a": 1}}], "a.json:1"),
+    ("bfcl", [BFCL_QUESTION], [{"id": "simple_python_0", "ground_truth": [{"calculate_triangle_area": {"base": 10}}]}],
+     "a.json:1"),
+    ("bfcl", [BFCL_QUESTION], None, "x.json:1"),  # not an irrelevance category: the answers are needed
+    ("r3", b'{"id": "\xff"}\n', None, "x.json:1"),
+    ("r3", b"[" * 100_000 + b"\n", None, "x.json:1"),
+])
+def test_a_file_replay_cannot_make_sense_of_is_an_error_naming_its_line(tmp_path: Path, source: str, records,
+                                                                       answers, where: str) -> None:
+    """Never a traceback: `error: FILE:LINE: ...` and exit status 1, before anything is sent."""
+    path = tmp_path / "x.json"
+    path.write_bytes(records if isinstance(records, bytes) else b"".join(json.dumps(r).encode() + b"\n"
+                                                                         for r in records))
+    extra = ["--answers", str(write(tmp_path / "a.json", answers))] if answers else []
+    result = CliRunner().invoke(app, ["replay", str(path), "--from", source, *extra, "--url", "http://127.0.0.1:9",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    output = "".join(result.output.split())  # rich wraps long lines, even inside a path
+    assert output.startswith("error:") and f"{where}:" in output and "Traceback" not in output, result.output
+
+
 def test_serve_starts_a_server_for_the_replay(model_path: Path, tmp_path: Path, monkeypatch) -> None:
     data = tmp_path / "data"
     for name, value in {"R3_DATA_DIR": str(data), "R3_MODELS_DIR": str(model_path.parent),

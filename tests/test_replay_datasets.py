@@ -275,7 +275,7 @@ TASK = {"id": "t1", "request": {"messages": [{"role": "user", "content": "hi"}],
 
 @pytest.mark.parametrize(("lines", "message"), [
     (["{not json"], "q.jsonl:1: not valid JSON"),
-    ([{**TASK, "request": {"messages": []}}], "q.jsonl:1: request: Value error, request.messages"),
+    ([{**TASK, "request": {"messages": []}}], "q.jsonl:1: request: request.messages"),
     ([{**TASK, "request": {"messages": [{"role": "user", "content": "x"}]}}], "request.verifier is required"),
     ([{**TASK, "request": {**TASK["request"], "stream": True}}], "request.stream must not be true"),
     ([{**TASK, "request": {**TASK["request"], "verifier": {"type": "regex"}}}], "pattern"),
@@ -310,8 +310,106 @@ def test_records_are_a_json_array_or_json_lines(tmp_path: Path) -> None:
     write_lines(tmp_path / "b.json", [{"x": 1}, {"x": 2}])
     assert read_records(tmp_path / "a.json") == read_records(tmp_path / "b.json") == [{"x": 1}, {"x": 2}]
     (tmp_path / "c.json").write_text("[1, 2]")
-    with pytest.raises(TaskFileError, match="record 1 is not a JSON object"):
+    with pytest.raises(TaskFileError, match="c.json:1: record 1: not a JSON object"):
         read_records(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text("[\n" + json.dumps({"x": 1}) + ",\n  []\n]")
+    with pytest.raises(TaskFileError, match="d.json:3: record 2: not a JSON object"):  # the line the record is on
+        read_records(tmp_path / "d.json")
+
+
+# --- whatever a file holds: an error naming its file and line, never a traceback ----------------------
+
+BAD_XLAM_TOOLS = json.dumps([{"name": "f", "description": "F.", "parameters": []}])
+AREA_QUESTION = {"id": "simple_python_0", "question": [[{"role": "user", "content": "Area of a 10 by 5 triangle?"}]],
+                 "function": [{"name": "calculate_triangle_area", "description": "Area.", "parameters": {
+                     "type": "dict", "required": ["base"], "properties": {"base": {"type": "integer"}}}}]}
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"id": 1, "query": "q", "tools": BAD_XLAM_TOOLS, "answers": "[]"}, "tools: the parameters of 'f' must be an object"),
+    ({"id": 1, "query": "q", "tools": "[1]", "answers": "[]"}, "tools: each tool must be an object"),
+    ({"id": 1, "query": "q", "tools": "{}", "answers": "[]"}, "tools must be a list"),
+    ({"id": 1, "query": "q", "tools": "[", "answers": "[]"}, "tools is not a JSON list"),
+    ({"id": 1, "query": "q", "tools": "[]", "answers": '[{"name": "f", "arguments": []}]'}, "answers: each answer"),
+    ({"id": 1, "query": "q", "tools": '[{"name": "f", "parameters": {"a": 5}}]', "answers": "[]"},
+     "cannot make sense of this record (AttributeError"),
+    ({"id": 1, "query": 5, "tools": "[]", "answers": "[]"}, "query must be a string"),
+])
+def test_a_malformed_xlam_record_is_an_error_naming_its_line(tmp_path: Path, record: dict, message: str) -> None:
+    lines = write_lines(tmp_path / "x.json", [XLAM_RECORDS[0], record])
+    with pytest.raises(TaskFileError, match=re.escape(f"x.json:2: {message}")):
+        xlam.convert(lines)
+    array = tmp_path / "y.json"  # as xLAM ships: an array, here a record a line
+    array.write_text(f"[\n{json.dumps(XLAM_RECORDS[0])},\n{json.dumps(record)}\n]")
+    with pytest.raises(TaskFileError, match=re.escape(f"y.json:3: record 2: {message}")):
+        xlam.convert(array)
+
+
+@pytest.mark.parametrize(("ground_truth", "message"), [
+    ({"a": 1}, "a.json:2: ground_truth must be a list of possible calls"),
+    ([{"calculate_triangle_area": {"base": 10}}], "a.json:2: the acceptable values of calculate_triangle_area's "
+                                                   "argument base must be a list"),
+    (["calculate_triangle_area"], "a.json:2: each possible call in ground_truth must be"),
+    ([{"calculate_triangle_area": [10]}], "a.json:2: the possible call of calculate_triangle_area must map"),
+])
+def test_a_malformed_bfcl_answer_is_an_error_naming_its_line(tmp_path: Path, ground_truth: Any, message: str) -> None:
+    questions = write_lines(tmp_path / "q.json", [AREA_QUESTION])
+    answers = tmp_path / "a.json"
+    answers.write_text("\n" + json.dumps({"id": "simple_python_0", "ground_truth": ground_truth}) + "\n")
+    with pytest.raises(TaskFileError, match=re.escape(message)):
+        bfcl.convert(questions, answers)
+
+
+@pytest.mark.parametrize(("question", "message"), [
+    ({**AREA_QUESTION, "id": 5}, "q.json:1: id must be a non-empty string"),
+    ({**AREA_QUESTION, "question": 3}, "q.json:1: cannot make sense of this record (TypeError"),
+    ({**AREA_QUESTION, "function": [{"description": "no name"}]}, "q.json:1: cannot make sense of this record"),
+])
+def test_a_malformed_bfcl_question_is_an_error_naming_its_line(tmp_path: Path, question: dict, message: str) -> None:
+    answers = write_lines(tmp_path / "a.json", [{"id": "simple_python_0", "ground_truth": [
+        {"calculate_triangle_area": {"base": [10]}}]}])
+    with pytest.raises(TaskFileError, match=re.escape(message)):
+        bfcl.convert(write_lines(tmp_path / "q.json", [question]), answers)
+
+
+def test_bfcl_without_answers_judges_only_irrelevance(tmp_path: Path) -> None:
+    irrelevance = [q for q in QUESTIONS if "relevance" in q["id"]]
+    tasks, _ = bfcl.convert(write_lines(tmp_path / "irrelevance.json", irrelevance), None)
+    assert [task.id for task in tasks] == ["irrelevance_0"]
+    with pytest.raises(TaskFileError, match=re.escape("simple.json:1: simple_python entries are judged against "
+                                                      "BFCL's possible answers: pass --answers")):
+        bfcl.convert(write_lines(tmp_path / "simple.json", [AREA_QUESTION]), None)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b'{"id": "a"}\n', "t.jsonl:1: request: Field required"),
+    (json.dumps(TASK).encode() + b'\n{"id": "\xff\xfe"}\n', "t.jsonl:2: not UTF-8 text"),
+    (json.dumps(TASK).encode() + b"\n\n" + b"[" * 100_000 + b"\n", "t.jsonl:3: not readable JSON: nested too deeply"),
+    (json.dumps({**TASK, "request": {**TASK["request"], "temperature": float("nan")}}).encode(),
+     "t.jsonl:1: not valid JSON: NaN is not a JSON number"),
+    (b'{"id": "a", "request": {"messages": [], "seed": 1e999}}', "t.jsonl:1: not valid JSON: 1e999 is too large"),
+    (json.dumps({**TASK, "request": {**TASK["request"], "verifier": {"type": "exact", "expected": "a",
+                                                                     "ignore_case": "yes"}}}).encode(),
+     "t.jsonl:1: request: request.verifier: ignore_case: Input should be a valid boolean"),
+])
+def test_a_task_file_that_cannot_be_read_names_the_line(tmp_path: Path, text: bytes, message: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(text)
+    with pytest.raises(TaskFileError, match=re.escape(message)):
+        read_tasks(path)
+
+
+def test_a_dataset_file_that_cannot_be_read_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(b'[\n{"id": 1},\n{"id": "\xff"}]')
+    with pytest.raises(TaskFileError, match=re.escape("x.json:3: not UTF-8 text")):
+        xlam.convert(path)
+    path.write_bytes(b"[" * 100_000)
+    with pytest.raises(TaskFileError, match=re.escape("x.json:1: not readable JSON: nested too deeply")):
+        xlam.convert(path)
+    path.write_text('[{"id": 1},\n {"id": 2} {"id": 3}]')
+    with pytest.raises(TaskFileError, match=re.escape("x.json:2: not valid JSON: expected , or ]")):
+        xlam.convert(path)
 
 
 # --- the report --------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ A pattern is a JSON value, read as follows:
                               `$one_of` it must be left out
 
 An object is an operator when it has `$one_of` or `$optional`; a literal object cannot use those keys.
+A call's `arguments` object itself is always literal (its keys are argument names), so it cannot
+have them either: `{"$one_of": [{"a": 1}, {"b": 2}]}` there is refused, not read as an argument
+named `$one_of` (which no call could match). Alternatives for a whole set of arguments are separate
+expected calls, or per-argument `$one_of`s.
 The shapes follow BFCL's possible answers (bfcl_eval/eval_checker/ast_eval/ast_checker.py): each
 argument a list of acceptable values with `""` marking an optional one, dict arguments matched key by
 key (`dict_checker`), lists of dicts item by item (`list_dict_checker`).
@@ -56,6 +60,19 @@ def _is_operator(pattern: Any) -> bool:
 
 def _is_optional(pattern: Any) -> bool:
     return _is_operator(pattern) and pattern.get(OPTIONAL) is True
+
+
+def arguments_problem(arguments: dict[str, Any]) -> str | None:
+    """Why a call's expected `arguments` (argument name → pattern) are not well-formed, or None.
+    Recursive: bound the depth before calling."""
+    if operators := [key for key in (ONE_OF, OPTIONAL) if key in arguments]:
+        return (f"{' and '.join(operators)} cannot stand for a call's whole arguments, which are an object of "
+                f"argument names: put {ONE_OF} (and {OPTIONAL}) under an argument's name, as its value")
+    for name, pattern in arguments.items():
+        problem = pattern_problem(pattern, name, as_key_value=True)
+        if problem is not None:
+            return problem
+    return None
 
 
 def pattern_problem(pattern: Any, path: str, as_key_value: bool) -> str | None:

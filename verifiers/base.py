@@ -51,10 +51,35 @@ class UnreadableOutput(Exception):
     """The model's output cannot be read the way a verifier needs; the message says why, for the detail."""
 
 
-class SpecBase(BaseModel):
-    """A verifier's task spec as the client sends it; unknown fields are refused, not ignored."""
+class ClientInput(BaseModel):
+    """The base of every model a client's JSON is read into (the server's request bodies, verifier
+    specs, replay tasks): an unknown field is refused, not ignored, and nothing is coerced — a boolean
+    must be a JSON boolean (`"true"`, `1` are not), a number a JSON number (`"0.1"`, `true` are not;
+    an integer is a number, but `5.0` is not an integer), a string a JSON string.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strictness is pydantic's strict mode, set here once. It does not reach into a nested model whose
+    own config is lax, so every nested model must derive from this class as well.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def validation_message(error: Any) -> str:
+    """One of a pydantic `ValidationError`'s `errors()` as a client reads it: its message without
+    pydantic's "Value error, " prefix (which says only that a validator raised `ValueError`)."""
+    message = error.get("msg", "invalid input")
+    for prefix in _PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+class SpecBase(ClientInput):
+    """A verifier's task spec as the client sends it (strict: see `ClientInput`)."""
+
+    model_config = ConfigDict(frozen=True)
 
     @property
     def task_kind(self) -> str:

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from verifiers.argument_patterns import Comparison, arguments_difference, pattern_problem
+from verifiers.argument_patterns import Comparison, arguments_difference, arguments_problem
 from verifiers.base import (
     Attempt,
+    ClientInput,
     SpecBase,
     TaskContext,
     UnreadableOutput,
@@ -39,8 +40,8 @@ from verifiers.tool_schema import offered_functions
 MAX_EXPECTED_CALLS = 128
 
 
-class ExpectedCall(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ExpectedCall(ClientInput):
+    model_config = ConfigDict(frozen=True)
 
     name: str
     arguments: dict[str, Any]  # argument name → pattern
@@ -50,10 +51,9 @@ class ExpectedCall(BaseModel):
     def _well_formed(cls, arguments: dict[str, Any]) -> dict[str, Any]:
         if nesting_depth(arguments) > MAX_JSON_DEPTH:
             raise ValueError(f"arguments are nested deeper than {MAX_JSON_DEPTH} levels")
-        for name, pattern in arguments.items():
-            problem = pattern_problem(pattern, name, as_key_value=True)
-            if problem is not None:
-                raise ValueError(problem)
+        problem = arguments_problem(arguments)
+        if problem is not None:
+            raise ValueError(problem)
         return arguments
 
 

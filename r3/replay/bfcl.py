@@ -25,6 +25,9 @@ berkeley-function-call-leaderboard/bfcl_eval):
 Categories come from the id (`simple_python_3` → `simple_python`, `live_multiple_7-3-1` →
 `live_multiple`). Multi-turn entries, Java and JavaScript (whose values BFCL compares as source
 text), and entries without an answer outside the irrelevance categories (live_relevance) are skipped.
+Without a possible-answer file, only the irrelevance (and relevance) categories can be judged: an
+entry of another category is an error saying the answers are needed. A record of the wrong shape is
+a `TaskFileError` naming its file and line (the answers file's, for a malformed possible answer).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from r3.replay.tasks import ReplayTask, read_records
+from r3.replay.tasks import ReplayTask, TaskFileError, numbered_records, record_error
+from verifiers import parse_spec
 
 # constants/type_mappings.py, GORILLA_TO_OPENAPI
 GORILLA_TO_OPENAPI = {
@@ -49,29 +53,72 @@ GORILLA_TO_OPENAPI = {
 OPTIONAL_MARK = ""  # in a list of acceptable values
 
 
+class _Unanswerable(Exception):
+    """A possible answer no answer can pass (BFCL fails every answer to it): the entry is skipped."""
+
+
 def convert(questions: Path, answers: Path | None) -> tuple[list[ReplayTask], Counter[str]]:
-    """The tasks of a BFCL category, and how many entries were skipped for each reason."""
-    ground_truth = {record["id"]: record["ground_truth"] for record in read_records(answers)} if answers else {}
+    """The tasks of a BFCL category, and how many entries were skipped for each reason. Raises
+    `TaskFileError` for a record that cannot be read, or an entry that needs the answers when
+    `answers` is None."""
+    ground_truth: dict[str, tuple[str, Any]] = {}
+    for where, _, record in numbered_records(answers) if answers else ():
+        try:
+            ground_truth[_entry_id(record)] = (where, record["ground_truth"])
+        except Exception as error:  # noqa: BLE001 - whatever the record holds, the error names it
+            raise record_error(where, error) from error
     tasks: list[ReplayTask] = []
     skipped: Counter[str] = Counter()
-    for record in read_records(questions):
-        category = category_of(record["id"])
-        if "java" in category:
-            skipped["Java/JavaScript (values compared as source text)"] += 1
-        elif "multi_turn" in category or len(record.get("question", [])) != 1:
-            skipped["multi-turn"] += 1
-        elif "irrelevance" in category:
-            tasks.append(_task(record, category, []))
-        elif record["id"] in ground_truth:
-            docs = {doc["name"]: doc for doc in record["function"]}
-            try:
-                expected = [expected_call(entry, docs) for entry in ground_truth[record["id"]]]
+    for where, _, record in numbered_records(questions):
+        try:
+            entry_id = _entry_id(record)
+            category = category_of(entry_id)
+            if "java" in category:
+                skipped["Java/JavaScript (values compared as source text)"] += 1
+            elif "multi_turn" in category or len(record.get("question", [])) != 1:
+                skipped["multi-turn"] += 1
+            elif "irrelevance" in category:
+                tasks.append(_task(record, category, []))
+            elif entry_id in ground_truth:
+                answer_where, truth = ground_truth[entry_id]
+                docs = {doc["name"]: doc for doc in record["function"]}
+                try:
+                    expected = _expected_calls(truth, docs)
+                except _Unanswerable:
+                    skipped["possible answer that no answer can pass"] += 1
+                    continue
+                except Exception as error:  # noqa: BLE001
+                    raise record_error(answer_where, error) from error
                 tasks.append(_task(record, category, expected))
-            except (KeyError, ValidationError):  # an answer naming no offered function, or one nothing satisfies
-                skipped["possible answer that no answer can pass"] += 1
-        else:
-            skipped["no possible answer (e.g. live_relevance)"] += 1
+            elif answers is not None or "relevance" in category:
+                skipped["no possible answer (e.g. live_relevance)"] += 1
+            else:
+                raise TaskFileError(f"{where}: {category} entries are judged against BFCL's possible answers: "
+                                    "pass --answers with the possible-answer file of the same name (only the "
+                                    "irrelevance categories need none)")
+        except Exception as error:  # noqa: BLE001
+            raise record_error(where, error) from error
     return tasks, skipped
+
+
+def _entry_id(record: dict[str, Any]) -> str:
+    entry_id = record.get("id")
+    if not isinstance(entry_id, str) or not entry_id:
+        raise ValueError("id must be a non-empty string")
+    return entry_id
+
+
+def _expected_calls(truth: Any, docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """An entry's ground truth as expected calls. Raises `_Unanswerable` when no answer can pass it,
+    `ValueError` when it is not shaped as BFCL's possible answers are."""
+    if not isinstance(truth, list):
+        raise ValueError("ground_truth must be a list of possible calls, [{function name: {argument: [values]}}]")
+    expected = [expected_call(entry, docs) for entry in truth]
+    try:
+        parse_spec(_verifier(expected))
+    except ValidationError as error:  # a pattern nothing matches (a required argument with no acceptable value)
+        raise _Unanswerable from error
+    return expected
 
 
 def category_of(entry_id: str) -> str:
@@ -89,8 +136,19 @@ def to_openai_tool(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def expected_call(entry: dict[str, dict[str, list[Any]]], docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One ground-truth entry `{name: {argument: [acceptable values]}}` as an expected call."""
+    """One ground-truth entry `{name: {argument: [acceptable values]}}` as an expected call. Raises
+    `_Unanswerable` when it names a function the entry does not offer, `ValueError` when it is not
+    shaped so."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ValueError("each possible call in ground_truth must be {function name: {argument: [values]}}")
     (name, acceptable), = entry.items()
+    if not isinstance(acceptable, dict):
+        raise ValueError(f"the possible call of {name} must map its arguments to lists of acceptable values")
+    if unlisted := [argument for argument, values in acceptable.items() if not isinstance(values, list)]:
+        raise ValueError(f"the acceptable values of {name}'s argument {unlisted[0]} must be a list, as in "
+                         f'{{"{unlisted[0]}": [value, ...]}}')
+    if name not in docs:  # BFCL fails any answer to a call of a function it does not offer
+        raise _Unanswerable
     parameters = docs[name].get("parameters", {})
     properties, required = parameters.get("properties", {}), set(parameters.get("required", []))
     arguments = {argument: _argument_pattern(values, properties.get(argument), argument not in required)
@@ -98,9 +156,13 @@ def expected_call(entry: dict[str, dict[str, list[Any]]], docs: dict[str, dict[s
     return {"name": name, "arguments": arguments}
 
 
+def _verifier(expected: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "tool_call", "expected": expected, "strings": "normalized"}
+
+
 def _task(record: dict[str, Any], category: str, expected: list[dict[str, Any]]) -> ReplayTask:
     request = {"messages": record["question"][0], "tools": [to_openai_tool(doc) for doc in record["function"]],
-               "verifier": {"type": "tool_call", "expected": expected, "strings": "normalized"}}
+               "verifier": _verifier(expected)}
     return ReplayTask(id=record["id"], category=category, request=request)
 
 

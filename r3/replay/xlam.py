@@ -18,12 +18,11 @@ paper does ("correct only if the tool and all arguments exactly match"), in any 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from r3.replay.tasks import ReplayTask, TaskFileError, read_records
+from r3.replay.tasks import ReplayTask, loads, numbered_records, record_error
 
 PYTHON_TO_JSON_SCHEMA = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
                          "set": "array", "tuple": "array", "dict": "object"}
@@ -32,18 +31,29 @@ _GENERIC = re.compile(r"^(\w+)\s*(?:\[(.*)\])?$", re.DOTALL)
 
 
 def convert(path: Path) -> list[ReplayTask]:
-    """The tasks of an xLAM file (JSON array or JSON Lines). Raises `TaskFileError` on a malformed record."""
+    """The tasks of an xLAM file (JSON array or JSON Lines). Raises `TaskFileError` naming the file and
+    line of a record it cannot make sense of, whatever is wrong with it."""
     tasks = []
-    for number, record in enumerate(read_records(path), start=1):
+    for where, number, record in numbered_records(path):
         try:
             tasks.append(to_task(record, default_id=str(number)))
-        except (KeyError, TypeError, ValueError) as error:  # ValueError covers JSON and pydantic errors
-            raise TaskFileError(f"{path}: record {number}: {error!r}") from error
+        except Exception as error:  # noqa: BLE001 - whatever the record holds, the error names it
+            raise record_error(where, error) from error
     return tasks
 
 
 def to_task(record: dict[str, Any], default_id: str) -> ReplayTask:
-    tools, answers = _decoded(record["tools"]), _decoded(record["answers"])
+    tools, answers = _decoded(record, "tools"), _decoded(record, "answers")
+    if not isinstance(record.get("query"), str):
+        raise ValueError("query must be a string: the user's message")
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise ValueError(f"tools: each tool must be an object, not {_shape(tool)}")
+        if not isinstance(tool.get("parameters", {}), dict):
+            raise ValueError(f"tools: the parameters of {str(tool.get('name'))[:100]!r} must be an object (parameter "
+                             f"name → its type and description), not {_shape(tool['parameters'])}")
+    if any(not isinstance(answer, dict) or not isinstance(answer.get("arguments"), dict) for answer in answers):
+        raise ValueError("answers: each answer must be an object with a name and an arguments object")
     expected = [{"name": answer["name"], "arguments": answer["arguments"]} for answer in answers]
     request = {"messages": [{"role": "user", "content": record["query"]}],
                "tools": [to_openai_tool(tool) for tool in tools],
@@ -83,8 +93,24 @@ def parameter_schema(python_type: str) -> tuple[dict[str, Any], bool]:
     return schema, bool(optional)
 
 
-def _decoded(value: Any) -> list[dict[str, Any]]:
-    return json.loads(value) if isinstance(value, str) else value
+def _decoded(record: dict[str, Any], field: str) -> list[Any]:
+    """A record's `tools` or `answers`: a JSON string of a list (as xLAM ships them), or the list."""
+    if field not in record:
+        raise ValueError(f"{field} is missing")
+    value = record[field]
+    if isinstance(value, str):
+        try:
+            value = loads(value)
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"{field} is not a JSON list: {error}") from error
+    if not isinstance(value, list):
+        raise ValueError(f"{field} must be a list (or a JSON string of one), not {_shape(value)}")
+    return value
+
+
+def _shape(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def _category(tools: int, calls: int) -> str:

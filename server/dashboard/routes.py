@@ -26,7 +26,7 @@ from r3.store.timeline import timeline
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
-from server.errors import APIError
+from server.errors import APIError, clipped
 from server.routes import admin
 from server.routes.episodes import _decode_cursor, _encode_cursor
 
@@ -50,10 +50,9 @@ PAGE_HEADERS = {
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page, with the session's CSRF token and the pending notice (which it then clears)."""
-    current = session.current(request)
     notice = request.cookies.get(NOTICE_COOKIE)
     response = templates.TemplateResponse(request, name, {
-        "csrf": current.csrf if current else None, "notice": unquote(notice) if notice else None, **context,
+        "csrf": session.csrf_token(request), "notice": unquote(notice) if notice else None, **context,
     }, status_code=status, headers=PAGE_HEADERS)
     if notice:
         response.delete_cookie(NOTICE_COOKIE, path=session.PATH)
@@ -99,9 +98,9 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(_: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def logout(request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     response = RedirectResponse(f"{session.PATH}/login", status_code=303)
-    session.end(response)
+    await session.end(request, response)
     return response
 
 
@@ -174,6 +173,9 @@ async def training(request: Request) -> HTMLResponse:
 @router.post("/training")
 async def start_round(request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     asked = await admin.request_training(request)
+    if not asked["new"]:
+        return _back(request, "/training", f"Round {asked['round']} is already {asked['status']}; no other was "
+                                           "requested.")
     return _back(request, "/training", f"Round {asked['round']} requested; the trainer starts it on its next check.")
 
 
@@ -196,10 +198,16 @@ def _moment(text: str | None, errors: list[str], name: str) -> datetime | None:
 async def episodes(request: Request, outcome: str = "", version: str = "", task_kind: str = "", tenant: str = "",
                    since: str = "", until: str = "", after: str = "") -> HTMLResponse:
     errors: list[str] = []
+    cursor = None
+    if after:
+        try:
+            cursor = _decode_cursor(after)
+        except APIError:
+            errors.append("after: not a page of this list (the first page is shown)")
     where = EpisodeFilter(since=_moment(since, errors, "since"), until=_moment(until, errors, "until"),
                           outcome={"pass": True, "fail": False}.get(outcome), adapter=version or None,
                           task_kind=task_kind or None, tenant=tenant or None)
-    page = await request.app.state.episodes.list(where, EPISODES_PER_PAGE, _decode_cursor(after) if after else None)
+    page = await request.app.state.episodes.list(where, EPISODES_PER_PAGE, cursor)
     filters = {"outcome": outcome, "version": version, "task_kind": task_kind, "tenant": tenant, "since": since,
                "until": until}
     next_cursor = _encode_cursor(page[-1]) if len(page) == EPISODES_PER_PAGE else None
@@ -212,5 +220,5 @@ async def episodes(request: Request, outcome: str = "", version: str = "", task_
 async def episode(request: Request, episode_id: str) -> HTMLResponse:
     found = await request.app.state.episodes.get_any(episode_id)
     if found is None:
-        return _page(request, "missing.html", status=404, what=f"episode {episode_id}")
+        return _page(request, "missing.html", status=404, what=f"episode {clipped(episode_id)}")
     return _page(request, "episode.html", episode=found)

@@ -9,6 +9,12 @@ a laptop, the tests — the browser would not send a Secure cookie back, so it g
 The signing key is derived from the admin key, so every replica behind one load balancer accepts
 the others' cookies, and changing `R3_ADMIN_KEY` ends every session. A session lasts `MAX_AGE_S`.
 
+Logging out ends the session on the server too, not only in the browser: a copy of the cookie is
+worth nothing after it. The cookie holds the moment its session started, and a logout is recorded
+in the admin audit log (`admin_actions`, action `logout`), which every replica reads; a session that
+started before the latest logout is over. There is one admin (whoever holds the admin key), so a
+logout ends every dashboard session of that admin, in any browser: a "not before" for the admin.
+
 Every POST carries the session's CSRF token in a hidden field (`csrf`); the login form, made
 before any session exists, carries a token that must match a short-lived cookie of its own
 (double submit). SameSite=Strict alone would keep other sites' forms out of a session in today's
@@ -20,17 +26,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select
 from starlette.datastructures import FormData
+
+from r3.store.models import AdminAction
 
 PATH = "/dashboard"
 COOKIE = "r3_dashboard"
 LOGIN_COOKIE = "r3_dashboard_login"
 MAX_AGE_S = 12 * 3600
 LOGIN_MAX_AGE_S = 3600  # how long a login form stays usable
+LOGOUT_ACTION = "logout"  # in the audit log: dashboard sessions that started before it are over
 
 
 class LoginRequired(Exception):
@@ -44,6 +56,7 @@ class FormRefused(Exception):
 @dataclass(frozen=True)
 class Session:
     csrf: str  # the token this session's forms must send back
+    started: float  # when it logged in (Unix time)
 
 
 def admin_key(request: Request) -> str | None:
@@ -61,8 +74,22 @@ def _signer(key: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret, salt="r3-dashboard")
 
 
-def current(request: Request) -> Session | None:
-    """The request's session, or None (no cookie, a forged or expired one, or the admin key changed)."""
+async def current(request: Request) -> Session | None:
+    """The request's session, or None (no cookie, a forged or expired one, the admin key changed, or
+    a logout since it started). Looked up once per request."""
+    if hasattr(request.state, "dashboard_session"):
+        return request.state.dashboard_session
+    request.state.dashboard_session = found = await _valid_session(request)
+    return found
+
+
+def csrf_token(request: Request) -> str | None:
+    """The CSRF token of the session `current` found for this request (None: none was, or none looked up)."""
+    found = getattr(request.state, "dashboard_session", None)
+    return found.csrf if found else None
+
+
+async def _valid_session(request: Request) -> Session | None:
     key, token = admin_key(request), request.cookies.get(COOKIE)
     if key is None or token is None:
         return None
@@ -70,18 +97,38 @@ def current(request: Request) -> Session | None:
         data = _signer(key).loads(token, max_age=MAX_AGE_S)
     except BadSignature:  # SignatureExpired is one too
         return None
-    return Session(csrf=data["csrf"]) if isinstance(data, dict) and isinstance(data.get("csrf"), str) else None
+    if not isinstance(data, dict) or not isinstance(data.get("csrf"), str) \
+            or not isinstance(data.get("started"), int | float) or isinstance(data["started"], bool):
+        return None
+    if data["started"] <= await _last_logout(request):
+        return None
+    return Session(csrf=data["csrf"], started=float(data["started"]))
+
+
+async def _last_logout(request: Request) -> float:
+    """When the admin last logged out of the dashboard (Unix time; 0 if never)."""
+    async with request.app.state.registry.sessions() as db:
+        at = await db.scalar(select(AdminAction.at).where(AdminAction.action == LOGOUT_ACTION)
+                             .order_by(AdminAction.at.desc()).limit(1))
+    if at is None:
+        return 0.0
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()  # SQLite gives back naive UTC
 
 
 def start(request: Request, response: Response) -> Session:
     """Log in: set a new session's cookie on `response` (the caller checked the admin key)."""
-    session = Session(csrf=secrets.token_urlsafe(32))
-    set_cookie(request, response, COOKIE, _signer(admin_key(request)).dumps({"csrf": session.csrf}), MAX_AGE_S)
+    session = Session(csrf=secrets.token_urlsafe(32), started=time.time())
+    cookie = _signer(admin_key(request)).dumps({"csrf": session.csrf, "started": session.started})
+    set_cookie(request, response, COOKIE, cookie, MAX_AGE_S)
     response.delete_cookie(LOGIN_COOKIE, path=PATH)
     return session
 
 
-def end(response: Response) -> None:
+async def end(request: Request, response: Response) -> None:
+    """Log out: every session started until now is over (recorded for every replica), and the cookie goes."""
+    async with request.app.state.registry.sessions.begin() as db:
+        db.add(AdminAction(at=datetime.now(UTC), actor="dashboard", action=LOGOUT_ACTION,
+                           reason="logged out of the dashboard: its sessions started before now are ended"))
     response.delete_cookie(COOKIE, path=PATH)
 
 
@@ -106,7 +153,7 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
 
 async def required(request: Request) -> Session:
     """FastAPI dependency for the pages: the session (raises `LoginRequired`)."""
-    session = current(request)
+    session = await current(request)
     if session is None:
         raise LoginRequired
     return session

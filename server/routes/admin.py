@@ -13,7 +13,7 @@ from r3.store.live_stats import VersionStats, version_stats
 from r3.store.models import TrainingRound
 from r3.store.registry import AdapterRegistry, Version
 from server.auth import CheckedRoute, admin
-from server.errors import APIError
+from server.errors import APIError, shown
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
 
@@ -64,7 +64,8 @@ async def _activate(request: Request, name: str | None, reason: str) -> dict[str
     try:
         await registry.activate(name, actor="admin", reason=reason)
     except LookupError as error:
-        raise APIError(404, str(error), type="not_found_error", param="name") from error
+        raise APIError(404, f"no complete adapter version named {shown(name)}", type="not_found_error",
+                       param="name") from error
     await request.app.state.adapters.sync()  # this replica at once; the others on the event or their poll
     request.app.state.metrics.swaps_requested.labels(actor="admin").inc()
     adapters = request.app.state.adapters
@@ -75,12 +76,20 @@ async def _activate(request: Request, name: str | None, reason: str) -> dict[str
 
 @router.post("/train")
 async def request_training(request: Request) -> dict[str, Any]:
-    """Ask the trainer for a round now; it picks the request up on its next check."""
+    """Ask the trainer for a round now; it picks the request up on its next check.
+
+    Answers `{"round", "status", "new"}`. While a round is already requested or running, asking
+    again adds none: the answer is that round (`"new": false`), so repeated clicks or retried calls
+    never queue rounds behind one another."""
     async with request.app.state.registry.sessions.begin() as session:
+        pending = await session.scalar(select(TrainingRound).where(TrainingRound.status.in_(("requested", "running")))
+                                       .order_by(TrainingRound.id.desc()).limit(1))  # GET /admin/train's current
+        if pending is not None:
+            return {"round": pending.id, "status": pending.status, "new": False}
         row = TrainingRound(status="requested", requested_by="admin", requested_at=datetime.now(UTC))
         session.add(row)
         await session.flush()
-        return {"round": row.id, "status": row.status}
+        return {"round": row.id, "status": row.status, "new": True}
 
 
 @router.get("/train")
@@ -96,7 +105,8 @@ async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) 
 
 
 @router.get("/stats")
-async def live_stats(request: Request, window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S)) -> dict[str, Any]:
+async def live_stats(request: Request,
+                     window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S, allow_inf_nan=False)) -> dict[str, Any]:
     """Success rates per version over the last `window_s` seconds (at most a year); the versions this
     server refused to serve, with the reason; the episode log's backlog and the episodes the database
     refused since the start (kept in the journal's `rejected.jsonl`)."""

@@ -37,7 +37,7 @@ from server.completions import (
     unless_disconnected,
     usage_of,
 )
-from server.errors import APIError, ClientGone
+from server.errors import APIError, ClientGone, clipped, shown
 from server.protocol import ChatCompletion, ChatCompletionRequest, NamedToolChoice, R3Info, Tool, Usage, now
 from verifiers import (
     VerifierSpec,
@@ -46,6 +46,7 @@ from verifiers import (
     WebhookSpec,
     parse_spec,
 )
+from verifiers.base import validation_message
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -219,7 +220,7 @@ def _tools_and_choice(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     if hasattr(choice, "allowed_tools"):
         named = [allowed.function.name for allowed in choice.allowed_tools.tools]
     if unknown := [name for name in named if name not in tools]:
-        raise APIError(400, f"tool_choice names {unknown[0]!r}, which is not in tools", param="tool_choice")
+        raise APIError(400, f"tool_choice names {shown(unknown[0])}, which is not in tools", param="tool_choice")
     if hasattr(choice, "allowed_tools"):
         return [tools[name] for name in dict.fromkeys(named)], choice.allowed_tools.mode
     return list(tools.values()) or None, choice.model_dump() if hasattr(choice, "model_dump") else choice
@@ -300,7 +301,7 @@ def _verifier(body: ChatCompletionRequest, policy: WebhookPolicy) -> VerifierSpe
         # The location starts with the spec's type tag; without one, the type itself was wrong.
         field = location[1:] if location else (["type"] if first.get("type", "").startswith("union_tag") else [])
         param = ".".join(["verifier", *field])
-        raise APIError(400, f"{param}: {first.get('msg', 'invalid verifier')}", param=param) from error
+        raise APIError(400, f"{clipped(param)}: {validation_message(first)}", param=param) from error
     if isinstance(spec, WebhookSpec):
         try:
             spec.check(policy)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from r3.episodes import Episode
 from r3.store.sql import EpisodeFilter
 from server.auth import CheckedRoute, admin, tenant
-from server.errors import APIError
+from server.errors import APIError, shown
 from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
 
 router = APIRouter(route_class=CheckedRoute)
@@ -36,7 +36,7 @@ def episode_out(episode: Episode) -> EpisodeOut:
 async def get_episode(episode_id: str, request: Request, caller: str | None = Depends(tenant)) -> EpisodeOut:
     episode = await request.app.state.store.get(episode_id, caller)
     if episode is None:
-        raise APIError(404, f"no episode {episode_id!r}", type="not_found_error", param="episode_id",
+        raise APIError(404, f"no episode {shown(episode_id)}", type="not_found_error", param="episode_id",
                        code="not_found")
     return episode_out(episode)
 

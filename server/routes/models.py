@@ -1,4 +1,5 @@
-"""`GET /v1/models` and `GET /v1/models/{id}`: what a request may name in `model`."""
+"""`GET /v1/models` and `GET /v1/models/{id}`: what a request may name in `model` (`HEAD` too, as
+load balancers and health checkers probe them)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ router = APIRouter(route_class=CheckedRoute)
 
 
 @router.get("/v1/models")
+@router.head("/v1/models", include_in_schema=False)  # load balancers probe with HEAD
 async def list_models(request: Request) -> ModelList:
     """The served id (the active adapter version on the base), "base", and every loaded adapter."""
     return ModelList(data=_cards(request))
 
 
 @router.get("/v1/models/{model_id:path}")
+@router.head("/v1/models/{model_id:path}", include_in_schema=False)
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     """One of the models `GET /v1/models` lists (`client.models.retrieve`); any other id is a 404."""
     card = next((card for card in _cards(request) if card.id == model_id), None)

@@ -59,6 +59,37 @@ def test_a_missing_or_wrong_field_is_named(data: dict, field: str) -> None:
     assert any(field in error["loc"] for error in raised.value.errors())
 
 
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"type": "tool_call", "expected": [], "ordered": 1}, "ordered"),
+        ({"type": "tool_call", "expected": [], "ordered": "true"}, "ordered"),
+        ({"type": "tool_call", "expected": [], "numeric_tolerance": "0.1"}, "numeric_tolerance"),
+        ({"type": "tool_call", "expected": [], "numeric_tolerance": True}, "numeric_tolerance"),
+        ({"type": "tool_call", "expected": [{"name": 5, "arguments": {}}]}, "name"),
+        ({"type": "exact", "expected": "a", "ignore_case": "yes"}, "ignore_case"),
+        ({"type": "exact", "expected": "a", "normalize_whitespace": 0}, "normalize_whitespace"),
+        ({"type": "exact", "expected": 4}, "expected"),
+        ({"type": "math", "expected": "1", "extract_answer": "false"}, "extract_answer"),
+        ({"type": "math", "expected": "1", "tolerance": "0.1"}, "tolerance"),
+        ({"type": "countdown", "numbers": [1, 2], "target": "3"}, "target"),
+        ({"type": "countdown", "numbers": [1, 2], "target": 3.0}, "target"),
+        ({"type": "countdown", "numbers": [True, 2], "target": 3}, "numbers"),
+    ],
+)
+def test_booleans_and_numbers_must_be_json_booleans_and_numbers(data: dict, field: str) -> None:
+    """Nothing in a spec is coerced (verifiers.base.ClientInput): `1` and `"true"` are no `true`,
+    `"0.1"` and `true` no number, `3.0` no integer."""
+    with pytest.raises(ValidationError) as raised:
+        parse_spec(data)
+    assert any(field in error["loc"] for error in raised.value.errors()), raised.value.errors()
+
+
+def test_an_integer_is_a_number() -> None:
+    assert parse_spec({"type": "tool_call", "expected": [], "numeric_tolerance": 1}).numeric_tolerance == 1.0
+    assert parse_spec({"type": "math", "expected": "1", "tolerance": 0}).tolerance == 0.0
+
+
 def test_specs_are_immutable() -> None:
     spec = parse_spec({"type": "exact", "expected": "a"})
     with pytest.raises(ValidationError):

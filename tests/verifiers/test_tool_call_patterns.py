@@ -165,6 +165,10 @@ def test_standardize_is_bfcls_rule() -> None:
         ({"x": [{"$one_of": [1], "$optional": True}]}, "x[0]: $optional applies only to an object's key"),
         ({"x": {"$one_of": [{"$one_of": [1], "$optional": True}]}}, "x.$one_of[0]: $optional applies only"),
         ({"x": {"y": {"z": {"$one_of": 2}}}}, "x.y.z: $one_of must be an array"),
+        # The arguments object itself is literal: an operator there would be an argument named "$one_of".
+        ({"$one_of": [{"a": 1}]}, "$one_of cannot stand for a call's whole arguments"),
+        ({"$one_of": [{"a": 1}], "$optional": True}, "$one_of and $optional cannot stand for a call's whole"),
+        ({"a": 1, "$optional": True}, "$optional cannot stand for a call's whole arguments"),
     ],
 )
 def test_malformed_patterns_are_refused_with_their_path(arguments: dict, message: str) -> None:
