@@ -214,15 +214,28 @@ def _token_ids_and_biases(cls: type[BaseModel], bias: dict[str, float] | None) -
     return bias
 
 
-def _at_most_four_stops(cls: type[BaseModel], stop: str | list[str] | None) -> str | list[str] | None:
-    if isinstance(stop, list) and len(stop) > 4:
-        raise ValueError("at most 4 stop sequences")
-    if stop == "" or (isinstance(stop, list) and "" in stop):
-        raise ValueError("stop sequences must not be empty")
-    return stop
+class _Stops(_Strict):
+    """`stop` as both completion requests take it: a string or at most 4, none empty (OpenAI's limit)."""
+
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("stop sequences must not be empty")
+        return stop
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(_Stops):
     model: str
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
@@ -232,7 +245,6 @@ class ChatCompletionRequest(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer (as vLLM's).")
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -271,7 +283,6 @@ class ChatCompletionRequest(_Strict):
                                            "logprobs", "stream", "store", "parallel_tool_calls", "reflect",
                                            mode="before")(_default_for_null)
     _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
-    _stops_checked = field_validator("stop")(_at_most_four_stops)
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -285,14 +296,8 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("function_call needs functions")
         return self
 
-    @property
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-
-class CompletionRequest(_Strict):
+class CompletionRequest(_Stops):
     """The legacy `POST /v1/completions` (OpenAI's `CompletionCreateParams`): a prompt in, its
     continuation out, as evaluation tools (lm-evaluation-harness) use it to score a model."""
 
@@ -306,7 +311,6 @@ class CompletionRequest(_Strict):
     best_of: int | None = Field(None, ge=1, le=MAX_CHOICES, description="Only n itself: R3 keeps every choice it makes.")
     logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives reported per token.")
     echo: StrictBool = Field(False, description="The prompt comes back before the completion (with its logprobs).")
-    stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -319,7 +323,6 @@ class CompletionRequest(_Strict):
     _null_is_the_default = field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty",
                                            "echo", "stream", "max_tokens", mode="before")(_default_for_null)
     _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
-    _stops_checked = field_validator("stop")(_at_most_four_stops)
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
@@ -337,12 +340,6 @@ class CompletionRequest(_Strict):
         if prompts * self.n > MAX_LEGACY_CHOICES:
             raise ValueError(f"at most {MAX_LEGACY_CHOICES} choices (prompts × n) in one request")
         return self
-
-    @property
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
 # ---------------------------------------------------------------- response

@@ -10,6 +10,14 @@ from pathlib import Path
 
 import uvicorn
 
+# Two tools with closed schemas, which constrained decoding can hold the bundled model to.
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
+    "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
+    "required": ["timezone"], "additionalProperties": False}}}
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import make_lora, make_model, truncated_copy
+from support import TIME, WEATHER, make_lora, make_model, truncated_copy
 
 from r3.chat_format import parse_tool_calls, render_prompt
 from r3.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams, UnknownAdapterError
@@ -237,13 +237,6 @@ async def test_a_json_schema_constrains_the_output(engine) -> None:
 
 
 # ------------------------------------------------------------------ issue 16: both engines constrain decoding
-
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
-    "required": ["city"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
-    "required": ["timezone"], "additionalProperties": False}}}
 
 
 def tool_prompt(engine: Engine, tool_choice) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+from support import TIME, WEATHER
 
 from r3.settings import Settings
 from server.app import create_app
@@ -20,12 +21,6 @@ from server.request_id import RequestId
 
 MODEL = "smol"  # the id the session engines were started with
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
-    "required": ["city"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
-    "required": ["timezone"], "additionalProperties": False}}}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 

@@ -9,17 +9,12 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+from support import TIME, WEATHER
 
 from r3.settings import Settings
 from server.app import create_app
 
 MODEL = "smol"  # the id the session engine was started with
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
-    "required": ["city"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
-    "required": ["timezone"], "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
