@@ -1,7 +1,14 @@
 """`r3 bench learn`: does R3's real loop make the bundled model better at a task suite, on a CPU?
 
     r3 bench learn [--minutes 35] [--seed 0] [--heldout 80]
-    python -m bench.learn [same options]
+    r3 bench learn --suite planted
+    python -m bench.learn [--suite planted] [same options]
+
+`--suite planted` (`planted_experiment`, `PLANTED`) asks the narrower question the bundled model
+can answer: with a reward it earns sometimes, and only through its reflection (bench/planted.py),
+does one round of the loop move the policy the way the reward says? It also runs the same round
+with the rewards shuffled within each group (R3_TRAIN_SHUFFLE_REWARDS) as a control, and sends
+new requests to the active version after a swap. The rest of this docstring is the default suite.
 
 Reading order:
 
@@ -45,16 +52,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench import planted
 from bench import tasks as suite
 from bench.common import REPO, RESULTS, R3Server, machine
 from r3.stats import wilson
-
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -73,8 +80,14 @@ class Config:
     train_max_steps: int = 8  # R3_TRAIN_MAX_STEPS (2 failures × G reflections per step)
     num_generations: int = 4  # R3_TRAIN_NUM_GENERATIONS (GRPO's G)
     gate_regression_size: int = 16  # R3_GATE_REGRESSION_SIZE
-    concurrency: int = 8  # requests in flight (the engine batches up to 8 sequences)
+    learning_rate: float = 5e-5  # R3_TRAIN_LEARNING_RATE
+    prompts_per_step: int = 2  # R3_TRAIN_PROMPTS_PER_STEP (failures per step; × G reflections)
+    heldout_fraction: float = 0.2  # R3_TRAIN_HELDOUT_FRACTION (the gate's share of the logged failures)
+    concurrency: int = 8  # requests in flight, and sequences the engine batches (R3_MAX_BATCH_SIZE)
     families: tuple[str, ...] = suite.DEFAULT_FAMILIES
+    # The planted suite (`--suite planted`, see `PLANTED` and bench/planted.py) only:
+    eval_temperature: float = 0.0  # held-out and live requests (seeded per task when > 0)
+    live: int = 32  # new requests sent to the active version after the swap
 
     def server_settings(self, data_dir: Path, admin_key: str) -> dict[str, str]:
         """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
@@ -84,9 +97,27 @@ class Config:
             "R3_TRAIN_MAX_FAILURES": str(self.train_max_failures),
             "R3_TRAIN_MAX_STEPS": str(self.train_max_steps),
             "R3_TRAIN_NUM_GENERATIONS": str(self.num_generations),
+            "R3_TRAIN_LEARNING_RATE": str(self.learning_rate),
+            "R3_TRAIN_PROMPTS_PER_STEP": str(self.prompts_per_step),
+            "R3_TRAIN_HELDOUT_FRACTION": str(self.heldout_fraction),
             "R3_GATE_REGRESSION_SIZE": str(self.gate_regression_size),
             "R3_ADAPTER_POLL_S": "1",
+            "R3_MAX_BATCH_SIZE": str(self.concurrency),
+            "R3_WEBHOOK_ALLOW_LOOPBACK": "true",  # the planted suite's verifier runs on 127.0.0.1
         }
+
+
+# `r3 bench learn --suite planted`: one round of the real loop and its control, sized for ~20 minutes
+# on 2 quiet CPU cores. G = 8 and 32-token reflections as the issue's feasibility run with plain TRL
+# (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 6 steps of
+# 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). Held-out and live
+# requests are sampled at the trainer's temperature, 1.0, 16 at a time (R3_MAX_BATCH_SIZE).
+PLANTED = Config(
+    minutes=20.0, heldout=32, batch=32, answer_max_tokens=planted.ANSWER_MAX_TOKENS,
+    reflection_max_tokens=planted.REFLECTION_MAX_TOKENS, train_max_failures=12, train_max_steps=6,
+    num_generations=8, learning_rate=2e-4, prompts_per_step=2, heldout_fraction=0.4, gate_regression_size=16,
+    concurrency=16, families=("planted",), eval_temperature=1.0, live=16)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +221,7 @@ class Evaluation:
 async def evaluate(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
     model = "base" if version == "base" else version.replace("r3-", "r3@", 1)
     started = time.monotonic()
-    outcomes = await send(client, heldout, model, config, store=False)
+    outcomes = await send(client, heldout, model, config, store=False, temperature=config.eval_temperature)
     by_family: dict[str, dict[str, int]] = {}
     for task, outcome in zip(heldout, outcomes, strict=True):
         row = by_family.setdefault(task.family, {"n": 0, "first": 0, "second": 0})
@@ -345,6 +376,170 @@ async def experiment(config: Config) -> dict[str, Any]:
     if repeat is not None:
         result["base_repeat"] = {**repeat.summary(), "vs_first_base_run": compare(evaluations["base"], repeat)}
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The planted suite: one round of the loop, and the same round with shuffled rewards
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(data_dir: Path, into: Path) -> None:
+    """Copy R3's embedded store (SQLite, through its backup API, safe while the server writes) and
+    adapters from `data_dir` into `into`: a second loop that starts where this one stands."""
+    import shutil
+    import sqlite3
+
+    into.mkdir(parents=True)
+    with sqlite3.connect(data_dir / "r3.db") as source, sqlite3.connect(into / "r3.db") as target:
+        source.backup(target)
+    if (data_dir / "adapters").exists():
+        shutil.copytree(data_dir / "adapters", into / "adapters")
+
+
+async def last_round(client: httpx.AsyncClient) -> dict[str, Any]:
+    state = await admin_get(client, "/admin/train?limit=1")
+    return state["rounds"][0] if state["rounds"] else {}
+
+
+def _round_summary(row: dict[str, Any], code: int, seconds: float) -> dict[str, Any]:
+    report = row.get("report") or {}
+    training = report.get("training") or {}
+    return {"trainer_exit_code": code, "seconds": round(seconds, 1), "candidate": row.get("candidate"),
+            "promoted": bool(row.get("promoted")), "reason": report.get("reason") or report.get("skipped"),
+            "gate": report.get("gate"), "training": training, "counts": {k: report.get(k) for k in
+                                                                        ("train", "heldout", "regression")}}
+
+
+async def planted_experiment(config: Config) -> dict[str, Any]:
+    """`--suite planted`: serve → fail → reflect → retry → record → `r3 train --once` → gate →
+    hot-swap, once; then the same round from a copy of the same store with
+    R3_TRAIN_SHUFFLE_REWARDS=true (the control). Held-out tasks (first attempt always failed) are
+    evaluated on the base, the trained candidate and the control candidate, pinned by name;
+    `live` new requests go to the active version after the swap. Raises RuntimeError if a
+    process fails to start or an episode is not recorded."""
+    started = time.monotonic()
+    data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-planted-"))
+    admin_key = secrets.token_urlsafe(16)
+    timings: dict[str, float] = {}
+    with planted.planted_verifier() as url:
+        train_tasks, held = planted.split_planted(config.seed, config.batch, config.heldout + config.live, url)
+        heldout, live_tasks = held[:config.heldout], held[config.heldout:]
+        server = R3Server(config.server_settings(data_dir, admin_key))
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        log(f"data dir {data_dir}; verifier {url}; {len(heldout)} held-out, {len(train_tasks)} training tasks")
+        with server as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=1800, headers=headers) as client:
+                base = await evaluate(client, heldout, "base", config)
+                log(f"before training: {_line(base)}")
+                collected = await send(client, train_tasks, "r3", config, store=True)
+                await wait_recorded(client, [o.episode_id for o in collected])
+                log(f"sent {len(collected)} training tasks: first {sum(o.first for o in collected)}, "
+                    f"second {sum(o.second for o in collected)}")
+                control_dir = data_dir.with_name(data_dir.name + "-control")
+                snapshot(data_dir, control_dir)
+                code, train_s = train_once(server.env, data_dir, timeout_s=config.minutes * 60)
+                trained = _round_summary(await last_round(client), code, train_s)
+                log(f"round: exit {code} in {train_s:.0f} s; {trained['candidate']} "
+                    f"{'promoted' if trained['promoted'] else 'not promoted'}: {trained['reason']}")
+                evaluations = {"base": base}
+                live: dict[str, Any] = {}
+                if trained["candidate"]:
+                    evaluations["trained"] = await evaluate(client, heldout, trained["candidate"], config)
+                    log(f"{trained['candidate']} (pinned): {_line(evaluations['trained'])}")
+                if trained["promoted"]:
+                    await wait_serving(client, trained["candidate"])
+                    outcomes = await send(client, live_tasks, "r3", config, store=False,
+                                          temperature=config.eval_temperature)
+                    k = sum(o.second for o in outcomes)
+                    live = {"n": len(outcomes), "k": k, "rate": k / len(outcomes), "ci95": wilson(k, len(outcomes)),
+                            "served_by": dict(Counter(o.adapter for o in outcomes))}
+                    log(f"live after the swap: {k}/{len(outcomes)} served by {live['served_by']}")
+        timings["trained_loop_s"] = time.monotonic() - started
+        control_env = {**server.env, "R3_DATA_DIR": str(control_dir), "R3_TRAIN_SHUFFLE_REWARDS": "true"}
+        code, control_s = train_once(control_env, control_dir, timeout_s=config.minutes * 60)
+        control_server = R3Server({k: v for k, v in control_env.items() if k.startswith("R3_") and k != "R3_PORT"})
+        with control_server as control_url:
+            async with httpx.AsyncClient(base_url=control_url, timeout=1800, headers=headers) as client:
+                control = _round_summary(await last_round(client), code, control_s)
+                log(f"control round: exit {code} in {control_s:.0f} s; {control['candidate']} "
+                    f"{'promoted' if control['promoted'] else 'not promoted'}: {control['reason']}")
+                if control["candidate"]:
+                    evaluations["control"] = await evaluate(client, heldout, control["candidate"], config)
+                    log(f"control {control['candidate']} (pinned): {_line(evaluations['control'])}")
+    timings["total_s"] = time.monotonic() - started
+    return {
+        "experiment": "r3 bench learn --suite planted", "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(), "config": {**asdict(config), "families": list(config.families)},
+        "planted_rule": {"max_words": planted.MAX_WORDS, "verifier": "webhook (bench/planted.py) on 127.0.0.1",
+                         "example": {"messages": heldout[0].messages, "verifier": heldout[0].verifier}},
+        "definitions": {"heldout_success": "second attempt passes = the reflection has at most "
+                        f"{planted.MAX_WORDS} words (attempt 1 always fails), sampled at T = {config.eval_temperature}"
+                        ", seeded per task", "ci95": "Wilson score interval",
+                        "p_one_sided": "exact McNemar (sign test on discordant tasks), H1: after > base"},
+        "collected": {"tasks": len(collected), "first": sum(o.first for o in collected),
+                      "second": sum(o.second for o in collected)},
+        "rounds": {"trained": trained, "control": control},
+        "evaluations": {name: e.summary() for name, e in evaluations.items()},
+        "comparisons": {name: compare(base, e) for name, e in evaluations.items() if name != "base"},
+        "live_after_swap": live, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "data_dirs": [str(data_dir), str(control_dir)],
+    }
+
+
+def plot_planted(result: dict[str, Any], path: Path) -> None:
+    """Left: held-out success (base, trained, control) and live success after the swap, with 95% CIs.
+    Right: the mean reward of each GRPO step of the trained and the control round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bars = [(name, e["second_attempt"]["rate"], e["second_attempt"]["ci95"], e["n"])
+            for name, e in result["evaluations"].items()]
+    if result["live_after_swap"]:
+        live = result["live_after_swap"]
+        bars.append(("live, after swap", live["rate"], live["ci95"], live["n"]))
+    rates = [b[1] for b in bars]
+    left.bar(range(len(bars)), rates, yerr=[[r - b[2][0] for r, b in zip(rates, bars)],
+                                           [b[2][1] - r for r, b in zip(rates, bars)]],
+             capsize=5, color=["tab:gray", "tab:orange", "tab:blue", "tab:green"][:len(bars)])
+    left.set_xticks(range(len(bars)), [f"{b[0]}\n{round(b[1] * b[3])}/{b[3]}" for b in bars])
+    left.set_ylim(0, 1)
+    left.set_ylabel(f"retry passes (reflection ≤ {result['planted_rule']['max_words']} words)")
+    left.set_title("held-out, T = 1, Wilson 95%", fontsize=10)
+    for name, colour in (("trained", "tab:orange"), ("control", "tab:blue")):
+        rewards = result["rounds"][name]["training"].get("reward_mean") or []
+        right.plot(range(1, len(rewards) + 1), rewards, marker="o", color=colour,
+                   label=f"{name}{' (rewards shuffled in each group)' if name == 'control' else ''}")
+    right.set_xlabel("GRPO step")
+    right.set_ylabel("mean reward of the step's G × prompts reflections")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    right.set_title("training reward per step", fontsize=10)
+    fig.suptitle("R3's loop on the planted suite (SmolLM2-135M-Instruct, CPU)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_planted(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"r3 bench learn --suite planted: held-out (n = {result['config']['heldout']}), "
+                        "second-attempt success, 95% Wilson CIs")
+    for column in ("version", "held-out [95% CI]", "+/− vs base", "p (1-sided)", "gate", "s"):
+        table.add_column(column)
+    for name, e in result["evaluations"].items():
+        pair = result["comparisons"].get(name, {}).get("second_attempt")
+        round_ = result["rounds"].get(name, {})
+        table.add_row(f"{name} {e['version']}", _rate(e["second_attempt"], e["n"]),
+                      f"+{pair['after_only']} / −{pair['before_only']}" if pair else "",
+                      f"{pair['p_one_sided']:.3g}" if pair else "",
+                      ("promoted" if round_.get("promoted") else f"rejected: {round_.get('reason')}") if round_ else "",
+                      str(round_.get("seconds", "")))
+    Console(width=170).print(table)
 
 
 def _line(evaluation: Evaluation) -> str:
@@ -509,20 +704,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def save(result: dict[str, Any], out_dir: Path = RESULTS) -> tuple[Path, Path]:
+def save(result: dict[str, Any], out_dir: Path = RESULTS, name: str = "learn") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "learn.json", out_dir / "learn.png"
+    json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
     json_path.write_text(json.dumps(result, indent=2, default=str))
-    plot(result, png_path)
+    (plot_planted if name == "learn_planted" else plot)(result, png_path)
     return json_path, png_path
 
 
 def main(config: Config, out_dir: Path = RESULTS) -> dict[str, Any]:
+    """Runs the experiment of `config`'s suite (`families == ("planted",)`: the planted one)."""
     # On SIGTERM unwind like Ctrl-C, so the server and trainer processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    result = asyncio.run(experiment(config))
-    json_path, png_path = save(result, out_dir)
-    print_table(result)
+    if config.families == PLANTED.families:
+        result = asyncio.run(planted_experiment(config))
+        json_path, png_path = save(result, out_dir, "learn_planted")
+        print_planted(result)
+    else:
+        result = asyncio.run(experiment(config))
+        json_path, png_path = save(result, out_dir)
+        print_table(result)
     log(f"wrote {json_path} and {png_path}; total {result['timings_s']['total_s'] / 60:.1f} min")
     return result
 
@@ -531,12 +732,15 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=["tasks", "planted"], default="tasks",
+                        help="tasks: the families below; planted: bench/planted.py with PLANTED's defaults")
     for name, default in asdict(Config()).items():
         if name != "families":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    parser.add_argument("--families", default=",".join(suite.DEFAULT_FAMILIES), help=", ".join(suite.FAMILIES))
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None)
+    parser.add_argument("--families", default=None, help=", ".join(suite.FAMILIES))
     parser.add_argument("--out", type=Path, default=RESULTS)
     arguments = vars(parser.parse_args())
-    out = arguments.pop("out")
-    arguments["families"] = tuple(arguments["families"].split(","))
-    main(Config(**arguments), out)
+    out, chosen = arguments.pop("out"), PLANTED if arguments.pop("suite") == "planted" else Config()
+    if arguments["families"] is not None:
+        arguments["families"] = tuple(arguments["families"].split(","))
+    main(replace(chosen, **{k: v for k, v in arguments.items() if v is not None}), out)

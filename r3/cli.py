@@ -265,12 +265,20 @@ def bench_learn(
     families: str = typer.Option("countdown2", help="Task families, comma-separated: countdown2, countdown3, "
                                  "timer, weather, message, currency, alarm."),
     out: str = typer.Option("bench/results", help="Where learn.json and learn.png go."),
+    suite: str = typer.Option("tasks", help="tasks: the families above; planted: the planted-reward suite "
+                              "(bench/planted.py) with its own defaults (the options above are ignored) and a "
+                              "shuffled-reward control; writes learn_planted.json and .png."),
 ) -> None:
     """The learning experiment: the real serve → reflect → train → gate → hot-swap loop on a task suite."""
+    import dataclasses
     import importlib
 
     # By module name: r3 must not import the benchmarks at import time.
     learn = importlib.import_module("bench.learn")
-    config = learn.Config(minutes=minutes, seed=seed, heldout=heldout, batch=batch, train_max_steps=train_max_steps,
-                          train_max_failures=train_max_failures, families=tuple(families.split(",")))
+    if suite == "planted":
+        config = dataclasses.replace(learn.PLANTED, seed=seed)
+    else:
+        config = learn.Config(minutes=minutes, seed=seed, heldout=heldout, batch=batch,
+                              train_max_steps=train_max_steps, train_max_failures=train_max_failures,
+                              families=tuple(families.split(",")))
     learn.main(config, Path(out))

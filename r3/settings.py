@@ -84,6 +84,36 @@ class Settings(BaseSettings):
     train_num_generations: int = Field(4, ge=2, description="Reflections sampled per failure (GRPO's G).")
     train_learning_rate: float = Field(5e-5, gt=0)
     train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round.")
+    # GRPO and LoRA (trainer.grpo.GRPOSettings; the paper's values in paper-notes.md where they differ).
+    train_num_epochs: float = Field(1.0, gt=0, description="Passes over a round's failures (unless "
+                                    "R3_TRAIN_MAX_STEPS stops it first).")
+    train_prompts_per_step: int = Field(2, ge=1, description="Failures per optimizer step and process; a step "
+                                        "trains on this many × G reflections (the paper: 256 samples a step).")
+    train_gradient_accumulation_steps: int = Field(1, ge=1, description="Passes a step's reflections are split "
+                                                   "into (less memory, same step).")
+    train_lr_scheduler: str = Field("cosine", description="transformers' scheduler name (the paper: cosine).")
+    train_warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of a round's steps warming up "
+                                      "(the paper: 0.03; a short round spends its first step at rate 0).")
+    train_lora_rank: int = Field(16, ge=1, description="LoRA rank of a fresh adapter (a round continues the "
+                                 "active adapter's shape).")
+    train_lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale alpha / rank).")
+    train_lora_target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules the LoRA adapts, as JSON (default: every attention and MLP projection).")
+    train_beta: float = Field(0.001, ge=0, description="KL coefficient to the base model (the paper's 0.001; "
+                              "TRL's default is 0).")
+    train_epsilon: float = Field(0.2, gt=0, description="PPO clip range (TRL's default).")
+    train_temperature: float = Field(1.0, gt=0, description="Sampling temperature of the G reflections.")
+    train_retry_temperature: float = Field(0.0, ge=0, description="The retry's temperature (0: greedy, as the "
+                                           "gate judges, so the reward judges the reflection).")
+    train_max_retry_tokens: int = Field(256, ge=1, description="Retry length limit (also capped by each "
+                                        "request's max_tokens).")
+    train_max_prompt_tokens: int = Field(2048, ge=1, description="Failures with a longer reflection prompt are "
+                                         "left out of a round.")
+    train_seed: int = Field(0, description="Seeds a round's sampling and data order.")
+    train_shuffle_rewards: bool = Field(False, description="Control experiment only: shuffle the rewards within "
+                                        "each group, so no reflection is credited for its own retry (r3 bench "
+                                        "learn's control; nothing should be learned).")
     train_claim_idle_s: float = Field(60.0, gt=0, description="Stream entries a dead worker left this long are taken over.")
     train_use_vllm: bool = Field(False, description="Sample the trainer's reflections and retries with vLLM "
                                  "through TRL (GPUs; needs the vllm extra).")

@@ -62,6 +62,7 @@ import asyncio
 import gc
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,11 @@ class GRPOSettings:
     max_steps: int | None = None  # None: `num_epochs` passes over the failures
     num_epochs: float = 1.0
     seed: int = 0
+    # The control experiment (`r3 bench learn`): each group's rewards are permuted at random before
+    # GRPO sees them, so a reflection is credited with another's retry. The groups that carry
+    # signal, the rewards' mean and every other step of the round stay as they were; only the
+    # credit assignment is broken, so whatever such a round learns is drift, not the reward.
+    shuffle_rewards: bool = False
     device: str = "auto"  # R3_DEVICE: auto, cpu or cuda
     dtype: str = "auto"  # R3_DTYPE: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, float16
     use_vllm: bool = False  # on GPUs: TRL's vLLM generation (see `vllm_mode`)
@@ -309,6 +315,7 @@ class ReflectionRollout:
                 self.failures.setdefault(prompt, failure)
         self.specs = {failure.episode_id: parse_spec(failure.verifier) for failure in self.failures.values()}
         self.batches: list[RolloutBatch] = []
+        self.shuffler = random.Random(settings.seed)  # shuffle_rewards only
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
         g = self.settings.num_generations
@@ -323,8 +330,10 @@ class ReflectionRollout:
         # 2. after each reflection, the retry: same policy, same conversation
         retries = [retry_prompt(self.tokenizer, failure, reflection)
                    for failure, reflection in zip(failures, reflections)]
+        # No longer than the longest answer a request of the batch allows: the rest would be cut off.
+        retry_limit = min(self.settings.max_retry_tokens, max(recorded_params(f).max_tokens for f in failures))
         retry_ids, _ = self.generate(
-            trainer, [self.encode(prompt) for _, prompt, _ in retries], self.settings.max_retry_tokens,
+            trainer, [self.encode(prompt) for _, prompt, _ in retries], retry_limit,
             self.settings.retry_temperature, 1)
         retry_texts = [
             prefix + self.tokenizer.decode(ids[:recorded_params(failure).max_tokens], skip_special_tokens=True)
@@ -333,6 +342,9 @@ class ReflectionRollout:
 
         # 3. reward = the retry's verdict
         rewards = asyncio.run(self.judge(failures, [conversation for conversation, _, _ in retries], retry_texts))
+        if self.settings.shuffle_rewards:
+            rewards = [reward for i in range(0, len(rewards), g)
+                       for reward in self.shuffler.sample(rewards[i:i + g], g)]
 
         # 4. groups with all-equal rewards carry no signal: mask them out of the loss
         batch = RolloutBatch(rewards, [len(ids) for ids in reflection_ids], g)

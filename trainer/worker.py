@@ -77,11 +77,20 @@ def _untrained_failures():
 
 def grpo_settings(settings: Settings) -> GRPOSettings:
     """A round's GRPO settings from R3's (`R3_TRAIN_*`, `R3_DEVICE`, `R3_DTYPE`, `R3_REFLECTION_MAX_TOKENS`)."""
-    return GRPOSettings(num_generations=settings.train_num_generations, learning_rate=settings.train_learning_rate,
-                        max_steps=settings.train_max_steps, max_reflection_tokens=settings.reflection_max_tokens,
-                        device=settings.device, dtype=settings.dtype, use_vllm=settings.train_use_vllm,
-                        vllm_mode=settings.train_vllm_mode, vllm_server_url=settings.train_vllm_server_url,
-                        vllm_gpu_memory_utilization=settings.train_vllm_gpu_memory_utilization)
+    return GRPOSettings(
+        learning_rate=settings.train_learning_rate, lr_scheduler_type=settings.train_lr_scheduler,
+        warmup_ratio=settings.train_warmup_ratio, lora_rank=settings.train_lora_rank,
+        lora_alpha=settings.train_lora_alpha, lora_target_modules=tuple(settings.train_lora_target_modules),
+        num_generations=settings.train_num_generations, prompts_per_step=settings.train_prompts_per_step,
+        gradient_accumulation_steps=settings.train_gradient_accumulation_steps, beta=settings.train_beta,
+        epsilon=settings.train_epsilon, max_reflection_tokens=settings.reflection_max_tokens,
+        max_retry_tokens=settings.train_max_retry_tokens, max_prompt_tokens=settings.train_max_prompt_tokens,
+        temperature=settings.train_temperature, retry_temperature=settings.train_retry_temperature,
+        max_steps=settings.train_max_steps, num_epochs=settings.train_num_epochs, seed=settings.train_seed,
+        shuffle_rewards=settings.train_shuffle_rewards, device=settings.device, dtype=settings.dtype,
+        use_vllm=settings.train_use_vllm, vllm_mode=settings.train_vllm_mode,
+        vllm_server_url=settings.train_vllm_server_url,
+        vllm_gpu_memory_utilization=settings.train_vllm_gpu_memory_utilization)
 
 
 def run_trainer(settings: Settings, once: bool = False) -> RoundOutcome | None:
@@ -101,6 +110,7 @@ async def _lead(settings: Settings, launch: Launch, once: bool) -> RoundOutcome 
     worker = TrainerWorker(settings, launch)
     outcome = None
     try:
+        await database.make_ready(worker.engine, worker.url)
         if once:
             outcome = await worker.run_round(requested_by="cli")
         else:
@@ -141,7 +151,6 @@ class TrainerWorker:
     # ------------------------------------------------------------------ the loop
 
     async def run_forever(self, poll_s: float = 5.0) -> None:
-        await database.ensure_migrated(self.engine, self.url)
         await self._fail_abandoned_rounds()
         await self._claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
         while True:
@@ -259,8 +268,12 @@ class TrainerWorker:
         counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes)}
         log.info("round %d: %s", round_id, counts)
         if len(train) < self.launch.processes or not heldout:  # every training process needs a failure
-            await self._finish_round(round_id, status="finished", report={**counts, "skipped": "too few failures"})
-            return RoundOutcome(round_id, None, False, counts)
+            skipped = {**counts, "skipped": (
+                f"too few failures: {len(train)} to train on (at least {self.launch.processes} needed) and "
+                f"{len(heldout)} held out for the gate (at least 1 needed); failures come from requests whose "
+                "verifier said no and that kept their text")}
+            await self._finish_round(round_id, status="finished", report=skipped)
+            return RoundOutcome(round_id, None, False, skipped)
 
         active = await self.registry.active()
         order = RoundOrder(bundled_model.resolve(settings), active.path if active else None, train,

@@ -206,6 +206,20 @@ def test_rollout_rewards_advantages_and_skipped_groups(tiny_model, tmp_path):
     assert (trained[:4] > 0).all() and (trained[4:] == 0).all()
 
 
+def test_the_control_shuffles_rewards_within_each_group_only(tiny_model, tmp_path):
+    """R3_TRAIN_SHUFFLE_REWARDS: each group keeps its rewards (so its signal and mean), but which
+    reflection earned which is lost; over a few rollouts some reward lands on another reflection."""
+    settings = replace(TINY, shuffle_rewards=True)
+    trainer, rollout, _ = tiny_trainer(tiny_model, tmp_path, settings=settings)
+    france, total = list(rollout.failures)
+    for _ in range(4):
+        trainer._generate_and_score_completions([{"prompt": p} for p in [france] * 4 + [total] * 4])
+    for batch in rollout.batches:
+        assert sorted(batch.rewards[:4]) == [0.0, 0.0, 1.0, 1.0] and batch.rewards[4:] == [0.0] * 4
+        assert batch.skipped_groups == 1
+    assert any(batch.rewards[:4] != [1.0, 0.0, 1.0, 0.0] for batch in rollout.batches)  # notes 0 and 2 earned them
+
+
 # ---------------------------------------------------------------------------------------------
 # The loss trains the reflection and nothing else
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""The regression test for "the trainer learns": a reduced planted run must raise held-out success.
+
+The planted suite (bench/planted.py) rewards a retry iff the reflection before it has at most
+`MAX_WORDS` words; the untrained model's reflections meet it about a quarter of the time (T = 1).
+One GRPO round (`trainer.grpo.train_round`: R3's rollout, the retry, R3's webhook verifier over
+loopback HTTP, reflection-only credit) on 8 failures, then the share of rule-passing reflections on
+96 held-out failures is sampled before (adapter disabled) and after (adapter on), with the same
+seeds. The test fails unless the rise is significant: exact one-sided McNemar p < 0.05 on the
+paired samples. `r3 bench learn --suite planted` runs the whole loop (server, gate, hot-swap).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench import planted
+from bench.learn import mcnemar_one_sided
+from r3 import bundled_model
+from r3.settings import Settings
+from trainer.grpo import GRPOSettings, reflection_prompt, train_round
+from verifiers import WebhookPolicy
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6  # of 2 failures × G = 8 reflections; learning rate 2e-4 as `r3 bench learn --suite planted`
+HELDOUT = 96
+
+
+def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]:
+    """Per failure, one reflection sampled as the trainer samples (T = 1, no top-k): has it at most
+    `MAX_WORDS` words?"""
+    prompts = [reflection_prompt(tokenizer, failure) for failure in failures]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**encoded, max_new_tokens=planted.REFLECTION_MAX_TOKENS, do_sample=True,
+                             temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [planted.words(text) <= planted.MAX_WORDS for text in texts]
+
+
+def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_path: Path) -> None:
+    model_path = str(bundled_model.resolve(Settings(_env_file=None)))
+    settings = GRPOSettings(num_generations=8, prompts_per_step=2, learning_rate=2e-4, max_steps=STEPS,
+                            max_reflection_tokens=planted.REFLECTION_MAX_TOKENS, device="cpu", dtype="float32")
+    with planted.planted_verifier() as url:
+        train = planted.planted_failures(8, 0, url)
+        report = train_round(model_path, None, train, tmp_path / "adapter", settings,
+                             WebhookPolicy(allow_loopback=True))
+    assert report.steps == STEPS and report.skipped_groups < report.groups
+
+    heldout = planted.planted_failures(HELDOUT, 12345, "http://127.0.0.1:9/")  # another seed; never called
+    assert not {f.messages[-1]["content"] for f in heldout} & {f.messages[-1]["content"] for f in train}
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
+                                      str(tmp_path / "adapter")).eval()
+    with model.disable_adapter():
+        before = short_reflections(model, tokenizer, heldout, seed=1)
+    after = short_reflections(model, tokenizer, heldout, seed=1)
+    wins = sum(a and not b for b, a in zip(before, after))
+    losses = sum(b and not a for b, a in zip(before, after))
+    p = mcnemar_one_sided(wins, losses)
+    assert p < 0.05, f"held-out short reflections {sum(before)}/{HELDOUT} -> {sum(after)}/{HELDOUT}, " \
+                     f"+{wins}/-{losses}, p = {p:.3g}"
