@@ -1,6 +1,6 @@
 """GRPO samples/s: R3's round against bare TRL `GRPOTrainer` on the same batch and model.
 
-    python -m bench.grpo_throughput [--steps 4]
+    python -m bench.grpo_throughput [--steps 3]
 
 Both train the bundled model's LoRA (the same `GRPOConfig`, built by `trainer.grpo.grpo_config`:
 G = 8, 2 prompts a step, 32-token reflections at temperature 1, float32 on the CPU) for `steps`
@@ -34,7 +34,7 @@ from bench.common import save, table
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = 4  # optimizer steps per trainer
+    steps: int = 3  # optimizer steps per trainer
     prompts: int = 8  # distinct failures (each step takes 2)
     seed: int = 0
 
