@@ -45,3 +45,9 @@ async def vllm_engine(model_path: Path):
     engine = VllmEngine.start(str(model_path), "smol", max_batch_size=4, max_loras=2, max_lora_rank=16)
     yield engine
     await engine.close()
+
+
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def started_engine(request: pytest.FixtureRequest):
+    """Each engine in turn: the tests that take it run once on transformers, once on vLLM."""
+    return request.getfixturevalue(f"{request.param}_engine")

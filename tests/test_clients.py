@@ -18,6 +18,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field, field_validator
 
+from r3.engines.base import Engine
 from r3.settings import Settings
 from server.app import create_app
 
@@ -43,17 +44,12 @@ class GetTime(BaseModel):
     timezone: str = Field(max_length=20)
 
 
-@pytest.fixture(scope="module", params=["transformers", "vllm"])
-def engine(request: pytest.FixtureRequest):
-    return request.getfixturevalue(f"{request.param}_engine")
-
-
 @pytest.fixture(scope="module")
-async def http(engine, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+async def http(started_engine: Engine, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """An httpx client whose transport is R3's app, running on `engine`."""
     settings = Settings(default_max_tokens=96, reflection_max_tokens=16, models_dir=model_path.parent,
                         data_dir=tmp_path_factory.mktemp("clients"))
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=started_engine)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://r3/v1", timeout=300) as client:
         yield client

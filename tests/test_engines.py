@@ -21,11 +21,6 @@ from r3.structured_output import structural_tag
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
-@pytest.fixture(scope="module", params=["transformers", "vllm"])
-def started_engine(request: pytest.FixtureRequest) -> Engine:
-    return request.getfixturevalue(f"{request.param}_engine")
-
-
 @pytest.fixture(scope="module")
 async def engine(started_engine: Engine, lora_path: Path):
     engine = started_engine

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from support import TIME, WEATHER
 
+from r3.engines.base import Engine
 from r3.settings import Settings
 from server.app import create_app
 from server.request_id import RequestId
@@ -31,16 +32,11 @@ def tokenizer(model_path: Path):
     return AutoTokenizer.from_pretrained(model_path)
 
 
-@pytest.fixture(scope="module", params=["transformers", "vllm"])
-def engine(request: pytest.FixtureRequest):
-    return request.getfixturevalue(f"{request.param}_engine")
-
-
 @pytest.fixture(scope="module")
-async def client(engine, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+async def client(started_engine: Engine, model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(default_max_tokens=48, reflection_max_tokens=16, models_dir=model_path.parent,
                         data_dir=tmp_path_factory.mktemp("contract"))
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=started_engine)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=RequestId(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://r3", timeout=300) as http:
