@@ -40,7 +40,7 @@ def test_auto_is_cuda_in_bfloat16_with_a_gpu(gpu) -> None:
     gpu()
     assert placement() == Placement("cuda", "bfloat16")
     assert placement("cpu") == Placement("cpu", "float32")
-    assert placement("cuda", "float32").torch_dtype is torch.float32
+    assert placement("cuda", "float32") == Placement("cuda", "float32")
     gpu(bf16=False)
     assert placement("auto") == Placement("cuda", "float16")
 

@@ -13,7 +13,7 @@ from jsonschema.validators import Draft202012Validator
 
 from r3.replay import bfcl, xlam
 from r3.replay.report import Outcome, summarize
-from r3.replay.tasks import ReplayTask, TaskFileError, read_records, read_tasks, write_tasks
+from r3.replay.tasks import ReplayTask, TaskFileError, numbered_records, read_tasks, write_tasks
 from verifiers import Attempt, TaskContext, ToolCall, parse_spec
 
 
@@ -308,13 +308,14 @@ def test_the_example_file_is_a_valid_replay_file() -> None:
 def test_records_are_a_json_array_or_json_lines(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps([{"x": 1}, {"x": 2}]))
     write_lines(tmp_path / "b.json", [{"x": 1}, {"x": 2}])
-    assert read_records(tmp_path / "a.json") == read_records(tmp_path / "b.json") == [{"x": 1}, {"x": 2}]
+    values = [[r.value for r in numbered_records(tmp_path / name)] for name in ("a.json", "b.json")]
+    assert values == [[{"x": 1}, {"x": 2}]] * 2
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(TaskFileError, match="c.json:1: record 1: not a JSON object"):
-        read_records(tmp_path / "c.json")
+        numbered_records(tmp_path / "c.json")
     (tmp_path / "d.json").write_text("[\n" + json.dumps({"x": 1}) + ",\n  []\n]")
     with pytest.raises(TaskFileError, match="d.json:3: record 2: not a JSON object"):  # the line the record is on
-        read_records(tmp_path / "d.json")
+        numbered_records(tmp_path / "d.json")
 
 
 # --- whatever a file holds: an error naming its file and line, never a traceback ----------------------

@@ -21,10 +21,6 @@ class Placement:
     device: Device
     dtype: DType
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
 
 def placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """`R3_DEVICE` and `R3_DTYPE` made concrete.

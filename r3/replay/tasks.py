@@ -107,13 +107,9 @@ def write_tasks(tasks: Iterable[ReplayTask], path: Path) -> None:
             file.write(task.model_dump_json(exclude_none=True) + "\n")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """A dataset's records: a JSON array (as xLAM ships) or JSON Lines (as BFCL ships, named .json)."""
-    return [record.value for record in numbered_records(path)]
-
-
 def numbered_records(path: Path) -> list[Record]:
-    """A dataset's records with where each is (see `Record`). Raises `TaskFileError` naming the line
+    """A dataset's records, a JSON array (as xLAM ships) or JSON Lines (as BFCL ships, named .json),
+    each with where it is (see `Record`). Raises `TaskFileError` naming the line
     of a record that cannot be read, or is not a JSON object."""
     data = _read_bytes(path)
     if data.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
