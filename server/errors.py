@@ -234,9 +234,9 @@ def unsound_value_at(value: Any) -> tuple[str, str] | None:
     for text with a lone surrogate, else the number as Python's json writes it, `NaN`, `Infinity`,
     `-Infinity`), or None when there is none. Iterative, so any depth; a path is made only for a
     container, or for what is wrong."""
-    problem = _scalar_problem(value)
-    if problem is not None:
-        return "", problem
+    if not isinstance(value, dict | list):  # a body that is one scalar (`-2e16`): only itself to check
+        problem = _scalar_problem(value)
+        return None if problem is None else ("", problem)
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, container = stack.pop()

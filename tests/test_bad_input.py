@@ -638,3 +638,12 @@ def test_a_poisoned_journal_left_by_an_earlier_process_is_set_aside_shown_and_bl
     assert stored == {old.id, *ids}
     [rejected] = [json.loads(line) for line in (tmp_path / "journal" / "rejected.jsonl").read_text().splitlines()]
     assert rejected["record"]["id"] == poison.id and "RecursionError" in rejected["reason"]
+
+
+@pytest.mark.parametrize("body", [b"-2.064797108713639e+16", b"7", b'"text"', b"true"])
+def test_a_body_that_is_one_scalar_is_a_400(url, body) -> None:
+    """Regression: the schemathesis run found that a bare number as the body was a 500."""
+    response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                          headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
