@@ -52,6 +52,7 @@ def measure(config: Config) -> dict[str, Any]:
 
     from r3 import bundled_model
     from r3.engines.device import placement
+    from r3.reflect_retry import ReflectRetry
     from r3.settings import Settings
     from trainer.grpo import (
         GRPOSettings,
@@ -76,7 +77,8 @@ def measure(config: Config) -> dict[str, Any]:
                          "seconds": report.seconds_per_step * report.steps}
 
         tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        prompts = [reflection_prompt(tokenizer, failure) for failure in batch]
+        protocol = ReflectRetry(tokenizer, WebhookPolicy())
+        prompts = [reflection_prompt(protocol, failure).engine_input for failure in batch]
         args = grpo_config(settings, Path(scratch) / "trl", settings.prompts_per_step, placement("cpu", "float32"))
         bare = GRPOTrainer(model=model_path, reward_funcs=planted_reward, args=args,
                            train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer,

@@ -61,7 +61,7 @@ import httpx
 from bench import planted
 from bench import tasks as suite
 from bench.common import REPO, RESULTS, R3Server, machine
-from r3.stats import wilson
+from r3.stats import sign_test_p_value, wilson
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -236,19 +236,10 @@ async def evaluate(client: httpx.AsyncClient, heldout: list[suite.Task], version
 # Statistics
 # ---------------------------------------------------------------------------------------------
 
-def mcnemar_one_sided(wins: int, losses: int) -> float:
-    """Exact one-sided McNemar: P(X ≥ wins), X ~ Binomial(wins + losses, 1/2).
-
-    `wins`: tasks only the later version passes; `losses`: tasks only the earlier one passes.
-    Tasks both pass or both fail say nothing about which is better."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
-
-
 def paired(before: list[bool], after: list[bool]) -> dict[str, Any]:
     wins = sum(a and not b for b, a in zip(before, after, strict=True))
     losses = sum(b and not a for b, a in zip(before, after, strict=True))
-    return {"after_only": wins, "before_only": losses, "p_one_sided": mcnemar_one_sided(wins, losses)}
+    return {"after_only": wins, "before_only": losses, "p_one_sided": sign_test_p_value(wins, losses)}
 
 
 def compare(before: Evaluation, after: Evaluation) -> dict[str, Any]:

@@ -164,16 +164,19 @@ def base_rate(samples: int, seed: int = 7, batch: int = 16) -> dict[str, Any]:
     from r3 import bundled_model
     from r3.settings import Settings
     from r3.stats import wilson
+    from r3.reflect_retry import ReflectRetry
     from trainer.grpo import reflection_prompt
+    from verifiers import WebhookPolicy
 
     path = bundled_model.resolve(Settings(_env_file=None))
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    protocol = ReflectRetry(tokenizer, WebhookPolicy())
     failures = planted_failures(samples, seed, "http://127.0.0.1:9/")  # the endpoint is never called here
     counts: list[int] = []
     torch.manual_seed(seed)
     for start in range(0, samples, batch):
-        prompts = [reflection_prompt(tokenizer, failure) for failure in failures[start:start + batch]]
+        prompts = [reflection_prompt(protocol, failure).engine_input for failure in failures[start:start + batch]]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**encoded, max_new_tokens=REFLECTION_MAX_TOKENS, do_sample=True, temperature=1.0,

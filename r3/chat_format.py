@@ -30,6 +30,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
+from verifiers.base import ToolCall
+
 HERMES_TOOL_PROMPT = (
     "You are a function calling AI model. You are provided with function signatures within "
     "<tools></tools> XML tags. You may call one or more functions to assist with the user query. "
@@ -49,13 +51,6 @@ _CODE_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 # write it: `[<tool_call>] {"name": "<name>", "arguments": {`. Group 1 is the name as a JSON string.
 CALL_HEADER = re.compile(r'(?:<tool_call>\s*)?\{\s*"name"\s*:\s*("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")'
                          r'\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: str  # a JSON object, as a string, as OpenAI sends it
-    id: str = ""  # set by `with_call_ids` once the completion's id is known
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from r3.structured_output import structural_tag
 from verifiers import (
     Attempt,
     TaskContext,
-    ToolCall,
     Verdict,
     VerifierSpec,
     WebhookPolicy,
@@ -152,74 +151,129 @@ def webhook_policy(settings: Settings) -> WebhookPolicy:
     )
 
 
-@dataclass
-class Reflector:
-    """Runs attempts, reflections and retries for chat tasks on one engine."""
+@dataclass(frozen=True)
+class ReflectRetry:
+    """The reflect-retry protocol without an engine: conversation → prompt, generated text → answer,
+    answer → verdict. The server (through `Reflector`), the gate and the GRPO rollout all build their
+    prompts, read their answers and judge them here, so the model is trained and gated on exactly the
+    prompts it is served with (`tests/trainer/test_grpo.py` checks it token for token).
 
-    engine: Engine
+    `constrained_decoding`: the engine holds an answer to a grammar (`Engine.supports_json_schema`):
+    then `tool_choice` is enforced by the grammar (`attempt_params`) rather than by prefilling the
+    start of a forced call, so the two modes render different prompts.
+    """
+
+    tokenizer: Any
     webhook_policy: WebhookPolicy
+    constrained_decoding: bool = True
     reflection_max_tokens: int = 256
 
-    def prompt(self, task: ChatTask, conversation: list[dict[str, Any]], forced_prefix: bool = True) -> ChatPrompt:
-        """The conversation rendered for the engine; with `forced_prefix`, the answer `tool_choice`
-        forces is started (unless the engine holds it to a grammar, `constrained`)."""
-        return render_prompt(self.engine.tokenizer, conversation, task.tools,
-                             task.tool_choice if forced_prefix else None,
-                             constrained_decoding=self.engine.supports_json_schema)
+    def attempt_prompt(self, task: ChatTask, conversation: list[dict[str, Any]]) -> ChatPrompt:
+        """An attempt at `task` answering `conversation` (its first, or a retry): the answer
+        `tool_choice` forces is started, unless the engine holds it to a grammar."""
+        return render_prompt(self.tokenizer, conversation, task.tools, task.tool_choice,
+                             constrained_decoding=self.constrained_decoding)
 
-    def constrained(self, task: ChatTask, params: SamplingParams) -> SamplingParams:
+    def reflection_prompt(self, task: ChatTask, failures: list[FailedAttempt]) -> ChatPrompt:
+        """The reflection on the last of `failures` (which still lacks it): tools shown, no answer forced."""
+        conversation = reflection_conversation(task.messages, failures, task.task_kind)
+        return render_prompt(self.tokenizer, conversation, task.tools, None,
+                             constrained_decoding=self.constrained_decoding)
+
+    def retry_prompt(self, task: ChatTask, failures: list[FailedAttempt]) -> tuple[list[dict[str, Any]], ChatPrompt]:
+        """The retry after the last of `failures` (each with its reflection): its conversation (what
+        the verifier is shown) and its prompt."""
+        conversation = retry_conversation(task.messages, failures, task.task_kind)
+        return conversation, self.attempt_prompt(task, conversation)
+
+    def attempt_params(self, task: ChatTask, params: SamplingParams) -> SamplingParams:
         """`params` for an attempt at `task`: on an engine that constrains decoding, tool calls are held
         to the offered tools and their schemas, `tool_choice` is enforced, and `response_format`'s
         schema joins them (`r3.structured_output`)."""
-        if not self.engine.supports_json_schema:
+        if not self.constrained_decoding:
             return params
         tag = structural_tag(task.tools, task.tool_choice, task.parallel_tool_calls, params.json_schema)
         return replace(params, structural_tag=tag) if tag is not None else params
 
+    def reflection_params(self, params: SamplingParams) -> SamplingParams:
+        """A reflection samples as `params` (the request's) say, but free of their stops, schema and
+        logprobs, and at most `reflection_max_tokens` long."""
+        return replace(params, max_tokens=self.reflection_max_tokens, stop=(), top_logprobs=0, json_schema=None)
+
+    def answer(self, task: ChatTask, prompt: ChatPrompt, generated: str, reflecting: bool = False) -> ParsedOutput:
+        """What the model said, from the text generated after `prompt`: cut at the request's first stop
+        string (an engine has already cut there; a trainer sampling with transformers has not), after
+        any forced prefix, with the tool calls to offered tools parsed out (never a reflection's)."""
+        if not reflecting:
+            generated = generated[:min((i for i in map(generated.find, task.params.stop) if i >= 0),
+                                       default=len(generated))]
+        text = prompt.assistant_prefix + generated
+        if reflecting or not task.parses_tools:
+            return ParsedOutput(text, [])
+        return parse_tool_calls(text, task.tool_names)
+
+    async def judge(self, task: ChatTask, answer: ParsedOutput, conversation: list[dict[str, Any]],
+                    episode_id: str, number: int) -> Verdict | None:
+        """The verifier's verdict (None: the task has none) on attempt `number`, which answered
+        `conversation`. Raises nothing for a failing webhook: that is a failed verdict."""
+        if task.verifier is None:
+            return None
+        attempt = Attempt(content=answer.content, tool_calls=tuple(answer.tool_calls))
+        context = TaskContext(tools=tuple(task.tools or ()), tool_choice=task.tool_choice,
+                              messages=tuple(conversation), episode_id=episode_id, attempt_number=number)
+        return await verify(task.verifier, attempt, context, self.webhook_policy)
+
+
+@dataclass
+class Reflector:
+    """Runs attempts, reflections and retries for chat tasks on one engine, through `ReflectRetry`."""
+
+    engine: Engine
+    webhook_policy: WebhookPolicy
+    reflection_max_tokens: int = 256
+    core: ReflectRetry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = ReflectRetry(self.engine.tokenizer, self.webhook_policy, self.engine.supports_json_schema,
+                                 self.reflection_max_tokens)
+
     def turn(self, task: ChatTask, generation: Generation) -> Turn:
-        """A finished generation as a turn; a reflection's tool calls are never parsed.
+        """A finished generation as a turn.
 
         The prompt is counted again here: the engine's stream does not report its length."""
         result = GenerationResult(text=generation.text, tokens=generation.tokens,
                                   finish_reason=generation.finish_reason,
                                   prompt_tokens=self.engine.count_tokens(generation.prompt.engine_input))
-        text = generation.prompt.assistant_prefix + result.text
-        parse_tools = task.parses_tools and not generation.reflecting
-        parsed = parse_tool_calls(text, task.tool_names) if parse_tools else ParsedOutput(text, [])
-        return Turn(result, text, with_call_ids(parsed, generation.completion_id),
+        parsed = self.core.answer(task, generation.prompt, generation.text, generation.reflecting)
+        return Turn(result, generation.prompt.assistant_prefix + result.text,
+                    with_call_ids(parsed, generation.completion_id),
                     time.perf_counter() - generation.started, generation.completion_id)
 
-    async def generate(self, task: ChatTask, conversation: list[dict[str, Any]], params: SamplingParams,
-                       reflecting: bool = False, run: Run | None = None) -> Turn:
-        """An attempt at the task, or (`reflecting`) a reflection: shown the tools, never forced to call
-        one. With `run`, the generation is kept there while it is made."""
-        prompt = self.prompt(task, conversation, forced_prefix=not reflecting)
+    def begin(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
+              run: Run | None = None) -> tuple[Generation, AsyncIterator[GenerationChunk]]:
+        """A generation started from `prompt` (kept in `run`, if given) and the engine's chunks of it,
+        which it keeps as they pass. The engine shortens max_tokens to what the context leaves, and
+        raises `PromptTooLongError` when nothing is left."""
         generation = Generation(prompt, reflecting)
         if run is not None:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
-        # The engine shortens max_tokens to what the context leaves, and raises when nothing is left.
-        params = params if reflecting else self.constrained(task, params)
-        async for _ in generation.follow(self.engine.stream(prompt.engine_input, params, task.adapter)):
+        params = self.core.reflection_params(params) if reflecting else self.core.attempt_params(task, params)
+        return generation, generation.follow(self.engine.stream(prompt.engine_input, params, task.adapter))
+
+    async def generate(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
+                       run: Run | None = None) -> Turn:
+        """An attempt at the task from `prompt`, or (`reflecting`) a reflection: shown the tools, never
+        forced to call one. With `run`, the generation is kept there while it is made."""
+        generation, chunks = self.begin(task, prompt, params, reflecting, run)
+        async for _ in chunks:
             pass
         return self.turn(task, generation)
 
     async def judge(self, task: ChatTask, turn: Turn, conversation: list[dict[str, Any]], episode_id: str,
                     number: int) -> Verdict | None:
         """The verifier's verdict on an attempt; `conversation` is what the attempt answered."""
-        if task.verifier is None:
-            return None
-        attempt = Attempt(content=turn.parsed.content,
-                          tool_calls=tuple(ToolCall(c.name, c.arguments) for c in turn.parsed.tool_calls))
-        context = TaskContext(tools=tuple(task.tools or ()), tool_choice=task.tool_choice,
-                              messages=tuple(conversation), episode_id=episode_id, attempt_number=number)
-        return await verify(task.verifier, attempt, context, self.webhook_policy)
-
-    async def reflect(self, task: ChatTask, failures: list[FailedAttempt], run: Run | None = None) -> Turn:
-        """The model's reflection on the last failure."""
-        conversation = reflection_conversation(task.messages, failures, task.task_kind)
-        params = replace(task.params, max_tokens=self.reflection_max_tokens, stop=(), top_logprobs=0, json_schema=None)
-        return await self.generate(task, conversation, params, reflecting=True, run=run)
+        return await self.core.judge(task, turn.parsed, conversation, episode_id, number)
 
     @staticmethod
     def start(task: ChatTask, tenant: str | None) -> Run:
@@ -233,11 +287,26 @@ class Reflector:
         )
         return Run(task, episode)
 
+    def stream(self, run: Run) -> tuple[Generation, AsyncIterator[GenerationChunk]]:
+        """`run` made in one call, its first attempt streamed: the generation of attempt 1, and an
+        iterator of the engine's chunks of it which, after the last chunk, judges the attempt and
+        reflects and retries while the verifier says no (as `run`), before it ends."""
+        task = run.task
+        generation, chunks = self.begin(task, self.core.attempt_prompt(task, task.messages), task.params, run=run)
+
+        async def made() -> AsyncIterator[GenerationChunk]:
+            async for chunk in chunks:
+                yield chunk
+            await self.run(run, first=self.turn(task, generation))
+
+        return generation, made()
+
     async def run(self, run: Run, first: Turn | None = None) -> Run:
         """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
         reflect and retry while the verifier says no."""
         task, episode = run.task, run.episode
-        run.turns = [first or await self.generate(task, task.messages, task.params, run=run)]
+        run.turns = [first or await self.generate(task, self.core.attempt_prompt(task, task.messages), task.params,
+                                                  run=run)]
         verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         failures: list[FailedAttempt] = []
@@ -254,13 +323,16 @@ class Reflector:
         return run
 
     async def reflect_and_retry(self, task: ChatTask, failures: list[FailedAttempt], episode_id: str,
-                                number: int, run: Run | None = None) -> tuple[Turn, Turn, Verdict | None]:
+                                number: int, run: Run | None = None,
+                                reflection_params: SamplingParams | None = None) -> tuple[Turn, Turn, Verdict | None]:
         """Reflect on the last failure (still without its reflection), retry as attempt `number`,
-        judge the retry. Raises `PromptTooLongError` when the conversation outgrew the context."""
-        reflection = await self.reflect(task, failures, run)
+        judge the retry. The reflection samples as `reflection_params` say (default: as the task).
+        Raises `PromptTooLongError` when the conversation outgrew the context."""
+        reflection = await self.generate(task, self.core.reflection_prompt(task, failures),
+                                         reflection_params or task.params, reflecting=True, run=run)
         reflected = [*failures[:-1], replace(failures[-1], reflection=reflection.text)]
-        conversation = retry_conversation(task.messages, reflected, task.task_kind)
-        retry = await self.generate(task, conversation, task.params, run=run)
+        conversation, prompt = self.core.retry_prompt(task, reflected)
+        retry = await self.generate(task, prompt, task.params, run=run)
         return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Turn]]:

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
     gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate.")
+    gate_samples: int = Field(4, ge=1, le=64, description="Reflections the gate samples per held-out failure and "
+                              "adapter, each followed by a greedy retry (trainer/gate.py).")
+    gate_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the gate's reflections: the "
+                                    "trainer's (R3_TRAIN_TEMPERATURE), so the gate judges the policy GRPO moved; "
+                                    "0 with R3_GATE_SAMPLES=1: the greedy gate.")
 
     # --- storage ---
     data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))

@@ -19,3 +19,15 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def sign_test_p_value(wins: int, losses: int) -> float:
+    """The exact one-sided sign test on paired outcomes (McNemar's exact test when outcomes are
+    pass/fail): P(X ≥ wins), X ~ Binomial(wins + losses, 1/2).
+
+    `wins`: pairs in which the second of two versions did better; `losses`: pairs in which it did
+    worse. Ties say nothing about which is better and are left out; 1.0 when every pair is a tie.
+    Source: W. J. Dixon and A. M. Mood, "The statistical sign test", JASA 41 (1946); Q. McNemar,
+    Psychometrika 12 (1947)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from r3.engines.base import SamplingParams
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import ChatTask
-from r3.reflection import assistant_message
+from r3.reflection import FailedAttempt, assistant_message
 from verifiers import parse_spec
 
 
@@ -51,6 +51,10 @@ class Failure(LoggedRequest):
 
     failed_attempt: dict[str, Any]  # the OpenAI assistant message: content and tool_calls
     detail: str  # what the verifier (or the client's feedback) said was wrong
+
+    def failed(self, reflection: str | None = None) -> FailedAttempt:
+        """The recorded failed attempt as the reflect-retry protocol takes it (with `reflection`, if written)."""
+        return FailedAttempt(self.failed_attempt, self.detail, reflection)
 
 
 Item = TypeVar("Item", Failure, Success)

@@ -2,20 +2,26 @@
 
 `evaluate` runs an adapter, through an `r3` engine and the server's own `Reflector`, on
 - held-out failures: the recorded failed first attempt stays fixed; the adapter reflects on it and
-  retries once. Did the retry pass? (The question is whether its reflections rescue failures, so
-  every item starts from the same failure, whichever adapter is judged.)
+  retries once. What share of its retries pass? (The question is whether its reflections rescue
+  failures, so every item starts from the same failure, whichever adapter is judged.)
 - the regression set: requests whose first attempt once passed. Does the adapter's first attempt
-  pass?
-Generation is greedy (temperature 0), so a result is a property of the adapter, not of a draw.
+  pass? (Greedy: a property of the adapter, not of a draw.)
+
+Reflections are sampled as the trainer samples them (`R3_GATE_TEMPERATURE`, default the trainer's
+T = 1), `R3_GATE_SAMPLES` of them per held-out failure, with seeds shared by both adapters (common
+random numbers), each followed by a greedy retry, as in training. GRPO moves the sampled policy; a
+greedy gate sees only its mode, which can stay put while the share of good reflections doubles (the
+planted run in BENCHMARKS.md §5b: +22 points sampled, 0 vs 0 greedy). With one sample at
+temperature 0 the gate is the greedy one.
 
 `decide` compares a candidate's results with the active adapter's on the same items.
 
-- Second-attempt success must be higher, by a one-sided exact McNemar test (a sign test on the
-  discordant pairs). The items are paired — both adapters face the same held-out failures — and
-  the pairs on which both pass or both fail say nothing about which is better; under "no
-  difference" each discordant pair is equally likely to favour either side, so the number the
-  candidate wins is Binomial(discordant, 1/2). Exact, so it stays valid on the small held-out sets
-  of early rounds (where it simply cannot reject: 4 wins out of 4 gives p = 0.0625).
+- Held-out success must be higher, by a one-sided exact sign test on the paired items
+  (`r3.stats.sign_test_p_value`): an item is a win when the candidate's retries pass more often
+  than the active adapter's on it, a loss when less often, a tie otherwise. Items, not samples, are
+  the pairs, since the samples of one item are not independent. With one sample per item this is
+  McNemar's exact test. Exact, so it stays valid on the small held-out sets of early rounds (where
+  it simply cannot reject: 4 wins out of 4 gives p = 0.0625).
 - First-attempt success on the regression set must not fall by more than `tolerance` (a rate,
   e.g. 0.02), so a gain in reflecting is not bought with worse first answers.
 """
@@ -30,7 +36,7 @@ from typing import Any
 
 from r3.engines.base import Engine, PromptTooLongError, SamplingParams
 from r3.reflect_retry import Reflector
-from r3.reflection import FailedAttempt
+from r3.stats import sign_test_p_value
 from trainer.data import Failure, Success, chat_task, recorded_params
 from verifiers import WebhookPolicy
 
@@ -38,8 +44,10 @@ from verifiers import WebhookPolicy
 @dataclass(frozen=True)
 class EvalResult:
     adapter: str | None  # None: the base model
-    second_attempt: dict[str, bool]  # held-out failure's episode id -> the retry after reflecting passed
+    second_attempt: dict[str, float]  # held-out failure's episode id -> share of its retries after reflecting that passed
     first_attempt: dict[str, bool]  # regression item's episode id -> the first attempt passed
+    samples: int = 1  # reflections (each with its retry) per held-out failure
+    temperature: float = 0.0  # of the reflections
 
     @property
     def second_attempt_rate(self) -> float:
@@ -57,7 +65,7 @@ class GateDecision:
     numbers: dict[str, Any]
 
 
-def _rate(outcomes: dict[str, bool]) -> float:
+def _rate(outcomes: dict[str, float] | dict[str, bool]) -> float:
     return sum(outcomes.values()) / len(outcomes) if outcomes else 0.0
 
 
@@ -67,40 +75,43 @@ def _rate(outcomes: dict[str, bool]) -> float:
 
 
 async def evaluate(engine: Engine, adapter_name: str | None, failures: Sequence[Failure], successes: Sequence[Success],
-                   webhook_policy: WebhookPolicy, max_tokens: int | None = None,
-                   reflection_max_tokens: int = 256) -> EvalResult:
-    """The adapter's second-attempt outcomes on `failures` and first-attempt outcomes on `successes`.
+                   webhook_policy: WebhookPolicy, reflection_max_tokens: int = 256, samples: int = 1,
+                   temperature: float = 0.0) -> EvalResult:
+    """The adapter's second-attempt pass shares on `failures` and first-attempt outcomes on `successes`.
 
-    `max_tokens` caps each answer (default: what the request asked for); the engine batches the
+    Each failure gets `samples` reflections at `temperature`, sample j seeded j (so two adapters
+    draw with the same random numbers), each followed by a greedy retry. The engine batches the
     items, which all run concurrently.
     """
     reflector = Reflector(engine, webhook_policy, reflection_max_tokens)
 
     def greedy(item: Failure | Success) -> SamplingParams:
-        params = recorded_params(item)
-        return replace(params, temperature=0.0, seed=0, top_logprobs=0,
-                       max_tokens=min(params.max_tokens, max_tokens or params.max_tokens))
+        return replace(recorded_params(item), temperature=0.0, seed=0, top_logprobs=0)
 
     second = asyncio.gather(*(
-        retry_after_fixed_failure(reflector, failure, greedy(failure), adapter_name) for failure in failures))
+        retry_after_fixed_failure(reflector, failure, greedy(failure), adapter_name,
+                                  replace(greedy(failure), temperature=temperature, seed=j))
+        for failure in failures for j in range(samples)))
     first = asyncio.gather(*(
         first_attempt_passes(reflector, success, greedy(success), adapter_name) for success in successes))
     second_outcomes, first_outcomes = await asyncio.gather(second, first)
     return EvalResult(
         adapter=adapter_name,
-        second_attempt=dict(zip((f.episode_id for f in failures), second_outcomes)),
+        second_attempt={failure.episode_id: sum(second_outcomes[i * samples:(i + 1) * samples]) / samples
+                        for i, failure in enumerate(failures)},
         first_attempt=dict(zip((s.episode_id for s in successes), first_outcomes)),
+        samples=samples, temperature=temperature,
     )
 
 
 async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, params: SamplingParams,
-                                    adapter: str | None) -> bool:
-    """Reflect on the recorded failed attempt, retry once, judge the retry (as `Reflector.run` would
-    after that attempt)."""
+                                    adapter: str | None, reflection_params: SamplingParams | None = None) -> bool:
+    """Reflect on the recorded failed attempt (sampling as `reflection_params` say; default `params`),
+    retry once, judge the retry (as `Reflector.run` would after that attempt)."""
     task = chat_task(failure, params, adapter)
     try:
-        _, _, verdict = await reflector.reflect_and_retry(
-            task, [FailedAttempt(failure.failed_attempt, failure.detail)], failure.episode_id, 2)
+        _, _, verdict = await reflector.reflect_and_retry(task, [failure.failed()], failure.episode_id, 2,
+                                                          reflection_params=reflection_params)
     except PromptTooLongError:
         return False  # the server would have answered with the failed attempt
     return verdict.success
@@ -110,7 +121,7 @@ async def first_attempt_passes(reflector: Reflector, success: Success, params: S
                                adapter: str | None) -> bool:
     task = chat_task(success, params, adapter)
     try:
-        attempt = await reflector.generate(task, task.messages, task.params)
+        attempt = await reflector.generate(task, reflector.core.attempt_prompt(task, task.messages), task.params)
     except PromptTooLongError:
         return False
     verdict = await reflector.judge(task, attempt, task.messages, success.episode_id, 1)
@@ -122,28 +133,26 @@ async def first_attempt_passes(reflector: Reflector, success: Success, params: S
 # ---------------------------------------------------------------------------------------------
 
 
-def sign_test_p_value(wins: int, losses: int) -> float:
-    """One-sided exact McNemar: P(at least `wins` of the wins + losses discordant pairs | p = 1/2)."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
-
-
 def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: float) -> GateDecision:
     if candidate.second_attempt.keys() != active.second_attempt.keys():
         raise ValueError("the candidate and the active adapter were evaluated on different held-out failures")
+    if (candidate.samples, candidate.temperature) != (active.samples, active.temperature):
+        raise ValueError("the candidate and the active adapter were sampled differently")
     if candidate.first_attempt.keys() != active.first_attempt.keys():
         raise ValueError("the candidate and the active adapter were evaluated on different regression items")
 
-    wins = sum(candidate.second_attempt[i] and not active.second_attempt[i] for i in candidate.second_attempt)
-    losses = sum(active.second_attempt[i] and not candidate.second_attempt[i] for i in candidate.second_attempt)
+    wins = sum(candidate.second_attempt[i] > active.second_attempt[i] for i in candidate.second_attempt)
+    losses = sum(candidate.second_attempt[i] < active.second_attempt[i] for i in candidate.second_attempt)
     p_value = sign_test_p_value(wins, losses)
     first_attempt_drop = active.first_attempt_rate - candidate.first_attempt_rate
     numbers = {
         "heldout": len(candidate.second_attempt),
+        "samples": candidate.samples,
+        "temperature": candidate.temperature,
         "candidate_second_attempt": candidate.second_attempt_rate,
         "active_second_attempt": active.second_attempt_rate,
-        "candidate_only_passed": wins,
-        "active_only_passed": losses,
+        "candidate_better": wins,  # held-out items on which the candidate's retries passed more often
+        "active_better": losses,
         "p_value": p_value,
         "alpha": alpha,
         "regression": len(candidate.first_attempt),
@@ -157,10 +166,10 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
         return GateDecision(False, "no held-out failures to judge the candidate on", numbers)
     if p_value >= alpha:
         return GateDecision(False, f"second-attempt success not significantly higher "
-                                   f"({wins} vs {losses} discordant, p = {p_value:.3g} ≥ {alpha})", numbers)
+                                   f"({wins} vs {losses} not tied, p = {p_value:.3g} ≥ {alpha})", numbers)
     # Rates are ratios of counts: float rounding must not turn a drop at the tolerance into one beyond it.
     if first_attempt_drop > tolerance and not math.isclose(first_attempt_drop, tolerance):
         return GateDecision(False, f"first-attempt success fell by {first_attempt_drop:.3f} "
                                    f"(more than {tolerance}) on the regression set", numbers)
-    return GateDecision(True, f"second-attempt success higher ({wins} vs {losses} discordant, p = {p_value:.3g}); "
+    return GateDecision(True, f"second-attempt success higher ({wins} vs {losses} held-out items, p = {p_value:.3g}); "
                               f"first attempts within tolerance ({first_attempt_drop:+.3f})", numbers)

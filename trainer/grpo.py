@@ -14,9 +14,9 @@ reflection, the prompt's token ids, the reflection's token ids (the TRL "complet
 simply reads back. Why this and not (a), "the reflection is TRL's own completion and the reward
 function generates the retry":
 
-- The prompt is tokenized here, exactly as the serving engine does: the text that
-  `r3.chat_format.render_prompt` makes of `r3.reflection.reflection_conversation`, encoded without
-  added special tokens. With (a), TRL would tokenize the rendered text itself and add the
+- The prompt is tokenized here, exactly as the serving engine does: the text that the server's own
+  protocol (`r3.reflect_retry.ReflectRetry.reflection_prompt`) renders, encoded without added
+  special tokens. With (a), TRL would tokenize the rendered text itself and add the
   tokenizer's special tokens (a second BOS on Llama-3-style templates), so training would see a
   prompt that serving never sends.
 - The retry must come from the current policy. The rollout receives the trainer, so it generates
@@ -30,9 +30,10 @@ function generates the retry":
 
 The retry's tokens are never part of the completion. In a causal model they cannot change the
 reflection's log-probabilities, so appending them with an `env_mask` of 0 would only cost forward
-passes; the attempt sits in the prompt, which GRPO never trains on. The retry prompt is rendered
-from `retry_conversation` and tokenized afresh, as the server builds it, and parsed and judged as
-`r3.reflect_retry.Reflector` does.
+passes; the attempt sits in the prompt, which GRPO never trains on. The retry's prompt, its
+grammar (tool_choice and response_format, `ReflectRetry.attempt_params`), the reading of its text
+(stop strings, tool calls to offered tools) and its verdict all come from the same `ReflectRetry`
+the server runs, so there is no second copy of the protocol to drift from the served one.
 
 Generation: on CPU (and on GPU without vLLM) both the reflections and the retries come from
 `generate()` on the trainer's peft model, with the adapter being trained active. With
@@ -65,7 +66,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,19 +85,12 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from r3.chat_format import ParsedOutput, parse_tool_calls, render_prompt
+from r3.chat_format import ChatPrompt
+from r3.engines.constrained import Grammars, GrammarsForGenerate, RowGrammar
 from r3.engines.device import Placement, placement
-from r3.reflection import FailedAttempt, reflection_conversation, retry_conversation
-from trainer.data import Failure, recorded_params
-from verifiers import (
-    Attempt,
-    TaskContext,
-    ToolCall,
-    VerifierSpec,
-    WebhookPolicy,
-    parse_spec,
-    verify,
-)
+from r3.reflect_retry import ChatTask, ReflectRetry
+from trainer.data import Failure, chat_task, recorded_params
+from verifiers import WebhookPolicy
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +123,9 @@ class GRPOSettings:
     max_retry_tokens: int = 256  # further capped by each request's own max_tokens
     max_prompt_tokens: int = 2048  # longer reflection prompts are left out of the round (and counted)
     temperature: float = 1.0  # reflections: GRPO needs G different samples of the policy
+    # Render and decode retries as the serving engine does (`Engine.supports_json_schema`; both of
+    # R3's engines do): tool_choice and response_format held by a grammar, not a prefilled prefix.
+    constrained_decoding: bool = True
     # Retries: greedy, so the reward judges the reflection rather than the luck of the retry's
     # sampling; it is also how the gate measures a candidate.
     retry_temperature: float = 0.0
@@ -202,41 +199,36 @@ class RoundReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts and verdicts, built the way the server builds them (r3.reflect_retry.Reflector)
+# Prompts and verdicts: the server's own (r3.reflect_retry.ReflectRetry)
 # ---------------------------------------------------------------------------------------------
 
 
-def reflection_prompt(tokenizer: Any, failure: Failure) -> str:
-    """The prompt the server's `Reflector.reflect` sends: tools shown, no forced answer prefix."""
-    conversation = reflection_conversation(
-        failure.messages, [FailedAttempt(failure.failed_attempt, failure.detail)], failure.task_kind
-    )
-    return render_prompt(tokenizer, conversation, failure.tools, None).text
+def reflect_retry(tokenizer: Any, settings: GRPOSettings, webhook_policy: WebhookPolicy) -> ReflectRetry:
+    """The protocol as the server runs it, for the trainer's tokenizer and settings."""
+    return ReflectRetry(tokenizer, webhook_policy, settings.constrained_decoding, settings.max_reflection_tokens)
 
 
-def retry_prompt(tokenizer: Any, failure: Failure, reflection: str) -> tuple[list[dict[str, Any]], str, str]:
-    """The retry's conversation, and the prompt and forced answer prefix `Reflector.generate` makes of it."""
-    conversation = retry_conversation(
-        failure.messages, [FailedAttempt(failure.failed_attempt, failure.detail, reflection)], failure.task_kind
-    )
-    rendered = render_prompt(tokenizer, conversation, failure.tools, failure.tool_choice)
-    return conversation, rendered.text + rendered.assistant_prefix, rendered.assistant_prefix
+def reflection_prompt(protocol: ReflectRetry, failure: Failure) -> ChatPrompt:
+    """The prompt of a reflection on `failure`'s recorded attempt, as the server sends it."""
+    return protocol.reflection_prompt(chat_task(failure, recorded_params(failure)), [failure.failed()])
 
 
-async def retry_reward(failure: Failure, spec: VerifierSpec, conversation: list[dict[str, Any]], retry_text: str,
-                       webhook_policy: WebhookPolicy) -> float:
-    """1.0 if the failure's verifier passes the retry (the forced prefix included), else 0.0."""
-    stop = recorded_params(failure).stop
-    cut = min((i for i in (retry_text.find(s) for s in stop) if i >= 0), default=len(retry_text))
-    text = retry_text[:cut]
-    parses_tools = bool(failure.tools) and failure.tool_choice != "none"
-    parsed = parse_tool_calls(text) if parses_tools else ParsedOutput(text, [])
-    calls = tuple(ToolCall(call.name, call.arguments) for call in parsed.tool_calls)
-    attempt = Attempt(content=parsed.content, tool_calls=calls)
-    context = TaskContext(tools=tuple(failure.tools or ()), tool_choice=failure.tool_choice,
-                          messages=tuple(conversation), episode_id=failure.episode_id, attempt_number=2)
-    verdict = await verify(spec, attempt, context, webhook_policy)
-    return 1.0 if verdict.success else 0.0
+def retry_of(protocol: ReflectRetry, failure: Failure, reflection: str,
+             temperature: float) -> tuple[ChatTask, list[dict[str, Any]], ChatPrompt]:
+    """The retry after `reflection` as the server makes it: its task (the request, sampled at
+    `temperature`), its conversation and its prompt."""
+    task = chat_task(failure, replace(recorded_params(failure), temperature=temperature))
+    conversation, prompt = protocol.retry_prompt(task, [failure.failed(reflection)])
+    return task, conversation, prompt
+
+
+async def retry_reward(protocol: ReflectRetry, failure: Failure, task: ChatTask, conversation: list[dict[str, Any]],
+                       prompt: ChatPrompt, generated: str) -> float:
+    """1.0 if the failure's verifier passes the retry generated after `prompt`, else 0.0: read and
+    judged as the server reads and judges attempt 2."""
+    answer = protocol.answer(task, prompt, generated)
+    verdict = await protocol.judge(task, answer, conversation, failure.episode_id, 2)
+    return 1.0 if verdict is not None and verdict.success else 0.0
 
 
 def carries_signal(group_rewards: Sequence[float]) -> bool:
@@ -248,17 +240,22 @@ def carries_signal(group_rewards: Sequence[float]) -> bool:
 # Sampling from the policy being trained: transformers' generate, or TRL's vLLM engine
 # ---------------------------------------------------------------------------------------------
 
-# (trainer, prompt token ids, max_new_tokens, temperature, group_size) -> (completion ids, their logprobs or None)
-Generate = Callable[[GRPOTrainer, list[list[int]], int, float, int], tuple[list[list[int]], list[list[float]] | None]]
+# (trainer, prompt token ids, max_new_tokens, temperature, group_size, each row's grammar or None)
+#   -> (completion ids, their logprobs or None)
+Generate = Callable[[GRPOTrainer, list[list[int]], int, float, int, Sequence[RowGrammar | None]],
+                    tuple[list[list[int]], list[list[float]] | None]]
 
 
 def generate_with_policy(trainer: GRPOTrainer, prompt_ids: list[list[int]], max_new_tokens: int,
-                         temperature: float, group_size: int) -> tuple[list[list[int]], list[list[float]] | None]:
+                         temperature: float, group_size: int,
+                         grammars: Sequence[RowGrammar | None] = ()) -> tuple[list[list[int]], list[list[float]] | None]:
     """Completions from the trainer's current policy; each ends at (and keeps) its EOS token.
 
     `group_size` consecutive prompts are identical (vLLM's server mode samples them as one prompt).
+    A row with a grammar is held to it as the serving engine holds it; TRL's vLLM wrapper takes no
+    per-row grammar, so a batch with one is generated with transformers even under `use_vllm`.
     """
-    if trainer.use_vllm:
+    if trainer.use_vllm and not any(grammars):
         engine = trainer.vllm_generation
         # TRL's vLLM wrapper takes its limits from its attributes; set them for this call only.
         saved = engine.max_completion_length, engine.temperature
@@ -278,9 +275,10 @@ def generate_with_policy(trainer: GRPOTrainer, prompt_ids: list[list[int]], max_
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=trainer.eos_token_ids, **sampling)
+    processors = [GrammarsForGenerate(grammars, trainer.eos_token_ids)] if any(grammars) else None
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model, torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask.to(input_ids.device),
-                                generation_config=config)
+                                generation_config=config, logits_processor=processors)
     completions = output[:, input_ids.shape[1]:].tolist()
     return [_through_first_eos(ids, trainer.eos_token_ids) for ids in completions], None
 
@@ -304,18 +302,18 @@ class ReflectionRollout:
                  webhook_policy: WebhookPolicy, generate: Generate = generate_with_policy) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
-        self.webhook_policy = webhook_policy
+        self.protocol = reflect_retry(tokenizer, settings, webhook_policy)
         self.generate = generate
         # The trainer's dataset: one reflection prompt per failure, the first failure of each prompt,
         # within the prompt-length limit.
         self.failures: dict[str, Failure] = {}
         for failure in failures:
-            prompt = reflection_prompt(tokenizer, failure)
+            prompt = reflection_prompt(self.protocol, failure).engine_input
             if len(self.encode(prompt)) <= settings.max_prompt_tokens:
                 self.failures.setdefault(prompt, failure)
-        self.specs = {failure.episode_id: parse_spec(failure.verifier) for failure in self.failures.values()}
         self.batches: list[RolloutBatch] = []
         self.shuffler = random.Random(settings.seed)  # shuffle_rewards only
+        self._grammars: Grammars | None = None  # made at the first retry a grammar holds
 
     def __call__(self, prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
         g = self.settings.num_generations
@@ -324,24 +322,22 @@ class ReflectionRollout:
 
         # 1. G reflections per failure, sampled from the policy
         reflection_ids, reflection_logprobs = self.generate(
-            trainer, prompt_ids, self.settings.max_reflection_tokens, self.settings.temperature, g)
+            trainer, prompt_ids, self.settings.max_reflection_tokens, self.settings.temperature, g, ())
         reflections = self.tokenizer.batch_decode(reflection_ids, skip_special_tokens=True)
 
-        # 2. after each reflection, the retry: same policy, same conversation
-        retries = [retry_prompt(self.tokenizer, failure, reflection)
+        # 2. after each reflection, the retry: same policy, same conversation, as the server makes it
+        retries = [retry_of(self.protocol, failure, reflection, self.settings.retry_temperature)
                    for failure, reflection in zip(failures, reflections)]
         # No longer than the longest answer a request of the batch allows: the rest would be cut off.
-        retry_limit = min(self.settings.max_retry_tokens, max(recorded_params(f).max_tokens for f in failures))
+        retry_limit = min(self.settings.max_retry_tokens, max(task.params.max_tokens for task, _, _ in retries))
         retry_ids, _ = self.generate(
-            trainer, [self.encode(prompt) for _, prompt, _ in retries], retry_limit,
-            self.settings.retry_temperature, 1)
-        retry_texts = [
-            prefix + self.tokenizer.decode(ids[:recorded_params(failure).max_tokens], skip_special_tokens=True)
-            for failure, (_, _, prefix), ids in zip(failures, retries, retry_ids)
-        ]
+            trainer, [self.encode(prompt.engine_input) for _, _, prompt in retries], retry_limit,
+            self.settings.retry_temperature, 1, [self.grammar(trainer, task) for task, _, _ in retries])
+        generated = [self.tokenizer.decode(ids[:task.params.max_tokens], skip_special_tokens=True)
+                     for (task, _, _), ids in zip(retries, retry_ids)]
 
         # 3. reward = the retry's verdict
-        rewards = asyncio.run(self.judge(failures, [conversation for conversation, _, _ in retries], retry_texts))
+        rewards = asyncio.run(self.judge(failures, retries, generated))
         if self.settings.shuffle_rewards:
             rewards = [reward for i in range(0, len(rewards), g)
                        for reward in self.shuffler.sample(rewards[i:i + g], g)]
@@ -358,11 +354,19 @@ class ReflectionRollout:
         # As the serving engine encodes: the chat template already holds every special token.
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    async def judge(self, failures: list[Failure], conversations: list[list[dict[str, Any]]],
-                    retry_texts: list[str]) -> list[float]:
+    def grammar(self, trainer: GRPOTrainer, task: ChatTask) -> RowGrammar | None:
+        """The grammar the serving engine would hold this retry to (None: none)."""
+        params = self.protocol.attempt_params(task, task.params)
+        if params.structural_tag is None and params.json_schema is None:
+            return None
+        self._grammars = self._grammars or Grammars(self.tokenizer, trainer.model.config.vocab_size)
+        return self._grammars.row(self._grammars.compile(params))
+
+    async def judge(self, failures: list[Failure], retries: list[tuple[ChatTask, list[dict[str, Any]], ChatPrompt]],
+                    generated: list[str]) -> list[float]:
         return list(await asyncio.gather(*(
-            retry_reward(failure, self.specs[failure.episode_id], conversation, text, self.webhook_policy)
-            for failure, conversation, text in zip(failures, conversations, retry_texts)
+            retry_reward(self.protocol, failure, task, conversation, prompt, text)
+            for failure, (task, conversation, prompt), text in zip(failures, retries, generated)
         )))
 
 
@@ -379,6 +383,9 @@ def retry_success(prompts: list[str], completions: list[str], retry_reward: list
 class RoundMonitor(TrainerCallback):
     """Logs each step (from the rollouts of every process and TRL's KL) and skips updates without signal.
 
+    Each step's log record carries its `StepLog` as `record.grpo_step`, and the round's first record its
+    planned number of steps as `record.grpo_round_steps`, for a progress display.
+
     Under DDP every process sees the same all-reduced gradient, so each must take the same decision:
     it is made on the rollouts of all processes (`gather_object`, a collective that every process
     reaches at the same hook). Under DeepSpeed the optimizer steps inside the backward pass, before
@@ -393,6 +400,10 @@ class RoundMonitor(TrainerCallback):
         self._first_batch = 0
         self._seconds = 0.0
         self._updated = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `extra` carries the numbers for a progress display (`r3 train --once` draws its bar from these records).
+        log.info("grpo round of %d steps", state.max_steps, extra={"grpo_round_steps": state.max_steps})
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
@@ -425,7 +436,7 @@ class RoundMonitor(TrainerCallback):
             kl=logs.get("kl") if self._updated else None, updated=self._updated,
         )
         self.steps.append(step)
-        log.info("grpo step %s", json.dumps(asdict(step)))
+        log.info("grpo step %s", json.dumps(asdict(step)), extra={"grpo_step": step})
 
     def _step_batches(self) -> list[RolloutBatch]:
         return self.rollout.batches[self._first_batch:]

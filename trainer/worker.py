@@ -312,11 +312,11 @@ class TrainerWorker:
             if active is not None:
                 await engine.load_adapter(active.name, active.path)
             policy = webhook_policy(self.settings)
-            limit = self.settings.reflection_max_tokens
-            candidate_result = await evaluate(engine, candidate, heldout, successes, policy,
-                                              reflection_max_tokens=limit)
+            sampling = {"reflection_max_tokens": self.settings.reflection_max_tokens,
+                        "samples": self.settings.gate_samples, "temperature": self.settings.gate_temperature}
+            candidate_result = await evaluate(engine, candidate, heldout, successes, policy, **sampling)
             active_result = await evaluate(engine, active.name if active else None, heldout, successes, policy,
-                                           reflection_max_tokens=limit)
+                                           **sampling)
         finally:
             await engine.close()
         return decide(candidate_result, active_result, self.settings.gate_alpha, self.settings.gate_tolerance)

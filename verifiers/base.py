@@ -13,8 +13,12 @@ MAX_DETAIL_CHARS = 300
 
 @dataclass(frozen=True)
 class ToolCall:
+    """A function call as OpenAI's API carries it; the one type for it in R3 (parsed from model
+    output by `r3.chat_format`, judged here, recorded in episodes)."""
+
     name: str
     arguments: str  # JSON object as a string, as OpenAI sends it
+    id: str = ""  # the call's id in the response (`call_...`); set once the completion's id is known
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Sources: xgrammar's `GrammarCompiler.compile_json_schema` / `compile_structural_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -66,3 +67,31 @@ class Grammars:
     def row(self, compiled: xgr.CompiledGrammar) -> RowGrammar:
         return RowGrammar(compiled, self._vocab_size)
 
+
+
+class GrammarsForGenerate:
+    """A logits processor for transformers' `generate()` (the trainer's sampler) that holds each row
+    of the batch to its own grammar, as the engines do (None: the row is free). A row is released
+    once it ends: at an end-of-sequence token, after which `generate()` only pads it."""
+
+    def __init__(self, grammars: Sequence[RowGrammar | None], eos_token_ids: Sequence[int]) -> None:
+        self._grammars = list(grammars)
+        self._eos = frozenset(eos_token_ids)
+        self._ended = [grammar is None for grammar in self._grammars]
+        self._first = True
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` ([rows, vocab]) masked in place, after advancing each grammar past the token each
+        row was given last (`input_ids`' last column)."""
+        for row, grammar in enumerate(self._grammars):
+            if self._ended[row]:
+                continue
+            if not self._first:
+                token = int(input_ids[row, -1])
+                if token in self._eos:
+                    self._ended[row] = True
+                    continue
+                grammar.accept(token)
+            grammar.mask(scores[row])
+        self._first = False
+        return scores

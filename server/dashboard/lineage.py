@@ -38,9 +38,9 @@ class Rate:
 class GateNumbers:
     """The gate's comparison of a candidate with the version active when it was judged."""
 
-    candidate_second: Rate | None  # held-out failures rescued after reflecting
+    candidate_second: Rate | None  # held-out retries after reflecting that passed (samples × failures)
     active_second: Rate | None
-    p_value: float | None  # one-sided exact sign test on the discordant pairs
+    p_value: float | None  # one-sided exact sign test over the held-out items
     alpha: float | None
     candidate_first: Rate | None  # first attempts passed on the regression set
     active_first: Rate | None
@@ -52,7 +52,7 @@ class GateNumbers:
         """From the `gate` numbers trainer.gate records in a version's metrics (None: never judged)."""
         if not gate:
             return None
-        heldout, regression = gate.get("heldout"), gate.get("regression")
+        heldout, regression = (gate.get("heldout") or 0) * gate.get("samples", 1), gate.get("regression")
         return cls(Rate.of(gate.get("candidate_second_attempt"), heldout),
                    Rate.of(gate.get("active_second_attempt"), heldout), gate.get("p_value"), gate.get("alpha"),
                    Rate.of(gate.get("candidate_first_attempt"), regression),

@@ -128,37 +128,35 @@ async def _live_stream(state, tasks: list[ChatTask], body: ChatCompletionRequest
                        vocabulary: Sequence[bytes]) -> AsyncIterator[str]:
     """Plain inference, streamed as it is generated; each choice's episode is recorded when it ends,
     or as abandoned when the client hangs up (Starlette then cancels this stream, and so the generations)."""
+    reflector: Reflector = state.reflector
     async with state.adapters.pin(body.model) as adapter:
         runs = [Reflector.start(replace(task, adapter=adapter), caller) for task in tasks]
-        prompts = [state.reflector.prompt(run.task, run.task.messages) for run in runs]
-        for run, prompt in zip(runs, prompts):
-            run.generation = Generation(prompt)
-        wire = _wire(body, runs[0].generation.completion_id, vocabulary)
-        choices = [_live_choice(state, wire, index, run, info_in_choice=len(runs) > 1)
-                   for index, run in enumerate(runs)]
+        streams = [reflector.stream(run) for run in runs]
+        wire = _wire(body, streams[0][0].completion_id, vocabulary)
+        choices = [_live_choice(state, wire, index, run, stream, info_in_choice=len(runs) > 1)
+                   for index, (run, stream) in enumerate(zip(runs, streams))]
         async for event in response_events(wire, choices, lambda: usage_of([t for run in runs for t in run.turns])):
             yield event
 
 
-async def _live_choice(state, wire: Wire, index: int, run: Run, info_in_choice: bool) -> AsyncIterator[str]:
-    """One choice of a live stream: its chunks as the engine makes them; its episode recorded at the end."""
-    reflector: Reflector = state.reflector
-    generation = run.generation
+async def _live_choice(state, wire: Wire, index: int, run: Run,
+                       stream: tuple[Generation, AsyncIterator[GenerationChunk]],
+                       info_in_choice: bool) -> AsyncIterator[str]:
+    """One choice of a live stream (`Reflector.stream`): its chunks as the engine makes them; its
+    episode recorded at the end."""
+    generation, chunks = stream
 
     async def conclude() -> tuple[Turn, R3Info, Usage]:
-        await reflector.run(run, first=reflector.turn(run.task, generation))
         await state.store.save(run.episode)
         state.metrics.observe(run.episode, time.perf_counter() - generation.started)
         return run.turns[-1], r3_info(run.episode), usage_of(run.turns)
 
-    chunks = reflector.engine.stream(generation.prompt.engine_input, reflector.constrained(run.task, run.task.params),
-                                     run.task.adapter)
     try:
-        async for event in choice_events(wire, index, generation.completion_id, generation.follow(chunks), conclude,
+        async for event in choice_events(wire, index, generation.completion_id, chunks, conclude,
                                          _offered(run.task), generation.prompt.assistant_prefix, info_in_choice):
             yield event
     except (asyncio.CancelledError, GeneratorExit):
-        reflector.abandon(run)
+        state.reflector.abandon(run)
         with anyio.CancelScope(shield=True):  # recorded even though this task is being cancelled
             await state.store.save(run.episode)
         raise

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from r3.stats import sign_test_p_value
+
 from bench import learn
 from bench import tasks as suite
 from verifiers import Attempt, TaskContext, ToolCall, parse_spec
@@ -74,12 +76,12 @@ def test_a_request_carries_the_verifier_and_the_forced_tool_choice():
 
 
 def test_exact_mcnemar_matches_hand_computed_values():
-    assert learn.mcnemar_one_sided(5, 0) == 1 / 32
+    assert sign_test_p_value(5, 0) == 1 / 32
     # 6 of 8 discordant pairs for the later version: (C(8,6) + C(8,7) + C(8,8)) / 2^8 = 37/256.
-    assert learn.mcnemar_one_sided(6, 2) == pytest.approx(37 / 256)
-    assert learn.mcnemar_one_sided(0, 0) == 1.0
-    assert learn.mcnemar_one_sided(0, 3) == 1.0
-    assert math.isclose(learn.mcnemar_one_sided(3, 3), 42 / 64)
+    assert sign_test_p_value(6, 2) == pytest.approx(37 / 256)
+    assert sign_test_p_value(0, 0) == 1.0
+    assert sign_test_p_value(0, 3) == 1.0
+    assert math.isclose(sign_test_p_value(3, 3), 42 / 64)
 
 
 def test_paired_counts_only_the_discordant_tasks():

@@ -8,7 +8,8 @@ import pytest
 
 from r3.engines.transformers_engine import TransformersEngine
 from trainer.data import Failure, Success
-from trainer.gate import EvalResult, decide, evaluate, sign_test_p_value
+from r3.stats import sign_test_p_value
+from trainer.gate import EvalResult, decide, evaluate
 from verifiers import WebhookPolicy
 
 
@@ -29,7 +30,7 @@ def test_clear_win_is_promoted():
     candidate = result([True] * 12 + [False] * 18 + [True] * 10, [True] * 20)
     decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
     assert decision.promote, decision.reason
-    assert decision.numbers["candidate_only_passed"] == 12 and decision.numbers["active_only_passed"] == 0
+    assert decision.numbers["candidate_better"] == 12 and decision.numbers["active_better"] == 0
     assert decision.numbers["p_value"] == 2**-12
     assert decision.numbers["candidate_second_attempt"] == 22 / 40
     assert decision.numbers["active_second_attempt"] == 10 / 40
@@ -57,6 +58,25 @@ def test_first_attempt_regression_beyond_tolerance_is_rejected():
 
     within = [True] * 19 + [False]  # 5 points lower, at the tolerance
     assert decide(result([True] * 20, within), active, alpha=0.05, tolerance=0.05).promote
+
+
+def sampled(second: list[float]) -> EvalResult:
+    return EvalResult(adapter="x", second_attempt={f"h{i}": share for i, share in enumerate(second)},
+                      first_attempt={}, samples=4, temperature=1.0)
+
+
+def test_sampled_gate_pairs_items_by_their_pass_shares():
+    """With several reflections per failure, an item is a win when the candidate's retries pass more
+    often on it, a loss when less often; items, not samples, are the sign test's pairs."""
+    active = sampled([0.25] * 8 + [0.5] * 4)
+    candidate = sampled([0.5] * 8 + [0.5] * 3 + [0.25])  # 8 items better, 3 tied, 1 worse
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert decision.promote, decision.reason
+    assert (decision.numbers["candidate_better"], decision.numbers["active_better"]) == (8, 1)
+    assert decision.numbers["p_value"] == sign_test_p_value(8, 1) == 10 / 512
+    assert decision.numbers["samples"] == 4 and decision.numbers["candidate_second_attempt"] == 5.75 / 12
+    with pytest.raises(ValueError, match="sampled differently"):
+        decide(candidate, result([True] * 12, []), alpha=0.05, tolerance=0.02)
 
 
 def test_no_heldout_failures_is_rejected_and_mismatched_items_are_an_error():
@@ -87,5 +107,10 @@ async def test_evaluate_reflects_on_the_recorded_failure_and_replays_first_attem
         assert outcome.second_attempt == {"ep_any": True, "ep_never": False}
         assert outcome.first_attempt == {"ep_ok": True, "ep_no": False}
         assert outcome.second_attempt_rate == 0.5 and outcome.first_attempt_rate == 0.5
+
+        # Sampled reflections, each retried: the share of each failure's retries that passed.
+        sampled = await evaluate(engine, "candidate", failures, [], WebhookPolicy(), reflection_max_tokens=8,
+                                 samples=3, temperature=1.0)
+        assert sampled.second_attempt == {"ep_any": 1.0, "ep_never": 0.0} and sampled.samples == 3
     finally:
         await engine.close()

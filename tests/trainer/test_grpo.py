@@ -20,12 +20,11 @@ import torch
 from peft import LoraConfig, get_peft_model, load_peft_weights
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from r3.engines.base import SamplingParams
+from r3.engines.base import GenerationChunk, SamplingParams, TokenLogprob
 from r3.engines.device import Placement
 from r3.engines.transformers_engine import TransformersEngine
-from r3.reflect_retry import Reflector
-from r3.reflection import FailedAttempt, reflection_conversation, retry_conversation
-from trainer.data import Failure, chat_task
+from r3.reflect_retry import ChatTask, ReflectRetry, Reflector
+from trainer.data import Failure, failures_from_episodes
 from trainer.grpo import (
     GRPOSettings,
     ReflectionRollout,
@@ -34,8 +33,6 @@ from trainer.grpo import (
     grpo_config,
     precision_args,
     reflection_prompt,
-    retry_prompt,
-    retry_reward,
     train_round,
 )
 from verifiers import WebhookPolicy, parse_spec
@@ -65,7 +62,7 @@ class ScriptedPolicy:
     def __init__(self, tokenizer, retry: Callable[[str, int, int], str]) -> None:
         self.tokenizer, self.retry, self.rollouts = tokenizer, retry, 0
 
-    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size):
+    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=()):
         texts = self.tokenizer.batch_decode(prompt_ids)
         if "Now try the task again" not in texts[0]:
             self.rollouts += 1
@@ -129,46 +126,89 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_prompts_are_the_servers(model_path):
+class RecordingEngine:
+    """An engine that answers from a script and keeps every prompt and sampling it is sent (the part
+    of `Engine` that `Reflector` uses)."""
+
+    def __init__(self, tokenizer, supports_json_schema: bool, answers: list[str]) -> None:
+        self.tokenizer, self.supports_json_schema, self.answers = tokenizer, supports_json_schema, answers
+        self.sent: list[tuple[str, SamplingParams]] = []
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    async def stream(self, prompt: str, params: SamplingParams, adapter=None):
+        self.sent.append((prompt, params))
+        text = self.answers.pop(0)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        yield GenerationChunk(text, [TokenLogprob(i, "", 0.0) for i in ids], "stop")
+
+
+class RecordingPolicy:
+    """The trainer's sampler, scripted: every reflection is `reflection`, every retry `retry`; keeps the
+    prompt ids and grammars it is given."""
+
+    def __init__(self, tokenizer, reflection: str, retry: str) -> None:
+        self.tokenizer, self.reflection, self.retry = tokenizer, reflection, retry
+        self.calls: list[tuple[list[list[int]], list]] = []
+
+    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=()):
+        self.calls.append((prompt_ids, list(grammars)))
+        text = self.retry if len(self.calls) == 2 else self.reflection
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"]] * len(prompt_ids), None
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+PREFILLED = '<tool_call>\n{"name": "'  # what a prefilled engine is given of a forced call
+# case -> (the request, the failed first attempt, the retry that passes), as the model writes them
+# with a grammar-held tool_choice; with a prefilled one, the engine writes them less the prefix.
+SKEW_CASES = {
+    "plain answer": (ChatTask(model="m", adapter=None, messages=[{"role": "user", "content": FRANCE}], tools=None,
+                              tool_choice=None, params=SamplingParams(max_tokens=16, stop=("\n",)),
+                              verifier=parse_spec({"type": "exact", "expected": "Paris"})),
+                     "London", "Paris\nand more"),
+    "forced tool call": (ChatTask(model="m", adapter=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                  tools=[WEATHER], tool_choice="required", params=SamplingParams(max_tokens=48),
+                                  verifier=parse_spec({"type": "tool_call", "expected": [
+                                      {"name": "get_weather", "arguments": {"city": "Paris"}}]})),
+                         CALL.replace("Paris", "Lyon"), CALL),
+}
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["prefilled", "grammar-held"])
+@pytest.mark.parametrize("case", SKEW_CASES)
+async def test_the_trainer_tokenizes_exactly_what_the_server_sent(model_path, case, constrained):
+    """No train/serve skew: for an episode the server recorded, the reflection prompt and the retry
+    prompt the GRPO rollout trains on are the ones the server sent, byte for byte and token for
+    token; the retry is held to the same grammar, read (stop strings, tool calls) and judged the same
+    way; in both rendering modes of `tool_choice`."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    # The trainer samples with transformers, which holds no schema: the server on the same engine.
-    reflector = Reflector(engine=SimpleNamespace(tokenizer=tokenizer, supports_json_schema=False),
-                          webhook_policy=WebhookPolicy())
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    for item in (FAILURES[0], failure(FRANCE, "London", {"type": "tool_schema"}, tools, "required")):
-        task = chat_task(item, SamplingParams())
-        attempts = [FailedAttempt(item.failed_attempt, item.detail)]
-        served = reflector.prompt(task, reflection_conversation(item.messages, attempts, item.task_kind),
-                                  forced_prefix=False)
-        assert reflection_prompt(tokenizer, item) == served.engine_input
-        reflected = [FailedAttempt(item.failed_attempt, item.detail, "I should answer with the city.")]
-        conversation = retry_conversation(item.messages, reflected, item.task_kind)
-        served_retry = reflector.prompt(task, conversation)
-        assert retry_prompt(tokenizer, item, "I should answer with the city.") == (
-            conversation, served_retry.engine_input, served_retry.assistant_prefix)
-    assert served_retry.assistant_prefix == '<tool_call>\n{"name": "'  # "required" forces a call in the retry
+    task, wrong, right = SKEW_CASES[case]
+    if not constrained and task.tools:
+        wrong, right = wrong.removeprefix(PREFILLED), right.removeprefix(PREFILLED)
+    reflection = "I should check the city."
+    engine = RecordingEngine(tokenizer, constrained, [wrong, reflection, right.split("\n")[0] if task.params.stop else right])
+    run = await Reflector(engine, WebhookPolicy()).run(Reflector.start(task, None))
+    assert [a.success for a in run.episode.attempts] == [False, True]
+    [recorded] = failures_from_episodes([run.episode])
 
+    policy = RecordingPolicy(tokenizer, reflection, right)  # the trainer's sampler does not stop at stop strings
+    settings = replace(TINY, num_generations=2, constrained_decoding=constrained)
+    rollout = ReflectionRollout([recorded], tokenizer, settings, WebhookPolicy(), policy)
+    trainer = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=len(tokenizer))))
+    out = await asyncio.to_thread(rollout, list(rollout.failures) * 2, trainer)  # TRL calls it off the event loop
 
-async def test_retry_reward_judges_retries_as_the_server_does(model_path):
-    policy = WebhookPolicy()
-    france = FAILURES[0]
-    spec = parse_spec(france.verifier)
-    assert await retry_reward(france, spec, [], "Paris", policy) == 1.0
-    assert await retry_reward(france, spec, [], "London", policy) == 0.0
-    stopped = failure(FRANCE, "London", france.verifier, stop=["\n"])
-    assert await retry_reward(stopped, spec, [], "Paris\nand more", policy) == 1.0  # the request's stop strings apply
-
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}
-    calling = failure("Weather in Paris?", "It is sunny.",
-                      {"type": "tool_call", "expected": [{"name": "get_weather", "arguments": {"city": "Paris"}}]},
-                      [weather], "required")
-    spec = parse_spec(calling.verifier)
-    _, _, prefix = retry_prompt(AutoTokenizer.from_pretrained(model_path), calling, "Call the tool.")
-    # The retry's text starts with the forced prefix; the tool call is parsed out of it.
-    right = prefix + 'get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    assert await retry_reward(calling, spec, [], right, policy) == 1.0
-    assert await retry_reward(calling, spec, [], prefix + 'get_weather", "arguments": {"city": "Lyon"}}', policy) == 0.0
+    (served_reflection, _), (served_retry, retry_params) = engine.sent[1], engine.sent[2]
+    (reflection_ids, _), (retry_ids, grammars) = policy.calls
+    assert list(rollout.failures) == [served_reflection]
+    assert reflection_ids == [tokenizer(served_reflection, add_special_tokens=False)["input_ids"]] * 2
+    assert retry_ids == [tokenizer(served_retry, add_special_tokens=False)["input_ids"]] * 2
+    assert tokenizer.decode(retry_ids[0]) == served_retry
+    assert (retry_params.structural_tag is not None) == (constrained and bool(task.tools))
+    assert [grammar is not None for grammar in grammars] == [retry_params.structural_tag is not None] * 2
+    assert out["retry_reward"] == [1.0, 1.0]  # the server passed this retry, and so does the trainer
 
 
 def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path):
@@ -178,7 +218,7 @@ def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path
     rollout = ReflectionRollout([*FAILURES, again, long], tokenizer, replace(TINY, max_prompt_tokens=512),
                                 WebhookPolicy())
     assert [f.episode_id for f in rollout.failures.values()] == [f.episode_id for f in FAILURES]
-    assert list(rollout.failures) == [reflection_prompt(tokenizer, f) for f in FAILURES]
+    assert list(rollout.failures) == [reflection_prompt(rollout.protocol, f).engine_input for f in FAILURES]
 
 
 def test_carries_signal():
@@ -356,7 +396,7 @@ async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_
     engine = TransformersEngine(str(model_path), "round-test")
     try:
         await engine.load_adapter("r3-v1", output)
-        prompt = reflection_prompt(engine.tokenizer, failures[0])
+        prompt = reflection_prompt(ReflectRetry(engine.tokenizer, WebhookPolicy()), failures[0]).engine_input
         params = SamplingParams(max_tokens=1, temperature=0.0, top_logprobs=5)
         base = await engine.generate(prompt, params)
         trained = await engine.generate(prompt, params, "r3-v1")

@@ -19,9 +19,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench import planted
-from bench.learn import mcnemar_one_sided
 from r3 import bundled_model
+from r3.reflect_retry import ReflectRetry
 from r3.settings import Settings
+from r3.stats import sign_test_p_value
 from trainer.grpo import GRPOSettings, reflection_prompt, train_round
 from verifiers import WebhookPolicy
 
@@ -34,7 +35,8 @@ HELDOUT = 96
 def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]:
     """Per failure, one reflection sampled as the trainer samples (T = 1, no top-k): has it at most
     `MAX_WORDS` words?"""
-    prompts = [reflection_prompt(tokenizer, failure) for failure in failures]
+    protocol = ReflectRetry(tokenizer, WebhookPolicy())
+    prompts = [reflection_prompt(protocol, failure).engine_input for failure in failures]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -64,6 +66,6 @@ def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_
     after = short_reflections(model, tokenizer, heldout, seed=1)
     wins = sum(a and not b for b, a in zip(before, after))
     losses = sum(b and not a for b, a in zip(before, after))
-    p = mcnemar_one_sided(wins, losses)
+    p = sign_test_p_value(wins, losses)
     assert p < 0.05, f"held-out short reflections {sum(before)}/{HELDOUT} -> {sum(after)}/{HELDOUT}, " \
                      f"+{wins}/-{losses}, p = {p:.3g}"
