@@ -23,6 +23,7 @@ RUN apt-get update \
 WORKDIR /opt/r3
 COPY pyproject.toml README.md ./
 COPY r3 ./r3
+COPY cli ./cli
 COPY server ./server
 COPY trainer ./trainer
 COPY verifiers ./verifiers

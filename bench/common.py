@@ -50,7 +50,7 @@ class R3Server:
 
     def __enter__(self) -> str:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=REPO, env=self.env,
+            self.process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=REPO, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.startup_timeout_s

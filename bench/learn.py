@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 import signal
 import subprocess
@@ -62,6 +61,7 @@ from bench import planted
 from bench import tasks as suite
 from bench.common import REPO, RESULTS, R3Server, machine
 from r3.stats import sign_test_p_value, wilson
+from r3.store.registry import model_name
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -88,6 +88,7 @@ class Config:
     # The planted suite (`--suite planted`, see `PLANTED` and bench/planted.py) only:
     eval_temperature: float = 0.0  # held-out and live requests (seeded per task when > 0)
     live: int = 32  # new requests sent to the active version after the swap
+    gate_samples: int = 4  # R3_GATE_SAMPLES (reflections per held-out failure and adapter, T = 1)
 
     def server_settings(self, data_dir: Path, admin_key: str) -> dict[str, str]:
         """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
@@ -101,6 +102,7 @@ class Config:
             "R3_TRAIN_PROMPTS_PER_STEP": str(self.prompts_per_step),
             "R3_TRAIN_HELDOUT_FRACTION": str(self.heldout_fraction),
             "R3_GATE_REGRESSION_SIZE": str(self.gate_regression_size),
+            "R3_GATE_SAMPLES": str(self.gate_samples),
             "R3_ADAPTER_POLL_S": "1",
             "R3_MAX_BATCH_SIZE": str(self.concurrency),
             "R3_WEBHOOK_ALLOW_LOOPBACK": "true",  # the planted suite's verifier runs on 127.0.0.1
@@ -109,14 +111,16 @@ class Config:
 
 # `r3 bench learn --suite planted`: one round of the real loop and its control, sized for ~20 minutes
 # on 2 quiet CPU cores. G = 8 and 32-token reflections as the issue's feasibility run with plain TRL
-# (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 6 steps of
-# 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). Held-out and live
-# requests are sampled at the trainer's temperature, 1.0, 16 at a time (R3_MAX_BATCH_SIZE).
+# (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 8 steps of
+# 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). 64 training
+# requests give ~32 failures, half held out for the gate, which samples 8 reflections on each per
+# adapter (R3_GATE_SAMPLES); the greedy first answers that are a number make its regression set.
+# Held-out and live requests are sampled at the trainer's temperature, 1.0, 16 at a time.
 PLANTED = Config(
-    minutes=20.0, heldout=32, batch=32, answer_max_tokens=planted.ANSWER_MAX_TOKENS,
-    reflection_max_tokens=planted.REFLECTION_MAX_TOKENS, train_max_failures=12, train_max_steps=6,
-    num_generations=8, learning_rate=2e-4, prompts_per_step=2, heldout_fraction=0.4, gate_regression_size=16,
-    concurrency=16, families=("planted",), eval_temperature=1.0, live=16)
+    minutes=20.0, heldout=64, batch=64, answer_max_tokens=planted.ANSWER_MAX_TOKENS,
+    reflection_max_tokens=planted.REFLECTION_MAX_TOKENS, train_max_failures=16, train_max_steps=8,
+    num_generations=8, learning_rate=2e-4, prompts_per_step=2, heldout_fraction=0.5, gate_regression_size=16,
+    concurrency=16, families=("planted",), eval_temperature=1.0, live=16, gate_samples=8)
 
 
 
@@ -129,7 +133,7 @@ def train_once(env: dict[str, str], data_dir: Path, timeout_s: float) -> tuple[i
     """`r3 train --once`: one round (train, register, gate, promote or reject). (exit code, seconds)."""
     started = time.monotonic()
     with open(data_dir / "trainer.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "r3", "train", "--once"], cwd=REPO, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "cli", "train", "--once"], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
             code = process.wait(timeout_s)
@@ -218,8 +222,8 @@ class Evaluation:
                 "outcomes": {"first": [int(x) for x in self.first], "second": [int(x) for x in self.second]}}
 
 
-async def evaluate(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
-    model = "base" if version == "base" else version.replace("r3-", "r3@", 1)
+async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
+    model = "base" if version == "base" else model_name(version)
     started = time.monotonic()
     outcomes = await send(client, heldout, model, config, store=False, temperature=config.eval_temperature)
     by_family: dict[str, dict[str, int]] = {}
@@ -289,7 +293,7 @@ async def experiment(config: Config) -> dict[str, Any]:
         timings["server_start_s"] = time.monotonic() - started
         async with httpx.AsyncClient(base_url=url, timeout=1800,
                                      headers={"Authorization": f"Bearer {admin_key}"}) as client:
-            evaluations["base"] = await evaluate(client, heldout, "base", config)
+            evaluations["base"] = await evaluate_version(client, heldout, "base", config)
             log(f"before training: {_line(evaluations['base'])}")
             active: str | None = None
             round_seconds: float | None = None
@@ -330,7 +334,7 @@ async def experiment(config: Config) -> dict[str, Any]:
                     f"{'promoted' if promoted else 'not promoted'}: {last.get('report', {}).get('reason')}")
                 eval_s = 0.0
                 if candidate and candidate not in evaluations:  # pinned by name, promoted or not
-                    evaluations[candidate] = await evaluate(client, heldout, candidate, config)
+                    evaluations[candidate] = await evaluate_version(client, heldout, candidate, config)
                     eval_s = evaluations[candidate].seconds
                     training = (last.get("report") or {}).get("training") or {}
                     if training.get("groups") and training.get("skipped_groups") == training.get("groups"):
@@ -358,7 +362,7 @@ async def experiment(config: Config) -> dict[str, Any]:
             # how much two greedy runs of one version differ (batching changes float rounding).
             repeat = None
             if deadline - time.monotonic() > 1.2 * evaluations["base"].seconds:
-                repeat = await evaluate(client, heldout, "base", config)
+                repeat = await evaluate_version(client, heldout, "base", config)
                 log(f"base again: {_line(repeat)}")
             adapters = await admin_get(client, "/admin/adapters")
             actions = await admin_get(client, "/admin/actions")
@@ -420,7 +424,7 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
         log(f"data dir {data_dir}; verifier {url}; {len(heldout)} held-out, {len(train_tasks)} training tasks")
         with server as base_url:
             async with httpx.AsyncClient(base_url=base_url, timeout=1800, headers=headers) as client:
-                base = await evaluate(client, heldout, "base", config)
+                base = await evaluate_version(client, heldout, "base", config)
                 log(f"before training: {_line(base)}")
                 collected = await send(client, train_tasks, "r3", config, store=True)
                 await wait_recorded(client, [o.episode_id for o in collected])
@@ -435,7 +439,7 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                 evaluations = {"base": base}
                 live: dict[str, Any] = {}
                 if trained["candidate"]:
-                    evaluations["trained"] = await evaluate(client, heldout, trained["candidate"], config)
+                    evaluations["trained"] = await evaluate_version(client, heldout, trained["candidate"], config)
                     log(f"{trained['candidate']} (pinned): {_line(evaluations['trained'])}")
                 if trained["promoted"]:
                     await wait_serving(client, trained["candidate"])
@@ -455,7 +459,7 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                 log(f"control round: exit {code} in {control_s:.0f} s; {control['candidate']} "
                     f"{'promoted' if control['promoted'] else 'not promoted'}: {control['reason']}")
                 if control["candidate"]:
-                    evaluations["control"] = await evaluate(client, heldout, control["candidate"], config)
+                    evaluations["control"] = await evaluate_version(client, heldout, control["candidate"], config)
                     log(f"control {control['candidate']} (pinned): {_line(evaluations['control'])}")
     timings["total_s"] = time.monotonic() - started
     return {

@@ -7,16 +7,15 @@ and saves an ordinary transformers folder, so every engine can load it without a
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from r3.settings import BUNDLED_MODEL, Settings
@@ -38,23 +37,13 @@ def is_pulled(models_dir: Path) -> bool:
     return (bundled_model_dir(models_dir) / PULL_RECORD).is_file()
 
 
-@contextmanager
-def _exclusive(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def pull(models_dir: Path, show_progress: bool = True) -> Path:
     """Fetch and convert the bundled model unless it is already there; returns its folder."""
     target = bundled_model_dir(models_dir)
     if is_pulled(models_dir):
         return target
-    with _exclusive(models_dir / ".pull.lock"):
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(models_dir / ".pull.lock"):  # one pull at a time; the others wait, then find it done
         if is_pulled(models_dir):  # another process finished while we waited
             return target
         with tempfile.TemporaryDirectory(dir=models_dir, prefix=".pull-") as scratch:

@@ -57,10 +57,16 @@ CALL_HEADER = re.compile(r'(?:<tool_call>\s*)?\{\s*"name"\s*:\s*("(?:[^"\\\x00-\
 class ChatPrompt:
     text: str  # the rendered conversation, ending where the assistant starts to write
     assistant_prefix: str = ""  # forced opening of the answer; part of the answer's text
+    token_ids: list[int] | None = None  # `engine_input` encoded by the engine (`Engine.encode`), once known
 
     @property
     def engine_input(self) -> str:
         return self.text + self.assistant_prefix
+
+    @property
+    def for_engine(self) -> str | list[int]:
+        """What to hand the engine: the token ids when known (no second encoding), else the text."""
+        return self.token_ids if self.token_ids is not None else self.engine_input
 
 
 @dataclass(frozen=True)

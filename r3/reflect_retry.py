@@ -64,6 +64,8 @@ class ChatTask:
     max_retries: int = 1
     store_text: bool = True
     parallel_tool_calls: bool = True
+    prompt: ChatPrompt | None = None  # the first attempt's prompt, if rendered (and encoded) already
+
 
     @property
     def parses_tools(self) -> bool:
@@ -106,6 +108,7 @@ class Generation:
     text: str = ""
     tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "length"
+    prompt_length: int = 0  # in tokens, as the engine's first chunk reports it
 
     async def follow(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
         """`chunks`, passed on and kept as they come (cancelling the reader cancels the engine's request)."""
@@ -113,6 +116,7 @@ class Generation:
             self.text += chunk.text
             self.tokens += chunk.tokens
             self.finish_reason = chunk.finish_reason or self.finish_reason
+            self.prompt_length = chunk.prompt_length or self.prompt_length
             yield chunk
 
 
@@ -167,6 +171,10 @@ class ReflectRetry:
     webhook_policy: WebhookPolicy
     constrained_decoding: bool = True
     reflection_max_tokens: int = 256
+
+    def first_prompt(self, task: ChatTask) -> ChatPrompt:
+        """The first attempt's prompt: the task's own, when the server made it while checking the request."""
+        return task.prompt or self.attempt_prompt(task, task.messages)
 
     def attempt_prompt(self, task: ChatTask, conversation: list[dict[str, Any]]) -> ChatPrompt:
         """An attempt at `task` answering `conversation` (its first, or a retry): the answer
@@ -238,12 +246,9 @@ class Reflector:
                                  self.reflection_max_tokens)
 
     def turn(self, task: ChatTask, generation: Generation) -> Turn:
-        """A finished generation as a turn.
-
-        The prompt is counted again here: the engine's stream does not report its length."""
+        """A finished generation as a turn."""
         result = GenerationResult(text=generation.text, tokens=generation.tokens,
-                                  finish_reason=generation.finish_reason,
-                                  prompt_tokens=self.engine.count_tokens(generation.prompt.engine_input))
+                                  finish_reason=generation.finish_reason, prompt_tokens=generation.prompt_length)
         parsed = self.core.answer(task, generation.prompt, generation.text, generation.reflecting)
         return Turn(result, generation.prompt.assistant_prefix + result.text,
                     with_call_ids(parsed, generation.completion_id),
@@ -259,7 +264,7 @@ class Reflector:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
         params = self.core.reflection_params(params) if reflecting else self.core.attempt_params(task, params)
-        return generation, generation.follow(self.engine.stream(prompt.engine_input, params, task.adapter))
+        return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter))
 
     async def generate(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
                        run: Run | None = None) -> Turn:
@@ -292,7 +297,7 @@ class Reflector:
         iterator of the engine's chunks of it which, after the last chunk, judges the attempt and
         reflects and retries while the verifier says no (as `run`), before it ends."""
         task = run.task
-        generation, chunks = self.begin(task, self.core.attempt_prompt(task, task.messages), task.params, run=run)
+        generation, chunks = self.begin(task, self.core.first_prompt(task), task.params, run=run)
 
         async def made() -> AsyncIterator[GenerationChunk]:
             async for chunk in chunks:
@@ -305,8 +310,7 @@ class Reflector:
         """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
         reflect and retry while the verifier says no."""
         task, episode = run.task, run.episode
-        run.turns = [first or await self.generate(task, self.core.attempt_prompt(task, task.messages), task.params,
-                                                  run=run)]
+        run.turns = [first or await self.generate(task, self.core.first_prompt(task), task.params, run=run)]
         verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         failures: list[FailedAttempt] = []
@@ -359,7 +363,8 @@ class Reflector:
         record = AttemptRecord(
             number=len(attempts) + 1, completion_id=attempt.completion_id if attempt else completion_id(),
             finish_reason=ABANDONED,
-            prompt_tokens=self.engine.count_tokens(attempt.prompt.engine_input) if attempt else 0,
+            prompt_tokens=(attempt.prompt_length or len(self.engine.encode(attempt.prompt.engine_input)))
+            if attempt else 0,
             completion_tokens=len(attempt.tokens) if attempt else 0,
             latency_s=time.perf_counter() - attempt.started if attempt else 0.0,
             reflection_tokens=len(reflection.tokens) if reflection else 0,

@@ -17,7 +17,7 @@ and seconds. The exit status is 1 if any check failed.
     app     a reflect-retry request through the FastAPI app, in-process: attempt 1 fails its
             verifier, the model reflects, attempt 2 is judged and the episode recorded
     grpo    one GRPO step of `trainer.grpo.train_round` on the device; the adapter it saves fits the model
-    gate    `trainer.gate.evaluate` and `decide` on an engine from the factory: adapter a against the base
+    gate    `trainer.gate.evaluate_adapter` and `decide` on an engine from the factory: adapter a against the base
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def check_grpo(model: Path, device: str, output: Path) -> str:
 async def check_gate(model: Path, device: str, data_dir: Path, adapter: Path) -> str:
     from r3.engines import create_engine
     from trainer.data import Success
-    from trainer.gate import decide, evaluate
+    from trainer.gate import decide, evaluate_adapter
     from verifiers import WebhookPolicy
 
     heldout = [failure(3, "Name a fruit."), failure(4, "Spell cat backwards.")]
@@ -215,8 +215,8 @@ async def check_gate(model: Path, device: str, data_dir: Path, adapter: Path) ->
     engine = await create_engine(settings_for(model, device, data_dir))
     try:
         await engine.load_adapter("candidate", adapter)
-        candidate = await evaluate(engine, "candidate", heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
-        base = await evaluate(engine, None, heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
+        candidate = await evaluate_adapter(engine, "candidate", heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
+        base = await evaluate_adapter(engine, None, heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
     finally:
         await engine.close()
     decision = decide(candidate, base, alpha=0.05, tolerance=0.05)

@@ -1,7 +1,7 @@
 """Hot-swap: keeping the engine's adapters in step with the version the database marks active.
 
-The server hears of a promotion on Redis pub/sub and, as a safety net, polls the database; at
-start it loads whatever is active. A swap loads the new version under its own name (never reusing
+The server hears of a promotion from the registry's events (`r3.store.registry.adapter_events`:
+Redis pub/sub) and, as a safety net, polls the database; at start it loads whatever is active. A swap loads the new version under its own name (never reusing
 one: vLLM keys its prefix cache by name), checks its files' sha256 first, and then flips the
 active pointer — one assignment, so a request sees either the old version or the new one. Each
 request pins the version it started with for all its attempts; a version that is no longer active
@@ -27,14 +27,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from r3.engines.base import Engine, EngineError
-from r3.store.registry import ADAPTER_CHANNEL, AdapterRegistry, Version, adapter_sha256
+from r3.store.registry import AdapterRegistry, Version, adapter_events, adapter_sha256
 from server.errors import UnknownModel
 
 log = logging.getLogger(__name__)
@@ -175,17 +172,8 @@ class AdapterManager:
             await self._sync_and_go_on()
 
     async def _listen_forever(self) -> None:
-        while True:
-            client = redis.from_url(self.redis_url)
-            try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(ADAPTER_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            log.info("adapter event: %s", message["data"])  # logged, not parsed: it only wakes a sync
-                            await self._sync_and_go_on()
-            except (RedisError, OSError) as error:
-                log.warning("adapter events unavailable (%s); polling continues", error)
-                await asyncio.sleep(self.poll_s)
-            finally:
-                await client.aclose()
+        """Sync at each adapter event. Redis being down is the store's to log and retry; the polling goes on."""
+        async with aclosing(adapter_events(self.redis_url, retry_s=self.poll_s)) as events:
+            async for event in events:  # an event only wakes a sync: the database says what is active
+                log.info("adapter event: %s is active", event.active or "base")
+                await self._sync_and_go_on()

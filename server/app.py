@@ -17,15 +17,16 @@ from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
 from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
-from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
-from server import dashboard, metrics
+from r3.store.stream import NoEpisodeStream, RedisEpisodeStream
+from server import dashboard
 from server.adapters import AdapterManager
+from server.admin_protocol import CHAT_RESPONSES, COMPLETION_RESPONSES
 from server.auth import Authenticator, tenant
 from server.auto_rollback import AutoRollback
 from server.errors import BodySizeLimit, install_error_handlers
 from server.metrics import Metrics
 from server.request_id import RequestId
-from server.routes import admin, chat, completions, episodes, feedback, health, models
+from server.routes import admin, chat, completions, episodes, feedback, health, metrics, models
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -37,53 +38,58 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        """Builds each service once and keeps it in `app.state`, where routes get it through the typed
+        dependencies of `server.deps` (and the dashboard reads it)."""
         url = database.database_url(settings)
         db = database.create_engine(url)
         await database.make_ready(db, url)
         sessions = database.sessions(db)
-        stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else InProcessEpisodeStream()
-        app.state.episodes = SqlEpisodeStore(sessions)
-        app.state.store = EpisodeLog(app.state.episodes, stream, Journal(settings.data_dir / "journal"))
-        await app.state.store.start()
-        app.state.auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
-                                       settings.admin_key.get_secret_value() if settings.admin_key else None,
-                                       sessions)
-        await app.state.auth.warm_up()
-        app.state.engine = engine or await create_engine(settings)
-        app.state.registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
-        app.state.adapters = AdapterManager(app.state.engine, app.state.registry, settings.redis_url,
-                                            poll_s=settings.adapter_poll_s, grace_s=settings.adapter_grace_s,
-                                            static_adapters=frozenset(settings.lora_modules))
-        app.state.adapters.on_swap = app.state.metrics.swaps.inc
-        await app.state.adapters.start()
-        watchdog = AutoRollback(app.state.registry, settings.auto_rollback_min_episodes,
-                                settings.auto_rollback_alpha, settings.auto_rollback_check_s)
-        rollbacks = asyncio.create_task(watchdog.run_forever(app.state.metrics.rollbacks.inc))
-        app.state.reflector = Reflector(app.state.engine, webhook_policy(settings), settings.reflection_max_tokens)
-        app.state.started = int(time.time())
+        stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else NoEpisodeStream()
+        episodes = SqlEpisodeStore(sessions)  # the database; the log below writes to it and reads through it
+        store = EpisodeLog(episodes, stream, Journal(settings.data_dir / "journal"))
+        await store.start()
+        auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
+                             settings.admin_key.get_secret_value() if settings.admin_key else None, sessions)
+        await auth.warm_up()
+        served = engine or await create_engine(settings)
+        registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
+        adapters = AdapterManager(served, registry, settings.redis_url, poll_s=settings.adapter_poll_s,
+                                  grace_s=settings.adapter_grace_s, static_adapters=frozenset(settings.lora_modules))
+        adapters.on_swap = app_metrics.swaps.inc
+        await adapters.start()
+        watchdog = AutoRollback(registry, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
+                                settings.auto_rollback_check_s)
+        rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
+        reflector = Reflector(served, webhook_policy(settings), settings.reflection_max_tokens)
+        state = app.state
+        state.episodes, state.store, state.auth, state.engine = episodes, store, auth, served
+        state.registry, state.adapters, state.reflector = registry, adapters, reflector
+        state.started = int(time.time())
         try:
             yield
         finally:
             rollbacks.cancel()
-            await app.state.adapters.close()
-            await app.state.registry.close()
+            await adapters.close()
+            await registry.close()
             if engine is None:
-                await app.state.engine.close()
-            await app.state.store.close()
+                await served.close()
+            await store.close()
             await db.dispose()
 
     app = FastAPI(title="R3", summary="Reflect, Retry, Reward inference server", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = Metrics()
+    app_metrics = Metrics()
+    app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestId)  # outermost: every response, errors and 413s included, carries x-request-id
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics.router)  # text/plain, declared as such in the OpenAPI document
     app.include_router(admin.router)
     app.include_router(episodes.router)  # its routes carry their own tenant or admin checks
     dashboard.install(app)  # /dashboard: its login session and CSRF checks are its own
-    for module in (models, chat, feedback):
-        app.include_router(module.router, dependencies=[Depends(tenant)])
-    app.include_router(completions.router, dependencies=[Depends(tenant)])  # the legacy POST /v1/completions
+    app.include_router(models.router, dependencies=[Depends(tenant)])
+    app.include_router(chat.router, dependencies=[Depends(tenant)], responses=CHAT_RESPONSES)
+    app.include_router(feedback.router, dependencies=[Depends(tenant)])
+    app.include_router(completions.router, dependencies=[Depends(tenant)],  # the legacy POST /v1/completions
+                       responses=COMPLETION_RESPONSES)
     return app

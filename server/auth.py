@@ -13,16 +13,26 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request, Response
+from fastapi import Request, Response, Security
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import InterfaceError, OperationalError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from r3.store import keys
+from r3.store.errors import UNAVAILABLE
 from server.errors import APIError, refuse_unsound_body
 
 _CACHE_S = 5.0  # a revoked key stops working within this long
+
+# The key as the OpenAPI document declares it (`Authorization: Bearer <key>`). It raises nothing
+# (`auto_error=False`): the `Authenticator` answers a missing or wrong key with OpenAI's 401 error
+# object, and `CheckedRoute` makes sure it does so before the body is read (a 401 before a 413).
+bearer = HTTPBearer(auto_error=False, scheme_name="APIKey",
+                    description="An API key (`R3_API_KEYS` or `r3 keys create`); `/admin/*` takes the admin key "
+                                "(`R3_ADMIN_KEY`). With no key configured, loopback clients need none.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
 class Authenticator:
@@ -69,7 +79,7 @@ class Authenticator:
             return value
         try:
             value = await keys.any_keys(self.sessions)
-        except (OperationalError, InterfaceError, OSError):
+        except (*UNAVAILABLE, OSError):
             if not checked:
                 raise  # never known: a 503, rather than guessing open or closed
             return value  # the database is down: keep the last answer, so serving goes on
@@ -88,8 +98,9 @@ class Authenticator:
 
 
 def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
+    """The bearer key, read by `HTTPBearer`'s rule (a missing header, another scheme or no key: None)."""
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    return key or None if scheme.lower() == "bearer" else None
 
 
 def _is_loopback(request: Request) -> bool:
@@ -100,14 +111,18 @@ def _is_loopback(request: Request) -> bool:
         return host == "localhost"
 
 
-async def tenant(request: Request) -> str | None:
+# `credentials` (`bearer`'s answer) puts the scheme in the OpenAPI document; the `Authenticator` reads
+# the same header by the same rule, so `CheckedRoute` can call these with the request alone.
+
+
+async def tenant(request: Request, credentials: Credentials = None) -> str | None:
     """FastAPI dependency: the calling tenant (looked up once per request; raises `APIError` 401)."""
     if not hasattr(request.state, "tenant"):
         request.state.tenant = await request.app.state.auth.tenant(request)
     return request.state.tenant
 
 
-async def admin(request: Request) -> None:
+async def admin(request: Request, credentials: Credentials = None) -> None:
     """FastAPI dependency: only the admin key passes (raises `APIError` 401 or 403)."""
     request.app.state.auth.require_admin(request)
 

@@ -16,12 +16,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
+from r3.store.errors import UNAVAILABLE
 from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, shown
 from verifiers.base import validation_message
 
@@ -145,7 +145,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for unavailable in (OperationalError, InterfaceError, DisconnectionError, ConnectionError):
+    for unavailable in (*UNAVAILABLE, ConnectionError):
         app.add_exception_handler(unavailable, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 

@@ -1,22 +1,17 @@
 """Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
-rescues, latency, swaps, rollbacks, training rounds and the episode log's backlog and
-refused episodes."""
+rescues, latency, swaps, rollbacks, training rounds by status (counted in the database at each
+scrape: the trainer is another process) and the episode log's backlog and refused episodes.
+
+`Metrics.scrape` brings the gauges read from elsewhere up to date and gives the text a scrape answers."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from r3.episodes import Episode
-
-router = APIRouter()
+from r3.store.episode_log import EpisodeLog
+from r3.store.errors import StoreError
+from r3.store.rounds import TrainingRounds
 
 
 class Metrics:
@@ -52,10 +47,15 @@ class Metrics:
             self.rescues.labels(version).inc()
         self.latency.labels(str(len(episode.attempts) > 1).lower()).observe(seconds)
 
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    state = request.app.state
-    state.metrics.backlog.set(state.store.backlog)
-    state.metrics.rejected.set(state.store.rejected)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def scrape(self, episode_log: EpisodeLog, rounds: TrainingRounds) -> bytes:
+        """Every metric in Prometheus' text format (`CONTENT_TYPE_LATEST`), once the gauges kept
+        elsewhere are read: the episode log's backlog and refused episodes, the rounds by status."""
+        self.backlog.set(episode_log.backlog)
+        self.rejected.set(episode_log.rejected)
+        try:
+            counts = await rounds.count_by_status()
+        except (StoreError, OSError):  # the database is down: the rest is still served, rounds as last seen
+            counts = {}
+        for status, count in counts.items():
+            self.training_rounds.labels(status).set(count)
+        return generate_latest(self.registry)

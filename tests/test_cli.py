@@ -1,18 +1,25 @@
-"""The `r3` command on a fresh data dir, as a new user runs it (each in its own process)."""
+"""The `r3` command (the `cli` package): on a fresh data dir, as a new user runs it (each in its own
+process), and its parts."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from rich.console import Console
+
+from cli.train import GRPO_LOGGER, RoundProgress
+
 
 def r3(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
     env["R3_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "r3", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_train_once_on_a_fresh_data_dir_says_in_words_why_the_round_was_skipped(tmp_path: Path) -> None:
@@ -37,3 +44,51 @@ def test_keys_create_migrates_the_embedded_database_and_refuses_a_name_twice(tmp
     assert second.returncode == 1
     assert "a key named 'alice' exists already" in second.stderr and second.stdout == ""
     assert r3(tmp_path, "keys", "create", "--name", "bob").returncode == 0
+
+
+def test_help_loads_neither_torch_nor_the_server_nor_the_trainer() -> None:
+    """Each command imports what it runs when it runs, so `r3 --help` answers at once."""
+    code = ("import sys; from cli.main import app; "
+            "print([m for m in ('torch', 'trl', 'transformers', 'server', 'trainer', 'bench') if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "[]"
+
+
+def grpo_record(message: str, **extra) -> logging.LogRecord:
+    """A record as trainer.grpo's SkipStepsWithoutSignal logs it (its `extra` becomes the record's attributes)."""
+    record = logging.LogRecord(GRPO_LOGGER, logging.INFO, __file__, 0, message, None, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_the_progress_bar_follows_a_round_from_the_grpo_log_records() -> None:
+    from trainer.grpo import StepLog  # the real record type: the bar reads its fields
+
+    def step(number: int, reward: float) -> StepLog:
+        return StepLog(step=number, seconds=1.5, samples=8, reward_mean=reward, groups=2, skipped_groups=1,
+                       zero_variance_fraction=0.5, mean_reflection_tokens=20.0, kl=0.01, updated=True)
+
+    bar = RoundProgress(Console(file=io.StringIO()))
+    try:
+        bar.handle(grpo_record("grpo step before any round"))  # nothing to draw yet
+        assert bar.progress is None
+        bar.handle(grpo_record("grpo round of 2 steps", grpo_round_steps=2))
+        (task,) = bar.progress.tasks
+        assert (task.total, task.completed) == (2, 0)
+        bar.handle(grpo_record("grpo step", grpo_step=step(1, 0.25)))
+        (task,) = bar.progress.tasks
+        assert (task.total, task.completed) == (2, 1) and "reward 0.25" in task.description
+        bar.handle(grpo_record("some other message of the round"))
+        assert bar.progress.tasks[0].completed == 1
+        bar.handle(grpo_record("grpo step", grpo_step=step(2, 0.5)))
+        assert bar.progress is None  # the round's last step removes the bar
+
+        # The next round draws a new bar; one that ends early is removed when the handler closes.
+        bar.handle(grpo_record("grpo round of 3 steps", grpo_round_steps=3))
+        bar.handle(grpo_record("grpo step", grpo_step=step(1, 0.75)))
+        (task,) = bar.progress.tasks
+        assert (task.total, task.completed) == (3, 1) and "reward 0.75" in task.description
+    finally:
+        bar.close()
+    assert bar.progress is None

@@ -47,7 +47,9 @@ async def test_stream_reassembles_to_the_whole_generation(engine) -> None:
     assert "".join(c.text for c in chunks) == whole.text
     assert [t.token_id for c in chunks for t in c.tokens] == whole.token_ids
     assert chunks[-1].finish_reason == whole.finish_reason and all(c.finish_reason is None for c in chunks[:-1])
-    assert whole.prompt_tokens == engine.count_tokens(p) and whole.completion_tokens == len(whole.token_ids)
+    assert whole.prompt_tokens == len(engine.encode(p)) and whole.completion_tokens == len(whole.token_ids)
+    # The first chunk says how long the prompt was, so no caller tokenizes it again.
+    assert [c.prompt_length for c in chunks] == [whole.prompt_tokens] + [None] * (len(chunks) - 1)
 
 
 async def test_token_texts_and_logprobs_describe_the_output(engine) -> None:

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 from accelerate import PartialState
@@ -32,7 +33,9 @@ from r3.engines.device import placement
 from r3.reflect_retry import webhook_policy
 from r3.settings import Settings
 from trainer.data import Failure
-from trainer.grpo import GRPOSettings, train_round
+
+if TYPE_CHECKING:  # trainer.grpo imports TRL: the main process loads it only when a round trains
+    from trainer.grpo import GRPOSettings
 
 # How long a follower waits for the next order: in effect, as long as the main process lives.
 ORDERS_TIMEOUT = timedelta(days=365)
@@ -75,6 +78,8 @@ class Launch:
 
 def follow(launch: Launch, settings: Settings) -> None:
     """A follower's life: train each round the main process orders, until it says stop."""
+    from trainer.grpo import train_round
+
     policy = webhook_policy(settings)
     while (order := launch.receive()) is not None:
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:

@@ -1,6 +1,6 @@
 """The gate: a candidate adapter replaces the active one only if it reflects measurably better.
 
-`evaluate` runs an adapter, through an `r3` engine and the server's own `Reflector`, on
+`evaluate_adapter` runs an adapter, through an `r3` engine and the server's own `Reflector`, on
 - held-out failures: the recorded failed first attempt stays fixed; the adapter reflects on it and
   retries once. What share of its retries pass? (The question is whether its reflections rescue
   failures, so every item starts from the same failure, whichever adapter is judged.)
@@ -74,7 +74,7 @@ def _rate(outcomes: dict[str, float] | dict[str, bool]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-async def evaluate(engine: Engine, adapter_name: str | None, failures: Sequence[Failure], successes: Sequence[Success],
+async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: Sequence[Failure], successes: Sequence[Success],
                    webhook_policy: WebhookPolicy, reflection_max_tokens: int = 256, samples: int = 1,
                    temperature: float = 0.0) -> EvalResult:
     """The adapter's second-attempt pass shares on `failures` and first-attempt outcomes on `successes`.

@@ -25,7 +25,7 @@ function generates the retry":
   still apply the KL term to their tokens and count those tokens in the loss normaliser (diluting
   the groups that do carry signal). Their `env_mask` is all zero, which takes them out of the
   loss entirely; they are counted in the report. A step in which no group carries signal leaves the
-  weights alone: `RoundMonitor` drops its gradients before the optimizer step, so Adam's momentum
+  weights alone: `SkipStepsWithoutSignal` drops its gradients before the optimizer step, so Adam's momentum
   from earlier steps does not move the adapter on a step that learned nothing.
 
 The retry's tokens are never part of the completion. In a causal model they cannot change the
@@ -380,8 +380,9 @@ def retry_success(prompts: list[str], completions: list[str], retry_reward: list
 # ---------------------------------------------------------------------------------------------
 
 
-class RoundMonitor(TrainerCallback):
-    """Logs each step (from the rollouts of every process and TRL's KL) and skips updates without signal.
+class SkipStepsWithoutSignal(TrainerCallback):
+    """Skips the optimizer step when no group of the step carried signal, and logs every step (from
+    the rollouts of every process, with TRL's KL) into `steps`.
 
     Each step's log record carries its `StepLog` as `record.grpo_step`, and the round's first record its
     planned number of steps as `record.grpo_round_steps`, for a progress display.
@@ -515,8 +516,8 @@ def lora_config(settings: GRPOSettings, start_adapter: Path | None) -> LoraConfi
 
 def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequence[Failure], output_dir: Path,
                   settings: GRPOSettings, webhook_policy: WebhookPolicy,
-                  generate: Generate = generate_with_policy) -> tuple[GRPOTrainer, ReflectionRollout, RoundMonitor]:
-    """The trainer for a round, its rollout and its monitor (`generate` is the policy's sampler).
+                  generate: Generate = generate_with_policy) -> tuple[GRPOTrainer, ReflectionRollout, SkipStepsWithoutSignal]:
+    """The trainer for a round, its rollout and its step control (`generate` is the policy's sampler).
 
     Raises ValueError when the failures cannot give every process at least one prompt a step, or
     when `settings.device` is cuda and there is no GPU."""
@@ -529,7 +530,7 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
     if len(rollout.failures) < state.num_processes:
         raise ValueError(f"{len(rollout.failures)} failures have a reflection prompt within "
                          f"{settings.max_prompt_tokens} tokens; {state.num_processes} processes need one each")
-    monitor = RoundMonitor(rollout)
+    monitor = SkipStepsWithoutSignal(rollout)
     # Each process's share of a step holds whole groups, so the rollout masks and counts whole groups.
     prompts_per_step = min(settings.prompts_per_step, len(rollout.failures) // state.num_processes)
     trainer = GRPOTrainer(
@@ -542,7 +543,7 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
         rollout_func=rollout,
         callbacks=[monitor],
     )
-    trainer.remove_callback(PrinterCallback)  # the monitor's step logs replace its raw dicts
+    trainer.remove_callback(PrinterCallback)  # the step logs replace its raw dicts
     if start_adapter is not None:
         # Loaded into the adapter being trained, not passed as a PeftModel: TRL would then make the
         # start adapter the KL reference; this way the reference stays the base model.

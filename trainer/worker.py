@@ -17,34 +17,30 @@ A crash at any point leaves the active version as it was or fully replaced, neve
 
 Under `accelerate launch` (`run_trainer`) the worker runs in the main process only; the other
 processes train each round with it and touch nothing else (`trainer.distributed`).
+
+The rounds, the episodes they use and the stream are the store's (`r3.store.rounds`,
+`r3.store.stream`). `trainer.grpo` (TRL, and through it vLLM: seconds to import) is imported only
+by a round that has something to train, so a round that is skipped never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
-from sqlalchemy import func, select, update
+from typing import TYPE_CHECKING, Any
 
 from r3 import bundled_model
 from r3.engines import create_engine
 from r3.reflect_retry import webhook_policy
 from r3.settings import Settings
 from r3.store import database
-from r3.store.models import EpisodeRow, TrainingRound
 from r3.store.registry import AdapterRegistry
-from r3.store.sql import episode_of
-from r3.store.stream import STREAM_KEY, TRAINER_GROUP
+from r3.store.rounds import TrainingRounds
+from r3.store.stream import EpisodeConsumer, NoEpisodeStream, RedisEpisodeConsumer
 from trainer.data import (
     balance,
     dedupe,
@@ -53,12 +49,12 @@ from trainer.data import (
     split,
 )
 from trainer.distributed import Launch, RoundOrder, follow
-from trainer.gate import decide, evaluate
-from trainer.grpo import GRPOSettings, train_round
+from trainer.gate import decide, evaluate_adapter
+
+if TYPE_CHECKING:  # trainer.grpo imports TRL (and vLLM): only a round with something to train loads it
+    from trainer.grpo import GRPOSettings
 
 log = logging.getLogger(__name__)
-
-HELD_OUT = "held-out"  # trained_in of a held-out failure: counted, never trained on
 
 
 @dataclass(frozen=True)
@@ -69,14 +65,11 @@ class RoundOutcome:
     report: dict[str, Any]
 
 
-def _untrained_failures():
-    return (select(EpisodeRow)
-            .where(EpisodeRow.replayable, EpisodeRow.store_text, EpisodeRow.first_success.is_(False),
-                   EpisodeRow.trained_in.is_(None)))
-
-
 def grpo_settings(settings: Settings) -> GRPOSettings:
-    """A round's GRPO settings from R3's (`R3_TRAIN_*`, `R3_DEVICE`, `R3_DTYPE`, `R3_REFLECTION_MAX_TOKENS`)."""
+    """A round's GRPO settings from R3's (`R3_TRAIN_*`, `R3_DEVICE`, `R3_DTYPE`, `R3_REFLECTION_MAX_TOKENS`).
+    Imports trainer.grpo, and so TRL."""
+    from trainer.grpo import GRPOSettings
+
     return GRPOSettings(
         learning_rate=settings.train_learning_rate, lr_scheduler_type=settings.train_lr_scheduler,
         warmup_ratio=settings.train_warmup_ratio, lora_rank=settings.train_lora_rank,
@@ -137,130 +130,62 @@ class TrainerWorker:
         self.url, self.engine = url, database.create_engine(url)
         self.sessions = database.sessions(self.engine)
         self.registry = AdapterRegistry(self.sessions, settings.adapters_path, settings.redis_url)
-        self.redis = redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self._received: list[bytes] = []  # stream entries to acknowledge after the next committed round
+        self.rounds = TrainingRounds(self.sessions)
+        # Without Redis (the embedded default) there is no stream: the database is polled.
+        self.stream: EpisodeConsumer = (RedisEpisodeConsumer(settings.redis_url) if settings.redis_url
+                                        else NoEpisodeStream())
         self._last_round = time.monotonic()
 
     async def close(self) -> None:
         await self.registry.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+        await self.stream.close()
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ the loop
 
     async def run_forever(self, poll_s: float = 5.0) -> None:
-        await self._fail_abandoned_rounds()
-        await self._claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
+        # Rounds left running by a worker that died: failed, so their episodes count as untrained again.
+        await self.rounds.fail_abandoned("the worker running it stopped; its episodes wait for the next round")
+        await self.stream.claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
         while True:
             reason = await self._due()
             if reason:
                 await self.run_round(requested_by=reason)
             else:
-                await self._listen(poll_s)
+                await self.stream.read(poll_s)
 
     async def _due(self) -> str | None:
-        async with self.sessions() as session:
-            requested = await session.scalar(select(func.count()).select_from(TrainingRound)
-                                             .where(TrainingRound.status == "requested"))
-            waiting = await session.scalar(select(func.count()).select_from(_untrained_failures().subquery()))
-        if requested:
+        if await self.rounds.requested():
             return "admin"
+        waiting = await self.rounds.count_untrained_failures()
         if waiting >= self.settings.train_min_failures:
             return "failures"
         if waiting and time.monotonic() - self._last_round >= self.settings.train_interval_s:
             return "interval"
         return None
 
-    async def _listen(self, wait_s: float) -> int:
-        """Read new episode ids from the stream, waiting up to `wait_s` for some; returns how many."""
-        if self.redis is None:  # the embedded default: the database is polled
-            await asyncio.sleep(wait_s)
-            return 0
-        try:
-            await self._ensure_group()
-            answer = await self.redis.xreadgroup(TRAINER_GROUP, self.consumer, {STREAM_KEY: ">"},
-                                                 count=1000, block=int(wait_s * 1000) if wait_s else None)
-        except RedisError as error:
-            log.warning("reading the episode stream failed (%s); polling the database", error)
-            await asyncio.sleep(wait_s)
-            return 0
-        entries = [entry_id for _, batch in answer or [] for entry_id, _ in batch]
-        self._received += entries
-        return len(entries)
-
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(STREAM_KEY, TRAINER_GROUP, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-
-    async def _fail_abandoned_rounds(self) -> None:
-        """Rounds left `running` by a worker that died: failed, so their episodes count as untrained again."""
-        async with self.sessions.begin() as session:
-            await session.execute(update(TrainingRound).where(TrainingRound.status == "running")
-                                  .values(status="failed", finished_at=datetime.now(UTC),
-                                          error="the worker running it stopped; its episodes wait for the next round"))
-
-    async def _claim_abandoned(self, idle_ms: int) -> None:
-        """Take over entries a dead worker read but never acknowledged."""
-        if self.redis is None:
-            return
-        try:
-            await self._ensure_group()
-            start = "0-0"
-            while True:
-                start, entries, *_ = await self.redis.xautoclaim(STREAM_KEY, TRAINER_GROUP, self.consumer,
-                                                                 min_idle_time=idle_ms, start_id=start, count=1000)
-                self._received += [entry_id for entry_id, _ in entries]
-                if start in (b"0-0", "0-0"):
-                    return
-        except RedisError as error:
-            log.warning("claiming abandoned stream entries failed (%s)", error)
-
     # ------------------------------------------------------------------ one round
 
     async def run_round(self, requested_by: str = "admin") -> RoundOutcome:
-        while await self._listen(0):  # every entry announced so far is covered by this round
+        while await self.stream.read(0):  # every entry announced so far is covered by this round
             pass
-        acknowledged = list(self._received)
-        round_id = await self._start_round(requested_by)
+        acknowledged = list(self.stream.received)
+        round_id = await self.rounds.start(requested_by)
         try:
             outcome = await self._round(round_id)
         except Exception as error:
             log.exception("training round %d failed", round_id)
-            await self._finish_round(round_id, status="failed", error=str(error))
+            await self.rounds.fail(round_id, str(error))
             raise
         self._last_round = time.monotonic()
-        await self._acknowledge(acknowledged)
+        await self.stream.acknowledge(acknowledged)
         return outcome
-
-    async def _start_round(self, requested_by: str) -> int:
-        async with self.sessions.begin() as session:
-            row = await session.scalar(select(TrainingRound).where(TrainingRound.status == "requested")
-                                       .order_by(TrainingRound.id).limit(1))
-            if row is None:
-                row = TrainingRound(status="requested", requested_by=requested_by, requested_at=datetime.now(UTC))
-                session.add(row)
-            row.status, row.started_at = "running", datetime.now(UTC)
-            await session.flush()
-            return row.id
 
     async def _round(self, round_id: int) -> RoundOutcome:
         settings = self.settings
-        async with self.sessions() as session:
-            untrained = [episode_of(r) for r in await session.scalars(
-                _untrained_failures().order_by(EpisodeRow.created_at.desc()).limit(4 * settings.train_max_failures))]
-            every_failure = [episode_of(r) for r in await session.scalars(
-                select(EpisodeRow).where(EpisodeRow.replayable, EpisodeRow.store_text,
-                                         EpisodeRow.first_success.is_(False))
-                .order_by(EpisodeRow.created_at.desc()).limit(2000))]
-            passed = [episode_of(r) for r in await session.scalars(
-                select(EpisodeRow).where(EpisodeRow.replayable, EpisodeRow.store_text,
-                                         EpisodeRow.first_success.is_(True))
-                .order_by(EpisodeRow.created_at.desc()).limit(settings.gate_regression_size))]
+        untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures)
+        every_failure = await self.rounds.failures(2000)
+        passed = await self.rounds.first_attempt_passes(settings.gate_regression_size)
         train, new_heldout = split(dedupe(failures_from_episodes(untrained)), settings.train_heldout_fraction)
         train = balance(train)[: settings.train_max_failures]
         _, heldout = split(dedupe(failures_from_episodes(every_failure)), settings.train_heldout_fraction)
@@ -272,8 +197,11 @@ class TrainerWorker:
                 f"too few failures: {len(train)} to train on (at least {self.launch.processes} needed) and "
                 f"{len(heldout)} held out for the gate (at least 1 needed); failures come from requests whose "
                 "verifier said no and that kept their text")}
-            await self._finish_round(round_id, status="finished", report=skipped)
+            await self.rounds.finish(round_id, skipped)
             return RoundOutcome(round_id, None, False, skipped)
+
+        # TRL (and with it vLLM) is loaded only now that there is something to train.
+        from trainer.grpo import train_round
 
         active = await self.registry.active()
         order = RoundOrder(bundled_model.resolve(settings), active.path if active else None, train,
@@ -289,15 +217,11 @@ class TrainerWorker:
         decision = await self._gate(candidate.name, candidate.path, active, heldout, successes)
         await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
                                             promote=decision.promote)
-        async with self.sessions.begin() as session:
-            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_([f.episode_id for f in train]))
-                                  .values(trained_in=candidate.name))
-            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_([f.episode_id for f in new_heldout]))
-                                  .values(trained_in=HELD_OUT))
+        await self.rounds.mark_used(candidate.name, trained=[f.episode_id for f in train],
+                                    held_out=[f.episode_id for f in new_heldout])
         summary = {**counts, "candidate": candidate.name, "promoted": decision.promote, "reason": decision.reason,
                    "gate": decision.numbers, "training": _summary(report.to_dict())}
-        await self._finish_round(round_id, status="finished", report=summary, candidate=candidate.name,
-                                 promoted=decision.promote)
+        await self.rounds.finish(round_id, summary, candidate=candidate.name, promoted=decision.promote)
         log.info("round %d: %s %s (%s)", round_id, candidate.name,
                  "promoted" if decision.promote else "rejected", decision.reason)
         return RoundOutcome(round_id, candidate.name, decision.promote, summary)
@@ -314,28 +238,12 @@ class TrainerWorker:
             policy = webhook_policy(self.settings)
             sampling = {"reflection_max_tokens": self.settings.reflection_max_tokens,
                         "samples": self.settings.gate_samples, "temperature": self.settings.gate_temperature}
-            candidate_result = await evaluate(engine, candidate, heldout, successes, policy, **sampling)
-            active_result = await evaluate(engine, active.name if active else None, heldout, successes, policy,
+            candidate_result = await evaluate_adapter(engine, candidate, heldout, successes, policy, **sampling)
+            active_result = await evaluate_adapter(engine, active.name if active else None, heldout, successes, policy,
                                            **sampling)
         finally:
             await engine.close()
         return decide(candidate_result, active_result, self.settings.gate_alpha, self.settings.gate_tolerance)
-
-    async def _finish_round(self, round_id: int, status: str, report: dict[str, Any] | None = None,
-                            candidate: str | None = None, promoted: bool | None = None, error: str | None = None) -> None:
-        async with self.sessions.begin() as session:
-            row = await session.get(TrainingRound, round_id)
-            row.status, row.finished_at, row.error = status, datetime.now(UTC), error
-            row.report, row.candidate, row.promoted = report or {}, candidate, promoted
-
-    async def _acknowledge(self, entry_ids: list[bytes]) -> None:
-        if self.redis is None or not entry_ids:
-            return
-        try:
-            await self.redis.xack(STREAM_KEY, TRAINER_GROUP, *entry_ids)
-            self._received = [e for e in self._received if e not in set(entry_ids)]
-        except RedisError as error:
-            log.warning("acknowledging stream entries failed (%s); they will be claimed again", error)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -27,13 +27,14 @@ from typing import Literal
 
 import httpx
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
 
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 16
 MAX_REPLY_BYTES = 64 * 1024
-RETRY_BACKOFF_S = 0.1  # doubled after each failed attempt
+RETRY_BACKOFF_S = 0.1  # the wait after the first failed try, doubled after each further one
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")  # printable ASCII: no CR/LF injection
@@ -124,25 +125,33 @@ class WebhookSpec(SpecBase):
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str],
                     policy: WebhookPolicy) -> Verdict:
-        problem = ""
-        for attempt_index in range(policy.max_attempts):
-            if attempt_index:
-                await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt_index - 1))
-            try:
-                async with asyncio.timeout(policy.timeout_s):
-                    status, reply = await _send(client, self.url, body, headers)
-            except TimeoutError:
-                return Verdict(False, f"webhook error: no reply within {policy.timeout_s:g} s")
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
-                problem = f"connection failed ({type(error).__name__})"
-                continue
-            except httpx.HTTPError as error:
-                return Verdict(False, f"webhook error: {type(error).__name__}: {error}")
-            if status >= 500:
-                problem = f"HTTP {status}"
-                continue
-            return _verdict(status, reply)
-        return Verdict(False, f"webhook error: {problem} after {policy.max_attempts} attempts")
+        retrying = AsyncRetrying(stop=stop_after_attempt(policy.max_attempts),
+                                 wait=wait_exponential(multiplier=RETRY_BACKOFF_S),
+                                 retry=retry_if_exception_type(_Retryable), reraise=True)
+        try:
+            return await retrying(self._post_once, client, body, headers, policy)
+        except _Retryable as problem:
+            return Verdict(False, f"webhook error: {problem} after {policy.max_attempts} attempts")
+
+    async def _post_once(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str],
+                         policy: WebhookPolicy) -> Verdict:
+        """One POST: the verdict, or a failed verdict; raises `_Retryable` for what another try may fix."""
+        try:
+            async with asyncio.timeout(policy.timeout_s):
+                status, reply = await _send(client, self.url, body, headers)
+        except TimeoutError:
+            return Verdict(False, f"webhook error: no reply within {policy.timeout_s:g} s")
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
+            raise _Retryable(f"connection failed ({type(error).__name__})") from error
+        except httpx.HTTPError as error:
+            return Verdict(False, f"webhook error: {type(error).__name__}: {error}")
+        if status >= 500:
+            raise _Retryable(f"HTTP {status}")
+        return _verdict(status, reply)
+
+
+class _Retryable(Exception):
+    """A refused or dropped connection, or a 5xx: worth another try."""
 
 
 def request_body(attempt: Attempt, context: TaskContext) -> bytes:

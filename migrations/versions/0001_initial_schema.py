@@ -1,4 +1,4 @@
-"""The initial schema: episodes, attempts, adapter versions, API keys.
+"""The initial schema: episodes, attempts, adapter versions, API keys, training rounds, admin actions.
 
 Revision ID: 0001
 Revises: 

@@ -31,6 +31,10 @@ class PromptTooLongError(EngineError):
     pass
 
 
+# A prompt: its text, or its token ids as `Engine.encode` makes them of the text.
+Prompt = str | list[int]
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 256
@@ -75,6 +79,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     # In the first chunk, with `SamplingParams.prompt_logprobs`: the prompt's tokens after its first.
     prompt_tokens: list[TokenLogprob] | None = None
+    # In the first chunk (every engine sends it): the prompt's length in tokens, as the engine encoded it.
+    prompt_length: int | None = None
 
 
 @dataclass
@@ -101,11 +107,11 @@ class Engine(Protocol):
     # Can constrain decoding (`SamplingParams.json_schema` and `structural_tag`).
     supports_json_schema: bool
 
-    async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+    async def generate(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
         """The whole completion of `prompt` (`adapter=None` is the base model)."""
         ...
 
-    def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
         """The completion as it is generated; stopping iteration early cancels the request."""
         ...
 
@@ -117,6 +123,9 @@ class Engine(Protocol):
         """Loaded adapters by name."""
         ...
 
-    def count_tokens(self, prompt: str) -> int: ...
+    def encode(self, prompt: str) -> list[int]:
+        """`prompt`'s token ids as the engine reads a text prompt (the chat template already holds
+        every special token, so none is added). Passing them instead of the text skips a second pass."""
+        ...
 
     async def close(self) -> None: ...

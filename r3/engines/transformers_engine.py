@@ -42,6 +42,7 @@ from r3.engines.base import (
     EngineError,
     GenerationChunk,
     GenerationResult,
+    Prompt,
     PromptTooLongError,
     SamplingParams,
     TokenLogprob,
@@ -133,8 +134,8 @@ class TransformersEngine:
         """The base model's weights' dtype (adapters may hold float32 weights beside bfloat16 ones)."""
         return self._model.dtype
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self._encode(prompt))
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def adapters(self) -> dict[str, Path]:
         return dict(self._adapters)
@@ -151,7 +152,7 @@ class TransformersEngine:
             raise UnknownAdapterError(f"no adapter named {name!r} is loaded")
         await asyncio.to_thread(self._unload_adapter, name)
 
-    async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+    async def generate(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
         sequence = self._submit(prompt, params, adapter, await self._grammar(params))
         text, tokens, finish = "", [], "length"
         async for chunk in self._chunks(sequence):
@@ -161,7 +162,7 @@ class TransformersEngine:
         return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
                                 prompt_tokens=len(sequence.prompt_ids), prompt_token_ids=sequence.prompt_ids)
 
-    async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
         async for chunk in self._chunks(self._submit(prompt, params, adapter, await self._grammar(params))):
             yield chunk
 
@@ -184,8 +185,8 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ submission
 
-    def _encode(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    def _ids(self, prompt: Prompt) -> list[int]:
+        return self.encode(prompt) if isinstance(prompt, str) else prompt
 
     async def _grammar(self, params: SamplingParams) -> RowGrammar | None:
         """A fresh matcher of `params`' grammar, compiled in a worker thread (a large schema takes a
@@ -197,13 +198,13 @@ class TransformersEngine:
         compiled = await asyncio.to_thread(grammars.compile, params)
         return grammars.row(compiled) if compiled is not None else None
 
-    def _submit(self, prompt: str, params: SamplingParams, adapter: str | None,
+    def _submit(self, prompt: Prompt, params: SamplingParams, adapter: str | None,
                 grammar: RowGrammar | None = None) -> _Sequence:
         if self._closed:
             raise EngineError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
             raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
-        prompt_ids = self._encode(prompt)
+        prompt_ids = self._ids(prompt)
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(
@@ -433,6 +434,7 @@ class TransformersEngine:
             tokens=sequence.tokens[sequence.emitted_tokens:],
             finish_reason=sequence.finish_reason,
             prompt_tokens=sequence.prompt_tokens,
+            prompt_length=len(sequence.prompt_ids) if sequence.emitted_tokens == 0 else None,
         )
         sequence.emitted_chars, sequence.emitted_tokens = ready, len(sequence.tokens)
         sequence.prompt_tokens = None

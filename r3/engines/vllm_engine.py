@@ -46,6 +46,7 @@ from r3.engines.base import (
     EngineError,
     GenerationChunk,
     GenerationResult,
+    Prompt,
     PromptTooLongError,
     SamplingParams,
     TokenLogprob,
@@ -140,8 +141,8 @@ class VllmEngine:
 
     # ------------------------------------------------------------------ interface
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self._encode(prompt))
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def adapters(self) -> dict[str, Path]:
         return dict(self._paths)
@@ -175,8 +176,8 @@ class VllmEngine:
         await self._llm.remove_lora(request.lora_int_id)
         log.info("unloaded adapter %s", name)
 
-    async def generate(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
-        prompt_ids = self._encode(prompt)
+    async def generate(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+        prompt_ids = self._ids(prompt)
         text, tokens, finish = "", [], "length"
         async for chunk in self._generate(prompt_ids, params, adapter):
             text += chunk.text
@@ -185,8 +186,8 @@ class VllmEngine:
         return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
                                 prompt_tokens=len(prompt_ids), prompt_token_ids=prompt_ids)
 
-    async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._generate(self._encode(prompt), params, adapter):
+    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self._generate(self._ids(prompt), params, adapter):
             yield chunk
 
     async def close(self) -> None:
@@ -198,8 +199,8 @@ class VllmEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _encode(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    def _ids(self, prompt: Prompt) -> list[int]:
+        return self.encode(prompt) if isinstance(prompt, str) else prompt
 
     def _sampling_params(self, params: SamplingParams, room: int):
         from vllm import SamplingParams as VllmSamplingParams
@@ -235,6 +236,7 @@ class VllmEngine:
             raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
         lora = self._adapters[adapter] if adapter else self._base_request
         self._in_use[adapter or ""] += 1
+        first = True  # the first chunk carries the prompt's length
         try:
             async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, self._sampling_params(params, room),
                                                    request_id=uuid.uuid4().hex, lora_request=lora):
@@ -250,7 +252,8 @@ class VllmEngine:
                                  if output.prompt_logprobs else None)
                 if completion.text or tokens or finish or prompt_tokens:
                     yield GenerationChunk(text=completion.text, tokens=tokens, finish_reason=finish,
-                                          prompt_tokens=prompt_tokens)
+                                          prompt_tokens=prompt_tokens, prompt_length=len(prompt_ids) if first else None)
+                    first = False
         finally:
             self._in_use[adapter or ""] -= 1
 

@@ -1,5 +1,10 @@
 """Where episodes live. The interface is what the server needs; `sql.SqlEpisodeStore` implements it
-for Postgres and SQLite, and `episode_log.EpisodeLog` puts a journal and the stream in front of it."""
+for Postgres and SQLite, and `episode_log.EpisodeLog` puts a journal and the stream in front of it.
+
+The store is the only API the server and the trainer share, and neither writes SQL or Redis commands
+of its own: training rounds and the trainer's queries are `rounds.TrainingRounds`, the episode
+stream's producer and consumer are in `stream`, adapter versions, their events (publisher and
+subscriber) and the admin audit log in `registry`. The failures a caller catches are named in `errors`."""
 
 from __future__ import annotations
 

@@ -48,6 +48,8 @@ class Journal:
         # without a held lock is always a dead process's.
         nascent = directory / f".new-{name}"
         nascent.mkdir()
+        # fcntl rather than filelock: the lock is held across the folder's rename, and a filelock is
+        # bound to its path.
         self._lock = os.open(nascent / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.directory = directory / name

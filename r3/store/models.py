@@ -87,7 +87,7 @@ class EpisodeRow(Base):
     outcome: Mapped[bool | None] = mapped_column(Boolean)
     # Set once the Redis stream carries the id; a catch-up loop announces the rest.
     announced: Mapped[bool] = mapped_column(Boolean, server_default=false())
-    # Set by the trainer when a committed round used the episode.
+    # Set when a committed round used the episode: the version trained on it, or `rounds.HELD_OUT`.
     trained_in: Mapped[str | None] = mapped_column(String(64))
 
     attempts: Mapped[list[AttemptRow]] = relationship(
@@ -136,8 +136,8 @@ class TrainingRound(Base):
     __tablename__ = "training_rounds"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(16))  # requested | running | finished | failed
-    requested_by: Mapped[str] = mapped_column(String(64))  # "schedule" or "admin"
+    status: Mapped[str] = mapped_column(String(16))  # a `rounds.RoundStatus` value
+    requested_by: Mapped[str] = mapped_column(String(64))  # "admin", "cli", or why the trainer started it
     requested_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

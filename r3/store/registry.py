@@ -5,14 +5,21 @@ once its files and their sha256 are in place, and then `active` (promoted) or `r
 said no). Promotion retires the previous active version and activates the new one in one
 transaction — a unique index allows one active row at most — and only after the commit is the
 event published, so a crash anywhere leaves either the old version active or the new one, never
-half of each. Servers learn of promotions from Redis pub/sub and, as a safety net, by polling.
+half of each. Servers learn of promotions from Redis pub/sub (`adapter_events`, the subscriber
+beside the publisher) and, as a safety net, by polling.
+
+The registry also keeps the admin audit log (`admin_actions`): every activation, and the actions that
+change no version (`record_action`: a dashboard logout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +33,26 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.store.models import AdapterVersion, AdminAction
 
+log = logging.getLogger(__name__)
+
 ADAPTER_CHANNEL = "r3:adapters"
 ANY_VERSION = object()  # `activate` whatever is active now
+
+
+def version_name(number: int) -> str:
+    """Version `number`'s name in the registry and the engine: `r3-v3`."""
+    return f"r3-v{number}"
+
+
+def model_name(version: str) -> str:
+    """The name clients give `version` as a request's `model`: `r3-v3` → `r3@v3`."""
+    return version.replace("r3-v", "r3@v", 1)
+
+
+def version_of(model: str) -> str | None:
+    """The version a request's `model` pins (`r3@v3`, or the registry's own `r3-v3`), else None."""
+    name = model.replace("r3@v", "r3-v", 1) if model.startswith("r3@v") else model
+    return name if name.startswith("r3-v") else None
 
 
 def adapter_sha256(folder: Path) -> str:
@@ -61,6 +86,68 @@ class Version:
                    row.episodes_used, row.created_at, row.promoted_at)
 
 
+@dataclass(frozen=True)
+class AdapterEvent:
+    """What a promotion, rollback or roll-forward publishes: the version now active (None: the base model)."""
+
+    active: str | None
+    sha256: str | None
+
+    @classmethod
+    def of(cls, version: Version | None) -> AdapterEvent:
+        return cls(version.name, version.sha256) if version is not None else cls(None, None)
+
+    def to_json(self) -> str:
+        return json.dumps({"active": self.active, "sha256": self.sha256})
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> AdapterEvent | None:
+        """The event a message holds, or None if it is not one."""
+        try:
+            event = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(event, dict) or not all(isinstance(event.get(k), str | None) for k in ("active", "sha256")):
+            return None
+        return cls(event.get("active"), event.get("sha256"))
+
+
+async def adapter_events(redis_url: str, retry_s: float) -> AsyncIterator[AdapterEvent]:
+    """Every adapter event published on `ADAPTER_CHANNEL`, for as long as the caller iterates.
+
+    Redis being down (or going down) ends nothing: it is logged once per outage and the subscription
+    tried again every `retry_s`. Pub/sub keeps nothing for a subscriber that is away, so an event
+    published meanwhile is lost: a server polls the database as well, and the events only make it
+    faster. A message on the channel that is not an event is logged and skipped. Iterate it under
+    `contextlib.aclosing`, so that its connection closes as soon as the caller stops.
+    """
+    down = False
+    while True:
+        client = redis.from_url(redis_url)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(ADAPTER_CHANNEL)
+                if down:
+                    log.info("adapter events available again")
+                    down = False
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    event = AdapterEvent.parse(message["data"])
+                    if event is None:
+                        log.warning("ignoring a message on %s that is not an adapter event: %.200r",
+                                    ADAPTER_CHANNEL, message["data"])
+                        continue
+                    yield event
+        except (RedisError, OSError) as error:
+            if not down:
+                log.warning("adapter events unavailable (%s); trying again every %ss", error, retry_s)
+            down = True
+        finally:
+            await client.aclose()
+        await asyncio.sleep(retry_s)  # also when the subscription ended without an error: never spin
+
+
 class AdapterRegistry:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], adapters_dir: Path,
                  redis_url: str | None = None) -> None:
@@ -83,7 +170,7 @@ class AdapterRegistry:
         while True:  # two trainers racing for a number: the unique index picks one, the other retries
             async with self.sessions() as session:
                 number = (await session.scalar(select(func.max(AdapterVersion.number))) or 0) + 1
-                name = f"r3-v{number}"
+                name = version_name(number)
                 row = AdapterVersion(name=name, number=number, parent=parent, status="pending",
                                      path=str(self.adapters_dir / name), sha256="", metrics=metrics,
                                      episodes_used=episodes_used, created_at=datetime.now(UTC))
@@ -152,12 +239,25 @@ class AdapterRegistry:
         async with self.sessions() as session:
             return list(await session.scalars(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)))
 
+    async def record_action(self, actor: str, action: str, reason: str | None = None) -> None:
+        """Add an action that changes no version to the audit log (now), e.g. a dashboard logout."""
+        async with self.sessions.begin() as session:
+            session.add(AdminAction(at=datetime.now(UTC), actor=actor, action=action, reason=reason))
+
+    async def last_action_at(self, action: str) -> datetime | None:
+        """When `action` was last recorded in the audit log (aware, UTC), or None if never."""
+        async with self.sessions() as session:
+            at = await session.scalar(select(AdminAction.at).where(AdminAction.action == action)
+                                      .order_by(AdminAction.at.desc()).limit(1))
+        if at is None:
+            return None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite gives back naive UTC
+
     async def publish(self, version: Version | None) -> None:
         if self.redis is None:
             return
-        event = {"active": version.name if version else None, "sha256": version.sha256 if version else None}
         try:
-            await self.redis.publish(ADAPTER_CHANNEL, json.dumps(event))
+            await self.redis.publish(ADAPTER_CHANNEL, AdapterEvent.of(version).to_json())
         except (RedisError, OSError):
             pass  # servers poll the database as well; the event only makes them faster
 

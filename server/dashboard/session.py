@@ -28,14 +28,10 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
 from starlette.datastructures import FormData
-
-from r3.store.models import AdminAction
 
 PATH = "/dashboard"
 COOKIE = "r3_dashboard"
@@ -107,12 +103,8 @@ async def _valid_session(request: Request) -> Session | None:
 
 async def _last_logout(request: Request) -> float:
     """When the admin last logged out of the dashboard (Unix time; 0 if never)."""
-    async with request.app.state.registry.sessions() as db:
-        at = await db.scalar(select(AdminAction.at).where(AdminAction.action == LOGOUT_ACTION)
-                             .order_by(AdminAction.at.desc()).limit(1))
-    if at is None:
-        return 0.0
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()  # SQLite gives back naive UTC
+    at = await request.app.state.registry.last_action_at(LOGOUT_ACTION)
+    return at.timestamp() if at is not None else 0.0
 
 
 def start(request: Request, response: Response) -> Session:
@@ -126,9 +118,8 @@ def start(request: Request, response: Response) -> Session:
 
 async def end(request: Request, response: Response) -> None:
     """Log out: every session started until now is over (recorded for every replica), and the cookie goes."""
-    async with request.app.state.registry.sessions.begin() as db:
-        db.add(AdminAction(at=datetime.now(UTC), actor="dashboard", action=LOGOUT_ACTION,
-                           reason="logged out of the dashboard: its sessions started before now are ended"))
+    await request.app.state.registry.record_action(
+        "dashboard", LOGOUT_ACTION, reason="logged out of the dashboard: its sessions started before now are ended")
     response.delete_cookie(COOKIE, path=PATH)
 
 

@@ -7,12 +7,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
 
 from r3.store.live_stats import VersionStats, version_stats
-from r3.store.models import TrainingRound
-from r3.store.registry import AdapterRegistry, Version
+from r3.store.registry import Version
+from r3.store.rounds import TrainingRounds
+from server.admin_protocol import (
+    Activation,
+    AdapterList,
+    AdminActionList,
+    StatsReport,
+    TrainingRequested,
+    TrainingState,
+)
 from server.auth import CheckedRoute, admin
+from server.deps import AdaptersDep, RegistryDep, StoreDep, get_adapters, get_metrics, get_registry
 from server.errors import APIError, shown
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
@@ -34,68 +42,61 @@ def _version_out(version: Version, live: VersionStats | None) -> dict[str, Any]:
             "episodes_used": len(version.episodes_used), "live": _stats_out(live)}
 
 
-@router.get("/adapters")
-async def list_adapters(request: Request) -> dict[str, Any]:
-    registry: AdapterRegistry = request.app.state.registry
+@router.get("/adapters", response_model=AdapterList)
+async def list_adapters(registry: RegistryDep, adapters: AdaptersDep) -> dict[str, Any]:
     live = await version_stats(registry.sessions)
-    return {"object": "list", "active": request.app.state.adapters.active,
+    return {"object": "list", "active": adapters.active,
             "data": [_version_out(v, live.get(v.name)) for v in await registry.versions()],
             "base": _stats_out(live.get("base"))}
 
 
-@router.post("/adapters/rollback")
+# The routes the dashboard calls as functions too take the request and read the services from it.
+
+
+@router.post("/adapters/rollback", response_model=Activation)
 async def rollback(request: Request) -> dict[str, Any]:
     """Back to the active version's parent (the base model when it has none)."""
-    registry: AdapterRegistry = request.app.state.registry
+    registry = get_registry(request)
     active = await registry.active()
     if active is None:
         raise APIError(409, "no adapter version is active: the base model is served", type="conflict_error")
     return await _activate(request, active.parent, reason=f"rollback from {active.name}")
 
 
-@router.post("/adapters/{name}/activate")
+@router.post("/adapters/{name}/activate", response_model=Activation)
 async def activate(name: str, request: Request) -> dict[str, Any]:
     """Make any recorded version active ("base" serves no adapter): rollback and roll-forward."""
     return await _activate(request, None if name == "base" else name, reason="activated by an admin")
 
 
 async def _activate(request: Request, name: str | None, reason: str) -> dict[str, Any]:
-    registry: AdapterRegistry = request.app.state.registry
+    registry, adapters = get_registry(request), get_adapters(request)
     try:
         await registry.activate(name, actor="admin", reason=reason)
     except LookupError as error:
         raise APIError(404, f"no complete adapter version named {shown(name)}", type="not_found_error",
                        param="name") from error
-    await request.app.state.adapters.sync()  # this replica at once; the others on the event or their poll
-    request.app.state.metrics.swaps_requested.labels(actor="admin").inc()
-    adapters = request.app.state.adapters
+    await adapters.sync()  # this replica at once; the others on the event or their poll
+    get_metrics(request).swaps_requested.labels(actor="admin").inc()
     # A version this server cannot serve (its files are damaged, or shaped for another model) stays
     # active in the registry but is not served: say why.
     return {"active": name or "base", "serving": adapters.active or "base", "refused": adapters.refused.get(name)}
 
 
-@router.post("/train")
+@router.post("/train", response_model=TrainingRequested)
 async def request_training(request: Request) -> dict[str, Any]:
     """Ask the trainer for a round now; it picks the request up on its next check.
 
     Answers `{"round", "status", "new"}`. While a round is already requested or running, asking
     again adds none: the answer is that round (`"new": false`), so repeated clicks or retried calls
     never queue rounds behind one another."""
-    async with request.app.state.registry.sessions.begin() as session:
-        pending = await session.scalar(select(TrainingRound).where(TrainingRound.status.in_(("requested", "running")))
-                                       .order_by(TrainingRound.id.desc()).limit(1))  # GET /admin/train's current
-        if pending is not None:
-            return {"round": pending.id, "status": pending.status, "new": False}
-        row = TrainingRound(status="requested", requested_by="admin", requested_at=datetime.now(UTC))
-        session.add(row)
-        await session.flush()
-        return {"round": row.id, "status": row.status, "new": True}
+    asked, new = await TrainingRounds(get_registry(request).sessions).request("admin")  # GET /admin/train's current
+    return {"round": asked.id, "status": asked.status, "new": new}
 
 
-@router.get("/train")
+@router.get("/train", response_model=TrainingState)
 async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
-    async with request.app.state.registry.sessions() as session:
-        rows = list(await session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(limit)))
+    rows = await TrainingRounds(get_registry(request).sessions).recent(limit)
     rounds = [{"round": r.id, "status": r.status, "requested_by": r.requested_by, "requested_at": r.requested_at,
                "started_at": r.started_at, "finished_at": r.finished_at, "candidate": r.candidate,
                "promoted": r.promoted, "report": r.report, "error": r.error} for r in rows]
@@ -104,23 +105,22 @@ async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) 
     return {"current": current, "last": last, "rounds": rounds}
 
 
-@router.get("/stats")
-async def live_stats(request: Request,
+@router.get("/stats", response_model=StatsReport)
+async def live_stats(registry: RegistryDep, adapters: AdaptersDep, store: StoreDep,
                      window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S, allow_inf_nan=False)) -> dict[str, Any]:
     """Success rates per version over the last `window_s` seconds (at most a year); the versions this
     server refused to serve, with the reason; the episode log's backlog and the episodes the database
     refused since the start (kept in the journal's `rejected.jsonl`)."""
-    state = request.app.state
     since = datetime.now(UTC) - timedelta(seconds=window_s)
-    live = await version_stats(state.registry.sessions, since=since)
-    return {"window_s": window_s, "active": state.adapters.active or "base",
+    live = await version_stats(registry.sessions, since=since)
+    return {"window_s": window_s, "active": adapters.active or "base",
             "versions": {name: _stats_out(stats) for name, stats in sorted(live.items())},
-            "refused_versions": dict(state.adapters.refused),
-            "episode_log": {"backlog": state.store.backlog, "rejected": state.store.rejected}}
+            "refused_versions": dict(adapters.refused),
+            "episode_log": {"backlog": store.backlog, "rejected": store.rejected}}
 
 
-@router.get("/actions")
+@router.get("/actions", response_model=AdminActionList)
 async def admin_actions(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-    actions = await request.app.state.registry.actions(limit)
+    actions = await get_registry(request).actions(limit)
     return {"object": "list", "data": [{"at": a.at, "actor": a.actor, "action": a.action, "from": a.from_version,
                                         "to": a.to_version, "reason": a.reason} for a in actions]}

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from r3.chat_format import render_prompt
+from r3.chat_format import ChatPrompt
 from r3.engines.base import Engine, GenerationChunk, SamplingParams
 from r3.engines.token_bytes import vocabulary_bytes
 from r3.reflect_retry import ChatTask, Generation, Reflector, Run, Turn
@@ -37,6 +37,7 @@ from server.completions import (
     unless_disconnected,
     usage_of,
 )
+from server.deps import ServicesDep
 from server.errors import APIError, ClientGone, clipped, shown
 from server.protocol import ChatCompletion, ChatCompletionRequest, NamedToolChoice, R3Info, Tool, Usage, now
 from verifiers import (
@@ -52,13 +53,12 @@ router = APIRouter(route_class=CheckedRoute)
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request,
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: ServicesDep,
                                  caller: str | None = Depends(tenant)) -> ChatCompletion | StreamingResponse:
-    state = request.app.state
     adapters: AdapterManager = state.adapters
     reflector: Reflector = state.reflector
     adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
-    task = await build_task(state.engine, body, state.settings, reflector.webhook_policy)
+    task = await build_task(reflector, body, state.settings)
     tasks = _choice_tasks(task, body.n)
     vocabulary = await _token_bytes(state.engine) if body.logprobs else ()
     if body.stream and task.verifier is None:
@@ -162,15 +162,20 @@ async def _live_choice(state, wire: Wire, index: int, run: Run,
         raise
 
 
-async def build_task(engine: Engine, body: ChatCompletionRequest, settings: Settings,
-                     policy: WebhookPolicy) -> ChatTask:
+async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings: Settings) -> ChatTask:
     """Check everything a request asks for before any generation starts (the adapter is set when pinned).
+    The task carries its first attempt's prompt, rendered and encoded once here.
 
     Raises `APIError` (400) for what the request asks wrongly, and when it does not fit the context."""
+    engine = reflector.engine
     tools, tool_choice = _tools_and_choice(body)
     messages = [_message(message.model_dump(exclude_none=True)) for message in body.messages]
+    task = ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
+                    params=SamplingParams(), max_retries=body.reflect.max_retries, store_text=body.store,
+                    parallel_tool_calls=body.parallel_tool_calls)
     # A long prompt takes a second to tokenize: in a worker thread, the event loop serves others meanwhile.
-    prompt_tokens = await asyncio.to_thread(_prompt_tokens, engine, messages, tools, tool_choice)
+    prompt = await asyncio.to_thread(_first_prompt, reflector, task)
+    prompt_tokens = len(prompt.token_ids)
     room = engine.max_model_len - prompt_tokens
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None and asked > room:
@@ -185,9 +190,7 @@ async def build_task(engine: Engine, body: ChatCompletionRequest, settings: Sett
                             top_logprobs=body.top_logprobs or 0, json_schema=schema,
                             logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
                             frequency_penalty=body.frequency_penalty)
-    return ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
-                    params=params, verifier=_verifier(body, policy), max_retries=body.reflect.max_retries,
-                    store_text=body.store, parallel_tool_calls=body.parallel_tool_calls)
+    return replace(task, params=params, prompt=prompt, verifier=_verifier(body, reflector.webhook_policy))
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
@@ -245,20 +248,19 @@ def _logit_bias(body: ChatCompletionRequest, engine: Engine) -> tuple[tuple[int,
     return bias
 
 
-def _prompt_tokens(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                   tool_choice: str | dict[str, Any] | None) -> int:
-    """The rendered prompt's length in tokens. Raises `APIError` (400) when it leaves no room in the
-    context; a prompt that cannot fit even at the most characters a token can stand for is refused
-    without tokenizing it."""
-    prompt = render_prompt(engine.tokenizer, messages, tools, tool_choice,
-                           constrained_decoding=engine.supports_json_schema)
+def _first_prompt(reflector: Reflector, task: ChatTask) -> ChatPrompt:
+    """The first attempt's prompt, with its token ids. Raises `APIError` (400) when it leaves no room
+    in the context; a prompt that cannot fit even at the most characters a token can stand for is
+    refused without tokenizing it."""
+    engine = reflector.engine
+    prompt = reflector.core.attempt_prompt(task, task.messages)
     at_least = len(prompt.engine_input) // _most_characters_per_token(engine.tokenizer)
     if at_least >= engine.max_model_len:
         raise _too_long(f"at least {at_least}", engine.max_model_len)
-    prompt_tokens = engine.count_tokens(prompt.engine_input)
-    if prompt_tokens >= engine.max_model_len:
-        raise _too_long(str(prompt_tokens), engine.max_model_len)
-    return prompt_tokens
+    prompt = replace(prompt, token_ids=engine.encode(prompt.engine_input))
+    if len(prompt.token_ids) >= engine.max_model_len:
+        raise _too_long(str(len(prompt.token_ids)), engine.max_model_len)
+    return prompt
 
 
 @cache

@@ -22,6 +22,7 @@ from r3.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogpro
 from r3.reflect_retry import completion_id
 from server.auth import CheckedRoute
 from server.completions import all_of, interleaved, sse_stream, unless_disconnected
+from server.deps import ServicesDep
 from server.errors import APIError
 from server.protocol import (
     Completion,
@@ -58,8 +59,8 @@ class _Made:
 
 
 @router.post("/v1/completions", response_model=None)
-async def create_completion(body: CompletionRequest, request: Request) -> Completion | StreamingResponse:
-    state = request.app.state
+async def create_completion(body: CompletionRequest, request: Request,
+                            state: ServicesDep) -> Completion | StreamingResponse:
     state.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
     jobs = await asyncio.to_thread(_jobs, state.engine, body)
     answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now())

@@ -6,11 +6,12 @@ import base64
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from r3.episodes import Episode
 from r3.store.sql import EpisodeFilter
-from server.auth import CheckedRoute, admin, tenant
+from server.auth import CheckedRoute, admin
+from server.deps import EpisodesDep, StoreDep, TenantDep
 from server.errors import APIError, shown
 from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
 
@@ -33,8 +34,8 @@ def episode_out(episode: Episode) -> EpisodeOut:
 
 
 @router.get("/v1/episodes/{episode_id}")
-async def get_episode(episode_id: str, request: Request, caller: str | None = Depends(tenant)) -> EpisodeOut:
-    episode = await request.app.state.store.get(episode_id, caller)
+async def get_episode(episode_id: str, store: StoreDep, caller: TenantDep) -> EpisodeOut:
+    episode = await store.get(episode_id, caller)
     if episode is None:
         raise APIError(404, f"no episode {shown(episode_id)}", type="not_found_error", param="episode_id",
                        code="not_found")
@@ -43,7 +44,7 @@ async def get_episode(episode_id: str, request: Request, caller: str | None = De
 
 @router.get("/admin/episodes", dependencies=[Depends(admin)])
 async def list_episodes(
-    request: Request,
+    episodes_store: EpisodesDep,
     since: datetime | None = None,
     until: datetime | None = None,
     outcome: bool | None = None,
@@ -55,7 +56,7 @@ async def list_episodes(
 ) -> EpisodePage:
     where = EpisodeFilter(since=since, until=until, outcome=outcome, task_kind=task_kind, tenant=tenant_id,
                           adapter=adapter)
-    episodes = await request.app.state.episodes.list(where, limit, _decode_cursor(after) if after else None)
+    episodes = await episodes_store.list(where, limit, _decode_cursor(after) if after else None)
     cursor = _encode_cursor(episodes[-1]) if len(episodes) == limit else None
     return EpisodePage(data=[episode_out(e) for e in episodes], next_cursor=cursor)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from r3.episodes import Episode, Feedback
 from r3.reflect_retry import task_of
-from server.auth import CheckedRoute, tenant
+from server.admin_protocol import FEEDBACK_RESPONSES
+from server.auth import CheckedRoute
 from server.completions import chat_completion, completion_of_attempt, unless_disconnected
+from server.deps import AdaptersDep, ReflectorDep, StoreDep, TenantDep
 from server.errors import APIError
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
 from verifiers import parse_spec
@@ -21,10 +23,9 @@ router = APIRouter(route_class=CheckedRoute)
 _episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
-@router.post("/feedback", response_model=None)
-async def give_feedback(body: FeedbackRequest, request: Request,
-                        caller: str | None = Depends(tenant)) -> FeedbackReceipt | ChatCompletion:
-    store, reflector = request.app.state.store, request.app.state.reflector
+@router.post("/feedback", response_model=None, responses=FEEDBACK_RESPONSES)
+async def give_feedback(body: FeedbackRequest, request: Request, store: StoreDep, reflector: ReflectorDep,
+                        adapters: AdaptersDep, caller: TenantDep) -> FeedbackReceipt | ChatCompletion:
     episode, number = await _find(store, body, caller)
     lock = _episode_locks.setdefault(episode.id, asyncio.Lock())
     async with lock:
@@ -44,7 +45,7 @@ async def give_feedback(body: FeedbackRequest, request: Request,
         verifier = parse_spec(episode.verifier) if episode.verifier else None
         # The retry runs on the version the episode was served with, held loaded while it runs. A client
         # that hangs up meanwhile leaves nothing behind: sent again, its feedback retries again.
-        async with request.app.state.adapters.pin(episode.adapter or "base"):
+        async with adapters.pin(episode.adapter or "base"):
             retry = reflector.retry_after_feedback(task_of(episode, verifier), episode)
             record, turns = await unless_disconnected(request, retry)
         episode.attempts.append(record)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+
+from server.admin_protocol import Health
+from server.deps import EngineDep
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health)
 @router.head("/health", include_in_schema=False)  # load balancers probe with HEAD
-async def health(request: Request) -> dict[str, str]:
-    return {"status": "ok", "model": request.app.state.engine.model_id}
+async def health(engine: EngineDep) -> dict[str, str]:
+    return {"status": "ok", "model": engine.model_id}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError
 from sqlalchemy import event
-from store_support import STREAM_KEY, PrivatePostgres, PrivateRedis
+from store_support import STREAM_KEY, InProcessEpisodeStream, PrivatePostgres, PrivateRedis
 
 from r3.episodes import (
     AttemptRecord,
@@ -29,7 +29,7 @@ from r3.store import database
 from r3.store.episode_log import EpisodeLog, LogSettings
 from r3.store.journal import Journal
 from r3.store.sql import SqlEpisodeStore
-from r3.store.stream import InProcessEpisodeStream, RedisEpisodeStream
+from r3.store.stream import RedisEpisodeStream
 
 FAST = LogSettings(tick_s=0.02, close_timeout_s=5)
 

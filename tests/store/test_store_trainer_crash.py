@@ -45,7 +45,7 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "r3", "train"], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "cli", "train"], env=env, cwd=REPO,
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 

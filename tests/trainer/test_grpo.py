@@ -134,14 +134,14 @@ class RecordingEngine:
         self.tokenizer, self.supports_json_schema, self.answers = tokenizer, supports_json_schema, answers
         self.sent: list[tuple[str, SamplingParams]] = []
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     async def stream(self, prompt: str, params: SamplingParams, adapter=None):
         self.sent.append((prompt, params))
         text = self.answers.pop(0)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        yield GenerationChunk(text, [TokenLogprob(i, "", 0.0) for i in ids], "stop")
+        yield GenerationChunk(text, [TokenLogprob(i, "", 0.0) for i in ids], "stop", prompt_length=len(self.encode(prompt)))
 
 
 class RecordingPolicy:
@@ -397,12 +397,14 @@ async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_
     try:
         await engine.load_adapter("r3-v1", output)
         prompt = reflection_prompt(ReflectRetry(engine.tokenizer, WebhookPolicy()), failures[0]).engine_input
-        params = SamplingParams(max_tokens=1, temperature=0.0, top_logprobs=5)
-        base = await engine.generate(prompt, params)
-        trained = await engine.generate(prompt, params, "r3-v1")
-        # The first reflection token's distribution under the adapter is not the base model's.
-        base_top, trained_top = dict(base.tokens[0].top), dict(trained.tokens[0].top)
-        assert base_top.keys() != trained_top.keys() or any(
-            abs(base_top[token] - trained_top[token]) > 1e-4 for token in base_top)
+        reflection = await engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0))
+        # The base model's reflection, scored token by token by the serving engine with and without the
+        # adapter: the round changed the probability of every one of its tokens.
+        scoring = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        scored = [[chunk async for chunk in engine.stream(prompt + reflection.text, scoring, adapter)][0].prompt_tokens
+                  for adapter in (None, "r3-v1")]
+        n = len(reflection.tokens)
+        base, trained = ([t.logprob for t in tokens[-n:]] for tokens in scored)
+        assert n > 0 and all(abs(b - t) > 1e-6 for b, t in zip(base, trained, strict=True)), (base, trained)
     finally:
         await engine.close()

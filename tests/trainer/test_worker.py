@@ -15,8 +15,9 @@ from r3.settings import Settings
 from r3.store import database
 from r3.store.models import EpisodeRow, TrainingRound
 from r3.store.registry import adapter_sha256
+from r3.store.rounds import HELD_OUT
 from r3.store.sql import SqlEpisodeStore
-from trainer.worker import HELD_OUT, TrainerWorker, grpo_settings
+from trainer.worker import TrainerWorker, grpo_settings
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl"]
 
@@ -38,7 +39,7 @@ def episode(word: str, passed: bool) -> Episode:
 @pytest.fixture
 async def worker(model_path: Path, tmp_path: Path):
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2, train_max_steps=1,
-                        reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2)
+                        reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2, gate_samples=2)
     await asyncio.to_thread(database.migrate, database.database_url(settings))
     worker = TrainerWorker(settings)
     store = SqlEpisodeStore(worker.sessions)
@@ -55,6 +56,9 @@ async def test_a_round_trains_registers_gates_and_records(worker, model_path: Pa
     assert version.sha256 == adapter_sha256(version.path) and version.parent is None
     gate = version.metrics["gate"]
     assert gate and version.metrics["training"]["steps"] == 1 and version.metrics["reason"]
+    # Whichever way it went, the decision is the one its own numbers call for.
+    assert gate["heldout"] > 0 and gate["samples"] == 2 and gate["temperature"] == 1.0
+    assert outcome.promoted == (gate["p_value"] < gate["alpha"] and gate["first_attempt_drop"] <= gate["tolerance"])
 
     async with worker.sessions() as session:
         round_row = await session.scalar(select(TrainingRound))

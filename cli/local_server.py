@@ -28,7 +28,7 @@ def local_server(log_path: Path, startup_timeout_s: float = 900) -> Iterator[str
     port = _free_port()
     env = {**os.environ, "R3_HOST": "127.0.0.1", "R3_PORT": str(port)}
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], env=env, stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

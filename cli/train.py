@@ -1,0 +1,154 @@
+"""`r3 train`: the trainer worker, a progress bar over each round's GRPO steps, and the round's report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from cli.console import console
+from r3.settings import get_settings
+
+# trainer.grpo's SkipStepsWithoutSignal logs here: `grpo_round_steps` on a round's first record, `grpo_step` on each step's.
+GRPO_LOGGER = "trainer.grpo"
+
+
+def train(once: bool = typer.Option(False, "--once", help="Run one round now and exit."),
+          as_json: bool = typer.Option(False, "--json", help="With --once: print the round's whole report as "
+                                       "JSON (it is also kept in the database: GET /admin/train)."),
+          verbose: bool = typer.Option(False, "--verbose", help="Log the libraries' messages too.")) -> None:
+    """Run the trainer: GRPO rounds on recorded failures, gated, promoted or rejected."""
+    _log_quietly(verbose)
+    # After _log_quietly (TRL warns as it is imported), and here: the trainer loads torch and TRL.
+    from trainer.worker import run_trainer
+
+    # The bar goes to a person at a terminal: not into --json's output, a log file, or each of the
+    # processes `accelerate launch` started (only the first, RANK 0, draws it).
+    bar = None if as_json or not console.is_terminal or os.environ.get("RANK", "0") != "0" else RoundProgress(console)
+    grpo_log = logging.getLogger(GRPO_LOGGER)
+    if bar is not None:
+        grpo_log.addHandler(bar)
+    try:
+        # Alone, or as one of the processes `accelerate launch` started (the main one leads, the others train with it).
+        outcome = run_trainer(get_settings(), once=once)
+    finally:
+        if bar is not None:
+            grpo_log.removeHandler(bar)
+            bar.close()
+    if outcome is None:
+        return
+    if as_json:
+        print(json.dumps(outcome.report, default=str))
+    else:
+        console.print(round_summary(outcome.report))
+
+
+class RoundProgress(logging.Handler):
+    """A progress bar over a GRPO round's steps, drawn from `trainer.grpo`'s log records.
+
+    A round's first record (`grpo_round_steps`: the planned steps) starts it; each step's record
+    (`grpo_step`: a `trainer.grpo.StepLog`) advances it and shows that step's mean reward. The bar
+    is removed after the round's last step, when the next round starts, or when the handler closes.
+    """
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            planned = getattr(record, "grpo_round_steps", None)
+            step = getattr(record, "grpo_step", None)
+            if planned is not None:
+                self._start(int(planned))
+            elif step is not None and self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=step.step,
+                                     description=f"GRPO round · reward {step.reward_mean:.2f}")
+                if self.progress.finished:
+                    self._stop()
+        except Exception:  # noqa: BLE001 - logging's contract: a display must not break the training round
+            self.handleError(record)
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+    def _start(self, planned: int) -> None:
+        self._stop()  # a round that ended early (an error) leaves its bar behind
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = self.progress.add_task("GRPO round", total=planned)
+        self.progress.start()
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.task = None, None
+
+
+def _log_quietly(verbose: bool) -> None:
+    """R3's own messages at INFO; the libraries' (Alembic's set-up lines, TRL's and vLLM's notices)
+    only at WARNING, unless `verbose`."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    for ours in ("r3", "trainer", "server"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    if not verbose:
+        # TRL warns about the installed vLLM's version at import, and vLLM about its Triton backend:
+        # true, but nothing a trainer on this machine can act on.
+        logging.captureWarnings(True)
+        for noisy in ("py.warnings", "vllm"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is at each record, not as it was at the start: while the progress
+    bar is drawn, rich stands in for stderr and prints each line above the bar."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream) -> None:
+        pass
+
+
+def round_summary(report: dict) -> Table:
+    """A training round's report (`trainer.worker`'s summary) as a table a person reads."""
+    table = Table(title="training round", show_header=False, title_justify="left")
+    table.add_row("failures", f"{report.get('train', 0)} to train on, {report.get('heldout', 0)} held out, "
+                              f"{report.get('regression', 0)} first-attempt successes for the regression check")
+    if "skipped" in report:
+        table.add_row("skipped", str(report["skipped"]))
+        return table
+    training = report.get("training") or {}
+    rewards = ", ".join(f"{r:.2f}" for r in training.get("reward_mean", []))
+    table.add_row("training", f"{training.get('steps', 0)} steps ({training.get('seconds_per_step', 0):.1f} s each); "
+                              f"reward per step: {rewards or '-'}")
+    groups, skipped = training.get("groups", 0), training.get("skipped_groups", 0)
+    table.add_row("groups", f"{groups - skipped} of {groups} carried signal (the rest had equal rewards)")
+    gate = report.get("gate") or {}
+    if gate:
+        table.add_row("gate", f"held-out second attempts: candidate {gate.get('candidate_second_attempt', 0):.2f} vs "
+                              f"active {gate.get('active_second_attempt', 0):.2f} (p = {gate.get('p_value', 1):.3g})")
+    verdict = "[green]promoted[/green]" if report.get("promoted") else "[yellow]rejected[/yellow]"
+    table.add_row("decision", f"{report.get('candidate')}: {verdict} ({report.get('reason', '')})")
+    return table

@@ -1,0 +1,148 @@
+"""Wire schemas of R3's own API: `/admin/*`, `/health`, and the response docs of the OpenAI routes.
+
+Apart from `server.protocol` (OpenAI's wire format) and from the routes' logic, as vLLM keeps its
+entrypoints' protocol apart. The admin routes build plain dicts (the dashboard reads them too) and
+declare these as `response_model`, which checks and writes them: a field's name, nesting and nulls
+are those of the dicts. A time is written as Python's `isoformat()` (`+00:00`, as FastAPI's encoder
+writes it), not pydantic's `Z`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from server.protocol import ChatCompletion, Completion, FeedbackReceipt, omitted
+
+Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
+                      WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str  # the served base model's id
+
+
+# ---------------------------------------------------------------- adapter versions
+
+
+class LiveStats(BaseModel):
+    """A version's live numbers. A version no request was served with has only `requests` (0) and
+    the three rates (null); the counts are there once it has served one."""
+
+    version: str | None = omitted()  # "base" or the adapter's name
+    requests: int
+    judged: int | None = omitted()  # episodes with a verdict on their first attempt
+    first_successes: int | None = omitted()
+    reflected: int | None = omitted()  # episodes that went to a second attempt
+    rescued: int | None = omitted()  # of those, the ones whose final attempt passed
+    successes: int | None = omitted()  # episodes whose final verdict is a pass
+    first_attempt_success: float | None
+    second_attempt_success: float | None
+    success: float | None
+
+
+class AdapterVersionOut(BaseModel):
+    name: str
+    status: str
+    parent: str | None  # null: trained from the base model
+    created_at: Timestamp
+    promoted_at: Timestamp | None
+    sha256: str
+    gate: dict[str, Any] | None  # the promotion gate's numbers
+    training: dict[str, Any] | None  # the training round's summary
+    episodes_used: int
+    live: LiveStats
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    active: str | None  # the version this server serves; null: the base model
+    data: list[AdapterVersionOut]
+    base: LiveStats
+
+
+class Activation(BaseModel):
+    active: str  # the version now active in the registry ("base": none)
+    serving: str  # what this server serves
+    refused: str | None  # why this server cannot serve the active version; null when it can
+
+
+# ---------------------------------------------------------------- training rounds
+
+
+class TrainingRequested(BaseModel):
+    round: int
+    status: str
+    new: bool  # false: a round was already requested or running, and this is that one
+
+
+class TrainingRoundOut(BaseModel):
+    round: int
+    status: str  # requested | running | finished | failed
+    requested_by: str  # "schedule" or "admin"
+    requested_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    candidate: str | None
+    promoted: bool | None
+    report: dict[str, Any] | None
+    error: str | None
+
+
+class TrainingState(BaseModel):
+    current: TrainingRoundOut | None  # the round requested or running, if any
+    last: TrainingRoundOut | None  # the last one finished or failed, if any
+    rounds: list[TrainingRoundOut]  # the latest first
+
+
+# ---------------------------------------------------------------- live numbers and the audit log
+
+
+class EpisodeLogState(BaseModel):
+    backlog: int  # episodes recorded but not yet in the database
+    rejected: int  # episodes the database refused since the start (in the journal's rejected.jsonl)
+
+
+class StatsReport(BaseModel):
+    window_s: float
+    active: str
+    versions: dict[str, LiveStats]
+    refused_versions: dict[str, str]  # version -> why this server cannot serve it
+    episode_log: EpisodeLogState
+
+
+class AdminActionOut(BaseModel):
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    at: Timestamp
+    actor: str
+    action: str
+    from_version: str | None = Field(alias="from")
+    to: str | None
+    reason: str | None
+
+
+class AdminActionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdminActionOut]  # the latest first
+
+
+# ---------------------------------------------------------------- the OpenAI routes' answers
+
+_EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "server-sent events, each "
+                                                  "`data: <chunk>`, then `data: [DONE]`"}}}
+
+# `responses=` of the routes whose answer is a stream or one of two objects (their `response_model` is
+# None, so that their answer is written as built).
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletion, "description": "The completion; with `stream: true`, its chunks as "
+                                                  "server-sent events", "content": _EVENT_STREAM}}
+COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Completion, "description": "The completion; with `stream: true`, its chunks as server-sent "
+                                              "events", "content": _EVENT_STREAM}}
+FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": FeedbackReceipt | ChatCompletion,
+          "description": "The receipt; with `retry: true`, the retry's completion"}}

@@ -1,0 +1,198 @@
+"""`r3.store.rounds` (training rounds, the trainer's queries) on SQLite and Postgres, and the stream's
+consumer (`r3.store.stream`) on a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from store_support import PrivateRedis, run_in_thread
+from support import free_port
+
+from r3.episodes import AttemptRecord, Episode
+from r3.store import database
+from r3.store.models import EpisodeRow
+from r3.store.rounds import HELD_OUT, RoundStatus, TrainingRounds
+from r3.store.sql import SqlEpisodeStore
+from r3.store.stream import NoEpisodeStream, RedisEpisodeConsumer, RedisEpisodeStream
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def rounds(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[TrainingRounds]:
+    url = request.getfixturevalue("fresh_pg_url") if request.param == "postgres" \
+        else f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
+    run_in_thread(database.migrate, url)
+    engine = database.create_engine(url)
+    yield TrainingRounds(database.sessions(engine))
+    await engine.dispose()
+
+
+def episode(name: str, age_s: float, first: bool, verifier: bool = True, store_text: bool = True) -> Episode:
+    """An episode `age_s` seconds older than the newest, whose first attempt passed or failed."""
+    attempt = AttemptRecord(number=1, completion_id=f"{name}-1", finish_reason="stop", prompt_tokens=1,
+                            completion_tokens=1, latency_s=0.1, content="an answer" if store_text else None,
+                            success=first)
+    return Episode(id=name, tenant=None, model="m", adapter=None, task_kind="generic",
+                   verifier={"type": "exact", "expected": "x"} if verifier else None, store_text=store_text,
+                   messages=[{"role": "user", "content": name}] if store_text else None, tools=None,
+                   tool_choice=None, attempts=[attempt], created_at=START - age_s, revision=1)
+
+
+# ---------------------------------------------------------------------------------------------- rounds
+
+
+async def test_asking_twice_answers_the_pending_round_until_it_is_decided(rounds: TrainingRounds) -> None:
+    asked, new = await rounds.request("admin")
+    assert new and (asked.status, asked.requested_by, asked.started_at) == (RoundStatus.REQUESTED, "admin", None)
+    again, new = await rounds.request("admin")
+    assert not new and again.id == asked.id
+    assert await rounds.requested()
+
+    # The trainer starts the requested round, whatever made it look (here: enough failures).
+    assert await rounds.start("failures") == asked.id
+    assert not await rounds.requested()
+    running, new = await rounds.request("admin")
+    assert not new and (running.id, running.status, running.requested_by) == (asked.id, RoundStatus.RUNNING, "admin")
+    assert running.started_at is not None
+
+    report = {"train": 3, "heldout": 2, "gate": {"p_value": 0.5}}
+    await rounds.finish(asked.id, report, candidate="r3-v1", promoted=False)
+    (finished,) = await rounds.recent(5)
+    assert (finished.status, finished.candidate, finished.promoted, finished.report, finished.error) == (
+        RoundStatus.FINISHED, "r3-v1", False, report, None)
+    assert finished.finished_at >= finished.started_at >= finished.requested_at
+
+    later, new = await rounds.request("admin")
+    assert new and later.id != asked.id
+
+
+async def test_a_round_nobody_asked_for_starts_running_and_a_failure_keeps_its_error(rounds: TrainingRounds) -> None:
+    round_id = await rounds.start("interval")
+    (running,) = await rounds.recent(5)
+    assert (running.id, running.status, running.requested_by) == (round_id, RoundStatus.RUNNING, "interval")
+
+    await rounds.fail(round_id, "out of memory")
+    (failed,) = await rounds.recent(5)
+    assert (failed.status, failed.error, failed.report, failed.candidate, failed.promoted) == (
+        RoundStatus.FAILED, "out of memory", {}, None, None)
+    with pytest.raises(LookupError):
+        await rounds.finish(round_id + 1, {})
+
+
+async def test_rounds_a_dead_worker_left_running_are_failed_and_counted(rounds: TrainingRounds) -> None:
+    finished = await rounds.start("cli")
+    await rounds.finish(finished, {"skipped": "too few failures"})
+    abandoned = await rounds.start("failures")
+    assert (await rounds.request("admin"))[0].id == abandoned  # running: no other round is queued
+
+    assert await rounds.fail_abandoned("the worker stopped") == 1
+    waiting, new = await rounds.request("admin")
+    assert new
+    assert [(r.id, r.status) for r in await rounds.recent(10)] == [
+        (waiting.id, RoundStatus.REQUESTED), (abandoned, RoundStatus.FAILED), (finished, RoundStatus.FINISHED)]
+    assert (await rounds.recent(10))[1].error == "the worker stopped"
+    assert [r.id for r in await rounds.recent(2)] == [waiting.id, abandoned]
+    assert await rounds.count_by_status() == {RoundStatus.REQUESTED: 1, RoundStatus.RUNNING: 0,
+                                              RoundStatus.FINISHED: 1, RoundStatus.FAILED: 1}
+    assert await rounds.fail_abandoned("again") == 0
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+
+
+async def test_the_trainers_queries_and_marking_what_a_round_used(rounds: TrainingRounds) -> None:
+    await SqlEpisodeStore(rounds.sessions).write([
+        episode("f-new", 0, first=False), episode("f-mid", 10, first=False), episode("f-old", 20, first=False),
+        episode("f-no-verifier", 5, first=False, verifier=False),
+        episode("f-no-text", 5, first=False, store_text=False),
+        episode("p-new", 1, first=True), episode("p-old", 30, first=True),
+        episode("unjudged", 2, first=None),
+    ])
+    assert await rounds.count_untrained_failures() == 3
+    assert [e.id for e in await rounds.untrained_failures(10)] == ["f-new", "f-mid", "f-old"]  # newest first
+    assert [e.id for e in await rounds.untrained_failures(2)] == ["f-new", "f-mid"]
+    assert [e.id for e in await rounds.first_attempt_passes(10)] == ["p-new", "p-old"]
+    assert [e.id for e in await rounds.first_attempt_passes(1)] == ["p-new"]
+    (full,) = await rounds.untrained_failures(1)
+    assert full.messages == [{"role": "user", "content": "f-new"}] and full.attempts[0].success is False
+
+    await rounds.mark_used("r3-v1", trained=["f-new"], held_out=["f-old", "no-such-episode"])
+    assert [e.id for e in await rounds.untrained_failures(10)] == ["f-mid"]
+    assert await rounds.count_untrained_failures() == 1
+    # The gate's held-out set is drawn from every failure, used or not.
+    assert [e.id for e in await rounds.failures(10)] == ["f-new", "f-mid", "f-old"]
+    async with rounds.sessions() as session:
+        used = dict((await session.execute(select(EpisodeRow.id, EpisodeRow.trained_in))).all())
+    assert {k: v for k, v in used.items() if v} == {"f-new": "r3-v1", "f-old": HELD_OUT}
+
+    await rounds.mark_used("r3-v2", trained=[], held_out=[])  # a round that used nothing changes nothing
+    assert await rounds.count_untrained_failures() == 1
+
+
+# ---------------------------------------------------------------------------------------------- the stream
+
+
+@pytest.fixture(scope="module")
+def redis_server(private_redis: PrivateRedis) -> PrivateRedis:
+    return private_redis
+
+
+async def test_the_consumer_reads_acknowledges_and_claims_what_the_producer_announced(
+        redis_server: PrivateRedis) -> None:
+    key = f"r3:test-rounds:{uuid.uuid4().hex}"
+    producer = RedisEpisodeStream(redis_server.url, key=key)
+    first = RedisEpisodeConsumer(redis_server.url, "first", key=key)
+    second = RedisEpisodeConsumer(redis_server.url, "second", key=key)
+    try:
+        assert await first.read(0) == 0  # before anything was announced: the group is made, nothing read
+        ids = [uuid.uuid4().hex for _ in range(3)]
+        await producer.announce(ids)
+        await producer.announce(ids[:1])  # announced again: still once on the stream
+        assert await first.read(0.05) == 3 and len(first.received) == 3
+        assert await first.read(0) == 0
+
+        await first.acknowledge(first.received[:2])
+        assert len(first.received) == 1
+        with redis_server.client() as client:
+            assert client.xpending(key, "trainer")["pending"] == 1
+
+        # `first` died holding one entry: `second` takes it over.
+        await second.claim_abandoned(0)
+        assert second.received == first.received
+        await second.acknowledge(second.received)
+        assert second.received == []
+        with redis_server.client() as client:
+            assert client.xpending(key, "trainer")["pending"] == 0
+            client.delete(key)  # Redis came back empty: the consumer makes the group again
+        assert await second.read(0) == 0
+        await producer.announce([uuid.uuid4().hex])
+        assert await second.read(0) == 1
+    finally:
+        for side in (producer, first, second):
+            await side.close()
+
+
+async def test_the_consumer_survives_a_redis_that_is_down() -> None:
+    consumer = RedisEpisodeConsumer(f"redis://127.0.0.1:{free_port()}/0", "lonely")
+    try:
+        assert await consumer.read(0.01) == 0  # logged; the caller polls the database
+        await consumer.claim_abandoned(0)
+        consumer.received.append(b"1-0")
+        await consumer.acknowledge([b"1-0"])  # not acknowledged: kept, to be claimed again
+        assert consumer.received == [b"1-0"]
+    finally:
+        await consumer.close()
+
+
+async def test_without_redis_there_is_no_stream_to_read() -> None:
+    stream = NoEpisodeStream()
+    await stream.announce(["an-episode"])
+    assert await stream.read(0.01) == 0 and stream.received == []
+    await stream.claim_abandoned(0)
+    await stream.acknowledge([])
+    await stream.close()

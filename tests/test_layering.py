@@ -1,0 +1,129 @@
+"""DESIGN.md's layering rule, checked on the source (ast, nothing imported).
+
+The kernel (`r3`) imports neither the server, the trainer, the benchmarks nor the command line;
+server and trainer never import each other; verifiers import nothing of ours. Only the composition
+root (`cli`) imports everything. Nor may a layer reach past the rule by name: an import by string
+(`importlib.import_module("trainer.worker")`, `__import__`, uvicorn's "server.app:create_app").
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SKIPPED = {".venv", ".git", "build", "dist", "node_modules", "__pycache__"}
+
+# Package → the packages of ours it may import (itself always). Everything else of ours is off limits.
+MAY_IMPORT = {
+    "r3": {"verifiers", "migrations"},  # migrations: the store runs Alembic's
+    "verifiers": set(),
+    "server": {"r3", "verifiers"},
+    "trainer": {"r3", "verifiers"},
+}
+# Packages that the layers above must not reach by name either.
+UPPER = {"server", "trainer", "bench", "cli"}
+IMPORTERS = {"import_module", "__import__", "find_spec", "run_module"}
+
+
+def our_packages() -> set[str]:
+    return {path.parent.name for path in REPO.glob("*/__init__.py")}
+
+
+def python_files(under: Path) -> Iterator[Path]:
+    for path in sorted(under.rglob("*.py")):
+        if not SKIPPED & set(path.relative_to(REPO).parts):
+            yield path
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """(line, top-level package) of every absolute import, at the top or inside a function."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module.split(".")[0]
+
+
+def imports_by_name(tree: ast.Module) -> Iterator[tuple[int, ast.expr | None]]:
+    """(line, first argument) of every call of importlib.import_module, __import__ and the like."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
+            if name in IMPORTERS:
+                yield node.lineno, node.args[0] if node.args else None
+
+
+def test_the_packages_in_the_rule_exist() -> None:
+    assert set(MAY_IMPORT) | {"cli", "bench"} <= our_packages()
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_a_layer_imports_only_what_the_layout_allows(package: str) -> None:
+    forbidden = our_packages() - MAY_IMPORT[package] - {package}
+    assert UPPER - {package} <= forbidden
+    found = [f"{path.relative_to(REPO)}:{line} imports {name}"
+             for path in python_files(REPO / package) for line, name in imported(parse(path)) if name in forbidden]
+    assert found == []
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_a_layer_does_not_import_by_name_or_by_import_string(package: str) -> None:
+    """A name the rule could not check (a variable) is refused too; so is a "module:attribute" string
+    naming a package above (uvicorn and others import those)."""
+    upper = "|".join(sorted(UPPER - {package}))
+    import_string = re.compile(rf"({upper})(\.\w+)*:\w+")
+    found = []
+    for path in python_files(REPO / package):
+        tree = parse(path)
+        where = path.relative_to(REPO)
+        found += [f"{where}:{line} imports by a name computed at run time"
+                  for line, argument in imports_by_name(tree) if not isinstance(argument, ast.Constant)]
+        found += [f"{where}:{node.lineno} names {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and import_string.fullmatch(node.value)]
+    assert found == []
+
+
+def test_nothing_imports_the_upper_packages_by_name() -> None:
+    """`importlib.import_module("trainer.worker")` is how the old `r3/cli.py` dodged the rule; the
+    command line (`cli`) may import everything with plain imports, so nobody needs it."""
+    found = []
+    for path in python_files(REPO):
+        for line, argument in imports_by_name(parse(path)):
+            if isinstance(argument, ast.Constant) and str(argument.value).split(".")[0] in UPPER:
+                found.append(f"{path.relative_to(REPO)}:{line} imports {argument.value!r} by name")
+    assert found == []
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    tree = ast.parse("import trainer.worker\ndef f():\n    from cli.main import app\n"
+                     "    importlib.import_module('server.app')\n    __import__(name)\n")
+    assert [name for _, name in imported(tree)] == ["trainer", "cli"]
+    arguments = [argument for _, argument in imports_by_name(tree)]
+    assert arguments[0].value == "server.app" and isinstance(arguments[1], ast.Name)
+
+
+# The store (r3/store) is the server's and the trainer's only way to the database and to Redis, so
+# neither imports the clients (nor the drivers under them).
+STORE_CLIENTS = {"sqlalchemy", "redis", "alembic", "asyncpg", "aiosqlite", "sqlite3", "psycopg", "psycopg2"}
+
+
+def store_client_imports(package: str) -> set[tuple[str, str]]:
+    return {(path.relative_to(REPO).as_posix(), name)
+            for path in python_files(REPO / package) for _, name in imported(parse(path)) if name in STORE_CLIENTS}
+
+
+def test_server_and_trainer_reach_the_database_and_redis_only_through_the_store() -> None:
+    found = store_client_imports("server") | store_client_imports("trainer")
+    assert found == set(), "import the store (r3.store), not its clients"
