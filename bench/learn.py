@@ -114,7 +114,7 @@ class Config:
 # (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 8 steps of
 # 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). 64 training
 # requests give ~32 failures, half held out for the gate, which samples 8 reflections on each per
-# adapter (R3_GATE_SAMPLES); the greedy first answers that are a number make its regression set.
+# adapter (R3_GATE_SAMPLES); greedy first answers that take up the question make its regression set.
 # Held-out and live requests are sampled at the trainer's temperature, 1.0, 16 at a time.
 PLANTED = Config(
     minutes=20.0, heldout=64, batch=64, answer_max_tokens=planted.ANSWER_MAX_TOKENS,

@@ -31,7 +31,14 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 from r3.engines.base import Engine, EngineError
-from r3.store.registry import AdapterRegistry, Version, adapter_events, adapter_sha256
+from r3.store.registry import (
+    AdapterRegistry,
+    Version,
+    adapter_events,
+    adapter_sha256,
+    model_name,
+    version_of,
+)
 from server.errors import UnknownModel
 
 log = logging.getLogger(__name__)
@@ -74,9 +81,8 @@ class AdapterManager:
             return None
         if model in self.static_adapters:
             return model
-        name = model.replace("r3@", "r3-", 1) if model.startswith("r3@") else model
-        if name.startswith("r3-v"):
-            return name
+        if (version := version_of(model)) is not None:
+            return version
         raise UnknownModel(model)
 
     @asynccontextmanager
@@ -107,7 +113,7 @@ class AdapterManager:
 
     def served_models(self) -> list[str]:
         """Loaded registry versions, as clients may name them."""
-        return [name.replace("r3-", "r3@", 1) for name in self.engine.adapters() if name.startswith("r3-v")]
+        return [model_name(name) for name in self.engine.adapters() if version_of(name) is not None]
 
     # ------------------------------------------------------------------ swapping
 

@@ -1,9 +1,8 @@
 """Wire schemas of R3's own API: `/admin/*`, `/health`, and the response docs of the OpenAI routes.
 
 Apart from `server.protocol` (OpenAI's wire format) and from the routes' logic, as vLLM keeps its
-entrypoints' protocol apart. The admin routes build plain dicts (the dashboard reads them too) and
-declare these as `response_model`, which checks and writes them: a field's name, nesting and nulls
-are those of the dicts. A time is written as Python's `isoformat()` (`+00:00`, as FastAPI's encoder
+entrypoints' protocol apart. The admin routes declare these as `response_model`, which checks and
+writes them (`server.admin_service` returns them, to the routes and the dashboard alike). A time is written as Python's `isoformat()` (`+00:00`, as FastAPI's encoder
 writes it), not pydantic's `Z`.
 """
 

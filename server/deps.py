@@ -24,6 +24,7 @@ from r3.store.episode_log import EpisodeLog
 from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
 from server.adapters import AdapterManager
+from server.admin_service import AdminService
 from server.auth import tenant
 from server.metrics import Metrics
 
@@ -65,6 +66,11 @@ def get_services(request: Request) -> Services:
                     store=get_store(request), adapters=get_adapters(request), reflector=get_reflector(request))
 
 
+def get_admin(request: Request) -> AdminService:
+    """The admin's operations (activation, rollback, training rounds, the audit log), over this app's services."""
+    return AdminService(registry=get_registry(request), adapters=get_adapters(request), metrics=get_metrics(request))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -75,5 +81,6 @@ AdaptersDep = Annotated[AdapterManager, Depends(get_adapters)]
 ReflectorDep = Annotated[Reflector, Depends(get_reflector)]
 StartedDep = Annotated[int, Depends(get_started)]
 ServicesDep = Annotated[Services, Depends(get_services)]
+AdminDep = Annotated[AdminService, Depends(get_admin)]
 # The calling tenant (None in open mode); a 401 without a valid key, before the body is read.
 TenantDep = Annotated[str | None, Depends(tenant)]

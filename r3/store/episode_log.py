@@ -100,7 +100,7 @@ class EpisodeLog:
         return await self.store.by_completion_id(completion_id, tenant)
 
     async def save(self, episode: Episode) -> None:
-        """`EpisodeStore.save`: the server records through the log."""
+        """Record `episode` (new, or a later version of one): the server records through the log."""
         self.record(episode)
 
     @property

@@ -2,8 +2,9 @@
 
 Pages (GET) need a session; actions (POST) need a session and its CSRF token (see `session`).
 The numbers come from the same places as the admin API's: the registry and live stats of
-`r3.store`, the admin routes' own functions for activation, rollback and training rounds (so a
-click does exactly what the API call does), and `r3.store.timeline` for the plots. After an action
+`r3.store`, the admin API's own service (`server.admin_service`, as the typed dependency `AdminDep`)
+for activation, rollback, training rounds and the audit log (so a click does exactly what the API
+call does), and `r3.store.timeline` for the plots. After an action
 the browser is redirected (POST, redirect, GET) with a one-shot notice in a cookie.
 """
 
@@ -23,12 +24,13 @@ from r3.reflection import REFLECTION_TEMPLATES
 from r3.store.live_stats import version_stats
 from r3.store.sql import EpisodeFilter
 from r3.store.timeline import timeline
+from server.admin_protocol import Activation
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
+from server.deps import AdminDep
 from server.errors import APIError, clipped
-from server.routes import admin
-from server.routes.episodes import _decode_cursor, _encode_cursor
+from server.routes.episodes import decode_cursor, encode_cursor
 
 router = APIRouter(prefix=session.PATH, include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -108,7 +110,7 @@ async def logout(request: Request, _: FormData = Depends(session.checked_form)) 
 
 
 @router.get("", dependencies=[Depends(session.required)])
-async def overview(request: Request, window: str = Query(charts.DEFAULT_WINDOW)) -> HTMLResponse:
+async def overview(request: Request, service: AdminDep, window: str = Query(charts.DEFAULT_WINDOW)) -> HTMLResponse:
     span = charts.WINDOWS.get(window, charts.WINDOWS[charts.DEFAULT_WINDOW])
     since = span.start(datetime.now(UTC))
     state = request.app.state
@@ -120,41 +122,43 @@ async def overview(request: Request, window: str = Query(charts.DEFAULT_WINDOW))
                                key=lambda s: s.version),
                  active=recorded.name if recorded else "base", serving=state.adapters.active or "base",
                  backlog=state.store.backlog, rejected=state.store.rejected,
-                 trainer=await admin.training_state(request, limit=5))
+                 trainer=await service.training_state(limit=5))
 
 
 # ------------------------------------------------------------------ versions
 
 
 @router.get("/versions", dependencies=[Depends(session.required)])
-async def versions(request: Request) -> HTMLResponse:
+async def versions(request: Request, service: AdminDep) -> HTMLResponse:
     registry = request.app.state.registry
     recorded = await registry.active()
     rows = lineage(await registry.versions(), await version_stats(registry.sessions))
     return _page(request, "versions.html", rows=rows, active=recorded,
                  serving=request.app.state.adapters.active or "base", refused=request.app.state.adapters.refused,
-                 actions=(await admin.admin_actions(request, limit=ACTIONS_SHOWN))["data"])
+                 actions=(await service.actions(ACTIONS_SHOWN)).data)
 
 
-def _served(done: dict[str, Any]) -> str:
-    """What an activation's answer (admin's `_activate`) says, as a sentence."""
-    said = f"{done['active']} is active, this server serves {done['serving']}."
-    return f"{said} It cannot serve {done['active']}: {done['refused']}" if done.get("refused") else said
+def _served(done: Activation) -> str:
+    """What an activation's answer says, as a sentence."""
+    said = f"{done.active} is active, this server serves {done.serving}."
+    return f"{said} It cannot serve {done.active}: {done.refused}" if done.refused else said
 
 
 @router.post("/versions/rollback")
-async def rollback(request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def rollback(request: Request, service: AdminDep,
+                   _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     try:
-        done = await admin.rollback(request)
+        done = await service.rollback()
     except APIError as error:
         return _back(request, "/versions", f"Rollback refused: {error.message}")
     return _back(request, "/versions", f"Rolled back: {_served(done)}")
 
 
 @router.post("/versions/{name}/activate")
-async def activate(name: str, request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def activate(name: str, request: Request, service: AdminDep,
+                   _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     try:
-        done = await admin._activate(request, None if name == "base" else name, reason="activated from the dashboard")
+        done = await service.activate(None if name == "base" else name, reason="activated from the dashboard")
     except APIError as error:
         return _back(request, "/versions", f"Activation refused: {error.message}")
     return _back(request, "/versions", _served(done))
@@ -164,19 +168,19 @@ async def activate(name: str, request: Request, _: FormData = Depends(session.ch
 
 
 @router.get("/training", dependencies=[Depends(session.required)])
-async def training(request: Request) -> HTMLResponse:
-    state = await admin.training_state(request, limit=ROUNDS_SHOWN)
-    rounds = [{**r, "chart": charts.round_chart((r["report"] or {}).get("training") or {})} for r in state["rounds"]]
-    return _page(request, "training.html", rounds=rounds, current=state["current"])
+async def training(request: Request, service: AdminDep) -> HTMLResponse:
+    state = await service.training_state(limit=ROUNDS_SHOWN)
+    round_charts = {r.round: charts.round_chart((r.report or {}).get("training") or {}) for r in state.rounds}
+    return _page(request, "training.html", rounds=state.rounds, round_charts=round_charts, current=state.current)
 
 
 @router.post("/training")
-async def start_round(request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
-    asked = await admin.request_training(request)
-    if not asked["new"]:
-        return _back(request, "/training", f"Round {asked['round']} is already {asked['status']}; no other was "
-                                           "requested.")
-    return _back(request, "/training", f"Round {asked['round']} requested; the trainer starts it on its next check.")
+async def start_round(request: Request, service: AdminDep,
+                      _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+    asked = await service.request_training()
+    if not asked.new:
+        return _back(request, "/training", f"Round {asked.round} is already {asked.status}; no other was requested.")
+    return _back(request, "/training", f"Round {asked.round} requested; the trainer starts it on its next check.")
 
 
 # ------------------------------------------------------------------ episodes
@@ -201,7 +205,7 @@ async def episodes(request: Request, outcome: str = "", version: str = "", task_
     cursor = None
     if after:
         try:
-            cursor = _decode_cursor(after)
+            cursor = decode_cursor(after)
         except APIError:
             errors.append("after: not a page of this list (the first page is shown)")
     where = EpisodeFilter(since=_moment(since, errors, "since"), until=_moment(until, errors, "until"),
@@ -210,7 +214,7 @@ async def episodes(request: Request, outcome: str = "", version: str = "", task_
     page = await request.app.state.episodes.list(where, EPISODES_PER_PAGE, cursor)
     filters = {"outcome": outcome, "version": version, "task_kind": task_kind, "tenant": tenant, "since": since,
                "until": until}
-    next_cursor = _encode_cursor(page[-1]) if len(page) == EPISODES_PER_PAGE else None
+    next_cursor = encode_cursor(page[-1]) if len(page) == EPISODES_PER_PAGE else None
     return _page(request, "episodes.html", episodes=page, filters=filters, errors=errors, next_cursor=next_cursor,
                  versions=["base", *(v.name for v in await request.app.state.registry.versions())],
                  task_kinds=sorted(REFLECTION_TEMPLATES))

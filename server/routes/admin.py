@@ -1,4 +1,7 @@
-"""`/admin/*`: adapter versions, activation and rollback, training rounds, live numbers, the audit log."""
+"""`/admin/*`: adapter versions, activation and rollback, training rounds, live numbers, the audit log.
+
+Activation, rollback, training rounds and the audit log are `server.admin_service.AdminService`'s,
+which the dashboard calls too; these routes hand it the request's arguments."""
 
 from __future__ import annotations
 
@@ -6,11 +9,10 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from r3.store.live_stats import VersionStats, version_stats
 from r3.store.registry import Version
-from r3.store.rounds import TrainingRounds
 from server.admin_protocol import (
     Activation,
     AdapterList,
@@ -20,8 +22,7 @@ from server.admin_protocol import (
     TrainingState,
 )
 from server.auth import CheckedRoute, admin
-from server.deps import AdaptersDep, RegistryDep, StoreDep, get_adapters, get_metrics, get_registry
-from server.errors import APIError, shown
+from server.deps import AdaptersDep, AdminDep, RegistryDep, StoreDep
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
 
@@ -50,59 +51,31 @@ async def list_adapters(registry: RegistryDep, adapters: AdaptersDep) -> dict[st
             "base": _stats_out(live.get("base"))}
 
 
-# The routes the dashboard calls as functions too take the request and read the services from it.
-
-
 @router.post("/adapters/rollback", response_model=Activation)
-async def rollback(request: Request) -> dict[str, Any]:
+async def rollback(service: AdminDep) -> Activation:
     """Back to the active version's parent (the base model when it has none)."""
-    registry = get_registry(request)
-    active = await registry.active()
-    if active is None:
-        raise APIError(409, "no adapter version is active: the base model is served", type="conflict_error")
-    return await _activate(request, active.parent, reason=f"rollback from {active.name}")
+    return await service.rollback()
 
 
 @router.post("/adapters/{name}/activate", response_model=Activation)
-async def activate(name: str, request: Request) -> dict[str, Any]:
+async def activate(name: str, service: AdminDep) -> Activation:
     """Make any recorded version active ("base" serves no adapter): rollback and roll-forward."""
-    return await _activate(request, None if name == "base" else name, reason="activated by an admin")
-
-
-async def _activate(request: Request, name: str | None, reason: str) -> dict[str, Any]:
-    registry, adapters = get_registry(request), get_adapters(request)
-    try:
-        await registry.activate(name, actor="admin", reason=reason)
-    except LookupError as error:
-        raise APIError(404, f"no complete adapter version named {shown(name)}", type="not_found_error",
-                       param="name") from error
-    await adapters.sync()  # this replica at once; the others on the event or their poll
-    get_metrics(request).swaps_requested.labels(actor="admin").inc()
-    # A version this server cannot serve (its files are damaged, or shaped for another model) stays
-    # active in the registry but is not served: say why.
-    return {"active": name or "base", "serving": adapters.active or "base", "refused": adapters.refused.get(name)}
+    return await service.activate(None if name == "base" else name, reason="activated by an admin")
 
 
 @router.post("/train", response_model=TrainingRequested)
-async def request_training(request: Request) -> dict[str, Any]:
+async def request_training(service: AdminDep) -> TrainingRequested:
     """Ask the trainer for a round now; it picks the request up on its next check.
 
     Answers `{"round", "status", "new"}`. While a round is already requested or running, asking
     again adds none: the answer is that round (`"new": false`), so repeated clicks or retried calls
     never queue rounds behind one another."""
-    asked, new = await TrainingRounds(get_registry(request).sessions).request("admin")  # GET /admin/train's current
-    return {"round": asked.id, "status": asked.status, "new": new}
+    return await service.request_training()  # GET /admin/train's current
 
 
 @router.get("/train", response_model=TrainingState)
-async def training_state(request: Request, limit: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
-    rows = await TrainingRounds(get_registry(request).sessions).recent(limit)
-    rounds = [{"round": r.id, "status": r.status, "requested_by": r.requested_by, "requested_at": r.requested_at,
-               "started_at": r.started_at, "finished_at": r.finished_at, "candidate": r.candidate,
-               "promoted": r.promoted, "report": r.report, "error": r.error} for r in rows]
-    current = next((r for r in rounds if r["status"] in ("requested", "running")), None)
-    last = next((r for r in rounds if r["status"] in ("finished", "failed")), None)
-    return {"current": current, "last": last, "rounds": rounds}
+async def training_state(service: AdminDep, limit: int = Query(5, ge=1, le=100)) -> TrainingState:
+    return await service.training_state(limit)
 
 
 @router.get("/stats", response_model=StatsReport)
@@ -120,7 +93,5 @@ async def live_stats(registry: RegistryDep, adapters: AdaptersDep, store: StoreD
 
 
 @router.get("/actions", response_model=AdminActionList)
-async def admin_actions(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-    actions = await get_registry(request).actions(limit)
-    return {"object": "list", "data": [{"at": a.at, "actor": a.actor, "action": a.action, "from": a.from_version,
-                                        "to": a.to_version, "reason": a.reason} for a in actions]}
+async def admin_actions(service: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> AdminActionList:
+    return await service.actions(limit)

@@ -56,17 +56,20 @@ async def list_episodes(
 ) -> EpisodePage:
     where = EpisodeFilter(since=since, until=until, outcome=outcome, task_kind=task_kind, tenant=tenant_id,
                           adapter=adapter)
-    episodes = await episodes_store.list(where, limit, _decode_cursor(after) if after else None)
-    cursor = _encode_cursor(episodes[-1]) if len(episodes) == limit else None
+    episodes = await episodes_store.list(where, limit, decode_cursor(after) if after else None)
+    cursor = encode_cursor(episodes[-1]) if len(episodes) == limit else None
     return EpisodePage(data=[episode_out(e) for e in episodes], next_cursor=cursor)
 
 
-def _encode_cursor(episode: Episode) -> str:
+def encode_cursor(episode: Episode) -> str:
+    """The `next_cursor` of a page that ends with `episode` (the admin API's and the dashboard's): opaque text
+    that `decode_cursor` reads back as the store's `after`."""
     created = datetime.fromtimestamp(episode.created_at, UTC).isoformat()
     return base64.urlsafe_b64encode(f"{created}|{episode.id}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor of `encode_cursor` names; a 400 `APIError` (param `after`) for other text."""
     try:
         created, episode_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(created), episode_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from r3.engines.base import Engine
+from r3.store.registry import version_of
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute
 from server.deps import AdaptersDep, EngineDep, StartedDep
@@ -39,6 +40,6 @@ def _cards(engine: Engine, adapters: AdapterManager, started: int) -> list[Model
              ModelCard(id="base", created=started, root=engine.model_id)]
     cards += [ModelCard(id=name, created=started, root=str(loaded[name]), parent=engine.model_id)
               for name in sorted(adapters.static_adapters)]
-    cards += [ModelCard(id=name, created=started, root=str(loaded[name.replace("r3@", "r3-", 1)]),
+    cards += [ModelCard(id=name, created=started, root=str(loaded[version_of(name)]),
                         parent=engine.model_id) for name in adapters.served_models()]
     return cards

@@ -1,0 +1,83 @@
+"""The admin's operations on adapter versions and training rounds, for the admin API and the dashboard.
+
+`/admin/*` and the dashboard's pages and buttons call the same `AdminService` (the typed dependency
+`server.deps.AdminDep`), so a click does exactly what the API call does, and both read the same
+answers: the response models of `server.admin_protocol`. A refusal is an `APIError` (404 for a
+version that does not exist, 409 for a rollback with nothing to roll back from): the API answers it
+as JSON, the dashboard shows its message.
+"""
+
+from __future__ import annotations
+
+from r3.store.registry import AdapterRegistry
+from r3.store.rounds import Round, TrainingRounds
+from server.adapters import AdapterManager
+from server.admin_protocol import (
+    Activation,
+    AdminActionList,
+    AdminActionOut,
+    TrainingRequested,
+    TrainingRoundOut,
+    TrainingState,
+)
+from server.errors import APIError, shown
+from server.metrics import Metrics
+
+ACTOR = "admin"  # who the registry's audit log and the swap counter say acted, from the API or the dashboard
+
+
+class AdminService:
+    def __init__(self, registry: AdapterRegistry, adapters: AdapterManager, metrics: Metrics) -> None:
+        self.registry = registry
+        self.adapters = adapters
+        self.metrics = metrics
+
+    # ------------------------------------------------------------ adapter versions
+
+    async def activate(self, name: str | None, reason: str) -> Activation:
+        """Make a recorded version active (None: the base model) and serve it on this replica at once."""
+        try:
+            await self.registry.activate(name, actor=ACTOR, reason=reason)
+        except LookupError as error:
+            raise APIError(404, f"no complete adapter version named {shown(name)}", type="not_found_error",
+                           param="name") from error
+        await self.adapters.sync()  # this replica at once; the others on the event or their poll
+        self.metrics.swaps_requested.labels(actor=ACTOR).inc()
+        # A version this server cannot serve (its files are damaged, or shaped for another model) stays
+        # active in the registry but is not served: say why.
+        return Activation(active=name or "base", serving=self.adapters.active or "base",
+                          refused=self.adapters.refused.get(name) if name is not None else None)
+
+    async def rollback(self) -> Activation:
+        """Back to the active version's parent (the base model when it has none); 409 when none is active."""
+        active = await self.registry.active()
+        if active is None:
+            raise APIError(409, "no adapter version is active: the base model is served", type="conflict_error")
+        return await self.activate(active.parent, reason=f"rollback from {active.name}")
+
+    async def actions(self, limit: int) -> AdminActionList:
+        """The audit log, the latest first."""
+        return AdminActionList(data=[
+            AdminActionOut(at=a.at, actor=a.actor, action=a.action, from_version=a.from_version, to=a.to_version,
+                           reason=a.reason)
+            for a in await self.registry.actions(limit)])
+
+    # ------------------------------------------------------------ training rounds
+
+    async def request_training(self) -> TrainingRequested:
+        """Ask the trainer for a round; while one is requested or running, that one (`new` false)."""
+        asked, new = await TrainingRounds(self.registry.sessions).request(ACTOR)
+        return TrainingRequested(round=asked.id, status=asked.status, new=new)
+
+    async def training_state(self, limit: int) -> TrainingState:
+        """The latest `limit` rounds, the one requested or running and the last one that ended."""
+        rounds = [_round_out(r) for r in await TrainingRounds(self.registry.sessions).recent(limit)]
+        return TrainingState(current=next((r for r in rounds if r.status in ("requested", "running")), None),
+                             last=next((r for r in rounds if r.status in ("finished", "failed")), None),
+                             rounds=rounds)
+
+
+def _round_out(r: Round) -> TrainingRoundOut:
+    return TrainingRoundOut(round=r.id, status=r.status, requested_by=r.requested_by, requested_at=r.requested_at,
+                            started_at=r.started_at, finished_at=r.finished_at, candidate=r.candidate,
+                            promoted=r.promoted, report=r.report, error=r.error)
