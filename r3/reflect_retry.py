@@ -63,7 +63,6 @@ class ChatTask:
     verifier: VerifierSpec | None = None
     max_retries: int = 1
     store_text: bool = True
-    parallel_tool_calls: bool = True
     prompt: ChatPrompt | None = None  # the first attempt's prompt, if rendered (and encoded) already
 
 
@@ -200,7 +199,7 @@ class ReflectRetry:
         schema joins them (`r3.structured_output`)."""
         if not self.constrained_decoding:
             return params
-        tag = structural_tag(task.tools, task.tool_choice, task.parallel_tool_calls, params.json_schema)
+        tag = structural_tag(task.tools, task.tool_choice, params.parallel_tool_calls, params.json_schema)
         return replace(params, structural_tag=tag) if tag is not None else params
 
     def reflection_params(self, params: SamplingParams) -> SamplingParams:

@@ -48,6 +48,9 @@ class SamplingParams:
     # The completion must match this structural tag (xgrammar's `StructuralTag` as JSON, as vLLM takes
     # it; it wins over `json_schema`); only engines with `supports_json_schema`.
     structural_tag: dict[str, Any] | None = None
+    # OpenAI's `parallel_tool_calls`: false allows one tool call at most. It shapes the structural tag
+    # (`r3.structured_output`); kept here so a recorded request replays with it.
+    parallel_tool_calls: bool = True
     # OpenAI's sampling adjustments, as vLLM applies them: after logprobs are taken, before temperature.
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated

@@ -171,8 +171,7 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
     tools, tool_choice = _tools_and_choice(body)
     messages = [_message(message.model_dump(exclude_none=True)) for message in body.messages]
     task = ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
-                    params=SamplingParams(), max_retries=body.reflect.max_retries, store_text=body.store,
-                    parallel_tool_calls=body.parallel_tool_calls)
+                    params=SamplingParams(), max_retries=body.reflect.max_retries, store_text=body.store)
     # A long prompt takes a second to tokenize: in a worker thread, the event loop serves others meanwhile.
     prompt = await asyncio.to_thread(_first_prompt, reflector, task)
     prompt_tokens = len(prompt.token_ids)
@@ -189,7 +188,7 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
                             top_logprobs=body.top_logprobs or 0, json_schema=schema,
                             logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
-                            frequency_penalty=body.frequency_penalty)
+                            frequency_penalty=body.frequency_penalty, parallel_tool_calls=body.parallel_tool_calls)
     return replace(task, params=params, prompt=prompt, verifier=_verifier(body, reflector.webhook_policy))
 
 

@@ -9,6 +9,7 @@ are the real ones. The last test trains the bundled model for real.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,16 +24,18 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCa
 from r3.engines.base import GenerationChunk, SamplingParams, TokenLogprob
 from r3.engines.device import Placement
 from r3.engines.transformers_engine import TransformersEngine
-from r3.reflect_retry import ChatTask, ReflectRetry, Reflector
+from r3.reflect_retry import ChatTask, Reflector, ReflectRetry
 from trainer.data import Failure, failures_from_episodes
 from trainer.grpo import (
     GRPOSettings,
     ReflectionRollout,
     build_trainer,
     carries_signal,
+    generate_with_policy,
     grpo_config,
     precision_args,
     reflection_prompt,
+    retry_of,
     train_round,
 )
 from verifiers import WebhookPolicy, parse_spec
@@ -209,6 +212,25 @@ async def test_the_trainer_tokenizes_exactly_what_the_server_sent(model_path, ca
     assert (retry_params.structural_tag is not None) == (constrained and bool(task.tools))
     assert [grammar is not None for grammar in grammars] == [retry_params.structural_tag is not None] * 2
     assert out["retry_reward"] == [1.0, 1.0]  # the server passed this retry, and so does the trainer
+
+
+def test_a_retry_the_server_holds_to_a_grammar_is_held_to_it_in_training_too(model_path, tmp_path):
+    """The trainer's own sampler (transformers' generate) holds a forced call to the offered tool and its
+    schema, and ends it there, as the serving engines do (the bundled model, greedy, as retries are)."""
+    trainer, rollout, _ = build_trainer(str(model_path), None, FAILURES, tmp_path, TINY, WebhookPolicy())
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["Paris", "Lyon"]}}, "required": ["city"],
+        "additionalProperties": False}}}]
+    forced = replace(failure("Weather in Paris?", "It is sunny.", {"type": "tool_schema"}, tools, "required"),
+                     sampling={**SAMPLING, "parallel_tool_calls": False})  # as the request asked, recorded
+    task, _, prompt = retry_of(rollout.protocol, forced, "I must call the tool.", temperature=0.0)
+    grammar = rollout.grammar(trainer, task)
+    assert grammar is not None and prompt.assistant_prefix == ""  # held by the grammar, not prefilled
+    [ids], _ = generate_with_policy(trainer, [rollout.encode(prompt.engine_input)], 64, 0.0, 1, [grammar])
+    answer = rollout.protocol.answer(task, prompt, rollout.tokenizer.decode(ids, skip_special_tokens=True))
+    assert ids[-1] in trainer.eos_token_ids, "the grammar ends the answer when the call is complete"
+    [call] = answer.tool_calls
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Lyon")
 
 
 def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path):
