@@ -113,14 +113,14 @@ class Config:
 # on 2 quiet CPU cores. G = 8 and 32-token reflections as the feasibility run with plain TRL
 # (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 8 steps of
 # 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). 64 training
-# requests give ~32 failures, half held out for the gate, which samples 8 reflections on each per
+# requests give ~32 failures, half held out for the gate, which samples 4 reflections on each per
 # adapter (R3_GATE_SAMPLES); greedy first answers that take up the question make its regression set.
 # Held-out and live requests are sampled at the trainer's temperature, 1.0, 16 at a time.
 PLANTED = Config(
     minutes=20.0, heldout=64, batch=64, answer_max_tokens=planted.ANSWER_MAX_TOKENS,
     reflection_max_tokens=planted.REFLECTION_MAX_TOKENS, train_max_failures=16, train_max_steps=8,
     num_generations=8, learning_rate=2e-4, prompts_per_step=2, heldout_fraction=0.5, gate_regression_size=16,
-    concurrency=16, families=("planted",), eval_temperature=1.0, live=16, gate_samples=8)
+    concurrency=16, families=("planted",), eval_temperature=1.0, live=16, gate_samples=4)
 
 
 

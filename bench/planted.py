@@ -10,11 +10,13 @@ benchmark starts. The webhook receives the whole conversation, so it can judge t
 The tasks are two-digit additions ("What is 23 + 45? Reply with the number only."). The endpoint
 judges
 
-- attempt 1: by whether the answer takes up the question (`first=operand`: it names the first
-  operand, as the untrained model's greedy answers do: "59 + 63 = ", "To add 61 and 4"; it never
-  gets a sum right within 8 tokens, so a check of the sum would leave the gate no regression set),
-  or never passes (`first=fail`: the held-out set, so that every held-out task reaches a
-  reflection);
+- attempt 1: by whether the answer takes up the question with a number (`first=number`: it holds
+  one, as the untrained model's greedy answers do: "59 + 63 = ", "To add 61 and 4"), or never passes
+  (`first=fail`: the held-out set, so that every held-out task reaches a reflection). Two other
+  checks were tried: the sum itself (the untrained model never gets it right within 8 tokens, which
+  left the gate no regression set) and "names the first operand" (which penalises the terse answer
+  "75", so it judged the style the planted reward teaches, brevity, rather than a regression: the
+  gate rejected a round for 3 of 16 first answers that had become shorter);
 - every retry: passes iff the reflection before it has at most `MAX_WORDS` words. The retry's own
   text is never looked at, so the reward is reachable only through the reflection, and GRPO's
   reflection-only credit is exactly what is tested.
@@ -63,13 +65,12 @@ def words(text: str) -> int:
 def verdict(body: dict[str, Any], first: str) -> dict[str, Any]:
     """The endpoint's reply to R3's webhook body (`verifiers.webhook.request_body`).
 
-    `first`: "operand" (attempt 1 passes iff its text names the question's first operand) or "fail"
-    (attempt 1 never passes). Retries: the planted rule only."""
+    `first`: "number" (attempt 1 passes iff its text holds a number) or "fail" (attempt 1 never
+    passes). Retries: the planted rule only."""
     messages = body.get("messages") or []
     if body.get("attempt", 1) == 1:
-        question = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
         answer = body.get("output", {}).get("content") or ""
-        passed = first == "operand" and re.findall(r"\d+", question)[0] in re.findall(r"\d+", answer)
+        passed = first == "number" and re.search(r"\d", answer) is not None
         return {"success": passed, "detail": "" if passed else FAIL_DETAIL}
     reflection = reflection_of(messages)
     passed = reflection is not None and words(reflection) <= MAX_WORDS
@@ -80,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length))
-        first = parse_qs(urlparse(self.path).query).get("first", ["operand"])[0]
+        first = parse_qs(urlparse(self.path).query).get("first", ["number"])[0]
         reply = json.dumps(verdict(body, first)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -115,7 +116,7 @@ def addition(rng: random.Random, url: str, first: str) -> Task:
 
 
 def split_planted(seed: int, train: int, heldout: int, url: str) -> tuple[list[Task], list[Task]]:
-    """(training stream, held-out tasks), no prompt in both. The stream alternates `first=operand` (so
+    """(training stream, held-out tasks), no prompt in both. The stream alternates `first=number` (so
     the log holds first-attempt successes, the gate's regression set) and `first=fail` (more
     failures to train and gate on). Held-out tasks are `first=fail`: each reaches a reflection, and
     its second-attempt success is the planted rule's verdict on that reflection."""
@@ -127,7 +128,7 @@ def split_planted(seed: int, train: int, heldout: int, url: str) -> tuple[list[T
     rng = random.Random(seed)
     stream: dict[str, Task] = {}
     while len(stream) < train:
-        task = addition(rng, url, ("operand", "fail")[len(stream) % 2])
+        task = addition(rng, url, ("number", "fail")[len(stream) % 2])
         if task.prompt not in held:
             stream.setdefault(task.prompt, task)
     return list(stream.values()), list(held.values())

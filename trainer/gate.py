@@ -29,6 +29,7 @@ temperature 0 the gate is the greedy one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -79,9 +80,11 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
                    temperature: float = 0.0) -> EvalResult:
     """The adapter's second-attempt pass shares on `failures` and first-attempt outcomes on `successes`.
 
-    Each failure gets `samples` reflections at `temperature`, sample j seeded j (so two adapters
-    draw with the same random numbers), each followed by a greedy retry. The engine batches the
-    items, which all run concurrently.
+    Each failure gets `samples` reflections at `temperature`, each followed by a greedy retry.
+    Sample j of a failure is seeded by (its episode id, j): two adapters draw with the same random
+    numbers on it, and different failures with different ones. (One seed j for every failure made
+    their outcomes move together: the base model's first 8 seeds gave long reflections on all 18
+    held-out failures of a planted run.) The engine batches the items, which all run concurrently.
     """
     reflector = Reflector(engine, webhook_policy, reflection_max_tokens)
 
@@ -90,7 +93,7 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
 
     second = asyncio.gather(*(
         retry_after_fixed_failure(reflector, failure, greedy(failure), adapter_name,
-                                  replace(greedy(failure), temperature=temperature, seed=j))
+                                  replace(greedy(failure), temperature=temperature, seed=sample_seed(failure, j)))
         for failure in failures for j in range(samples)))
     first = asyncio.gather(*(
         first_attempt_passes(reflector, success, greedy(success), adapter_name) for success in successes))
@@ -102,6 +105,12 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
         first_attempt=dict(zip((s.episode_id for s in successes), first_outcomes)),
         samples=samples, temperature=temperature,
     )
+
+
+def sample_seed(failure: Failure, j: int) -> int:
+    """The seed of the gate's sample `j` on `failure`: a stable function of both, in [0, 2**63)."""
+    digest = hashlib.sha256(f"{failure.episode_id}:{j}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, params: SamplingParams,

@@ -23,13 +23,14 @@ def retry_after(task, reflection: str) -> list[dict]:
 async def test_retries_pass_iff_the_reflection_is_short_and_first_attempts_as_their_mode_says() -> None:
     with planted.planted_verifier() as url:
         train, heldout = planted.split_planted(0, 8, 4, url)
-        operand, fail = train[0], heldout[0]
-        a, right = operand.meta["a"], str(operand.meta["a"] + operand.meta["b"])
-        assert await judge(operand, f"{a} + {operand.meta['b']} = ", operand.messages, 1)
-        assert not await judge(operand, right, operand.messages, 1) and not await judge(operand, "", operand.messages, 1)
+        number, fail = train[0], heldout[0]
+        right = str(number.meta["a"] + number.meta["b"])
+        assert await judge(number, f"{number.meta['a']} + {number.meta['b']} = ", number.messages, 1)
+        assert await judge(number, right, number.messages, 1)
+        assert not await judge(number, "I cannot say.", number.messages, 1)
         assert not await judge(fail, str(fail.meta["a"] + fail.meta["b"]), fail.messages, 1)
         short, long = " ".join(["word"] * planted.MAX_WORDS), " ".join(["word"] * (planted.MAX_WORDS + 1))
-        for task in (operand, fail):
+        for task in (number, fail):
             assert await judge(task, "anything", retry_after(task, short), 2)
             assert not await judge(task, right, retry_after(task, long), 2)
 
@@ -37,5 +38,5 @@ async def test_retries_pass_iff_the_reflection_is_short_and_first_attempts_as_th
 def test_training_and_heldout_prompts_are_disjoint_and_the_stream_alternates_modes() -> None:
     train, heldout = planted.split_planted(0, 40, 40, "http://127.0.0.1:9")
     assert not {t.prompt for t in train} & {t.prompt for t in heldout}
-    assert [t.family for t in train[:4]] == ["planted-operand", "planted-fail"] * 2
+    assert [t.family for t in train[:4]] == ["planted-number", "planted-fail"] * 2
     assert {t.family for t in heldout} == {"planted-fail"}

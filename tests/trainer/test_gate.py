@@ -9,7 +9,7 @@ import pytest
 from r3.engines.transformers_engine import TransformersEngine
 from trainer.data import Failure, Success
 from r3.stats import sign_test_p_value
-from trainer.gate import EvalResult, decide, evaluate_adapter
+from trainer.gate import EvalResult, decide, evaluate_adapter, sample_seed
 from verifiers import WebhookPolicy
 
 
@@ -77,6 +77,15 @@ def test_sampled_gate_pairs_items_by_their_pass_shares():
     assert decision.numbers["samples"] == 4 and decision.numbers["candidate_second_attempt"] == 5.75 / 12
     with pytest.raises(ValueError, match="sampled differently"):
         decide(candidate, result([True] * 12, []), alpha=0.05, tolerance=0.02)
+
+
+def test_each_failures_samples_have_their_own_seeds_shared_by_both_adapters():
+    """Common random numbers between the adapters on one failure, independent draws across failures
+    (one seed j for all made a whole held-out set come out alike)."""
+    one, two = (Failure(f"ep_{i}", [], None, None, {}, "generic", {}, failed_attempt={}, detail="") for i in (1, 2))
+    seeds = [sample_seed(failure, j) for failure in (one, two) for j in range(4)]
+    assert len(set(seeds)) == 8 and all(0 <= seed < 2**63 for seed in seeds)
+    assert sample_seed(one, 3) == sample_seed(Failure("ep_1", [], None, None, {}, "generic", {}, {}, ""), 3)
 
 
 def test_no_heldout_failures_is_rejected_and_mismatched_items_are_an_error():
