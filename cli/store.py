@@ -18,7 +18,7 @@ def migrate() -> None:
 
     url = database.database_url(get_settings())
     database.migrate(url)
-    console.print(f"migrated: {safe_url(url)}")
+    console.print(f"migrated: {url_without_password(url)}")
 
 
 @keys_app.command("create")
@@ -61,8 +61,8 @@ def check_database() -> None:
         raise fail(error) from error
 
 
-def safe_url(url: str) -> str:
-    """The database URL without its password, to print."""
+def url_without_password(url: str) -> str:
+    """The database URL with its password masked (`***`), to print."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)

@@ -1,9 +1,12 @@
-"""Reflect-retry orchestration: attempt → verify → (fail) reflect → retry → verify.
+"""Reflect-retry: attempt → verify → (fail) reflect → retry → verify, in one place.
 
-The server runs it inside a request; the trainer's gate runs it to compare adapters. Every attempt
-and reflection runs on the adapter the task names. The conversations come
-from `r3.reflection`, so they are the ones the trainer will learn from. The result is an
-`Episode`: the server answers with its last attempt and records it whole.
+`ReflectRetry` is the protocol without an engine: conversation → prompt (attempt, reflection,
+retry, rendered as the engine expects), generated text → answer (stop strings, tool calls to the
+offered tools), answer → verdict. The conversations come from `r3.reflection`. The server, the
+gate and the GRPO rollout all go through it, so a model is trained and gated on exactly the prompts
+it is served with. `Reflector` runs it on an engine: every attempt and reflection on the adapter the
+task names; the result is an `Episode`, which the server answers with (its last attempt) and
+records whole.
 
 A request is made in a `Run`, which holds each generation while it is streamed from the engine. When
 the client hangs up, the server cancels the run (which cancels the engine's request: its batch slot
@@ -83,8 +86,9 @@ class ChatTask:
 
 
 @dataclass
-class Turn:
-    """One generation: its output as text and as parsed tool calls."""
+class Generated:
+    """A finished generation (an attempt or a reflection): the engine's result, its text and the
+    answer read from it (`Generation` is one while it is being made)."""
 
     result: GenerationResult
     text: str  # the forced assistant prefix (if any) + what the engine generated
@@ -126,7 +130,7 @@ class Run:
 
     task: ChatTask
     episode: Episode
-    turns: list[Turn] = field(default_factory=list)
+    turns: list[Generated] = field(default_factory=list)
     generation: Generation | None = None  # the latest one started
     reflection: Generation | None = None  # the latest reflection started: the one the next attempt follows
 
@@ -244,12 +248,12 @@ class Reflector:
         self.core = ReflectRetry(self.engine.tokenizer, self.webhook_policy, self.engine.supports_json_schema,
                                  self.reflection_max_tokens)
 
-    def turn(self, task: ChatTask, generation: Generation) -> Turn:
-        """A finished generation as a turn."""
+    def finish(self, task: ChatTask, generation: Generation) -> Generated:
+        """`generation`, finished, read as its answer."""
         result = GenerationResult(text=generation.text, tokens=generation.tokens,
                                   finish_reason=generation.finish_reason, prompt_tokens=generation.prompt_length)
         parsed = self.core.answer(task, generation.prompt, generation.text, generation.reflecting)
-        return Turn(result, generation.prompt.assistant_prefix + result.text,
+        return Generated(result, generation.prompt.assistant_prefix + result.text,
                     with_call_ids(parsed, generation.completion_id),
                     time.perf_counter() - generation.started, generation.completion_id)
 
@@ -266,15 +270,15 @@ class Reflector:
         return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter))
 
     async def generate(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
-                       run: Run | None = None) -> Turn:
+                       run: Run | None = None) -> Generated:
         """An attempt at the task from `prompt`, or (`reflecting`) a reflection: shown the tools, never
         forced to call one. With `run`, the generation is kept there while it is made."""
         generation, chunks = self.begin(task, prompt, params, reflecting, run)
         async for _ in chunks:
             pass
-        return self.turn(task, generation)
+        return self.finish(task, generation)
 
-    async def judge(self, task: ChatTask, turn: Turn, conversation: list[dict[str, Any]], episode_id: str,
+    async def judge(self, task: ChatTask, turn: Generated, conversation: list[dict[str, Any]], episode_id: str,
                     number: int) -> Verdict | None:
         """The verifier's verdict on an attempt; `conversation` is what the attempt answered."""
         return await self.core.judge(task, turn.parsed, conversation, episode_id, number)
@@ -301,11 +305,11 @@ class Reflector:
         async def made() -> AsyncIterator[GenerationChunk]:
             async for chunk in chunks:
                 yield chunk
-            await self.run(run, first=self.turn(task, generation))
+            await self.run(run, first=self.finish(task, generation))
 
         return generation, made()
 
-    async def run(self, run: Run, first: Turn | None = None) -> Run:
+    async def run(self, run: Run, first: Generated | None = None) -> Run:
         """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
         reflect and retry while the verifier says no."""
         task, episode = run.task, run.episode
@@ -327,7 +331,7 @@ class Reflector:
 
     async def reflect_and_retry(self, task: ChatTask, failures: list[FailedAttempt], episode_id: str,
                                 number: int, run: Run | None = None,
-                                reflection_params: SamplingParams | None = None) -> tuple[Turn, Turn, Verdict | None]:
+                                reflection_params: SamplingParams | None = None) -> tuple[Generated, Generated, Verdict | None]:
         """Reflect on the last failure (still without its reflection), retry as attempt `number`,
         judge the retry. The reflection samples as `reflection_params` say (default: as the task).
         Raises `PromptTooLongError` when the conversation outgrew the context."""
@@ -338,7 +342,7 @@ class Reflector:
         retry = await self.generate(task, prompt, task.params, run=run)
         return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
-    async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Turn]]:
+    async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Generated]]:
         """One reflect-retry round on an episode whose latest attempt the client reported failed."""
         failures = [
             FailedAttempt(assistant_message(a.content, a.tool_calls),
@@ -376,7 +380,7 @@ class Reflector:
         attempts.append(record)
 
 
-def _record(number: int, turn: Turn, verdict: Verdict | None, reflection: Turn | None, store_text: bool) -> AttemptRecord:
+def _record(number: int, turn: Generated, verdict: Verdict | None, reflection: Generated | None, store_text: bool) -> AttemptRecord:
     result = turn.result
     record = AttemptRecord(
         number=number, completion_id=turn.completion_id, finish_reason=result.finish_reason,

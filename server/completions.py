@@ -21,7 +21,7 @@ from starlette.types import Receive
 from r3.chat_format import call_id
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
 from r3.episodes import AttemptRecord, Episode
-from r3.reflect_retry import Turn
+from r3.reflect_retry import Generated
 from r3.tool_call_stream import ArgumentsPiece, CallStart, ContentPiece, Event, ToolCallStream
 from server.errors import APIError, ClientGone
 from server.protocol import (
@@ -52,9 +52,9 @@ T = TypeVar("T")
 
 # Called when a stream's last token is out: the answer as a turn, and the r3 account and usage to
 # send with the final chunk.
-Conclusion = Callable[[], Awaitable[tuple[Turn, R3Info, Usage]]]
+Conclusion = Callable[[], Awaitable[tuple[Generated, R3Info, Usage]]]
 # One choice of a response: its episode and the turns that made it (the last is the answer).
-Answer = tuple[Episode, list[Turn]]
+Answer = tuple[Episode, list[Generated]]
 
 
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -105,7 +105,7 @@ def r3_info(episode: Episode) -> R3Info:
     )
 
 
-def usage_of(turns: list[Turn]) -> Usage:
+def usage_of(turns: list[Generated]) -> Usage:
     """Every token the request cost: all attempts and reflections, prompts included."""
     prompt = sum(turn.result.prompt_tokens for turn in turns)
     completion = sum(turn.result.completion_tokens for turn in turns)
@@ -128,7 +128,7 @@ def logprobs_out(tokens: list[TokenLogprob], vocabulary: Sequence[bytes] = ()) -
                                                    top_logprobs=alternatives(t)) for t in tokens])
 
 
-def _finish_reason(turn: Turn) -> str:
+def _finish_reason(turn: Generated) -> str:
     return "tool_calls" if turn.parsed.tool_calls and turn.result.finish_reason == "stop" else turn.result.finish_reason
 
 
@@ -146,7 +146,7 @@ def completion_of_attempt(episode: Episode, attempt: AttemptRecord) -> ChatCompl
     )
 
 
-def chat_completion(model: str, episode: Episode, turns: list[Turn], logprobs: bool,
+def chat_completion(model: str, episode: Episode, turns: list[Generated], logprobs: bool,
                     vocabulary: Sequence[bytes] = (), more: Sequence[Answer] = ()) -> ChatCompletion:
     """The response to a request: its last attempt, with the cost and verdicts of all of them; with
     `more` (the other choices of `n`), one choice each, each with its own `r3`."""

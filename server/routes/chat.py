@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from r3.chat_format import ChatPrompt
 from r3.engines.base import Engine, GenerationChunk, SamplingParams
 from r3.engines.token_bytes import vocabulary_bytes
-from r3.reflect_retry import ChatTask, Generation, Reflector, Run, Turn
+from r3.reflect_retry import ChatTask, Generation, Reflector, Run, Generated
 from r3.settings import Settings
 from r3.structured_output import grammar_problem, structural_tag
 from server.adapters import AdapterManager
@@ -87,7 +87,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     def replayed(index: int, run: Run) -> AsyncIterator[str]:
         final = run.turns[-1]
 
-        async def conclude() -> tuple[Turn, R3Info, Usage]:
+        async def conclude() -> tuple[Generated, R3Info, Usage]:
             return final, r3_info(run.episode), usage_of(run.turns)
 
         return choice_events(wire, index, final.completion_id, _one_piece(final), conclude, _offered(run.task),
@@ -120,7 +120,7 @@ def _offered(task: ChatTask) -> frozenset[str] | None:
     return task.tool_names if task.parses_tools else None
 
 
-async def _one_piece(turn: Turn) -> AsyncIterator[GenerationChunk]:
+async def _one_piece(turn: Generated) -> AsyncIterator[GenerationChunk]:
     yield GenerationChunk(turn.text, turn.result.tokens, turn.result.finish_reason)  # any forced prefix included
 
 
@@ -146,7 +146,7 @@ async def _live_choice(state, wire: Wire, index: int, run: Run,
     episode recorded at the end."""
     generation, chunks = stream
 
-    async def conclude() -> tuple[Turn, R3Info, Usage]:
+    async def conclude() -> tuple[Generated, R3Info, Usage]:
         await state.store.save(run.episode)
         state.metrics.observe(run.episode, time.perf_counter() - generation.started)
         return run.turns[-1], r3_info(run.episode), usage_of(run.turns)
