@@ -17,21 +17,15 @@ async def create_engine(settings: Settings) -> Engine:
     model_path = bundled_model.resolve(settings)
     model_id = settings.served_model_name or Path(model_path).name
     where = placement(settings.device, settings.dtype)
+    common = {"device": where.device, "dtype": where.dtype, "max_model_len": settings.max_model_len,
+              "max_batch_size": settings.max_batch_size}
     if settings.engine == "vllm":
         from r3.engines.vllm_engine import VllmEngine  # vllm loads only when chosen
 
         engine: Engine = VllmEngine.start(
-            model_path,
-            model_id,
-            device=where.device,
-            dtype=where.dtype,
-            max_model_len=settings.max_model_len,
-            max_batch_size=settings.max_batch_size,
-            max_loras=settings.max_loras,
-            max_lora_rank=settings.max_lora_rank,
+            model_path, model_id, **common, max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
             enable_prefix_caching=settings.enable_prefix_caching,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
+            gpu_memory_utilization=settings.gpu_memory_utilization, cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
             tensor_parallel_size=settings.tensor_parallel_size,
             pipeline_parallel_size=settings.pipeline_parallel_size,
             distributed_executor_backend=settings.distributed_executor_backend,
@@ -39,14 +33,7 @@ async def create_engine(settings: Settings) -> Engine:
     else:
         from r3.engines.transformers_engine import TransformersEngine
 
-        engine = TransformersEngine(
-            model_path,
-            model_id,
-            device=where.device,
-            dtype=where.dtype,
-            max_batch_size=settings.max_batch_size,
-            max_model_len=settings.max_model_len,
-        )
+        engine = TransformersEngine(model_path, model_id, **common)
     for name, path in settings.lora_modules.items():
         await engine.load_adapter(name, path)
     return engine
