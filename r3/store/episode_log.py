@@ -264,7 +264,9 @@ class EpisodeLog:
             self._database_ok = True
 
     async def _announce(self) -> None:
-        if not self._database_ok:
+        # Without a stream (the embedded default) nobody reads announcements: asking the database
+        # for unannounced ids every tick would be work for nothing.
+        if not self._database_ok or not self.stream.carries:
             return
         try:
             while ids := await self.store.unannounced(self.settings.announce_batch):

@@ -50,6 +50,8 @@ return added
 class EpisodeStream(Protocol):
     """The server's side: announce new episodes to the trainer."""
 
+    carries: bool  # False: a stream with no reader; the episode log does not query for what to announce
+
     async def announce(self, episode_ids: Sequence[str]) -> None:
         """Announce each id (at most once however often it is announced); raises if the stream failed."""
         ...
@@ -84,6 +86,10 @@ class EpisodeConsumer(Protocol):
 
 
 class RedisEpisodeStream:
+    """The producer: each announced id appended to the stream once (`_ANNOUNCE_ONCE`)."""
+
+    carries = True
+
     def __init__(self, url: str, maxlen: int = 1_000_000, key: str = STREAM_KEY) -> None:
         self.client = redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self.maxlen, self.key = maxlen, key
@@ -159,6 +165,8 @@ class RedisEpisodeConsumer:
 class NoEpisodeStream:
     """The embedded default, without Redis: both sides of a stream that carries nothing. Announcing
     does nothing, and reading only waits: the trainer finds new episodes by polling the database."""
+
+    carries = False
 
     def __init__(self) -> None:
         self.received: list[bytes] = []  # always empty

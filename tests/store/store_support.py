@@ -359,6 +359,8 @@ class InProcessEpisodeStream:
     """An episode stream held in memory, for tests of what the episode log announces: each id is
     queued once, however often it is announced."""
 
+    carries = True
+
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self._seen: set[str] = set()
