@@ -28,7 +28,7 @@ from server.admin_protocol import Activation
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
-from server.deps import AdminDep
+from server.deps import AdaptersDep, AdminDep, EpisodesDep, RegistryDep, StoreDep
 from server.errors import APIError, clipped
 from server.routes.episodes import decode_cursor, encode_cursor
 
@@ -110,18 +110,18 @@ async def logout(request: Request, _: FormData = Depends(session.checked_form)) 
 
 
 @router.get("", dependencies=[Depends(session.required)])
-async def overview(request: Request, service: AdminDep, window: str = Query(charts.DEFAULT_WINDOW)) -> HTMLResponse:
+async def overview(request: Request, service: AdminDep, registry: RegistryDep, adapters: AdaptersDep,
+                   store: StoreDep, window: str = Query(charts.DEFAULT_WINDOW)) -> HTMLResponse:
     span = charts.WINDOWS.get(window, charts.WINDOWS[charts.DEFAULT_WINDOW])
     since = span.start(datetime.now(UTC))
-    state = request.app.state
-    points = await timeline(state.registry.sessions, since, span.bucket_s, span.buckets)
-    recorded = await state.registry.active()
+    points = await timeline(registry.sessions, since, span.bucket_s, span.buckets)
+    recorded = await registry.active()
     return _page(request, "overview.html", window=span, windows=list(charts.WINDOWS),
                  plots=charts.overview_charts(points, span, since),
-                 totals=sorted((await version_stats(state.registry.sessions, since=since)).values(),
+                 totals=sorted((await version_stats(registry.sessions, since=since)).values(),
                                key=lambda s: s.version),
-                 active=recorded.name if recorded else "base", serving=state.adapters.active or "base",
-                 backlog=state.store.backlog, rejected=state.store.rejected,
+                 active=recorded.name if recorded else "base", serving=adapters.active or "base",
+                 backlog=store.backlog, rejected=store.rejected,
                  trainer=await service.training_state(limit=5))
 
 
@@ -129,12 +129,11 @@ async def overview(request: Request, service: AdminDep, window: str = Query(char
 
 
 @router.get("/versions", dependencies=[Depends(session.required)])
-async def versions(request: Request, service: AdminDep) -> HTMLResponse:
-    registry = request.app.state.registry
+async def versions(request: Request, service: AdminDep, registry: RegistryDep, adapters: AdaptersDep) -> HTMLResponse:
     recorded = await registry.active()
     rows = lineage(await registry.versions(), await version_stats(registry.sessions))
     return _page(request, "versions.html", rows=rows, active=recorded,
-                 serving=request.app.state.adapters.active or "base", refused=request.app.state.adapters.refused,
+                 serving=adapters.active or "base", refused=adapters.refused,
                  actions=(await service.actions(ACTIONS_SHOWN)).data)
 
 
@@ -199,8 +198,9 @@ def _moment(text: str | None, errors: list[str], name: str) -> datetime | None:
 
 
 @router.get("/episodes", dependencies=[Depends(session.required)])
-async def episodes(request: Request, outcome: str = "", version: str = "", task_kind: str = "", tenant: str = "",
-                   since: str = "", until: str = "", after: str = "") -> HTMLResponse:
+async def episodes(request: Request, store: EpisodesDep, registry: RegistryDep, outcome: str = "", version: str = "",
+                   task_kind: str = "", tenant: str = "", since: str = "", until: str = "",
+                   after: str = "") -> HTMLResponse:
     errors: list[str] = []
     cursor = None
     if after:
@@ -211,18 +211,18 @@ async def episodes(request: Request, outcome: str = "", version: str = "", task_
     where = EpisodeFilter(since=_moment(since, errors, "since"), until=_moment(until, errors, "until"),
                           outcome={"pass": True, "fail": False}.get(outcome), adapter=version or None,
                           task_kind=task_kind or None, tenant=tenant or None)
-    page = await request.app.state.episodes.list(where, EPISODES_PER_PAGE, cursor)
+    page = await store.list(where, EPISODES_PER_PAGE, cursor)
     filters = {"outcome": outcome, "version": version, "task_kind": task_kind, "tenant": tenant, "since": since,
                "until": until}
     next_cursor = encode_cursor(page[-1]) if len(page) == EPISODES_PER_PAGE else None
     return _page(request, "episodes.html", episodes=page, filters=filters, errors=errors, next_cursor=next_cursor,
-                 versions=["base", *(v.name for v in await request.app.state.registry.versions())],
+                 versions=["base", *(v.name for v in await registry.versions())],
                  task_kinds=sorted(REFLECTION_TEMPLATES))
 
 
 @router.get("/episodes/{episode_id}", dependencies=[Depends(session.required)])
-async def episode(request: Request, episode_id: str) -> HTMLResponse:
-    found = await request.app.state.episodes.get_any(episode_id)
+async def episode(request: Request, episode_id: str, store: EpisodesDep) -> HTMLResponse:
+    found = await store.get_any(episode_id)
     if found is None:
         return _page(request, "missing.html", status=404, what=f"episode {clipped(episode_id)}")
     return _page(request, "episode.html", episode=found)

@@ -4,7 +4,7 @@ The planted suite (bench/planted.py) rewards a retry iff the reflection before i
 `MAX_WORDS` words; the untrained model's reflections meet it about a quarter of the time (T = 1).
 One GRPO round (`trainer.grpo.train_round`: R3's rollout, the retry, R3's webhook verifier over
 loopback HTTP, reflection-only credit) on 8 failures, then the share of rule-passing reflections on
-96 held-out failures is sampled before (adapter disabled) and after (adapter on), with the same
+64 held-out failures is sampled before (adapter disabled) and after (adapter on), with the same
 seeds. The test fails unless the rise is significant: exact one-sided McNemar p < 0.05 on the
 paired samples. `r3 bench learn --suite planted` runs the whole loop (server, gate, hot-swap).
 """
@@ -28,8 +28,8 @@ from verifiers import WebhookPolicy
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6  # of 2 failures × G = 8 reflections; learning rate 2e-4 as `r3 bench learn --suite planted`
-HELDOUT = 96
+STEPS = 5  # of 2 failures × G = 8 reflections, at a learning rate a little above the bench's 2e-4
+HELDOUT = 64
 
 
 def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]:
@@ -48,7 +48,7 @@ def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]
 
 def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_path: Path) -> None:
     model_path = str(bundled_model.resolve(Settings(_env_file=None)))
-    settings = GRPOSettings(num_generations=8, prompts_per_step=2, learning_rate=2e-4, max_steps=STEPS,
+    settings = GRPOSettings(num_generations=8, prompts_per_step=2, learning_rate=3e-4, max_steps=STEPS,
                             max_reflection_tokens=planted.REFLECTION_MAX_TOKENS, device="cpu", dtype="float32")
     with planted.planted_verifier() as url:
         train = planted.planted_failures(8, 0, url)
