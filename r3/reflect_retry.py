@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt, with_call_ids
@@ -72,6 +73,13 @@ class ChatTask:
     @property
     def parses_tools(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
+
+    @cached_property
+    def structural_tag(self) -> dict[str, Any] | None:
+        """The grammar an attempt is held to on an engine that constrains decoding: tool calls to the
+        offered tools and their schemas, `tool_choice` enforced, `response_format`'s schema beside
+        them (`r3.structured_output.structural_tag`; None when no tool is in play). Built once per task."""
+        return structural_tag(self.tools, self.tool_choice, self.params.parallel_tool_calls, self.params.json_schema)
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -197,14 +205,12 @@ class ReflectRetry:
         conversation = retry_conversation(task.messages, failures, task.task_kind)
         return conversation, self.attempt_prompt(task, conversation)
 
-    def attempt_params(self, task: ChatTask, params: SamplingParams) -> SamplingParams:
-        """`params` for an attempt at `task`: on an engine that constrains decoding, tool calls are held
-        to the offered tools and their schemas, `tool_choice` is enforced, and `response_format`'s
-        schema joins them (`r3.structured_output`)."""
-        if not self.constrained_decoding:
-            return params
-        tag = structural_tag(task.tools, task.tool_choice, params.parallel_tool_calls, params.json_schema)
-        return replace(params, structural_tag=tag) if tag is not None else params
+    def attempt_params(self, task: ChatTask) -> SamplingParams:
+        """The sampling of an attempt at `task`: its params, held (on an engine that constrains
+        decoding) to the task's `structural_tag`."""
+        if not self.constrained_decoding or task.structural_tag is None:
+            return task.params
+        return replace(task.params, structural_tag=task.structural_tag)
 
     def reflection_params(self, params: SamplingParams) -> SamplingParams:
         """A reflection samples as `params` (the request's) say, but free of their stops, schema and
@@ -257,23 +263,25 @@ class Reflector:
                     with_call_ids(parsed, generation.completion_id),
                     time.perf_counter() - generation.started, generation.completion_id)
 
-    def begin(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
-              run: Run | None = None) -> tuple[Generation, AsyncIterator[GenerationChunk]]:
+    def begin(self, task: ChatTask, prompt: ChatPrompt, reflecting: bool = False, run: Run | None = None,
+              params: SamplingParams | None = None) -> tuple[Generation, AsyncIterator[GenerationChunk]]:
         """A generation started from `prompt` (kept in `run`, if given) and the engine's chunks of it,
-        which it keeps as they pass. The engine shortens max_tokens to what the context leaves, and
-        raises `PromptTooLongError` when nothing is left."""
+        which it keeps as they pass. An attempt samples as `ReflectRetry.attempt_params`; a reflection
+        as `ReflectRetry.reflection_params` of `params` (default: the task's). The engine shortens
+        max_tokens to what the context leaves, and raises `PromptTooLongError` when nothing is left."""
         generation = Generation(prompt, reflecting)
         if run is not None:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
-        params = self.core.reflection_params(params) if reflecting else self.core.attempt_params(task, params)
+        params = (self.core.reflection_params(params or task.params) if reflecting
+                  else self.core.attempt_params(task))
         return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter))
 
-    async def generate(self, task: ChatTask, prompt: ChatPrompt, params: SamplingParams, reflecting: bool = False,
-                       run: Run | None = None) -> Generated:
+    async def generate(self, task: ChatTask, prompt: ChatPrompt, reflecting: bool = False, run: Run | None = None,
+                       params: SamplingParams | None = None) -> Generated:
         """An attempt at the task from `prompt`, or (`reflecting`) a reflection: shown the tools, never
         forced to call one. With `run`, the generation is kept there while it is made."""
-        generation, chunks = self.begin(task, prompt, params, reflecting, run)
+        generation, chunks = self.begin(task, prompt, reflecting, run, params)
         async for _ in chunks:
             pass
         return self.finish(task, generation)
@@ -282,6 +290,14 @@ class Reflector:
                     number: int) -> Verdict | None:
         """The verifier's verdict on an attempt; `conversation` is what the attempt answered."""
         return await self.core.judge(task, turn.parsed, conversation, episode_id, number)
+
+    def _prompt_length(self, generation: Generation) -> int:
+        """The prompt's length in tokens: as the engine reported it, else as encoded when the task was
+        built; encoded here only for a later prompt cut off before the engine's first chunk."""
+        if generation.prompt_length:
+            return generation.prompt_length
+        prompt = generation.prompt
+        return len(prompt.token_ids if prompt.token_ids is not None else self.engine.encode(prompt.engine_input))
 
     @staticmethod
     def start(task: ChatTask, tenant: str | None) -> Run:
@@ -300,7 +316,7 @@ class Reflector:
         iterator of the engine's chunks of it which, after the last chunk, judges the attempt and
         reflects and retries while the verifier says no (as `run`), before it ends."""
         task = run.task
-        generation, chunks = self.begin(task, self.core.first_prompt(task), task.params, run=run)
+        generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
 
         async def made() -> AsyncIterator[GenerationChunk]:
             async for chunk in chunks:
@@ -313,7 +329,7 @@ class Reflector:
         """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
         reflect and retry while the verifier says no."""
         task, episode = run.task, run.episode
-        run.turns = [first or await self.generate(task, self.core.first_prompt(task), task.params, run=run)]
+        run.turns = [first or await self.generate(task, self.core.first_prompt(task), run=run)]
         verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         failures: list[FailedAttempt] = []
@@ -335,11 +351,11 @@ class Reflector:
         """Reflect on the last failure (still without its reflection), retry as attempt `number`,
         judge the retry. The reflection samples as `reflection_params` say (default: as the task).
         Raises `PromptTooLongError` when the conversation outgrew the context."""
-        reflection = await self.generate(task, self.core.reflection_prompt(task, failures),
-                                         reflection_params or task.params, reflecting=True, run=run)
+        reflection = await self.generate(task, self.core.reflection_prompt(task, failures), reflecting=True,
+                                         run=run, params=reflection_params)
         reflected = [*failures[:-1], replace(failures[-1], reflection=reflection.text)]
         conversation, prompt = self.core.retry_prompt(task, reflected)
-        retry = await self.generate(task, prompt, task.params, run=run)
+        retry = await self.generate(task, prompt, run=run)
         return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Generated]]:
@@ -366,8 +382,7 @@ class Reflector:
         record = AttemptRecord(
             number=len(attempts) + 1, completion_id=attempt.completion_id if attempt else completion_id(),
             finish_reason=ABANDONED,
-            prompt_tokens=(attempt.prompt_length or len(self.engine.encode(attempt.prompt.engine_input)))
-            if attempt else 0,
+            prompt_tokens=self._prompt_length(attempt) if attempt else 0,
             completion_tokens=len(attempt.tokens) if attempt else 0,
             latency_s=time.perf_counter() - attempt.started if attempt else 0.0,
             reflection_tokens=len(reflection.tokens) if reflection else 0,

@@ -130,7 +130,7 @@ async def first_attempt_passes(reflector: Reflector, success: Success, params: S
                                adapter: str | None) -> bool:
     task = chat_task(success, params, adapter)
     try:
-        attempt = await reflector.generate(task, reflector.core.attempt_prompt(task, task.messages), task.params)
+        attempt = await reflector.generate(task, reflector.core.attempt_prompt(task, task.messages))
     except PromptTooLongError:
         return False
     verdict = await reflector.judge(task, attempt, task.messages, success.episode_id, 1)

@@ -356,7 +356,7 @@ class ReflectionRollout:
 
     def grammar(self, trainer: GRPOTrainer, task: ChatTask) -> RowGrammar | None:
         """The grammar the serving engine would hold this retry to (None: none)."""
-        params = self.protocol.attempt_params(task, task.params)
+        params = self.protocol.attempt_params(task)
         if params.structural_tag is None and params.json_schema is None:
             return None
         self._grammars = self._grammars or Grammars(self.tokenizer, trainer.model.config.vocab_size)

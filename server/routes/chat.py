@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from r3.chat_format import ChatPrompt
 from r3.engines.base import Engine, GenerationChunk, SamplingParams
 from r3.engines.token_bytes import vocabulary_bytes
-from r3.reflect_retry import ChatTask, Generation, Reflector, Run, Generated
+from r3.reflect_retry import ChatTask, Generated, Generation, Reflector, Run
 from r3.settings import Settings
-from r3.structured_output import grammar_problem, structural_tag
+from r3.structured_output import grammar_problem
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute, tenant
 from server.completions import (
@@ -183,13 +183,14 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
                        f"room for {room} after the {prompt_tokens}-token prompt",
                        param=param, code="context_length_exceeded")
     schema = _response_schema(body, engine)
-    _check_grammar(engine, tools, tool_choice, body.parallel_tool_calls, schema)
     params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
                             top_logprobs=body.top_logprobs or 0, json_schema=schema,
                             logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
                             frequency_penalty=body.frequency_penalty, parallel_tool_calls=body.parallel_tool_calls)
-    return replace(task, params=params, prompt=prompt, verifier=_verifier(body, reflector.webhook_policy))
+    task = replace(task, params=params, prompt=prompt, verifier=_verifier(body, reflector.webhook_policy))
+    _check_grammar(engine, task)
+    return task
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
@@ -226,14 +227,14 @@ def _tools_and_choice(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     return list(tools.values()) or None, choice.model_dump() if hasattr(choice, "model_dump") else choice
 
 
-def _check_grammar(engine: Engine, tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None,
-                   parallel_tool_calls: bool, schema: dict[str, Any] | None) -> None:
-    """Refuses (400) a schema that no grammar can be built for, before the answer (or its stream) starts."""
+def _check_grammar(engine: Engine, task: ChatTask) -> None:
+    """Refuses (400) a schema that no grammar can be built for, before the answer (or its stream)
+    starts. The task's grammar is built here once and kept for its attempts."""
     if not engine.supports_json_schema:
         return
-    if problem := grammar_problem(json_schema=schema):
+    if problem := grammar_problem(json_schema=task.params.json_schema):
         raise APIError(400, f"response_format: {problem}", param="response_format")
-    if problem := grammar_problem(structural_tag(tools, tool_choice, parallel_tool_calls, schema)):
+    if problem := grammar_problem(task.structural_tag):
         raise APIError(400, f"tools: {problem}", param="tools")
 
 
