@@ -25,7 +25,7 @@ from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
 from server.adapters import AdapterManager
 from server.admin_service import AdminService
-from server.auth import tenant
+from server.auth import Authenticator, tenant
 from server.metrics import Metrics
 
 
@@ -46,6 +46,7 @@ get_episodes = _from_state("episodes")
 get_registry = _from_state("registry")
 get_adapters = _from_state("adapters")
 get_reflector = _from_state("reflector")
+get_auth = _from_state("auth")
 get_started = _from_state("started")  # when this server started (Unix seconds): the `created` of its models
 
 
@@ -82,5 +83,6 @@ ReflectorDep = Annotated[Reflector, Depends(get_reflector)]
 StartedDep = Annotated[int, Depends(get_started)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 AdminDep = Annotated[AdminService, Depends(get_admin)]
+AuthDep = Annotated[Authenticator, Depends(get_auth)]
 # The calling tenant (None in open mode); a 401 without a valid key, before the body is read.
 TenantDep = Annotated[str | None, Depends(tenant)]

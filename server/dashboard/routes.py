@@ -28,7 +28,7 @@ from server.admin_protocol import Activation
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
-from server.deps import AdaptersDep, AdminDep, EpisodesDep, RegistryDep, StoreDep
+from server.deps import AdaptersDep, AdminDep, AuthDep, EpisodesDep, RegistryDep, StoreDep
 from server.errors import APIError, clipped
 from server.routes.episodes import decode_cursor, encode_cursor
 
@@ -70,8 +70,8 @@ def _back(request: Request, to: str, notice: str) -> RedirectResponse:
 # ------------------------------------------------------------------ login
 
 
-def _login_page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
-    if session.admin_key(request) is None:
+def _login_page(request: Request, admin_key: str | None, error: str | None = None, status: int = 200) -> HTMLResponse:
+    if admin_key is None:
         return _page(request, "disabled.html", status=403)
     token = session.new_login_token()
     response = _page(request, "login.html", status=status, error=error, token=token)
@@ -80,29 +80,29 @@ def _login_page(request: Request, error: str | None = None, status: int = 200) -
 
 
 @router.get("/login")
-async def login_form(request: Request) -> HTMLResponse:
-    return _login_page(request)
+async def login_form(request: Request, auth: AuthDep) -> HTMLResponse:
+    return _login_page(request, auth.admin_key)
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    if session.admin_key(request) is None:
-        return _login_page(request)
+async def login(request: Request, auth: AuthDep) -> Response:
+    if auth.admin_key is None:
+        return _login_page(request, None)
     form = await request.form()
     key = form.get("key")
     if not session.login_token_matches(request, form):
-        return _login_page(request, "The form expired; please log in again.", status=403)
-    if not isinstance(key, str) or not session.key_matches(request, key):
-        return _login_page(request, "That is not the admin key.", status=401)
+        return _login_page(request, auth.admin_key, "The form expired; please log in again.", status=403)
+    if not isinstance(key, str) or not session.key_matches(auth.admin_key, key):
+        return _login_page(request, auth.admin_key, "That is not the admin key.", status=401)
     response = RedirectResponse(session.PATH, status_code=303)
-    session.start(request, response)
+    session.start(request, response, auth.admin_key)
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def logout(registry: RegistryDep, _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     response = RedirectResponse(f"{session.PATH}/login", status_code=303)
-    await session.end(request, response)
+    await session.end(response, registry)
     return response
 
 

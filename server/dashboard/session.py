@@ -29,9 +29,14 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from fastapi import Request, Response
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
+
+from r3.store.registry import AdapterRegistry
+from server.deps import AuthDep, RegistryDep
 
 PATH = "/dashboard"
 COOKIE = "r3_dashboard"
@@ -55,14 +60,9 @@ class Session:
     started: float  # when it logged in (Unix time)
 
 
-def admin_key(request: Request) -> str | None:
-    """The admin key the server was started with (None: the admin API and the dashboard are off)."""
-    return request.app.state.auth.admin_key
-
-
-def key_matches(request: Request, candidate: str) -> bool:
-    key = admin_key(request)
-    return key is not None and hmac.compare_digest(candidate.encode(), key.encode())
+def key_matches(admin_key: str | None, candidate: str) -> bool:
+    """Whether `candidate` is the admin key (never, when the server has none), compared in constant time."""
+    return admin_key is not None and hmac.compare_digest(candidate.encode(), admin_key.encode())
 
 
 def _signer(key: str) -> URLSafeTimedSerializer:
@@ -70,12 +70,12 @@ def _signer(key: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret, salt="r3-dashboard")
 
 
-async def current(request: Request) -> Session | None:
+async def current(request: Request, admin_key: str | None, registry: AdapterRegistry) -> Session | None:
     """The request's session, or None (no cookie, a forged or expired one, the admin key changed, or
     a logout since it started). Looked up once per request."""
     if hasattr(request.state, "dashboard_session"):
         return request.state.dashboard_session
-    request.state.dashboard_session = found = await _valid_session(request)
+    request.state.dashboard_session = found = await _valid_session(request.cookies.get(COOKIE), admin_key, registry)
     return found
 
 
@@ -85,40 +85,39 @@ def csrf_token(request: Request) -> str | None:
     return found.csrf if found else None
 
 
-async def _valid_session(request: Request) -> Session | None:
-    key, token = admin_key(request), request.cookies.get(COOKIE)
-    if key is None or token is None:
+async def _valid_session(token: str | None, admin_key: str | None, registry: AdapterRegistry) -> Session | None:
+    if admin_key is None or token is None:
         return None
     try:
-        data = _signer(key).loads(token, max_age=MAX_AGE_S)
+        data = _signer(admin_key).loads(token, max_age=MAX_AGE_S)
     except BadSignature:  # SignatureExpired is one too
         return None
     if not isinstance(data, dict) or not isinstance(data.get("csrf"), str) \
             or not isinstance(data.get("started"), int | float) or isinstance(data["started"], bool):
         return None
-    if data["started"] <= await _last_logout(request):
+    if data["started"] <= await _last_logout(registry):
         return None
     return Session(csrf=data["csrf"], started=float(data["started"]))
 
 
-async def _last_logout(request: Request) -> float:
+async def _last_logout(registry: AdapterRegistry) -> float:
     """When the admin last logged out of the dashboard (Unix time; 0 if never)."""
-    at = await request.app.state.registry.last_action_at(LOGOUT_ACTION)
+    at = await registry.last_action_at(LOGOUT_ACTION)
     return at.timestamp() if at is not None else 0.0
 
 
-def start(request: Request, response: Response) -> Session:
+def start(request: Request, response: Response, admin_key: str) -> Session:
     """Log in: set a new session's cookie on `response` (the caller checked the admin key)."""
     session = Session(csrf=secrets.token_urlsafe(32), started=time.time())
-    cookie = _signer(admin_key(request)).dumps({"csrf": session.csrf, "started": session.started})
+    cookie = _signer(admin_key).dumps({"csrf": session.csrf, "started": session.started})
     set_cookie(request, response, COOKIE, cookie, MAX_AGE_S)
     response.delete_cookie(LOGIN_COOKIE, path=PATH)
     return session
 
 
-async def end(request: Request, response: Response) -> None:
+async def end(response: Response, registry: AdapterRegistry) -> None:
     """Log out: every session started until now is over (recorded for every replica), and the cookie goes."""
-    await request.app.state.registry.record_action(
+    await registry.record_action(
         "dashboard", LOGOUT_ACTION, reason="logged out of the dashboard: its sessions started before now are ended")
     response.delete_cookie(COOKIE, path=PATH)
 
@@ -142,18 +141,17 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
                         secure=request.url.scheme == "https")
 
 
-async def required(request: Request) -> Session:
+async def required(request: Request, auth: AuthDep, registry: RegistryDep) -> Session:
     """FastAPI dependency for the pages: the session (raises `LoginRequired`)."""
-    session = await current(request)
+    session = await current(request, auth.admin_key, registry)
     if session is None:
         raise LoginRequired
     return session
 
 
-async def checked_form(request: Request) -> FormData:
+async def checked_form(request: Request, session: Annotated[Session, Depends(required)]) -> FormData:
     """FastAPI dependency for the actions: the posted form, once the session and its CSRF token are
     checked (raises `LoginRequired`, `FormRefused`)."""
-    session = await required(request)
     form = await request.form()
     sent = form.get("csrf")
     if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
