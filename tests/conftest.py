@@ -28,6 +28,18 @@ def lora_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return make_lora(model_path, path, seed=1234, rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
 
 
+@pytest.fixture
+def all_cores():
+    """For a compute-bound test that trains or samples in this process, while no other test runs:
+    torch uses every core for it (the suite's default is one thread per process), then one again."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 async def transformers_engine(model_path: Path):
     from r3.engines.transformers_engine import TransformersEngine

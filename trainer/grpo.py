@@ -115,6 +115,9 @@ class GRPOSettings:
     # Failures per optimizer step and process (fewer if the round has fewer); the paper: 256 samples a step.
     prompts_per_step: int = 2
     gradient_accumulation_steps: int = 1  # split a step's prompts_per_step × G sequences into this many passes
+    # Recompute activations in the backward pass (TRL's default): less memory, more compute (a step
+    # on the bundled model, 2 CPU cores: 64.7 s with it, 60.8 s without).
+    gradient_checkpointing: bool = True
     beta: float = 0.001  # KL to the base model (the paper's coefficient); TRL's default is 0
     epsilon: float = 0.2  # PPO clip range, TRL's default
     # As long as the server lets a reflection be (R3_REFLECTION_MAX_TOKENS): a reflection cut
@@ -484,6 +487,7 @@ def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int,
         num_generations=settings.num_generations,
         per_device_train_batch_size=sequences_per_step // settings.gradient_accumulation_steps,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        gradient_checkpointing=settings.gradient_checkpointing,
         max_completion_length=settings.max_reflection_tokens,
         temperature=settings.temperature,
         beta=settings.beta,

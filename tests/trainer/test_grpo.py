@@ -376,6 +376,12 @@ def test_the_round_loads_and_computes_in_the_placements_dtype():
     assert precision_args(Placement("cuda", "float16"))["fp16"]
 
 
+def test_gradient_checkpointing_is_on_unless_the_settings_turn_it_off(tmp_path):
+    cpu = Placement("cpu", "float32")
+    assert grpo_config(TINY, tmp_path, 2, cpu).gradient_checkpointing
+    assert not grpo_config(replace(TINY, gradient_checkpointing=False), tmp_path, 2, cpu).gradient_checkpointing
+
+
 def test_trls_vllm_generation_is_chosen_by_settings(tmp_path):
     cpu = Placement("cpu", "float32")
     plain = grpo_config(TINY, tmp_path, 2, cpu)
@@ -394,7 +400,8 @@ def test_trls_vllm_generation_is_chosen_by_settings(tmp_path):
 
 
 @pytest.mark.slow
-async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_the_policy(model_path, tmp_path):
+async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_the_policy(model_path, tmp_path,
+                                                                                       all_cores):
     # Untrained, this model rarely answers right; a verifier that wants "the" somewhere in the retry
     # passes some of its sampled retries and not others, so groups carry signal.
     the = {"type": "regex", "pattern": r"\bthe\b", "mode": "search", "flags": ["IGNORECASE"]}

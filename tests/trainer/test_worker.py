@@ -117,10 +117,10 @@ def test_every_grpo_knob_is_an_r3_train_setting() -> None:
                         train_beta=0.0, train_epsilon=0.3, train_temperature=0.8, train_retry_temperature=0.5,
                         train_max_retry_tokens=64, train_max_prompt_tokens=512, train_num_epochs=2.0,
                         train_lr_scheduler="constant", train_warmup_ratio=0.03, train_seed=7,
-                        train_shuffle_rewards=True, reflection_max_tokens=48)
+                        train_shuffle_rewards=True, reflection_max_tokens=48, train_gradient_checkpointing=False)
     grpo = grpo_settings(settings)
     assert (grpo.prompts_per_step, grpo.gradient_accumulation_steps, grpo.lora_rank, grpo.lora_alpha) == (4, 2, 8, 16)
     assert grpo.lora_target_modules == ("q_proj", "v_proj") and (grpo.beta, grpo.epsilon) == (0.0, 0.3)
     assert (grpo.temperature, grpo.retry_temperature, grpo.max_retry_tokens, grpo.max_prompt_tokens) == (0.8, 0.5, 64, 512)
     assert (grpo.num_epochs, grpo.lr_scheduler_type, grpo.warmup_ratio, grpo.seed) == (2.0, "constant", 0.03, 7)
-    assert grpo.shuffle_rewards and grpo.max_reflection_tokens == 48
+    assert grpo.shuffle_rewards and grpo.max_reflection_tokens == 48 and not grpo.gradient_checkpointing
