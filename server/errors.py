@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -139,6 +140,35 @@ def _too_large(_: Request, error: RequestTooLarge) -> JSONResponse:
     return error_response(413, str(error.detail), code="request_too_large")
 
 
+_REF = "#/components/schemas/{model}"
+BAD_REQUEST = {"description": "The request is invalid (OpenAI's error object)",
+               "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}}
+
+
+def describe_errors_as_sent(app: FastAPI) -> None:
+    """Make `app`'s OpenAPI document say what a bad request gets: FastAPI documents a 422 with its
+    own validation schema on every route that reads input, but R3 answers 400 with `ErrorResponse`
+    (`_validation_error`), as OpenAI does."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for methods in document.get("paths", {}).values():
+            for operation in methods.values():
+                if operation.get("responses", {}).pop("422", None) is not None:
+                    operation["responses"].setdefault("400", BAD_REQUEST)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        _, error_schemas = models_json_schema([(ErrorResponse, "serialization")], ref_template=_REF)
+        schemas.update(error_schemas["$defs"])
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, lambda _, error: error.response())
     app.add_exception_handler(RequestTooLarge, _too_large)
@@ -148,6 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for unavailable in (*UNAVAILABLE, ConnectionError):
         app.add_exception_handler(unavailable, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    describe_errors_as_sent(app)
 
 
 class BodySizeLimit:

@@ -50,3 +50,14 @@ def test_admin_schemas_are_in_the_document() -> None:
             "Health", "LiveStats"} <= set(schemas)
     assert "from" in schemas["AdminActionOut"]["properties"]  # the wire name, not the Python one
     assert schemas["TrainingRoundOut"]["properties"]["requested_at"]["format"] == "date-time"
+
+
+def test_a_bad_request_is_documented_as_the_400_it_gets() -> None:
+    """R3 answers invalid input 400 with OpenAI's error object, never FastAPI's 422: the document says so."""
+    schemas = DOCUMENT["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and schemas["ErrorResponse"]["required"] == ["error"]
+    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+    assert not [(method, path) for path, method, operation in OPERATIONS if "422" in operation["responses"]]
+    for path in ("/v1/chat/completions", "/v1/completions", "/feedback"):
+        answer = DOCUMENT["paths"][path]["post"]["responses"]["400"]["content"]["application/json"]
+        assert answer["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
