@@ -28,7 +28,6 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
