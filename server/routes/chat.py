@@ -94,7 +94,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                              info_in_choice=len(runs) > 1)
 
     events = response_events(wire, [replayed(i, run) for i, run in enumerate(runs)],
-                             lambda: usage_of([turn for run in runs for turn in run.turns]))
+                             lambda: usage_of(*(run.turns for run in runs)))
     return StreamingResponse(sse_stream(events), media_type="text/event-stream")
 
 
@@ -135,7 +135,7 @@ async def _live_stream(state, tasks: list[ChatTask], body: ChatCompletionRequest
         wire = _wire(body, streams[0][0].completion_id, vocabulary)
         choices = [_live_choice(state, wire, index, run, stream, info_in_choice=len(runs) > 1)
                    for index, (run, stream) in enumerate(zip(runs, streams))]
-        async for event in response_events(wire, choices, lambda: usage_of([t for run in runs for t in run.turns])):
+        async for event in response_events(wire, choices, lambda: usage_of(*(run.turns for run in runs))):
             yield event
 
 
