@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from verifiers.base import ToolCall
+from verifiers.json_text import JsonTextError, read_json, read_json_at
 
 HERMES_TOOL_PROMPT = (
     "You are a function calling AI model. You are provided with function signatures within "
@@ -182,8 +183,8 @@ def _arguments_object(arguments: str | dict[str, Any]) -> Any:
     if isinstance(arguments, dict):
         return arguments
     try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
+        return read_json(arguments)
+    except JsonTextError:
         return arguments  # shown to the model as it was sent
 
 
@@ -222,14 +223,13 @@ def parse_tool_calls(text: str, offered: Collection[str] | None = None) -> Parse
 
 _CANDIDATE = re.compile(r"<tool_call>|[{\[]")
 _CALL_KEYS = {"name", "arguments", "parameters", "type", "id"}
-_DECODER = json.JSONDecoder()
 
 
 def _bare_calls(text: str, start: int, offered: Collection[str] | None) -> tuple[list[ToolCall] | None, int]:
     """The calls of the JSON value at `start` (None: it is no call), and where to read on."""
     try:
-        value, end = _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
+        value, end = read_json_at(text, start)
+    except JsonTextError:
         return None, start + 1
     return _calls_from_value(value, text[start:end], offered), end
 
@@ -241,8 +241,8 @@ def _joined(pieces: list[str]) -> str | None:
 
 def _calls_from_json(body: str, offered: Collection[str] | None) -> list[ToolCall] | None:
     try:
-        return _calls_from_value(json.loads(body), body, offered)
-    except json.JSONDecodeError:
+        return _calls_from_value(read_json(body), body, offered)
+    except JsonTextError:
         return None
 
 
@@ -267,8 +267,8 @@ def _call_from_object(item: Any, offered: Collection[str] | None) -> ToolCall | 
     arguments = item.get("arguments", item.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+            arguments = read_json(arguments)
+        except JsonTextError:
             return None
     if not isinstance(arguments, dict):
         return None
@@ -282,7 +282,7 @@ def _as_written(call: str, arguments: str) -> str:
     if header is None:
         return arguments
     try:
-        value, end = _DECODER.raw_decode(call, header.end())
-    except json.JSONDecodeError:
+        value, end = read_json_at(call, header.end())
+    except JsonTextError:
         return arguments
-    return call[header.end():end] if value == json.loads(arguments) else arguments
+    return call[header.end():end] if value == read_json(arguments) else arguments
