@@ -118,6 +118,10 @@ class Settings(BaseSettings):
                                         "each group, so no reflection is credited for its own retry (r3 bench "
                                         "learn's control; nothing should be learned).")
     train_claim_idle_s: float = Field(60.0, gt=0, description="Stream entries a dead worker left this long are taken over.")
+    train_heartbeat_s: float = Field(10.0, gt=0, description="How often the trainer running a round marks it alive.")
+    train_stale_after_s: float = Field(
+        120.0, gt=0, description="A running round its trainer has not marked alive for this long (several "
+        "R3_TRAIN_HEARTBEAT_S) is failed, its trainer presumed dead, by the next trainer or POST /admin/train.")
     train_use_vllm: bool = Field(False, description="Sample the trainer's reflections and retries with vLLM "
                                  "through TRL (GPUs; needs the vllm extra).")
     train_vllm_mode: Literal["colocate", "server"] = Field(
@@ -144,6 +148,9 @@ class Settings(BaseSettings):
     )
     database_url: str | None = None
     redis_url: str | None = None
+    journal_reserve_bytes: int = Field(
+        16 * 1024 * 1024, ge=0, description="Free space the episode journal's disk keeps: with less, a request "
+        "that records an episode gets a 503 (Retry-After) before it generates, and /health says not ready.")
 
     # --- HTTP ---
     host: str = "127.0.0.1"

@@ -20,8 +20,9 @@ Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unavailable"]  # unavailable: not ready for requests (a 503), `reason` says why
     model: str  # the served base model's id
+    reason: str | None = None
 
 
 # ---------------------------------------------------------------- adapter versions

@@ -22,6 +22,7 @@ from server import dashboard
 from server.adapters import AdapterManager
 from server.admin_protocol import CHAT_RESPONSES, COMPLETION_RESPONSES
 from server.auth import Authenticator, tenant
+from server.deps import recordable
 from server.auto_rollback import AutoRollback
 from server.errors import BodySizeLimit, install_error_handlers
 from server.metrics import Metrics
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         sessions = database.sessions(db)
         stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else NoEpisodeStream()
         episodes = SqlEpisodeStore(sessions)  # the database; the log below writes to it and reads through it
-        store = EpisodeLog(episodes, stream, Journal(settings.data_dir / "journal"))
+        store = EpisodeLog(episodes, stream, Journal(settings.data_dir / "journal", settings.journal_reserve_bytes))
         await store.start()
         auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
                              settings.admin_key.get_secret_value() if settings.admin_key else None, sessions)
@@ -88,8 +89,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(episodes.router)  # its routes carry their own tenant or admin checks
     dashboard.install(app)  # /dashboard: its login session and CSRF checks are its own
     app.include_router(models.router, dependencies=[Depends(tenant)])
-    app.include_router(chat.router, dependencies=[Depends(tenant)], responses=CHAT_RESPONSES)
-    app.include_router(feedback.router, dependencies=[Depends(tenant)])
-    app.include_router(completions.router, dependencies=[Depends(tenant)],  # the legacy POST /v1/completions
+    # Routes that record episodes refuse a request up front (503) while its episode could not be recorded.
+    recording = [Depends(tenant), Depends(recordable)]
+    app.include_router(chat.router, dependencies=recording, responses=CHAT_RESPONSES)
+    app.include_router(feedback.router, dependencies=recording)
+    app.include_router(completions.router, dependencies=recording,  # the legacy POST /v1/completions
                        responses=COMPLETION_RESPONSES)
     return app

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from r3.store import keys
-from r3.store.errors import UNAVAILABLE
+from r3.store.errors import DatabaseUnavailable
 from server.errors import APIError, refuse_unsound_body
 
 _CACHE_S = 5.0  # a revoked key stops working within this long
@@ -79,7 +79,7 @@ class Authenticator:
             return value
         try:
             value = await keys.any_keys(self.sessions)
-        except (*UNAVAILABLE, OSError):
+        except DatabaseUnavailable:
             if not checked:
                 raise  # never known: a 503, rather than guessing open or closed
             return value  # the database is down: keep the last answer, so serving goes on

@@ -21,6 +21,7 @@ from r3.engines.base import Engine
 from r3.reflect_retry import Reflector
 from r3.settings import Settings
 from r3.store.episode_log import EpisodeLog
+from r3.store.errors import JournalUnavailable
 from r3.store.registry import AdapterRegistry
 from r3.store.sql import SqlEpisodeStore
 from server.adapters import AdapterManager
@@ -86,3 +87,11 @@ AdminDep = Annotated[AdminService, Depends(get_admin)]
 AuthDep = Annotated[Authenticator, Depends(get_auth)]
 # The calling tenant (None in open mode); a 401 without a valid key, before the body is read.
 TenantDep = Annotated[str | None, Depends(tenant)]
+
+
+def recordable(store: StoreDep) -> None:
+    """For a route that records an episode: refuse the request (`JournalUnavailable`: 503 with
+    Retry-After) before it generates anything, while the episode could not be recorded."""
+    problem = store.unrecordable()
+    if problem is not None:
+        raise JournalUnavailable(problem)

@@ -22,11 +22,15 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
-from r3.store.errors import UNAVAILABLE
+from r3.store.errors import DatabaseUnavailable, JournalUnavailable
 from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, shown
 from verifiers.base import validation_message
 
 log = logging.getLogger(__name__)
+
+# What a 503 asks a client to wait before trying again (its Retry-After header), in seconds: the
+# journal and the database come back by themselves, and a client should not hammer them meanwhile.
+RETRY_AFTER_S = 5
 
 
 class APIError(Exception):
@@ -69,9 +73,16 @@ def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
+                   param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def unavailable_response(message: str, code: str) -> JSONResponse:
+    """503 with `Retry-After`: a service this request needs is down for now, not broken."""
+    return error_response(503, message, type="server_error", code=code,
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 # What pydantic says when the body as a whole is no object: missing (empty, or `null`), or another type.
@@ -125,10 +136,14 @@ def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), type=kind)
 
 
-def _database_error(_: Request, error: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", error)
-    return error_response(503, "the episode database is unavailable; try again shortly", type="server_error",
-                          code="database_unavailable")
+def _database_error(_: Request, error: DatabaseUnavailable) -> JSONResponse:
+    log.warning("database unavailable: %s", error.orig)
+    return unavailable_response("the episode database is unavailable; try again shortly", "database_unavailable")
+
+
+def _journal_error(_: Request, error: JournalUnavailable) -> JSONResponse:
+    log.error("%s", error)
+    return unavailable_response(f"{error}; try again shortly", "journal_unavailable")
 
 
 def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
@@ -175,8 +190,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for unavailable in (*UNAVAILABLE, ConnectionError):
-        app.add_exception_handler(unavailable, _database_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_error)
+    app.add_exception_handler(JournalUnavailable, _journal_error)
     app.add_exception_handler(Exception, _unexpected_error)
     describe_errors_as_sent(app)
 

@@ -1,6 +1,7 @@
 """Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
 rescues, latency, swaps, rollbacks, training rounds by status (counted in the database at each
-scrape: the trainer is another process) and the episode log's backlog and refused episodes.
+scrape: the trainer is another process), the episode log's backlog and refused episodes, and whether
+its journal can be written.
 
 `Metrics.scrape` brings the gauges read from elsewhere up to date and gives the text a scrape answers."""
 
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from r3.episodes import Episode
 from r3.store.episode_log import EpisodeLog
-from r3.store.errors import StoreError
+from r3.store.errors import DatabaseUnavailable
 from r3.store.rounds import TrainingRounds
 
 
@@ -35,6 +36,9 @@ class Metrics:
         self.backlog = Gauge("r3_episode_log_backlog", "Episodes recorded but not yet in the database", registry=r)
         self.rejected = Gauge("r3_episode_log_rejected", "Episodes the database refused since the start, "
                               "set aside in the journal's rejected.jsonl", registry=r)
+        self.journal_writable = Gauge("r3_episode_journal_writable", "1 while the episode journal takes "
+                                      "episodes, 0 while it cannot (its disk full or read-only: requests get "
+                                      "a 503)", registry=r)
 
     def observe(self, episode: Episode, seconds: float) -> None:
         version = episode.adapter or "base"
@@ -49,12 +53,13 @@ class Metrics:
 
     async def scrape(self, episode_log: EpisodeLog, rounds: TrainingRounds) -> bytes:
         """Every metric in Prometheus' text format (`CONTENT_TYPE_LATEST`), once the gauges kept
-        elsewhere are read: the episode log's backlog and refused episodes, the rounds by status."""
+        elsewhere are read: the episode log's backlog, refused episodes and journal, the rounds by status."""
         self.backlog.set(episode_log.backlog)
         self.rejected.set(episode_log.rejected)
+        self.journal_writable.set(episode_log.unrecordable() is None)
         try:
             counts = await rounds.count_by_status()
-        except (StoreError, OSError):  # the database is down: the rest is still served, rounds as last seen
+        except DatabaseUnavailable:  # the database is down: the rest is still served, rounds as last seen
             counts = {}
         for status, count in counts.items():
             self.training_rounds.labels(status).set(count)

@@ -6,5 +6,5 @@ commands of its own.
 - `rounds.TrainingRounds`: training rounds and the trainer's queries.
 - `stream`: the episode stream's producer and consumer.
 - `registry`: adapter versions, their events (publisher and subscriber) and the admin audit log.
-- `keys`: API keys. `errors`: the failures a caller catches, by name.
+- `keys`: API keys. `errors`: the failures a caller catches, by name (`DatabaseUnavailable`).
 """

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 import migrations
 from r3.store import fast_json
+from r3.store.errors import install_translation
 from r3.settings import Settings
 
 ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
@@ -37,9 +38,13 @@ def is_embedded(url: str) -> bool:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """The engine every part of R3 reaches the database through: a database that cannot serve raises
+    `r3.store.errors.DatabaseUnavailable`, however the driver reported it."""
     # A stalled Postgres (not a refused connection) must fail a write, not hang it: the journal keeps it.
     connect_args = {"command_timeout": 30, "timeout": 10} if make_url(url).get_backend_name() == "postgresql" else {}
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, json_serializer=fast_json.dumps)
+    engine = create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, json_serializer=fast_json.dumps)
+    install_translation(engine)
+    return engine
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker:

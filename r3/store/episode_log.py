@@ -30,9 +30,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-
 from r3.episodes import Episode, episode_from_dict, episode_to_dict
+from r3.store.errors import is_unavailable, sqlstate
 from r3.store.journal import Journal, Segment
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import EpisodeStream
@@ -73,7 +72,8 @@ class EpisodeLog:
                        asyncio.create_task(self._maintain_forever(), name="episode-maintenance")]
 
     def record(self, episode: Episode) -> None:
-        """Make the episode durable locally and queue it for the database. Never blocks.
+        """Make the episode durable locally and queue it for the database. Never blocks; raises
+        `JournalUnavailable` when the journal cannot be written (`unrecordable` says so beforehand).
 
         The log keeps `episode` (raising its revision): the caller must not change it afterwards.
         """
@@ -85,6 +85,12 @@ class EpisodeLog:
             self._buffer.put_nowait((episode, segment))
         else:
             segment.needs_replay = True
+
+    def unrecordable(self) -> str | None:
+        """Why an episode recorded now would be refused (the journal's disk is full or read-only), or
+        None: ask before generating what is to be recorded. Clears by itself once the disk takes
+        writes again."""
+        return self.journal.problem()
 
     async def get(self, episode_id: str, tenant: str | None) -> Episode | None:
         episode = self._unwritten.get(episode_id)
@@ -284,31 +290,20 @@ class EpisodeLog:
             self._stream_ok = False
 
 
-# SQLSTATE classes that put the fault on the database rather than on the rows: connection (08),
-# transaction rollback such as a deadlock (40), syntax or access rule, i.e. the schema or the
-# permissions (42), invalid catalog or schema name (3D, 3F), insufficient resources (53), object
-# not in prerequisite state such as a lock (55), operator intervention such as a shutdown or a
-# statement timeout (57), system error (58), internal error (XX). Source: PostgreSQL, "Appendix A.
-# PostgreSQL Error Codes". The rows' classes are chiefly 22 (data) and 23 (constraints).
-_DATABASE_SQLSTATE_CLASSES = frozenset({"08", "40", "42", "3D", "3F", "53", "55", "57", "58", "XX"})
+# SQLSTATE classes that put the fault on the database rather than on the rows, besides those of a
+# database that cannot serve now (`r3.store.errors.is_unavailable`): syntax or access rule, i.e. the
+# schema or the permissions (42), invalid catalog or schema name (3D, 3F), internal error (XX). The
+# rows' classes are chiefly 22 (data) and 23 (constraints).
+_SCHEMA_SQLSTATE_CLASSES = frozenset({"42", "3D", "3F", "XX"})
 
 
 def _the_databases(error: BaseException) -> bool:
-    """Whether a failed write is the database's fault (wait and retry), not its rows' (set them aside).
-
-    With a SQLSTATE (Postgres), its class decides. Without one, SQLAlchemy's operational and interface
-    errors are the database's (SQLite's "no such table", "database is locked", a lost connection),
-    as are the operating system's (a refused connection, a timeout). Everything else (a constraint,
-    a value the driver cannot bind or encode, a `RecursionError` from an episode nested too deep) is
-    the rows'.
-    """
-    if isinstance(error, DBAPIError):
-        original = error.orig
-        sqlstate = getattr(original, "sqlstate", None) or getattr(original.__cause__, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate:
-            return sqlstate[:2].upper() in _DATABASE_SQLSTATE_CLASSES
-        return isinstance(error, OperationalError | InterfaceError)
-    return isinstance(error, DisconnectionError | OSError | TimeoutError)
+    """Whether a failed write is the database's fault (wait and retry), not its rows' (set them aside):
+    the database cannot serve now, or its schema or permissions are wrong. Everything else (a
+    constraint, a value the driver cannot bind or encode, a `RecursionError` from an episode nested
+    too deep) is the rows'."""
+    state = sqlstate(error)
+    return is_unavailable(error) or (state is not None and state[:2] in _SCHEMA_SQLSTATE_CLASSES)
 
 
 def _record_of(episode: Episode) -> object:

@@ -9,6 +9,11 @@ and then, for a process that exits after this one started). A folder is locked b
 write reaches the operating system at once (it survives the process); `fsync` at rotation bounds
 what a machine crash could take. Records the database refuses for what they hold (not for being
 down) are set aside in `rejected.jsonl`, for an operator.
+
+A journal that cannot be written (its disk full or read-only) says so before anyone relies on it:
+`problem()` is checked before a request starts generating, and `append` raises `JournalUnavailable`
+(leaving no partial line behind) instead of a bare OSError. The condition clears by itself: once a
+write failed, `problem()` probes the folder until a write succeeds again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from r3.store import fast_json
+from r3.store.errors import JournalUnavailable
 
 
 @dataclass(eq=False)
@@ -40,9 +46,13 @@ class Segment:
 
 
 class Journal:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, reserve_bytes: int = 0) -> None:
+        """A journal in a folder of its own under `directory`. `reserve_bytes`: the free space below
+        which `problem()` says the journal cannot take more (an episode may be as large as a request)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.root = directory
+        self.reserve_bytes = reserve_bytes
+        self._failure: str | None = None  # why the last write failed, until a probe succeeds
         name = f"process-{time.time_ns():020d}-{os.getpid()}"
         # Made and locked under a name no adopter looks at, then renamed: a `process-*` folder
         # without a held lock is always a dead process's.
@@ -57,8 +67,8 @@ class Journal:
         self.segments: list[Segment] = []
         self.adopt()
         self._sequence = 0
-        self._fd: int | None = None
-        self.current = self._open()
+        self._fd, self.current = self._open()
+        self.segments.append(self.current)
 
     def adopt(self) -> int:
         """Take over the segments of processes that died (at start, and again now and then: a process
@@ -93,21 +103,49 @@ class Journal:
                 os.close(lock)
         return adopted
 
-    def _open(self) -> Segment:
+    def _open(self) -> tuple[int, Segment]:
+        """A new segment file, opened for appending (raises OSError when none can be made)."""
         self._sequence += 1
         path = self.directory / f"segment-{self._sequence:09d}.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        segment = Segment(path)
-        self.segments.append(segment)
-        return segment
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), Segment(path)
 
     def append(self, record: dict[str, Any]) -> Segment:
+        """Write `record` as one line of the current segment. Raises `JournalUnavailable` when the
+        disk refuses it, with the segment as it was before (no partial line)."""
         line = (fast_json.dumps(record) + "\n").encode()
-        written = os.write(self._fd, line)  # one O_APPEND write: lines never interleave
-        while written < len(line):  # a short write (disk full, a signal): finish the line
-            written += os.write(self._fd, line[written:])
+        start = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, line)  # one O_APPEND write: lines never interleave
+            while written < len(line):  # a short write (a signal, or the last bytes of a disk): finish the line
+                written += os.write(self._fd, line[written:])
+        except OSError as error:
+            os.ftruncate(self._fd, start)  # the next line must not be glued to a partial one
+            raise self._failed(error) from error
         self.current.written += 1
         return self.current
+
+    def problem(self) -> str | None:
+        """Why an episode cannot be journaled now (None: it can): the last write failed and the folder
+        still refuses one, or its disk has no more than `reserve_bytes` free. Cheap enough to ask
+        before every request (one `statvfs`; a probe write only while a failure is recorded)."""
+        if self._failure is not None:
+            try:
+                probe = self.directory / ".probe"
+                probe.write_bytes(b"\n")
+                probe.unlink()
+            except OSError:
+                return self._failure
+            self._failure = None
+        disk = os.statvfs(self.directory)
+        free = disk.f_bavail * disk.f_frsize
+        if free <= self.reserve_bytes:
+            return (f"the episode journal's disk ({self.root}) has {free} bytes free, no more than the "
+                    f"{self.reserve_bytes} it keeps in reserve (R3_JOURNAL_RESERVE_BYTES)")
+        return None
+
+    def _failed(self, error: OSError) -> JournalUnavailable:
+        self._failure = f"the episode journal ({self.root}) cannot be written: {error.strerror or error}"
+        return JournalUnavailable(self._failure)
 
     def reject(self, record: Any, reason: str) -> None:
         """Set aside a record the database will not take, for an operator to look at (and not retried).
@@ -127,13 +165,20 @@ class Journal:
             os.fsync(file.fileno())
 
     def rotate(self) -> None:
-        """Close the current segment (if it has entries) and start a new one."""
+        """Close the current segment (if it has entries) and start a new one; when no new one can be
+        made (the disk is full), keep appending to the current one and let `problem()` say why."""
         if self.current.written == 0:
             return
         os.fsync(self._fd)
+        try:
+            fd, segment = self._open()
+        except OSError as error:
+            self._failed(error)
+            return
         os.close(self._fd)
         self.current.closed = True
-        self.current = self._open()
+        self._fd, self.current = fd, segment
+        self.segments.append(segment)
 
     def close(self) -> None:
         """Stop writing; a folder left with no pending segment is removed, else the next start adopts it."""
