@@ -1,10 +1,11 @@
 """`regex`: the content, stripped of surrounding whitespace, must match a regular expression.
 
 Patterns run on the `regex` package rather than `re`: its syntax is `re`'s, but a match can be given
-a time limit. The pattern is the client's own, and one like `(a|aa)+$` backtracks exponentially; it
-runs on the server's event loop, so every match stops after `MATCH_TIMEOUT_S` and the verdict is a
-failure that says so. The pattern is limited to 1,000 characters and the content checked to 20,000
-(longer content fails).
+a time limit (and it releases the GIL while it matches). The pattern is the client's own, and one
+like `(a|aa)+$` backtracks exponentially, so every match stops after `MATCH_TIMEOUT_S` (regex checks
+its clock now and then: a timed-out match may run a little longer) and the verdict is a failure that
+says so. The pattern is limited to 1,000 characters and the content checked to 20,000 (longer
+content fails).
 """
 
 from __future__ import annotations
