@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A CPU build of torch, installed before anything that depends on it (otherwise pip pulls a CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: serve test bench install install-dev clean
+.PHONY: serve test test-fast docs bench install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ serve: install
 # -rs: say why each skipped test was skipped (no Postgres, no browser).
 test: install-dev
 	$(BIN)/pytest -q -rs --durations=10
+
+# The fast tier: the tests that need no model, no Postgres or Redis and no browser (tests/conftest.py marks them).
+test-fast: install-dev
+	$(BIN)/pytest -q -m fast
+
+# The documentation site (mkdocs-material), built strictly: a broken link or a missing page fails it.
+docs: install-dev
+	$(BIN)/pip install --quiet -e ".[docs]"
+	$(BIN)/mkdocs build --strict
 
 # Each benchmark prints a table and writes JSON and a PNG to bench/results/ (see BENCHMARKS.md).
 bench: install-dev

@@ -1,4 +1,11 @@
-"""Shared fixtures: the bundled model (pulled once into the user's cache) and a test LoRA adapter."""
+"""Shared fixtures (the bundled model, pulled once into the user's cache; a test LoRA adapter) and the
+suite's tiers.
+
+Every test is marked by what it needs, from the fixtures it takes (`TIER_FIXTURES`) or its module's
+`pytestmark`: `model` (the bundled model or an engine), `services` (Postgres or Redis), `browser`
+(Chromium), `slow` (minutes). A test with none of these is `fast`: `make test-fast` runs those alone
+(`pytest -m fast`), `make test` runs everything.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,31 @@ from support import make_lora
 
 from r3 import bundled_model
 from r3.settings import Settings
+
+
+# A fixture a test takes (directly or through other fixtures) → the tier it puts the test in.
+TIER_FIXTURES = {
+    "model": {"model_path", "lora_path", "transformers_engine", "vllm_engine", "started_engine", "r3_process"},
+    "services": {"shared_postgres", "fresh_pg_url", "module_pg_url", "private_postgres", "private_redis"},
+}
+TIERS = ("model", "services", "browser", "slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in {"model": "loads the bundled model or starts an engine",
+                       "services": "needs Postgres or Redis", "browser": "drives Chromium",
+                       "slow": "takes minutes", "fast": "needs no model, no service, no browser"}.items():
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for tier, names in TIER_FIXTURES.items():
+            if fixtures & names:
+                item.add_marker(tier)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker("fast")
 
 
 @pytest.fixture(scope="session")
