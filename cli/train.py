@@ -136,6 +136,9 @@ def round_summary(report: dict) -> Table:
     table = Table(title="training round", show_header=False, title_justify="left")
     table.add_row("failures", f"{report.get('train', 0)} to train on, {report.get('heldout', 0)} held out, "
                               f"{report.get('regression', 0)} first-attempt successes for the regression check")
+    if report.get("set_aside"):
+        table.add_row("set aside", f"{report['set_aside']} episodes that cannot be run again as tasks "
+                                   "(GET /admin/train/set-aside says why)")
     if "skipped" in report:
         table.add_row("skipped", str(report["skipped"]))
         return table

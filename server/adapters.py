@@ -104,7 +104,7 @@ class AdapterManager:
 
     async def _load_pinned_version(self, name: str, model: str) -> None:
         version = await self.registry.get(name)
-        if version is None or version.status == "pending":
+        if version is None or not version.servable:
             raise UnknownModel(model)
         async with self._lock:
             if name not in self.engine.adapters():

@@ -90,6 +90,23 @@ class TrainingRoundOut(BaseModel):
     promoted: bool | None
     report: dict[str, Any] | None
     error: str | None
+    owner: str | None = None  # the trainer that ran it (host, pid, id)
+    heartbeat_at: Timestamp | None = None  # when that trainer last said the round was alive
+
+
+class SetAsideEpisodeOut(BaseModel):
+    """An episode a training round could not run again as a task (its stored verifier is not valid)."""
+
+    episode_id: str
+    tenant: str | None
+    round: int | None  # the round that set it aside
+    reason: str
+    at: Timestamp
+
+
+class SetAsideList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SetAsideEpisodeOut]  # the latest first
 
 
 class TrainingState(BaseModel):

@@ -16,6 +16,8 @@ from server.admin_protocol import (
     Activation,
     AdminActionList,
     AdminActionOut,
+    SetAsideEpisodeOut,
+    SetAsideList,
     TrainingRequested,
     TrainingRoundOut,
     TrainingState,
@@ -76,8 +78,15 @@ class AdminService:
                              last=next((r for r in rounds if r.status in ("finished", "failed")), None),
                              rounds=rounds)
 
+    async def set_aside(self, limit: int) -> SetAsideList:
+        """The episodes training rounds set aside (they cannot be run again as tasks), the latest first."""
+        return SetAsideList(data=[
+            SetAsideEpisodeOut(episode_id=e.episode_id, tenant=e.tenant, round=e.round_id, reason=e.reason, at=e.at)
+            for e in await TrainingRounds(self.registry.sessions).set_aside_episodes(limit)])
+
 
 def _round_out(r: Round) -> TrainingRoundOut:
     return TrainingRoundOut(round=r.id, status=r.status, requested_by=r.requested_by, requested_at=r.requested_at,
                             started_at=r.started_at, finished_at=r.finished_at, candidate=r.candidate,
-                            promoted=r.promoted, report=r.report, error=r.error)
+                            promoted=r.promoted, report=r.report, error=r.error, owner=r.owner,
+                            heartbeat_at=r.heartbeat_at)

@@ -52,7 +52,7 @@ async def test_the_gauge_counts_the_rounds_in_the_database_at_each_scrape(store,
         "requested": 1.0, "running": 0.0, "finished": 0.0, "failed": 0.0}
 
     # The trainer (another process, in production) starts it: the next scrape sees it running.
-    await rounds.start("admin")
+    await rounds.start("admin", "host pid 1 test", 3600.0)
     assert rounds_gauge(await metrics.scrape(episode_log, rounds)) == {
         "requested": 0.0, "running": 1.0, "finished": 0.0, "failed": 0.0}
 

@@ -150,6 +150,21 @@ def balance(failures: Sequence[Failure], factor: float = 2.0) -> list[Failure]:
     return [failure for row in zip_longest(*capped) for failure in row if failure is not None]
 
 
+def runnable(items: Iterable[Item]) -> tuple[list[Item], dict[str, str]]:
+    """(the items that can be run again as tasks, {episode id: why not} for the others): an episode
+    whose stored verifier or sampling no longer validates (a NaN stored as null, a field of another
+    version) cannot be trained or judged on, and must not fail the round for everyone else's."""
+    usable, refused = [], {}
+    for item in items:
+        try:
+            chat_task(item, recorded_params(item))
+        except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
+            refused[item.episode_id] = f"its stored request cannot be run again: {' '.join(str(error).split())}"
+        else:
+            usable.append(item)
+    return usable, refused
+
+
 def chat_task(item: Failure | Success, params: SamplingParams, adapter: str | None = None,
               model: str = "") -> ChatTask:
     """The item's request as `r3.reflect_retry` runs it, with the given sampling."""

@@ -1,11 +1,13 @@
 """`r3 train`: the worker that turns recorded failures into new adapter versions.
 
     wait ── until enough new replayable failures arrived, the interval passed, or an admin asked
-    round:
+    round (owned by this worker, which marks it alive every R3_TRAIN_HEARTBEAT_S):
         select   untrained first-attempt failures (the database is the source of truth; the Redis
-                 stream only wakes the worker), deduplicate, split by prompt hash into train and
-                 held-out (held-out prompts are never trained on), balance task kinds
-        train    GRPO with reflection-only credit, from the active adapter (trainer.grpo)
+                 stream only wakes the worker); set aside any episode that cannot be run again as a
+                 task (recorded with the reason, for the admin); deduplicate, split by prompt hash
+                 into train and held-out (held-out prompts are never trained on), balance task kinds
+        train    GRPO with reflection-only credit, from the active adapter (trainer.grpo); a round
+                 whose rollouts carried no signal (no step changed the adapter) ends here, saying so
         register the candidate as a new version (r3-vN, files + sha256)
         gate     candidate vs active on all held-out failures and a regression set (trainer.gate)
         decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers
@@ -13,7 +15,9 @@
 
 Stream entries are acknowledged only after the round that covered them is committed; a worker
 that dies leaves them pending, and the next one claims them (XAUTOCLAIM) and redoes the round.
-A crash at any point leaves the active version as it was or fully replaced, never in between.
+A crash at any point leaves the active version as it was or fully replaced, never in between. A
+round that fails marks the version it registered failed; one whose worker died is found silent by
+whoever asks for or starts the next round (`r3.store.rounds`), which fails it and its version.
 
 Under `accelerate launch` (`run_trainer`) the worker runs in the main process only; the other
 processes train each round with it and touch nothing else (`trainer.distributed`).
@@ -27,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,14 +45,16 @@ from r3.engines import create_engine
 from r3.reflect_retry import webhook_policy
 from r3.settings import Settings
 from r3.store import database
+from r3.store.errors import DatabaseUnavailable
 from r3.store.registry import AdapterRegistry
-from r3.store.rounds import TrainingRounds
+from r3.store.rounds import NO_SIGNAL, TrainingRounds
 from r3.store.stream import EpisodeConsumer, NoEpisodeStream, RedisEpisodeConsumer
 from trainer.data import (
     balance,
     dedupe,
     failures_from_episodes,
     first_attempt_successes,
+    runnable,
     split,
 )
 from trainer.distributed import Launch, RoundOrder, follow
@@ -136,6 +145,8 @@ class TrainerWorker:
         self.stream: EpisodeConsumer = (RedisEpisodeConsumer(settings.redis_url) if settings.redis_url
                                         else NoEpisodeStream())
         self._last_round = time.monotonic()
+        # Who runs this worker's rounds, as the rounds table shows it.
+        self.owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
 
     async def close(self) -> None:
         await self.registry.close()
@@ -145,8 +156,6 @@ class TrainerWorker:
     # ------------------------------------------------------------------ the loop
 
     async def run_forever(self, poll_s: float = 5.0) -> None:
-        # Rounds left running by a worker that died: failed, so their episodes count as untrained again.
-        await self.rounds.fail_abandoned("the worker running it stopped; its episodes wait for the next round")
         await self.stream.claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
         while True:
             reason = await self._due()
@@ -171,33 +180,58 @@ class TrainerWorker:
         while await self.stream.read(0):  # every entry announced so far is covered by this round
             pass
         acknowledged = list(self.stream.received)
-        round_id = await self.rounds.start(requested_by)
+        # Rounds whose trainer died are failed here (`start`), whatever started this one.
+        round_id = await self.rounds.start(requested_by, self.owner, self.settings.train_stale_after_s)
+        heartbeat = asyncio.create_task(self._heartbeat(round_id), name=f"round-{round_id}-heartbeat")
         try:
             outcome = await self._round(round_id)
         except Exception as error:
             log.exception("training round %d failed", round_id)
-            await self.rounds.fail(round_id, str(error))
+            await self.rounds.fail(round_id, str(error))  # and the version it registered, if any
             raise
+        finally:
+            heartbeat.cancel()
         self._last_round = time.monotonic()
         await self.stream.acknowledge(acknowledged)
         return outcome
+
+    async def _heartbeat(self, round_id: int) -> None:
+        """Mark round `round_id` alive every R3_TRAIN_HEARTBEAT_S while it runs."""
+        while True:
+            await asyncio.sleep(self.settings.train_heartbeat_s)
+            try:
+                alive = await self.rounds.heartbeat(round_id, self.owner)
+            except DatabaseUnavailable as error:  # the next beat may get through before the round is presumed dead
+                log.warning("round %d: its heartbeat did not reach the database (%s)", round_id, error.orig)
+                continue
+            if not alive:
+                log.error("round %d was failed as abandoned while this trainer ran it (its heartbeat was late); "
+                          "it cannot be finished", round_id)
+                return
 
     async def _round(self, round_id: int) -> RoundOutcome:
         settings = self.settings
         untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures)
         every_failure = await self.rounds.failures(2000)
         passed = await self.rounds.first_attempt_passes(settings.gate_regression_size)
-        train, new_heldout = split(dedupe(failures_from_episodes(untrained)), settings.train_heldout_fraction)
+        new_failures, refused_new = runnable(failures_from_episodes(untrained))
+        all_failures, refused_all = runnable(failures_from_episodes(every_failure))
+        successes, refused_passes = runnable(first_attempt_successes(passed))
+        set_aside = {**refused_new, **refused_all, **refused_passes}
+        if set_aside:
+            log.warning("round %d sets aside %d episodes it cannot run again (GET /admin/train/set-aside): %s",
+                        round_id, len(set_aside), set_aside)
+            await self.rounds.set_aside(round_id, set_aside)
+        train, new_heldout = split(dedupe(new_failures), settings.train_heldout_fraction)
         train = balance(train)[: settings.train_max_failures]
-        _, heldout = split(dedupe(failures_from_episodes(every_failure)), settings.train_heldout_fraction)
-        successes = first_attempt_successes(passed)
-        counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes)}
+        prompts = dedupe(all_failures)
+        _, heldout = split(prompts, settings.train_heldout_fraction)
+        counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes),
+                  "set_aside": len(set_aside)}
         log.info("round %d: %s", round_id, counts)
-        if len(train) < self.launch.processes or not heldout:  # every training process needs a failure
-            skipped = {**counts, "skipped": (
-                f"too few failures: {len(train)} to train on (at least {self.launch.processes} needed) and "
-                f"{len(heldout)} held out for the gate (at least 1 needed); failures come from requests whose "
-                "verifier said no and that kept their text")}
+        short = self._too_few(len(train), len(heldout), len(prompts))
+        if short is not None:
+            skipped = {**counts, "skipped": short}
             await self.rounds.finish(round_id, skipped)
             return RoundOutcome(round_id, None, False, skipped)
 
@@ -211,9 +245,12 @@ class TrainerWorker:
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
             report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
                                              Path(scratch) / "adapter", order.settings, webhook_policy(settings))
+            if not any(step.updated for step in report.step_logs):
+                return await self._without_signal(round_id, counts, report, train, new_heldout)
             candidate = await self.registry.register(
                 Path(scratch) / "adapter", active.name if active else None,
                 {"training": _summary(report.to_dict())}, [f.episode_id for f in train])
+            await self.rounds.registered(round_id, candidate.name)
 
         decision = await self._gate(candidate.name, candidate.path, active, heldout, successes)
         await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
@@ -226,6 +263,37 @@ class TrainerWorker:
         log.info("round %d: %s %s (%s)", round_id, candidate.name,
                  "promoted" if decision.promote else "rejected", decision.reason)
         return RoundOutcome(round_id, candidate.name, decision.promote, summary)
+
+    def _too_few(self, train: int, heldout: int, prompts: int) -> str | None:
+        """Why a round with `train` failures to train on and `heldout` held out (of `prompts` distinct
+        failed prompts) cannot run, naming each number that is short and what would raise it; None
+        when it can."""
+        short = []
+        if train < self.launch.processes:  # every training process needs a failure
+            short.append(f"{train} new failures to train on, at least {self.launch.processes} needed (one per "
+                         "training process): failures come from requests whose verifier said no and that kept "
+                         "their text, and each is trained on once")
+        if not heldout:
+            fraction = self.settings.train_heldout_fraction
+            short.append(f"none of the {prompts} distinct failed prompts is held out for the gate, at least 1 "
+                         f"needed: R3_TRAIN_HELDOUT_FRACTION={fraction:g} holds out about 1 prompt in "
+                         f"{round(1 / fraction):d}, so record failures on more prompts, or raise it")
+        return f"too few failures: {'; and '.join(short)}" if short else None
+
+    async def _without_signal(self, round_id: int, counts: dict[str, Any], report, train, new_heldout) -> RoundOutcome:
+        """End a round whose rollouts carried no signal: no step changed the adapter, so there is no
+        candidate to register or gate. Its failures are not picked again (`NO_SIGNAL`)."""
+        rewards = report.reward_mean
+        outcome = ("every retry failed" if not any(rewards) else "every retry passed" if all(r == 1 for r in rewards)
+                   else "the retries after each failure's reflections all passed or all failed")
+        summary = {**counts, "training": _summary(report.to_dict()), "skipped": (
+            f"no signal: in all {report.groups} groups of {report.steps} steps {outcome}, whatever was reflected, "
+            "so no step changed the adapter; no candidate was made or gated. These failures are not picked again")}
+        await self.rounds.mark_used(NO_SIGNAL, trained=[f.episode_id for f in train],
+                                    held_out=[f.episode_id for f in new_heldout])
+        await self.rounds.finish(round_id, summary)
+        log.info("round %d: %s", round_id, summary["skipped"])
+        return RoundOutcome(round_id, None, False, summary)
 
     async def _gate(self, candidate: str, candidate_path: Path, active, heldout, successes):
         # The serving engine on the trainer's device (R3_ENGINE, R3_DEVICE, R3_DTYPE), with none of

@@ -50,7 +50,8 @@ class AdapterVersion(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)  # r3-vN, never reused
     number: Mapped[int] = mapped_column(Integer, unique=True)
     parent: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"))
-    status: Mapped[str] = mapped_column(String(16))  # candidate | active | rejected | retired
+    # pending | candidate | active | rejected | retired | failed (its round failed after registering it)
+    status: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -145,6 +146,24 @@ class TrainingRound(Base):
     promoted: Mapped[bool | None] = mapped_column(Boolean)
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # The trainer running it (host, pid and a per-process id), when it last said it was alive, and how
+    # long it may stay silent (its R3_TRAIN_STALE_AFTER_S): a running round silent for longer lost its
+    # trainer. Kept with the round, so whoever finds it (a trainer, the server) judges it by its owner's word.
+    owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    stale_after_s: Mapped[float | None] = mapped_column(Float)
+
+
+class SetAsideEpisode(Base):
+    """An episode a training round could not turn into a task (its stored verifier or sampling is not
+    valid): set aside with the reason, for an admin to look at, and never picked again."""
+
+    __tablename__ = "set_aside_episodes"
+
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True)
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("training_rounds.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
 
 
 class AdminAction(Base):

@@ -2,7 +2,8 @@
 
 A version is born `pending` (its name is taken before its files are written), becomes `candidate`
 once its files and their sha256 are in place, and then `active` (promoted) or `rejected` (the gate
-said no). Promotion retires the previous active version and activates the new one in one
+said no); or `failed`, when its files could not be written or its round failed before deciding it
+(its name is not reused either). Promotion retires the previous active version and activates the new one in one
 transaction — a unique index allows one active row at most — and only after the commit is the
 event published, so a crash anywhere leaves either the old version active or the new one, never
 half of each. Servers learn of promotions from Redis pub/sub (`adapter_events`, the subscriber
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CHANNEL = "r3:adapters"
 ANY_VERSION = object()  # `activate` whatever is active now
+INCOMPLETE = ("pending", "failed")  # statuses of versions without whole files: never activated or served
 
 
 def version_name(number: int) -> str:
@@ -84,6 +86,11 @@ class Version:
     def of(cls, row: AdapterVersion) -> Version:
         return cls(row.name, row.number, row.parent, row.status, Path(row.path), row.sha256, row.metrics,
                    row.episodes_used, row.created_at, row.promoted_at)
+
+    @property
+    def servable(self) -> bool:
+        """Whether its files are whole: a version still being written, or one that failed, is not."""
+        return self.status not in INCOMPLETE
 
 
 @dataclass(frozen=True)
@@ -156,11 +163,19 @@ class AdapterRegistry:
 
     async def register(self, files: Path, parent: str | None, metrics: dict[str, Any],
                        episodes_used: list[str]) -> Version:
-        """Copy a trained adapter folder in as a new candidate version."""
+        """Copy a trained adapter folder in as a new candidate version. When the copy fails (a full
+        disk), the version is marked failed and its partial files removed before the error propagates."""
         row = await self._reserve_name(parent, metrics, episodes_used)
         target = Path(row.path)
-        shutil.copytree(files, target)
-        sha = adapter_sha256(target)
+        try:
+            shutil.copytree(files, target)
+            sha = adapter_sha256(target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            async with self.sessions.begin() as session:
+                await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.name)
+                                      .values(status="failed"))
+            raise
         async with self.sessions.begin() as session:
             await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.name)
                                   .values(status="candidate", sha256=sha))
@@ -222,7 +237,7 @@ class AdapterRegistry:
                 return False
             if name is not None:
                 target = await session.get(AdapterVersion, name)
-                if target is None or target.status == "pending":
+                if target is None or target.status in INCOMPLETE:
                     raise LookupError(f"no complete adapter version named {name!r}")
             await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
                                   .values(status="retired"))

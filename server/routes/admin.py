@@ -17,6 +17,7 @@ from server.admin_protocol import (
     Activation,
     AdapterList,
     AdminActionList,
+    SetAsideList,
     StatsReport,
     TrainingRequested,
     TrainingState,
@@ -76,6 +77,14 @@ async def request_training(service: AdminDep) -> TrainingRequested:
 @router.get("/train", response_model=TrainingState)
 async def training_state(service: AdminDep, limit: int = Query(5, ge=1, le=100)) -> TrainingState:
     return await service.training_state(limit)
+
+
+@router.get("/train/set-aside", response_model=SetAsideList)
+async def set_aside_episodes(service: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> SetAsideList:
+    """Episodes training rounds set aside because they cannot be run again as tasks (e.g. a stored
+    verifier that no longer validates), with the tenant, the round and the reason, the latest first.
+    A round goes on without them; none is picked again."""
+    return await service.set_aside(limit)
 
 
 @router.get("/stats", response_model=StatsReport)

@@ -3,8 +3,10 @@ consumer (`r3.store.stream`) on a real Redis."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from datetime import UTC, datetime
 
 import pytest
@@ -15,11 +17,13 @@ from support import free_port
 from r3.episodes import AttemptRecord, Episode
 from r3.store import database
 from r3.store.models import EpisodeRow
+from r3.store.registry import AdapterRegistry
 from r3.store.rounds import HELD_OUT, RoundStatus, TrainingRounds
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import NoEpisodeStream, RedisEpisodeConsumer, RedisEpisodeStream
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
+OWNER, LIVE = "host-a pid 2 test", 3600.0  # a trainer that heartbeats well within its hour
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -54,7 +58,7 @@ async def test_asking_twice_answers_the_pending_round_until_it_is_decided(rounds
     assert await rounds.requested()
 
     # The trainer starts the requested round, whatever made it look (here: enough failures).
-    assert await rounds.start("failures") == asked.id
+    assert await rounds.start("failures", OWNER, LIVE) == asked.id
     assert not await rounds.requested()
     running, new = await rounds.request("admin")
     assert not new and (running.id, running.status, running.requested_by) == (asked.id, RoundStatus.RUNNING, "admin")
@@ -72,7 +76,7 @@ async def test_asking_twice_answers_the_pending_round_until_it_is_decided(rounds
 
 
 async def test_a_round_nobody_asked_for_starts_running_and_a_failure_keeps_its_error(rounds: TrainingRounds) -> None:
-    round_id = await rounds.start("interval")
+    round_id = await rounds.start("interval", OWNER, LIVE)
     (running,) = await rounds.recent(5)
     assert (running.id, running.status, running.requested_by) == (round_id, RoundStatus.RUNNING, "interval")
 
@@ -84,22 +88,59 @@ async def test_a_round_nobody_asked_for_starts_running_and_a_failure_keeps_its_e
         await rounds.finish(round_id + 1, {})
 
 
-async def test_rounds_a_dead_worker_left_running_are_failed_and_counted(rounds: TrainingRounds) -> None:
-    finished = await rounds.start("cli")
+async def test_a_round_whose_trainer_went_silent_is_failed_by_whoever_asks_next(rounds: TrainingRounds) -> None:
+    finished = await rounds.start("cli", OWNER, LIVE)
     await rounds.finish(finished, {"skipped": "too few failures"})
-    abandoned = await rounds.start("failures")
-    assert (await rounds.request("admin"))[0].id == abandoned  # running: no other round is queued
+    alive = await rounds.start("failures", OWNER, LIVE)
+    assert await rounds.heartbeat(alive, OWNER)
+    asked, new = await rounds.request("admin")
+    assert (asked.id, new) == (alive, False)  # running, its trainer alive: no other round is queued
+    assert await rounds.fail_abandoned() == []
+    await rounds.fail(alive, "stopped by a test")
 
-    assert await rounds.fail_abandoned("the worker stopped") == 1
-    waiting, new = await rounds.request("admin")
-    assert new
-    assert [(r.id, r.status) for r in await rounds.recent(10)] == [
-        (waiting.id, RoundStatus.REQUESTED), (abandoned, RoundStatus.FAILED), (finished, RoundStatus.FINISHED)]
-    assert (await rounds.recent(10))[1].error == "the worker stopped"
-    assert [r.id for r in await rounds.recent(2)] == [waiting.id, abandoned]
+    # A trainer that allows itself no silence at all: by the next question it has been silent too long.
+    silent = await rounds.start("failures", "host-b pid 7 dead", 0.0)
+    waiting, new = await rounds.request("admin")  # the admin's POST /admin/train
+    assert new and waiting.id != silent
+    failed = next(r for r in await rounds.recent(10) if r.id == silent)
+    assert failed.status == RoundStatus.FAILED and failed.owner == "host-b pid 7 dead"
+    assert "its trainer (host-b pid 7 dead) stopped: no heartbeat since" in failed.error
+    assert not await rounds.heartbeat(silent, "host-b pid 7 dead")  # its trainer, if alive after all, learns it
+    with pytest.raises(LookupError):
+        await rounds.finish(silent, {})  # and cannot finish it
     assert await rounds.count_by_status() == {RoundStatus.REQUESTED: 1, RoundStatus.RUNNING: 0,
-                                              RoundStatus.FINISHED: 1, RoundStatus.FAILED: 1}
-    assert await rounds.fail_abandoned("again") == 0
+                                              RoundStatus.FINISHED: 1, RoundStatus.FAILED: 2}
+
+
+async def test_the_next_start_fails_a_silent_round_and_the_version_it_left_undecided(rounds: TrainingRounds) -> None:
+    registry = AdapterRegistry(rounds.sessions, Path(tempfile.mkdtemp()))
+    files = Path(tempfile.mkdtemp()) / "adapter"
+    files.mkdir()
+    (files / "adapter_model.safetensors").write_bytes(b"weights")
+    dead = await rounds.start("cli", "host-a pid 1 gone", 0.0)  # `r3 train --once`, killed mid-round
+    version = await registry.register(files, None, {}, [])
+    await rounds.registered(dead, version.name)
+
+    following = await rounds.start("cli", OWNER, LIVE)  # the next `r3 train --once`
+    recent = {r.id: r for r in await rounds.recent(5)}
+    assert recent[dead].status == RoundStatus.FAILED and "stopped" in recent[dead].error
+    assert recent[following].status == RoundStatus.RUNNING
+    assert (await registry.get(version.name)).status == "failed"  # no half-made version left as a candidate
+    assert not (await registry.get(version.name)).servable
+
+
+async def test_an_episode_set_aside_is_listed_with_its_reason_and_never_picked_again(rounds: TrainingRounds) -> None:
+    await SqlEpisodeStore(rounds.sessions).write([episode("bad", 0, first=False), episode("good", 5, first=False),
+                                                  episode("pass", 0, first=True)])
+    round_id = await rounds.start("cli", OWNER, LIVE)
+    await rounds.set_aside(round_id, {"bad": "its stored request cannot be run again: math.tolerance", "nope": "x"})
+    await rounds.set_aside(round_id, {"bad": "a second reason"})  # the first one stays
+    assert [e.id for e in await rounds.untrained_failures(10)] == ["good"]
+    assert [e.id for e in await rounds.failures(10)] == ["good"]
+    assert await rounds.count_untrained_failures() == 1
+    (aside,) = await rounds.set_aside_episodes(10)
+    assert (aside.episode_id, aside.round_id, aside.reason) == ("bad", round_id, "its stored request cannot be "
+                                                                                  "run again: math.tolerance")
 
 
 # ---------------------------------------------------------------------------------------------- episodes

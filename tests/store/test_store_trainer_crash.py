@@ -14,6 +14,7 @@ from store_support import REPO, STREAM_KEY, run, run_in_thread, wait_for
 from r3.episodes import AttemptRecord, Episode, new_episode_id
 from r3.settings import Settings
 from r3.store import database
+from r3.store.rounds import Round, TrainingRounds
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import TRAINER_GROUP, RedisEpisodeStream
 
@@ -44,9 +45,60 @@ def rows(url: str, sql: str) -> list[tuple]:
     return run(fetch)
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli", "train"], env=env, cwd=REPO,
+def start_worker(env: dict[str, str], log: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli", "train", *options], env=env, cwd=REPO,
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def test_a_killed_once_round_is_failed_and_rounds_run_again(model_path: Path, tmp_path: Path) -> None:
+    """`r3 train --once` killed mid-round: the admin's next POST /admin/train gets a new round (not the
+    dead one), the dead round is failed saying why, and the next `--once` runs the new round."""
+    url = database.database_url(Settings(_env_file=None, data_dir=tmp_path))
+    run_in_thread(database.migrate, url)
+
+    async def record() -> None:
+        engine = database.create_engine(url)
+        try:
+            await SqlEpisodeStore(database.sessions(engine)).write([failed_episode(word) for word in WORDS])
+        finally:
+            await engine.dispose()
+
+    async def ask() -> tuple[Round, bool]:  # what POST /admin/train does
+        engine = database.create_engine(url)
+        try:
+            return await TrainingRounds(database.sessions(engine)).request("admin")
+        finally:
+            await engine.dispose()
+
+    run(record)
+    env = {**os.environ, "R3_DATA_DIR": str(tmp_path), "R3_MODELS_DIR": str(model_path.parent),
+           "R3_TRAIN_NUM_GENERATIONS": "2", "R3_TRAIN_MAX_STEPS": "1", "R3_REFLECTION_MAX_TOKENS": "6",
+           "R3_TRAIN_HELDOUT_FRACTION": "0.5", "R3_TRAIN_HEARTBEAT_S": "0.2", "R3_TRAIN_STALE_AFTER_S": "1",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("R3_DATABASE_URL", None)
+    env.pop("R3_REDIS_URL", None)
+    log = tmp_path / "trainer.log"
+    once = start_worker(env, log, "--once")
+    try:
+        (dead,) = wait_for(lambda: rows(url, "SELECT id FROM training_rounds WHERE status = 'running' "
+                                             "AND heartbeat_at IS NOT NULL"), 180, "the round to start")[0]
+        asked, new = run(ask)
+        assert (asked.id, new) == (dead, False)  # alive: asking again queues nothing
+    finally:
+        once.send_signal(signal.SIGKILL)
+        once.wait(30)
+
+    # Once its trainer has been silent past the bound it set, asking gets a new round.
+    asked, new = wait_for(lambda: (lambda answer: answer if answer[1] else None)(run(ask)), 60,
+                          "the dead round to be presumed dead")
+    assert asked.id != dead and asked.status == "requested"
+    ((status, error),) = rows(url, f"SELECT status, error FROM training_rounds WHERE id = {dead}")
+    assert status == "failed" and "stopped: no heartbeat since" in error
+
+    again = subprocess.run([sys.executable, "-m", "cli", "train", "--once", "--json"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert rows(url, f"SELECT status FROM training_rounds WHERE id = {asked.id}") == [("finished",)]
 
 
 def test_a_killed_round_is_redone_and_loses_no_stream_entry(private_redis, model_path: Path, tmp_path: Path) -> None:
@@ -69,7 +121,9 @@ def test_a_killed_round_is_redone_and_loses_no_stream_entry(private_redis, model
     env = {**os.environ, "R3_DATA_DIR": str(tmp_path), "R3_REDIS_URL": private_redis.url,
            "R3_MODELS_DIR": str(model_path.parent), "R3_TRAIN_MIN_FAILURES": "1", "R3_TRAIN_NUM_GENERATIONS": "2",
            "R3_TRAIN_MAX_STEPS": "1", "R3_REFLECTION_MAX_TOKENS": "6", "R3_TRAIN_HELDOUT_FRACTION": "0.5",
-           "R3_TRAIN_CLAIM_IDLE_S": "0.5", "OMP_NUM_THREADS": "1"}
+           "R3_TRAIN_CLAIM_IDLE_S": "0.5", "OMP_NUM_THREADS": "1",
+           # Its round is presumed dead a second after its last heartbeat (the next worker takes longer to start).
+           "R3_TRAIN_HEARTBEAT_S": "0.2", "R3_TRAIN_STALE_AFTER_S": "1"}
     log = tmp_path / "trainer.log"
     redis_client = private_redis.client()
 

@@ -124,3 +124,81 @@ def test_every_grpo_knob_is_an_r3_train_setting() -> None:
     assert (grpo.temperature, grpo.retry_temperature, grpo.max_retry_tokens, grpo.max_prompt_tokens) == (0.8, 0.5, 64, 512)
     assert (grpo.num_epochs, grpo.lr_scheduler_type, grpo.warmup_ratio, grpo.seed) == (2.0, "constant", 0.03, 7)
     assert grpo.shuffle_rewards and grpo.max_reflection_tokens == 48 and not grpo.gradient_checkpointing
+
+
+# ---------------------------------------------------------------------------------------------- rounds that stop early
+
+
+def unpassable(word: str) -> Episode:
+    """A failure no reflection can rescue: the verifier wants text the model will not write in 6 tokens."""
+    failed = episode(word, passed=False)
+    failed.verifier = {"type": "regex", "pattern": "^QZXJV-8841-KWPL$", "mode": "fullmatch"}
+    return failed
+
+
+async def isolated_worker(model_path: Path, tmp_path: Path, episodes: list[Episode], **settings) -> TrainerWorker:
+    config = Settings(_env_file=None, models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2,
+                      train_max_steps=1, reflection_max_tokens=8, gate_regression_size=4, **settings)
+    await asyncio.to_thread(database.migrate, database.database_url(config))
+    worker = TrainerWorker(config)
+    await SqlEpisodeStore(worker.sessions).write(episodes)
+    return worker
+
+
+async def test_too_few_held_out_names_the_number_that_is_short_and_what_to_do(model_path: Path, tmp_path: Path) -> None:
+    from trainer.data import failures_from_episodes, split
+
+    # Three failures whose prompts all fall on the training side at the default held-out fraction (0.2).
+    candidates = [episode(word, passed=False) for word in WORDS]
+    train, _ = split(failures_from_episodes(candidates), 0.2)
+    kept = {f.episode_id for f in train[:3]}
+    worker = await isolated_worker(model_path, tmp_path, [e for e in candidates if e.id in kept])
+    try:
+        outcome = await worker.run_round(requested_by="cli")
+    finally:
+        await worker.close()
+    skipped = outcome.report["skipped"]
+    assert outcome.candidate is None and outcome.report["train"] == 3 and outcome.report["heldout"] == 0
+    assert "none of the 3 distinct failed prompts is held out for the gate" in skipped
+    assert "R3_TRAIN_HELDOUT_FRACTION=0.2" in skipped and "to train on" not in skipped  # only what is short
+
+
+async def test_an_episode_with_an_invalid_stored_verifier_is_set_aside_and_the_round_goes_on(
+        model_path: Path, tmp_path: Path) -> None:
+    broken = episode("hello", passed=True)  # another tenant's, in the gate's regression set
+    broken.tenant = "tenant-b"
+    broken.verifier = {"type": "math", "expected": "1", "tolerance": None}  # a NaN stored as null
+    broken_failure = episode("maple", passed=False)
+    broken_failure.verifier = {"type": "countdown", "numbers": [3, None], "target": 24}
+    worker = await isolated_worker(model_path, tmp_path, [broken, broken_failure, episode("apple", passed=False)],
+                                   train_heldout_fraction=0.5)
+    try:
+        first = await worker.run_round(requested_by="cli")
+        aside = {e.episode_id: e for e in await worker.rounds.set_aside_episodes(10)}
+        second = await worker.run_round(requested_by="cli")
+        assert len(await worker.rounds.set_aside_episodes(10)) == 2  # not picked, nor set aside, again
+        rounds = await worker.rounds.recent(5)
+    finally:
+        await worker.close()
+    assert set(aside) == {broken.id, broken_failure.id}
+    assert aside[broken.id].tenant == "tenant-b" and aside[broken.id].round_id == first.round_id
+    assert "math.tolerance" in aside[broken.id].reason
+    assert first.report["set_aside"] == 2 and first.report["regression"] == 0 and second.report["set_aside"] == 0
+    assert {r.status for r in rounds} == {"finished"}  # went on with the rest (too few here), never failed
+
+
+async def test_a_round_whose_rollouts_carry_no_signal_stops_before_a_candidate(model_path: Path, tmp_path: Path,
+                                                                                all_cores) -> None:
+    worker = await isolated_worker(model_path, tmp_path, [unpassable(word) for word in WORDS],
+                                   train_heldout_fraction=0.5)
+    try:
+        outcome = await worker.run_round(requested_by="cli")
+        untrained = await worker.rounds.count_untrained_failures()
+        versions = await worker.registry.versions()
+    finally:
+        await worker.close()
+    assert outcome.candidate is None and not outcome.promoted and versions == []  # nothing registered or gated
+    assert outcome.report["skipped"].startswith("no signal: in all ") and "every retry failed" in outcome.report["skipped"]
+    training = outcome.report["training"]
+    assert training["steps"] == 1 and training["skipped_groups"] == training["groups"] and "gate" not in outcome.report
+    assert untrained == 0  # its failures are not picked again
