@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+from cli.console import HELP
+
+app = typer.Typer(help="Benchmarks.", no_args_is_help=True, **HELP)
 
 
 @app.command("learn")

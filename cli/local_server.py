@@ -1,12 +1,15 @@
 """`r3 serve` as a child process, for a replay that brings its own server.
 
 It inherits the caller's environment (R3_* settings included), so it records episodes in the same
-store that `r3 train` reads; only the port is its own.
+store that `r3 train` reads; the port is its own, it runs no trainer (R3_TRAINER=off: a replay
+measures the adapter it started with), and it accepts the key the replay sends.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -23,17 +26,24 @@ class ServerStartError(Exception):
 
 
 @contextmanager
-def local_server(log_path: Path, startup_timeout_s: float = 900) -> Iterator[str]:
-    """`with local_server(log) as url:` — the server's base URL while the block runs; stopped after."""
+def local_server(log_path: Path, api_key: str | None = None,
+                 startup_timeout_s: float = 900) -> Iterator[tuple[str, str]]:
+    """`with local_server(log) as (url, key):` — the server's base URL and the key to send while the
+    block runs; stopped after. Without `api_key`, a fresh key that this server alone accepts (its
+    R3_API_KEYS), so the replay is served whether or not keys were created with `r3 keys create`."""
     port = _free_port()
-    env = {**os.environ, "R3_HOST": "127.0.0.1", "R3_PORT": str(port)}
+    env = {**os.environ, "R3_HOST": "127.0.0.1", "R3_PORT": str(port), "R3_TRAINER": "off"}
+    key = api_key
+    if key is None:
+        key = "r3-replay-" + secrets.token_urlsafe(24)
+        env["R3_API_KEYS"] = json.dumps([key])
     with log_path.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(process, url, log_path, startup_timeout_s)
-        yield url
+        yield url, key
     finally:
         process.terminate()
         try:
@@ -46,7 +56,9 @@ def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path, timeout_s
     deadline = time.monotonic() + timeout_s  # the first start may pull the bundled model
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerStartError(f"r3 serve exited with status {process.returncode}; see {log_path}")
+            said = log_path.read_text(errors="replace").strip().splitlines()[-1:]  # a startup error is one line
+            raise ServerStartError(f"r3 serve exited with status {process.returncode} ({''.join(said)}); "
+                                   f"see {log_path}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from cli.console import console, fail
+from cli.console import HELP, console, fail
 from r3 import bundled_model
 from r3.settings import get_settings
 
-app = typer.Typer(help="The model R3 serves.", no_args_is_help=True)
+app = typer.Typer(help="The model R3 serves.", no_args_is_help=True, **HELP)
 
 
 @app.command("pull")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.console import console, fail
 from r3.settings import get_settings
@@ -33,7 +34,8 @@ def replay(
     out: Path | None = typer.Option(None, help="Where results.jsonl (the resume log) and report.json go "
                                     "(default: replay/<FILE stem>)."),
     save_tasks: Path | None = typer.Option(None, help="Also write the tasks, converted, as R3's replay JSONL."),
-    api_key: str | None = typer.Option(None, envvar="R3_API_KEY", help="Bearer key, when the server needs one."),
+    api_key: str | None = typer.Option(None, envvar="R3_API_KEY", help="Bearer key, when the server needs one "
+                                       "(with --serve: a key of its own unless given)."),
     timeout_s: float = typer.Option(600.0, help="Limit per request (a request includes its retries)."),
 ) -> None:
     """Send every task of a file through R3; report first- and second-attempt success per category.
@@ -45,7 +47,7 @@ def replay(
     from r3.replay import bfcl, xlam
     from cli.local_server import ServerStartError, local_server
     from r3.replay.report import table
-    from r3.replay.runner import Replay
+    from r3.replay.runner import Replay, ReplayRefused
     from r3.replay.tasks import TaskFileError, read_tasks, write_tasks
 
     if answers is not None and source is not ReplaySource.bfcl:
@@ -68,18 +70,29 @@ def replay(
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = get_settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    server = local_server(out_dir / "server.log") if serve else nullcontext(url or f"http://{host}:{settings.port}")
+    server = (local_server(out_dir / "server.log", api_key) if serve
+              else nullcontext((url or f"http://{host}:{settings.port}", api_key)))
     try:
-        with server as base_url:
-            replayer = Replay(base_url, out_dir, model=model, concurrency=concurrency, api_key=api_key,
+        with server as (base_url, key):
+            replayer = Replay(base_url, out_dir, model=model, concurrency=concurrency, api_key=key,
                               timeout_s=timeout_s)
             report = replayer.run(tasks, console)
-    except ServerStartError as error:
+    except (ServerStartError, ReplayRefused) as error:
         raise fail(error) from error
-    Console().print(table(report["categories"]))
-    for failure in report["errors"][:5]:
-        console.print(f"[red]not answered:[/red] {failure['id']}: {failure['error']}")
+    if report["answered"]:
+        Console().print(table(report["categories"]))
+    _say_errors(report["errors"])
     console.print(f"{report['answered']}/{report['tasks']} answered ({report['resumed']} from an earlier run), "
                   f"{len(report['errors'])} errors, {report['wall_s']} s; report: {out_dir / 'report.json'}")
     if report["errors"]:
         raise typer.Exit(1)
+
+
+def _say_errors(errors: list[dict]) -> None:
+    """Every task not answered, grouped by what happened, each group with what to do."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for failure in errors:
+        groups.setdefault((failure["error"], failure["remedy"]), []).append(failure["id"])
+    for (error, remedy), ids in groups.items():
+        console.print(f"[red]not answered:[/red] {', '.join(ids)}: {escape(error)}", highlight=False)
+        console.print(f"  what to do: {escape(remedy)}", highlight=False)

@@ -1,15 +1,21 @@
-"""The store's commands: `r3 migrate`, `r3 keys …`, and the schema check `r3 serve` makes first."""
+"""The store's commands: `r3 migrate` and `r3 keys create | list | revoke`."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from cli.console import console, fail
+from cli.console import HELP, console, fail
+from cli.startup import database_errors
 from r3.settings import get_settings
 
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: once one exists, every request needs a key.", no_args_is_help=True, **HELP)
+T = TypeVar("T")
 
 
 def migrate() -> None:
@@ -17,48 +23,79 @@ def migrate() -> None:
     from r3.store import database
 
     url = database.database_url(get_settings())
-    database.migrate(url)
+    with database_errors(url):
+        database.migrate(url)
     console.print(f"migrated: {url_without_password(url)}")
+
+
+def _on_database(work: Callable[..., Awaitable[T]]) -> T:
+    """`work(sessions)` on the configured database, made ready first (the embedded SQLite migrates
+    itself); errors reaching it become `ConfigurationError`s naming the variable."""
+    from r3.store import database
+
+    url = database.database_url(get_settings())
+
+    async def run() -> T:
+        engine = database.create_engine(url)
+        try:
+            await database.make_ready(engine, url)
+            return await work(database.sessions(engine))
+        finally:
+            await engine.dispose()
+
+    with database_errors(url):
+        return asyncio.run(run())
 
 
 @keys_app.command("create")
 def keys_create(name: str = typer.Option(..., help="Who the key is for (one live key per name).")) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
-    from r3.store import database, keys
+    from r3.store import keys
 
-    async def create() -> tuple[str, str]:
-        url = database.database_url(get_settings())
-        engine = database.create_engine(url)
-        try:
-            await database.make_ready(engine, url)
-            return await keys.create_key(database.sessions(engine), name)
-        finally:
-            await engine.dispose()
+    async def create(sessions) -> tuple[bool, str, str]:
+        first = not await keys.any_keys(sessions)
+        return first, *await keys.create_key(sessions, name)
 
     try:
-        tenant, key = asyncio.run(create())
-    except (database.NotMigratedError, keys.KeyNameTaken) as error:
+        first, tenant, key = _on_database(create)
+    except keys.KeyNameTaken as error:
         raise fail(error) from error
     console.print(f"created key for {name!r} (tenant {tenant}); it is shown only now:")
+    if first:
+        console.print("This is the first key: from now on every request needs a key (`Authorization: Bearer "
+                      "<key>`), loopback ones too. Episodes recorded before it belong to no key: every key gets a "
+                      "404 for them; the admin key reads them (GET /admin/episodes, the dashboard).")
     print(key)
 
 
-def check_database() -> None:
-    """Refuse to start on a database that is behind the code (the embedded SQLite migrates itself)."""
-    from r3.store import database
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key created with `r3 keys create`: name, tenant, created, revoked (the keys themselves are
+    never stored). Keys given in R3_API_KEYS are counted, not listed."""
+    from r3.store import keys
 
-    async def check() -> None:
-        url = database.database_url(get_settings())
-        engine = database.create_engine(url)
-        try:
-            await database.make_ready(engine, url)
-        finally:
-            await engine.dispose()
+    listed = _on_database(keys.list_keys)
+    table = Table("name", "tenant", "created (UTC)", "revoked (UTC)", title_justify="left")
+    for key in listed:
+        table.add_row(key.name, key.tenant, f"{key.created_at:%Y-%m-%d %H:%M}",
+                      f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-")
+    Console().print(table)
+    from_settings = len(get_settings().api_keys)
+    console.print(f"{sum(k.revoked_at is None for k in listed)} live, {sum(k.revoked_at is not None for k in listed)} "
+                  f"revoked; {from_settings} more in R3_API_KEYS")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Argument(..., help="The key's name (or its tenant id), as `r3 keys list` shows.")) -> None:
+    """Revoke a key: every server refuses it from its next request on. Its episodes stay (the admin key
+    reads them). A server that had keys never reopens to keyless clients, even with none left."""
+    from r3.store import keys
 
     try:
-        asyncio.run(check())
-    except database.NotMigratedError as error:
+        revoked = _on_database(lambda sessions: keys.revoke_key(sessions, name))
+    except LookupError as error:
         raise fail(error) from error
+    console.print(f"revoked the key {revoked.name!r} (tenant {revoked.tenant})")
 
 
 def url_without_password(url: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console
+from cli.console import console, log_quietly
 from r3.settings import get_settings
 
 # trainer.grpo's SkipStepsWithoutSignal logs here: `grpo_round_steps` on a round's first record, `grpo_step` on each step's.
@@ -32,8 +31,8 @@ def train(once: bool = typer.Option(False, "--once", help="Run one round now and
                                        "JSON (it is also kept in the database: GET /admin/train)."),
           verbose: bool = typer.Option(False, "--verbose", help="Log the libraries' messages too.")) -> None:
     """Run the trainer: GRPO rounds on recorded failures, gated, promoted or rejected."""
-    _log_quietly(verbose)
-    # After _log_quietly (TRL warns as it is imported), and here: the trainer loads torch and TRL.
+    log_quietly(verbose)
+    # After log_quietly (TRL warns as it is imported), and here: the trainer loads torch and TRL.
     from trainer.worker import run_trainer
 
     # The bar goes to a person at a terminal: not into --json's output, a log file, or each of the
@@ -100,35 +99,6 @@ class RoundProgress(logging.Handler):
         if self.progress is not None:
             self.progress.stop()
         self.progress, self.task = None, None
-
-
-def _log_quietly(verbose: bool) -> None:
-    """R3's own messages at INFO; the libraries' (Alembic's set-up lines, TRL's and vLLM's notices)
-    only at WARNING, unless `verbose`."""
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-    for ours in ("r3", "trainer", "server"):
-        logging.getLogger(ours).setLevel(logging.INFO)
-    if not verbose:
-        # TRL warns about the installed vLLM's version at import, and vLLM about its Triton backend:
-        # true, but nothing a trainer on this machine can act on.
-        logging.captureWarnings(True)
-        for noisy in ("py.warnings", "vllm"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to `sys.stderr` as it is at each record, not as it was at the start: while the progress
-    bar is drawn, rich stands in for stderr and prints each line above the bar."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _stream) -> None:
-        pass
 
 
 def round_summary(report: dict) -> Table:

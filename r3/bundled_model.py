@@ -106,7 +106,10 @@ def _convert(gguf: Path, dest: Path) -> None:
 
 
 def resolve(settings: Settings, pull_if_missing: bool = True) -> str:
-    """What to hand to `from_pretrained` for `R3_MODEL`: a local folder or a hub id."""
+    """What to hand to `from_pretrained` for `R3_MODEL`: a local folder or a hub id.
+
+    Raises `ModelPullError` when the bundled model cannot be pulled, or `R3_MODEL` names a folder
+    that is missing or holds no model."""
     if settings.model == BUNDLED_MODEL:
         if not is_pulled(settings.models_dir):
             if not pull_if_missing:
@@ -116,6 +119,16 @@ def resolve(settings: Settings, pull_if_missing: bool = True) -> str:
     local = Path(settings.model).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
-            raise ModelPullError(f"{local} is not a transformers model folder (no config.json)")
+            raise ModelPullError(f"R3_MODEL={settings.model}: {local} is not a transformers model folder (no "
+                                 "config.json); name the folder that holds the model's config.json")
         return str(local)
+    if _is_written_as_path(settings.model):
+        raise ModelPullError(f"R3_MODEL={settings.model}: no such folder ({local.absolute()}); name an existing "
+                             f"model folder, a hub id, or leave R3_MODEL unset for the bundled {BUNDLED_MODEL}")
     return settings.model  # a hub id, for users who have a hub
+
+
+def _is_written_as_path(model: str) -> bool:
+    """Whether `R3_MODEL` can only be a folder: a hub id is `name` or `owner/name`, never absolute,
+    relative to `.` or `~`, nor deeper than one slash."""
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1

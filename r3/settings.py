@@ -7,8 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 
@@ -152,6 +152,11 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, ge=0, description="Free space the episode journal's disk keeps: with less, a request "
         "that records an episode gets a 503 (Retry-After) before it generates, and /health says not ready.")
 
+    # --- the trainer beside the server ---
+    trainer: bool = Field(True, description="`r3 serve` also runs `r3 train` in a process of its own, restarted "
+                          "if it dies and stopped with the server; off: serve only (the production stack runs "
+                          "the trainer as a service of its own).")
+
     # --- HTTP ---
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -164,6 +169,43 @@ class Settings(BaseSettings):
         return self.adapters_dir or self.data_dir / "adapters"
 
 
+class ConfigurationError(RuntimeError):
+    """A setting that cannot work, said in one or two lines that name its `R3_*` variable, the cause
+    and the fix (the `r3` command prints it without a traceback)."""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment and `./.env`; raises `ConfigurationError` naming the variable
+    when a value cannot be read (a number that is not one, JSON that is not JSON)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigurationError(
+            f"{_variable(name)}={first.get('input')!r} (from {_source(name)}): {first['msg']}. "
+            f"Fix: set a valid value, or remove it for the default ({_default(name)}).") from error
+    except SettingsError as error:  # a list or map whose JSON does not parse
+        name = next((n for n in Settings.model_fields if f'"{n}"' in str(error)), "")
+        raise ConfigurationError(
+            f"{_variable(name)} (from {_source(name)}) is not valid JSON: {error.__cause__}. Fix: write it as "
+            f"JSON, e.g. {_variable(name)}='{_json_example(name)}', or remove it for the default.") from error
+
+
+def _variable(field: str) -> str:
+    return f"R3_{field.upper()}"
+
+
+def _source(field: str) -> str:
+    """Where a setting's value came from: the environment wins over `./.env` (names match in any case)."""
+    return "the environment" if _variable(field).lower() in {k.lower() for k in os.environ} else "./.env"
+
+
+def _default(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    return "none" if info is None or info.default is None else repr(info.get_default(call_default_factory=True))
+
+
+def _json_example(field: str) -> str:
+    return '{"name": "/path/to/adapter"}' if field == "lora_modules" else '["a", "b"]'

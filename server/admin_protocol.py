@@ -73,10 +73,23 @@ class Activation(BaseModel):
 # ---------------------------------------------------------------- training rounds
 
 
+class TrainerStatus(BaseModel):
+    """Whether a trainer is there to take up requested rounds, as this server knows it."""
+
+    running: bool | None = Field(description="true: an `r3 train` runs beside this server (`r3 serve` started "
+                                 "it); false: it is not running now (it died, and is started again); null: none "
+                                 "runs beside this server (R3_TRAINER=off), so this server cannot tell")
+    detail: str = Field(description="the same in a sentence, with what to do")
+    pid: int | None = None
+    restarts: int = Field(0, description="times it was started again after it died")
+    log: str | None = Field(None, description="the file its output goes to")
+
+
 class TrainingRequested(BaseModel):
     round: int
     status: str
     new: bool  # false: a round was already requested or running, and this is that one
+    trainer: TrainerStatus  # whether anything will take the round up
 
 
 class TrainingRoundOut(BaseModel):
@@ -113,6 +126,7 @@ class TrainingState(BaseModel):
     current: TrainingRoundOut | None  # the round requested or running, if any
     last: TrainingRoundOut | None  # the last one finished or failed, if any
     rounds: list[TrainingRoundOut]  # the latest first
+    trainer: TrainerStatus
 
 
 # ---------------------------------------------------------------- live numbers and the audit log

@@ -9,6 +9,8 @@ as JSON, the dashboard shows its message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from r3.store.registry import AdapterRegistry
 from r3.store.rounds import Round, TrainingRounds
 from server.adapters import AdapterManager
@@ -18,6 +20,7 @@ from server.admin_protocol import (
     AdminActionOut,
     SetAsideEpisodeOut,
     SetAsideList,
+    TrainerStatus,
     TrainingRequested,
     TrainingRoundOut,
     TrainingState,
@@ -28,11 +31,19 @@ from server.metrics import Metrics
 ACTOR = "admin"  # who the registry's audit log and the swap counter say acted, from the API or the dashboard
 
 
+def no_trainer_here() -> TrainerStatus:
+    """The trainer's status on a server that runs none beside it (R3_TRAINER=off, or an embedded app)."""
+    return TrainerStatus(running=None, detail="no trainer runs beside this server (R3_TRAINER=off): a requested "
+                         "round waits until an `r3 train` process, here or on another machine, takes it up")
+
+
 class AdminService:
-    def __init__(self, registry: AdapterRegistry, adapters: AdapterManager, metrics: Metrics) -> None:
+    def __init__(self, registry: AdapterRegistry, adapters: AdapterManager, metrics: Metrics,
+                 trainer: Callable[[], TrainerStatus] = no_trainer_here) -> None:
         self.registry = registry
         self.adapters = adapters
         self.metrics = metrics
+        self.trainer = trainer  # the trainer's status now (`r3 serve`'s supervisor, or none here)
 
     # ------------------------------------------------------------ adapter versions
 
@@ -69,14 +80,14 @@ class AdminService:
     async def request_training(self) -> TrainingRequested:
         """Ask the trainer for a round; while one is requested or running, that one (`new` false)."""
         asked, new = await TrainingRounds(self.registry.sessions).request(ACTOR)
-        return TrainingRequested(round=asked.id, status=asked.status, new=new)
+        return TrainingRequested(round=asked.id, status=asked.status, new=new, trainer=self.trainer())
 
     async def training_state(self, limit: int) -> TrainingState:
         """The latest `limit` rounds, the one requested or running and the last one that ended."""
         rounds = [_round_out(r) for r in await TrainingRounds(self.registry.sessions).recent(limit)]
         return TrainingState(current=next((r for r in rounds if r.status in ("requested", "running")), None),
                              last=next((r for r in rounds if r.status in ("finished", "failed")), None),
-                             rounds=rounds)
+                             rounds=rounds, trainer=self.trainer())
 
     async def set_aside(self, limit: int) -> SetAsideList:
         """The episodes training rounds set aside (they cannot be run again as tasks), the latest first."""

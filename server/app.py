@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from r3.engines import create_engine
 from r3.engines.base import Engine
@@ -20,7 +22,8 @@ from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import NoEpisodeStream, RedisEpisodeStream
 from server import dashboard
 from server.adapters import AdapterManager
-from server.admin_protocol import CHAT_RESPONSES, COMPLETION_RESPONSES
+from server.admin_protocol import CHAT_RESPONSES, COMPLETION_RESPONSES, TrainerStatus
+from server.admin_service import no_trainer_here
 from server.auth import Authenticator, tenant
 from server.deps import recordable
 from server.auto_rollback import AutoRollback
@@ -30,8 +33,11 @@ from server.request_id import RequestId
 from server.routes import admin, chat, completions, episodes, feedback, health, metrics, models
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """The server; `engine`: one already started (and owned) by the caller, instead of `R3_ENGINE`'s.
+def create_app(settings: Settings | None = None, engine: Engine | None = None,
+               trainer_status: Callable[[], TrainerStatus] = no_trainer_here) -> FastAPI:
+    """The server; `engine`: one already started (and owned) by the caller, instead of `R3_ENGINE`'s;
+    `trainer_status`: the trainer's status now, for the admin API and the dashboard (`r3 serve`
+    passes its supervisor's).
 
     Passing an engine lets a program that embeds R3 (or a test session) start vLLM once and serve
     it from the same event loop."""
@@ -77,7 +83,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await store.close()
             await db.dispose()
 
-    app = FastAPI(title="R3", summary="Reflect, Retry, Reward inference server", lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files this server serves (from
+    # the fastapi-offline package), not from a CDN, so they work offline.
+    app = FastAPIOffline(title="R3", summary="Reflect, Retry, Reward inference server", lifespan=lifespan)
+    app.state.trainer_status = trainer_status
     app_metrics = Metrics()
     app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)

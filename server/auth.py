@@ -1,7 +1,9 @@
 """Who is calling: API keys map to tenants; the admin key guards `/admin/*`.
 
-With no key configured anywhere (no `R3_API_KEYS`, none created with `r3 keys create`) the server
-is open, but only to loopback clients, so the embedded default is safe on a laptop.
+With no key configured anywhere (no `R3_API_KEYS`, none ever created with `r3 keys create`) the
+server is open, but only to loopback clients, so the embedded default is safe on a laptop. Once a
+key has been created the server stays closed, even after every key is revoked. A database key is
+looked up on every request, uncached, so `r3 keys revoke` refuses it at once on every replica.
 
 The API's routes are `CheckedRoute`s: the caller is checked before the body is read, so a client
 without a valid key is told so (401) whatever it sent.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -24,7 +25,6 @@ from r3.store import keys
 from r3.store.errors import DatabaseUnavailable
 from server.errors import APIError, refuse_unsound_body
 
-_CACHE_S = 5.0  # a revoked key stops working within this long
 
 # The key as the OpenAPI document declares it (`Authorization: Bearer <key>`). It raises nothing
 # (`auto_error=False`): the `Authenticator` answers a missing or wrong key with OpenAI's 401 error
@@ -39,8 +39,7 @@ class Authenticator:
     def __init__(self, configured_keys: list[str], admin_key: str | None, sessions) -> None:
         self.configured = {key: keys.tenant_of_configured_key(key) for key in configured_keys}
         self.admin_key, self.sessions = admin_key, sessions
-        self._known: dict[str, tuple[str | None, float]] = {}
-        self._any_keys: tuple[bool, float] = (False, 0.0)
+        self._keys_created: bool | None = None  # None: not known yet
 
     async def warm_up(self) -> None:
         """Learn at start whether keys exist, so a database outage later does not block open mode."""
@@ -74,27 +73,19 @@ class Authenticator:
                            code="invalid_api_key")
 
     async def _database_has_keys(self) -> bool:
-        value, checked = self._any_keys
-        if checked and time.monotonic() - checked <= _CACHE_S:
-            return value
+        if self._keys_created:
+            return True  # keys are revoked, never deleted: once one was created, the server stays closed
         try:
-            value = await keys.any_keys(self.sessions)
+            self._keys_created = await keys.any_keys(self.sessions)
         except DatabaseUnavailable:
-            if not checked:
+            if self._keys_created is None:
                 raise  # never known: a 503, rather than guessing open or closed
-            return value  # the database is down: keep the last answer, so serving goes on
-        self._any_keys = (value, time.monotonic())
-        return value
+            return False  # the database is down: keep the last answer (none yet), so serving goes on
+        return self._keys_created
 
     async def _database_tenant(self, key: str) -> str | None:
-        cached = self._known.get(key)
-        if cached is not None and time.monotonic() - cached[1] < _CACHE_S:
-            return cached[0]
-        tenant = await keys.tenant_of(self.sessions, key)
-        if len(self._known) > 10_000:
-            self._known.clear()
-        self._known[key] = (tenant, time.monotonic())
-        return tenant
+        # Not cached: one indexed read a request, and a revoked key is refused from the next request on.
+        return await keys.tenant_of(self.sessions, key)
 
 
 def _bearer(request: Request) -> str | None:

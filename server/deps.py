@@ -70,7 +70,8 @@ def get_services(request: Request) -> Services:
 
 def get_admin(request: Request) -> AdminService:
     """The admin's operations (activation, rollback, training rounds, the audit log), over this app's services."""
-    return AdminService(registry=get_registry(request), adapters=get_adapters(request), metrics=get_metrics(request))
+    return AdminService(registry=get_registry(request), adapters=get_adapters(request), metrics=get_metrics(request),
+                        trainer=request.app.state.trainer_status)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

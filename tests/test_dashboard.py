@@ -10,7 +10,7 @@ import json
 import re
 import time
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,11 +18,12 @@ import pytest
 import yaml
 from dashboard_support import GATE, made_up_episodes, served_store, write_episodes
 
+from r3.episodes import ABANDONED
 from r3.store import database
 from r3.store.live_stats import VersionStats
 from r3.store.registry import AdapterRegistry, Version
 from r3.store.sql import SqlEpisodeStore
-from server.dashboard.charts import WINDOWS, overview_charts
+from server.dashboard.charts import WINDOWS, fitting_window, overview_charts
 from server.dashboard.lineage import GateNumbers, Rate, lineage
 from server.metrics import Metrics
 from r3.store.timeline import TimelinePoint
@@ -172,6 +173,37 @@ def test_overview_shows_the_active_version_backlog_trainer_and_plots(stack, brow
     assert "round 1 finished" in page.text.replace("\n", " ") or "last: round" in page.text
     assert "/dashboard/static/chart.umd.min.js" in page.text
     assert browser.get("/dashboard/static/chart.umd.min.js").text.startswith("/*!\n * Chart.js v4")
+
+
+def test_overview_fits_its_window_to_a_young_install_and_names_the_trainer(stack, browser: httpx.Client) -> None:
+    """The stack's episodes span 50 minutes: the overview opens on the 1h window, not a fixed 24h in which
+    they would be a sliver; the trainer card says none runs beside this server (an embedded app)."""
+    page = browser.get("/dashboard").text
+    assert '<a href="/dashboard?window=1h" aria-current="page">1h</a>' in page
+    assert "no trainer runs beside this server (R3_TRAINER=off)" in page
+    assert 'aria-current="page">24h<' in browser.get("/dashboard", params={"window": "24h"}).text
+
+
+def test_an_abandoned_episode_is_called_abandoned(stack, browser: httpx.Client) -> None:
+    """Its client hung up before the answer was ready: never judged, but not "not judged" either."""
+    app, _, _ = stack
+    (episode,) = made_up_episodes(1, [None], time.time() - 1, time.time(), seed=7)  # the newest: on page 1
+    episode.attempts[-1].finish_reason, episode.attempts[-1].success = ABANDONED, None
+    asyncio.run(_write_directly(app, [episode]))
+    page = browser.get(f"/dashboard/episodes/{episode.id}").text
+    assert 'id="outcome">abandoned<' in page and "not judged" not in page
+    listed = browser.get("/dashboard/episodes").text
+    row = re.search(rf'<tr class="outcome-abandoned">(?:(?!</tr>).)*{episode.id}', listed, re.S)
+    assert row is not None
+
+
+def test_the_overview_window_holds_every_episode_since_the_first() -> None:
+    now = datetime.now(UTC)
+    assert fitting_window(None, now).name == "1h"
+    assert fitting_window(now - timedelta(minutes=50), now).name == "1h"
+    assert fitting_window(now - timedelta(hours=5), now).name == "6h"
+    assert fitting_window(now - timedelta(days=2), now).name == "7d"
+    assert fitting_window(now - timedelta(days=400), now).name == "30d"
 
 
 def test_versions_page_shows_lineage_gate_intervals_live_numbers_and_audit(stack, browser: httpx.Client) -> None:

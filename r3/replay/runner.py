@@ -4,7 +4,8 @@ Tasks go out as ordinary chat completions (so every one is recorded as an episod
 learns from the failures like from live traffic), `concurrency` at a time. Each answer is appended
 to the results log as it arrives; a task whose id is already there is not sent again, so an
 interrupted replay resumes where it stopped. A request that fails (HTTP error, timeout) is reported
-and left out of the log, so the next run retries it.
+with what to do about it, and left out of the log, so the next run retries it. A server that cannot
+be reached, or refuses the key, stops the replay before any task is sent (`ReplayRefused`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ from r3.replay.tasks import ReplayTask
 DEFAULT_MODEL = "r3"  # the active adapter version
 
 
+KEY_REMEDY = "pass a key: --api-key KEY or R3_API_KEY=KEY (`r3 keys create --name replay` makes one)"
+
+
+class ReplayRefused(RuntimeError):
+    """The server cannot be reached, or refuses the key: no task was sent. The message says what to do."""
+
+
 @dataclass(frozen=True)
 class Failure:
+    """A task the server did not answer: what happened and what to do about it."""
+
     id: str
     error: str
+    remedy: str
 
 
 class ResultsLog:
@@ -75,12 +86,16 @@ class Replay:
     api_key: str | None = None
 
     def run(self, tasks: list[ReplayTask], console: Console) -> dict[str, Any]:
-        """Send the tasks not yet in the log; write and return the report (see `report.json` in the README)."""
+        """Send the tasks not yet in the log; write and return the report (see `report.json` in the README).
+
+        Raises `ReplayRefused` before sending anything when the server is unreachable or refuses the key."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log = ResultsLog(self.out_dir / "results.jsonl")
         wanted = {task.id for task in tasks}
         done = {outcome.id for outcome in log.read()}
         pending = [task for task in tasks if task.id not in done]
+        if pending:
+            self._check_access()
         started = time.monotonic()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
@@ -115,8 +130,14 @@ class Replay:
             for task in queue:
                 try:
                     result: Outcome | Failure = await self._send(client, task)
+                except httpx.TimeoutException as error:  # its own message is often empty
+                    result = Failure(task.id, f"no answer within --timeout-s {self.timeout_s:g} s "
+                                     f"({type(error).__name__})", "raise --timeout-s, send fewer at once "
+                                     "(--concurrency), or give the tasks a smaller max_tokens: on a CPU one request "
+                                     "with its retries can take minutes")
                 except httpx.HTTPError as error:
-                    result = Failure(task.id, f"{type(error).__name__}: {error}")
+                    result = Failure(task.id, f"{type(error).__name__}: {error or 'no message'}",
+                                     "check that the server still runs (its log says why it stopped)")
                 if isinstance(result, Outcome):
                     log.append(result)
                 else:
@@ -134,11 +155,36 @@ class Replay:
         started = time.monotonic()
         response = await client.post("/v1/chat/completions", json=body)
         if response.status_code != 200:
-            return Failure(task.id, f"HTTP {response.status_code}: {_error_message(response)}")
+            return Failure(task.id, f"HTTP {response.status_code}: {_error_message(response)}",
+                           _remedy(response.status_code))
         r3 = response.json()["r3"]
         return Outcome(id=task.id, category=task.group, episode_id=r3["episode_id"],
                        verdicts=[attempt["success"] for attempt in r3["attempts"]],
                        latency_s=round(time.monotonic() - started, 3))
+
+
+    def _check_access(self) -> None:
+        """One request before the tasks: a server that is not there, or refuses the key, is said once."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            response = httpx.get(f"{self.url}/v1/models", headers=headers, timeout=30)
+        except httpx.HTTPError as error:
+            raise ReplayRefused(f"nothing answers at {self.url} ({type(error).__name__}: {error or 'no message'}): "
+                                "start `r3 serve`, pass --url, or add --serve") from error
+        if response.status_code == 401:
+            raise ReplayRefused(f"{self.url} refused the key ({_error_message(response)}): {KEY_REMEDY}")
+
+
+def _remedy(status: int) -> str:
+    """What to do about a task the server answered with `status`."""
+    if status in (401, 403):
+        return KEY_REMEDY
+    return {400: "the server refused the task as written: correct the task (the message names the field)",
+            404: "the model is not served: pass --model, or see GET /v1/models",
+            413: "the request is over the server's R3_MAX_REQUEST_BYTES",
+            429: "the server is busy: run again later (answered tasks are not sent again)",
+            503: "the server cannot record episodes now: run again later (answered tasks are not sent again)",
+            }.get(status, "the server failed: its log says why (with --serve: server.log in --out)")
 
 
 def _error_message(response: httpx.Response) -> str:

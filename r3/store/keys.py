@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.store.models import ApiKey
@@ -49,5 +50,36 @@ async def tenant_of(sessions: async_sessionmaker[AsyncSession], key: str) -> str
 
 
 async def any_keys(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether a key was ever created, revoked ones included: a server that had keys stays closed."""
     async with sessions() as session:
-        return await session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+        return await session.scalar(select(ApiKey.id).limit(1)) is not None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A database key as `r3 keys list` shows it (the key itself is never kept)."""
+
+    tenant: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_keys(sessions: async_sessionmaker[AsyncSession]) -> list[KeyInfo]:
+    """Every key ever created, oldest first, revoked ones included."""
+    async with sessions() as session:
+        rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
+        return [KeyInfo(row.id, row.name, row.created_at, row.revoked_at) for row in rows]
+
+
+async def revoke_key(sessions: async_sessionmaker[AsyncSession], name_or_tenant: str) -> KeyInfo:
+    """Revoke the live key with this name (or tenant id); servers refuse it from their next request.
+    Raises `LookupError` when no live key has that name or tenant."""
+    async with sessions.begin() as session:
+        row = await session.scalar(select(ApiKey).where(
+            or_(ApiKey.name == name_or_tenant, ApiKey.id == name_or_tenant), ApiKey.revoked_at.is_(None)))
+        if row is None:
+            raise LookupError(f"no live key is named {name_or_tenant!r} or has that tenant id; `r3 keys list` "
+                              "shows them")
+        row.revoked_at = datetime.now(UTC)
+        return KeyInfo(row.id, row.name, row.created_at, row.revoked_at)

@@ -77,3 +77,10 @@ async def timeline(sessions: async_sessionmaker[AsyncSession], since: datetime, 
                             latency.get((index, adapter), 0.0))
               for index, adapter, *numbers in count_rows if 0 <= index < buckets]
     return sorted(points, key=lambda p: (p.bucket, p.stats.version))
+
+
+async def first_episode_at(sessions: async_sessionmaker[AsyncSession]) -> datetime | None:
+    """When the oldest episode was created (aware, UTC), or None when there is none."""
+    async with sessions() as session:
+        first = await session.scalar(select(func.min(EpisodeRow.created_at)))
+    return None if first is None else first if first.tzinfo else first.replace(tzinfo=UTC)  # SQLite's are naive

@@ -33,7 +33,13 @@ class Window:
 
 WINDOWS = {w.name: w for w in (Window("1h", 3600, 60), Window("6h", 6 * 3600, 72), Window("24h", 24 * 3600, 96),
                                Window("7d", 7 * 24 * 3600, 84), Window("30d", 30 * 24 * 3600, 90))}
-DEFAULT_WINDOW = "24h"
+
+
+def fitting_window(first_episode: datetime | None, now: datetime) -> Window:
+    """The overview's window when none is asked for: the shortest that holds every episode since the
+    first (a young install's hour of data fills the 1h plot, not a sliver of 24h); 30d at most."""
+    age_s = 0.0 if first_episode is None else (now - first_episode).total_seconds()
+    return next((w for w in WINDOWS.values() if age_s <= w.seconds), WINDOWS["30d"])
 
 
 def _percent(part: int, whole: int) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from jinja2 import Environment
 
+from r3.episodes import ABANDONED, AttemptRecord, Episode
 from server.dashboard.lineage import Rate
 
 
@@ -42,10 +43,24 @@ def verdict(success: bool | None) -> str:
     return {True: "pass", False: "fail", None: "not judged"}[success]
 
 
+def outcome(episode: Episode) -> str:
+    """An episode's outcome in a word: pass, fail, abandoned (its client hung up before the answer was
+    ready, so it was never judged), or not judged."""
+    return ABANDONED if episode.abandoned else verdict(episode.outcome)
+
+
+def attempt_verdict(attempt: AttemptRecord, with_feedback: bool = False) -> str:
+    """An attempt's verdict in a word (abandoned when its client hung up during it); `with_feedback`:
+    the client's feedback, where given, overrides the verifier's."""
+    if attempt.finish_reason == ABANDONED:
+        return ABANDONED
+    return verdict(attempt.passed if with_feedback else attempt.success)
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
 def install_filters(environment: Environment) -> None:
     environment.filters.update(when=when, percent=percent, rate=rate, number=number, verdict=verdict,
-                               pretty_json=pretty_json)
+                               outcome=outcome, attempt_verdict=attempt_verdict, pretty_json=pretty_json)

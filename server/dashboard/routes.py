@@ -23,7 +23,7 @@ from starlette.datastructures import FormData
 from r3.reflection import REFLECTION_TEMPLATES
 from r3.store.live_stats import version_stats
 from r3.store.sql import EpisodeFilter
-from r3.store.timeline import timeline
+from r3.store.timeline import first_episode_at, timeline
 from server.admin_protocol import Activation
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
@@ -111,9 +111,10 @@ async def logout(registry: RegistryDep, _: FormData = Depends(session.checked_fo
 
 @router.get("", dependencies=[Depends(session.required)])
 async def overview(request: Request, service: AdminDep, registry: RegistryDep, adapters: AdaptersDep,
-                   store: StoreDep, window: str = Query(charts.DEFAULT_WINDOW)) -> HTMLResponse:
-    span = charts.WINDOWS.get(window, charts.WINDOWS[charts.DEFAULT_WINDOW])
-    since = span.start(datetime.now(UTC))
+                   store: StoreDep, window: str | None = Query(None)) -> HTMLResponse:
+    now = datetime.now(UTC)
+    span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(registry.sessions), now)
+    since = span.start(now)
     points = await timeline(registry.sessions, since, span.bucket_s, span.buckets)
     recorded = await registry.active()
     return _page(request, "overview.html", window=span, windows=list(charts.WINDOWS),
@@ -170,16 +171,17 @@ async def activate(name: str, request: Request, service: AdminDep,
 async def training(request: Request, service: AdminDep) -> HTMLResponse:
     state = await service.training_state(limit=ROUNDS_SHOWN)
     round_charts = {r.round: charts.round_chart((r.report or {}).get("training") or {}) for r in state.rounds}
-    return _page(request, "training.html", rounds=state.rounds, round_charts=round_charts, current=state.current)
+    return _page(request, "training.html", rounds=state.rounds, round_charts=round_charts, current=state.current,
+                 trainer=state.trainer)
 
 
 @router.post("/training")
 async def start_round(request: Request, service: AdminDep,
                       _: FormData = Depends(session.checked_form)) -> RedirectResponse:
     asked = await service.request_training()
-    if not asked.new:
-        return _back(request, "/training", f"Round {asked.round} is already {asked.status}; no other was requested.")
-    return _back(request, "/training", f"Round {asked.round} requested; the trainer starts it on its next check.")
+    said = (f"Round {asked.round} is already {asked.status}; no other was requested." if not asked.new
+            else f"Round {asked.round} requested.")
+    return _back(request, "/training", f"{said} Trainer: {asked.trainer.detail}.")
 
 
 # ------------------------------------------------------------------ episodes

@@ -37,7 +37,10 @@ def episode_out(episode: Episode) -> EpisodeOut:
 async def get_episode(episode_id: str, store: StoreDep, caller: TenantDep) -> EpisodeOut:
     episode = await store.get(episode_id, caller)
     if episode is None:
-        raise APIError(404, f"no episode {shown(episode_id)}", type="not_found_error", param="episode_id",
+        # A key's tenant sees its own episodes only; those recorded in open mode belong to no key.
+        whose = (" for this key (episodes recorded before the first API key was created belong to no key: the "
+                 "admin key reads them, GET /admin/episodes)") if caller is not None else ""
+        raise APIError(404, f"no episode {shown(episode_id)}{whose}", type="not_found_error", param="episode_id",
                        code="not_found")
     return episode_out(episode)
 

@@ -1,0 +1,208 @@
+"""A new user's first hour: each startup mistake said in a line or two naming its R3_* variable (each in
+its own `r3` process, in a fresh folder with a fresh data dir), the version and help, API keys listed
+and revoked at once on every replica, and the trainer `r3 serve` supervises beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from starlette.requests import Request
+from support import free_port
+
+from cli.supervisor import TrainerSupervisor
+from r3.store import database
+from server.auth import Authenticator
+from server.errors import APIError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def r3(folder: Path, *args: str, env: dict[str, str] | None = None, dotenv: str | None = None
+       ) -> subprocess.CompletedProcess:
+    """`r3 ARGS` run in `folder` (its `.env`: `dotenv`), as a fresh user with no R3_* in the environment
+    but `env`, its data dir inside `folder`."""
+    if dotenv is not None:
+        (folder / ".env").write_text(dotenv)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+    clean.update({"R3_DATA_DIR": str(folder / "data"), "PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=folder, env=clean, capture_output=True,
+                          text=True, timeout=300)
+
+
+def said(result: subprocess.CompletedProcess) -> str:
+    """What a failed command told its user: exit status 1, no traceback, at most two lines of error."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith("error: R3_"), result.stderr[-3000:]
+    return message
+
+
+def test_a_model_folder_that_is_not_there_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    message = said(r3(tmp_path, "serve", env={"R3_MODEL": str(tmp_path / "my-model"), "R3_PORT": "0"}))
+    assert f"R3_MODEL={tmp_path / 'my-model'}: no such folder" in message
+
+
+def test_a_postgres_database_that_does_not_exist(tmp_path: Path) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=3).close()
+    except OSError:
+        pytest.skip("no Postgres at 127.0.0.1:5432")
+    name = f"r3_missing_{uuid.uuid4().hex[:10]}"
+    message = said(r3(tmp_path, "serve", env={"R3_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+                                              "R3_PORT": "0"}))
+    assert f"R3_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/{name}" in message
+    assert f"the database '{name}' does not exist on 127.0.0.1:5432" in message and f"createdb" in message
+
+
+def test_postgres_not_listening(tmp_path: Path) -> None:
+    port = free_port()
+    message = said(r3(tmp_path, "serve", env={"R3_DATABASE_URL": f"postgresql://r3:secret@127.0.0.1:{port}/r3",
+                                              "R3_PORT": "0"}))
+    assert f"R3_DATABASE_URL=postgresql+asyncpg://r3:***@127.0.0.1:{port}/r3: nothing listens" in message
+    assert "secret" not in message  # the password is never printed
+    # The same words for every command that opens the database.
+    assert said(r3(tmp_path, "keys", "create", "--name", "alice",
+                   env={"R3_DATABASE_URL": f"postgresql://r3@127.0.0.1:{port}/r3"})).count("nothing listens") == 1
+
+
+def test_a_number_that_is_not_one_in_dotenv_names_the_variable_not_the_field(tmp_path: Path) -> None:
+    message = said(r3(tmp_path, "serve", dotenv="R3_MAX_BATCH_SIZE=abc\n"))
+    assert "R3_MAX_BATCH_SIZE='abc' (from ./.env): Input should be a valid integer" in message
+    assert "remove it for the default (8)" in message and "max_batch_size" not in message
+
+
+def test_bad_json_in_lora_modules(tmp_path: Path) -> None:
+    message = said(r3(tmp_path, "serve", env={"R3_LORA_MODULES": '{"mine": /adapters/mine}'}))
+    assert "R3_LORA_MODULES (from the environment) is not valid JSON" in message
+    assert 'R3_LORA_MODULES=\'{"name": "/path/to/adapter"}\'' in message
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("redis://127.0.0.1:{port}/0", "R3_REDIS_URL=redis://127.0.0.1:{port}/0: Redis does not answer"),
+    ("http://127.0.0.1:{port}", "R3_REDIS_URL=http://127.0.0.1:{port}: Redis URL must specify"),
+])
+def test_a_wrong_redis_url(tmp_path: Path, url: str, expected: str) -> None:
+    port = free_port()
+    message = said(r3(tmp_path, "serve", env={"R3_REDIS_URL": url.format(port=port), "R3_PORT": "0"}))
+    assert expected.format(port=port) in message
+
+
+def test_an_adapters_dir_that_cannot_be_used(tmp_path: Path) -> None:
+    """A file where the folder should be (the tests run as root, whom no permission stops)."""
+    (tmp_path / "taken").write_text("not a folder")
+    message = said(r3(tmp_path, "serve", env={"R3_ADAPTERS_DIR": str(tmp_path / "taken" / "adapters"),
+                                              "R3_PORT": "0"}))
+    assert f"R3_ADAPTERS_DIR: cannot use {tmp_path / 'taken' / 'adapters'} (Not a directory)" in message
+
+
+def test_a_port_in_use_is_found_before_anything_else(tmp_path: Path) -> None:
+    """Before the model (here a folder that is not there either), so in seconds, not after loading it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        message = said(r3(tmp_path, "serve", env={"R3_PORT": str(port), "R3_MODEL": str(tmp_path / "absent")}))
+    assert f"R3_PORT={port}: the port is already in use on 127.0.0.1" in message
+    assert f"R3_PORT={port + 1}" in message and "R3_MODEL" not in message
+
+
+def test_verbose_adds_the_traceback(tmp_path: Path) -> None:
+    result = r3(tmp_path, "serve", "--verbose", env={"R3_MODEL": str(tmp_path / "absent"), "R3_PORT": "0"})
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: R3_MODEL=")
+
+
+def test_version_and_help_show_defaults_without_type_noise(tmp_path: Path) -> None:
+    version = r3(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.strip() == "r3 0.1.0"
+    help_text = r3(tmp_path, "replay", "--help").stdout
+    assert "[default: 8; x>=1]" in help_text and "[default: 600.0]" in help_text
+    assert "<bool>" not in help_text and "--serve " in help_text
+    assert "[default: R3_PORT, else 8000" in r3(tmp_path, "serve", "--help").stdout
+
+
+# ------------------------------------------------------------------ API keys
+
+
+def calling_with(key: str) -> Request:
+    return Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())],
+                    "client": ("203.0.113.9", 4242)})
+
+
+def test_keys_list_and_a_revoked_key_is_refused_at_once_by_every_replica(tmp_path: Path) -> None:
+    created = r3(tmp_path, "keys", "create", "--name", "alice")
+    assert created.returncode == 0 and "This is the first key" in created.stderr
+    assert "Episodes recorded before it belong to no key" in " ".join(created.stderr.split())
+    key = created.stdout.strip()
+    assert "This is the first key" not in r3(tmp_path, "keys", "create", "--name", "bob").stderr
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'r3.db'}"
+
+    async def two_replicas_then_revoke() -> tuple[list, list]:
+        engines = [database.create_engine(url) for _ in range(2)]
+        replicas = [Authenticator([], None, database.sessions(engine)) for engine in engines]
+        try:
+            before = [await replica.tenant(calling_with(key)) for replica in replicas]
+            assert r3(tmp_path, "keys", "revoke", "alice").returncode == 0
+            after = []
+            for replica in replicas:
+                with pytest.raises(APIError) as refused:
+                    await replica.tenant(calling_with(key))
+                after.append((refused.value.status, refused.value.message))
+            return before, after
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
+    before, after = asyncio.run(two_replicas_then_revoke())
+    assert before[0] == before[1] and before[0].startswith("key-")
+    assert after == [(401, "invalid API key")] * 2
+
+    listed = r3(tmp_path, "keys", "list")
+    assert listed.returncode == 0
+    alice, bob = (next(line for line in listed.stdout.splitlines() if name in line) for name in ("alice", "bob"))
+    assert before[0] in alice and alice.rstrip(" │|").split()[-1] != "-"  # revoked: its time
+    assert bob.rstrip(" │|").split()[-1] == "-"
+    assert "1 live, 1 revoked; 0 more in R3_API_KEYS" in listed.stderr
+    again = r3(tmp_path, "keys", "revoke", "alice")
+    assert again.returncode == 1 and "no live key is named 'alice'" in again.stderr
+
+
+# ------------------------------------------------------------------ the supervised trainer
+
+
+DIES_ONCE = """
+import pathlib, sys, time
+marker = pathlib.Path(sys.argv[1])
+if not marker.exists():
+    marker.write_text("died once")
+    sys.exit(3)
+time.sleep(600)
+"""
+
+
+def test_the_supervisor_starts_the_trainer_again_when_it_dies_and_stops_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        supervisor = TrainerSupervisor(tmp_path / "trainer.log", command=[sys.executable, "-c", DIES_ONCE,
+                                                                         str(tmp_path / "marker")])
+        await supervisor.start()
+        try:
+            while supervisor.restarts < 1 or not supervisor.status().running:
+                await asyncio.sleep(0.05)  # polling its state, with the test's own timeout below
+            status = supervisor.status()
+            assert status.restarts == 1 and status.pid and f"(pid {status.pid})" in status.detail
+            assert status.log == str(tmp_path / "trainer.log")
+        finally:
+            await supervisor.stop()
+        stopped = supervisor.status()
+        assert stopped.running is False and stopped.detail.startswith("stopped with the server")
+        with pytest.raises(ProcessLookupError):
+            os.kill(status.pid, 0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
