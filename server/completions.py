@@ -20,6 +20,7 @@ from starlette.types import Receive
 
 from r3.chat_format import call_id
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
+from r3.engines.token_bytes import token_name
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import Generated
 from r3.tool_call_stream import ArgumentsPiece, CallStart, ContentPiece, Event, ToolCallStream
@@ -105,27 +106,27 @@ def r3_info(episode: Episode) -> R3Info:
     )
 
 
-def usage_of(turns: list[Generated]) -> Usage:
-    """Every token the request cost: all attempts and reflections, prompts included."""
-    prompt = sum(turn.result.prompt_tokens for turn in turns)
-    completion = sum(turn.result.completion_tokens for turn in turns)
+def usage_of(*choices: Sequence[Generated]) -> Usage:
+    """Every token a request cost, given each choice's turns (attempts and reflections, the first
+    one's first): the request's prompt once, as OpenAI counts it (every choice's first attempt reads
+    that one prompt), each later turn's own prompt, and every turn's generated tokens."""
+    first = choices[0][0].result.prompt_tokens
+    prompt = first + sum(turn.result.prompt_tokens for turns in choices for turn in turns[1:])
+    completion = sum(turn.result.completion_tokens for turns in choices for turn in turns)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def logprobs_out(tokens: list[TokenLogprob], vocabulary: Sequence[bytes] = ()) -> ChoiceLogprobs:
-    """OpenAI's logprobs of `tokens`. A token's `bytes` are its own, from `vocabulary` (the bytes of
-    each token id, `r3.engines.token_bytes`), so the bytes of the pieces of a character rejoin into
-    it; an alternative, known only by its text, has its text's UTF-8 (its own bytes when it is the
-    token chosen)."""
-    def own(token: TokenLogprob) -> list[int]:
-        return list(vocabulary[token.token_id] if token.token_id < len(vocabulary) else token.token.encode())
+    """OpenAI's logprobs of `tokens`. Each token, and each of its alternatives, has its own `bytes`,
+    from `vocabulary` (the bytes of each token id, `r3.engines.token_bytes`; its text's UTF-8 for an id
+    outside it), so the bytes of the pieces of a character rejoin into it, and is named as OpenAI names
+    it (`token_name`: `bytes:\\xe3\\x81` for such a piece)."""
+    def named(token: TokenLogprob) -> dict[str, Any]:
+        raw = vocabulary[token.token_id] if token.token_id < len(vocabulary) else token.token.encode()
+        return {"token": token_name(raw), "logprob": token.logprob, "bytes": list(raw)}
 
-    def alternatives(token: TokenLogprob) -> list[TopLogprob]:
-        return [TopLogprob(token=text, logprob=logprob, bytes=own(token) if text == token.token else list(text.encode()))
-                for text, logprob in token.top]
-
-    return ChoiceLogprobs(content=[TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=own(t),
-                                                   top_logprobs=alternatives(t)) for t in tokens])
+    return ChoiceLogprobs(content=[TokenLogprobOut(**named(t), top_logprobs=[TopLogprob(**named(a)) for a in t.top])
+                                   for t in tokens])
 
 
 def _finish_reason(turn: Generated) -> str:
@@ -163,7 +164,7 @@ def chat_completion(model: str, episode: Episode, turns: list[Generated], logpro
 
     return ChatCompletion(id=turns[-1].completion_id, created=now(), model=model,
                           choices=[choice(index, answer) for index, answer in enumerate(answers)],
-                          usage=usage_of([turn for _, answer_turns in answers for turn in answer_turns]),
+                          usage=usage_of(*(answer_turns for _, answer_turns in answers)),
                           r3=r3_info(episode))
 
 

@@ -303,7 +303,7 @@ class CompletionRequest(_Stops):
 
     model: str
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="A text, texts, or token ids (decoded to text, then tokenized as any prompt).")
+        description="A text, texts, or token ids (read as given).")
     max_tokens: int = Field(16, ge=0, description="0 (with echo): only score the prompt.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -58,7 +58,8 @@ async def test_token_texts_and_logprobs_describe_the_output(engine) -> None:
     for token in result.tokens:
         assert token.logprob <= 0 and len(token.top) == 3
         # greedy: the chosen token is the most likely one
-        assert token.top[0] == (token.token, pytest.approx(token.logprob))
+        assert (token.top[0].token_id, token.top[0].token) == (token.token_id, token.token)
+        assert token.top[0].logprob == pytest.approx(token.logprob)
 
 
 async def test_an_adapter_changes_the_output_and_the_base_stays_the_base(engine) -> None:
@@ -267,8 +268,8 @@ async def test_a_constrained_row_leaves_its_batch_mates_as_they_are_alone(engine
 async def test_logit_bias_steers_the_choice_and_logprobs_stay_the_models(engine) -> None:
     p = prompt(engine, "Write the word cat ten times.")
     plain = await engine.generate(p, SamplingParams(max_tokens=1, temperature=0, top_logprobs=2))
-    runner_up, runner_up_logprob = plain.tokens[0].top[1]
-    [runner_up_id] = engine.tokenizer.convert_tokens_to_ids(engine.tokenizer.tokenize(runner_up))
+    runner_up = plain.tokens[0].top[1]
+    runner_up_id, runner_up_logprob = runner_up.token_id, runner_up.logprob
     biased = await engine.generate(p, SamplingParams(max_tokens=1, temperature=0,
                                                      logit_bias=((runner_up_id, 100.0),)))
     assert biased.token_ids == [runner_up_id]

@@ -7,7 +7,8 @@ tool-call parsing happen outside (`r3.chat_format`), so both engines share them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,7 +32,7 @@ class PromptTooLongError(EngineError):
     pass
 
 
-# A prompt: its text, or its token ids as `Engine.encode` makes them of the text.
+# A prompt: its text (`Engine.encode` makes its token ids), or token ids, read as given.
 Prompt = str | list[int]
 
 
@@ -67,15 +68,43 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class TokenLogprob:
+    """A token with its logprob under the model's raw distribution (before logit bias, penalties,
+    temperature and top-p; under a grammar, over the tokens the grammar allows, as vLLM's)."""
+
     token_id: int
-    token: str
-    logprob: float  # under the model's raw distribution (before temperature and top-p)
-    top: tuple[tuple[str, float], ...] = ()
+    token: str  # its text alone (U+FFFD for part of a character: `r3.engines.token_bytes` has its bytes)
+    logprob: float
+    # The most likely tokens in its place, best first, each with its own id (and no `top` of its own);
+    # only finite ones (`alternatives`): a token a grammar forbids is no alternative.
+    top: tuple[TokenLogprob, ...] = ()
+
+
+def alternatives(tokenizer: Any, ids: Iterable[int], logprobs: Iterable[float]) -> tuple[TokenLogprob, ...]:
+    """`ids` with their `logprobs` (ranked, best first) as a token's `top`, less those whose logprob is
+    not finite: the grammar of a constrained request gives a token it forbids −inf, and vLLM's
+    structured outputs report only allowed alternatives (JSON has no −inf either)."""
+    return tuple(TokenLogprob(i, tokenizer.decode([i]), logprob) for i, logprob in zip(ids, logprobs)
+                 if math.isfinite(logprob))
+
+
+def tokens_making(tokenizer: Any, ids: Sequence[int], text: str, at_least: int = 0) -> int:
+    """How many of the generated `ids` (at least `at_least`) make `text`, a prefix of their decoded text:
+    the fewest whose decoding begins with it. A token part in `text`, part out of it counts, so the
+    pieces of a character count once the character is in `text`, and a token straddling a stop string's
+    cut is kept, as vLLM keeps the token that completes a stop string (its detokenizer's
+    `check_stop_strings`); a token wholly past the cut, which vLLM would keep too when it completes the
+    stop string, is not: logprobs then cover exactly the text returned."""
+    count = at_least
+    while count < len(ids) and not tokenizer.decode(ids[:count], skip_special_tokens=True).startswith(text):
+        count += 1
+    return count
 
 
 @dataclass
 class GenerationChunk:
-    """Text and tokens generated since the previous chunk; the last chunk has a finish reason."""
+    """Text and tokens generated since the previous chunk; the last chunk has a finish reason. Its
+    tokens are those that make its text (`tokens_making`): the text and the tokens of all chunks agree,
+    a stop string's cut included."""
 
     text: str
     tokens: list[TokenLogprob]

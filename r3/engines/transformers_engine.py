@@ -47,6 +47,8 @@ from r3.engines.base import (
     SamplingParams,
     TokenLogprob,
     UnknownAdapterError,
+    alternatives,
+    tokens_making,
 )
 
 log = logging.getLogger(__name__)
@@ -360,10 +362,10 @@ class TransformersEngine:
         logprobs = torch.log_softmax(logits[logits.shape[0] - count:-1], dim=-1)  # position i predicts token i + 1
         ids = sequence.prompt_ids[1:]
         chosen = logprobs.gather(1, torch.tensor(ids, device=logprobs.device)[:, None]).squeeze(1).tolist()
-        top: list[tuple[tuple[str, float], ...]] = [()] * len(ids)
-        if alternatives := sequence.params.prompt_logprobs:
-            values, top_ids = logprobs.topk(alternatives, dim=-1)
-            top = [tuple((self.tokenizer.decode([i]), v) for i, v in zip(row_ids, row_values))
+        top: list[tuple[TokenLogprob, ...]] = [()] * len(ids)
+        if count := sequence.params.prompt_logprobs:
+            values, top_ids = logprobs.topk(count, dim=-1)
+            top = [alternatives(self.tokenizer, row_ids, row_values)
                    for row_ids, row_values in zip(top_ids.tolist(), values.tolist())]
         return [TokenLogprob(token_id, self.tokenizer.decode([token_id]), logprob, alternatives_of)
                 for token_id, logprob, alternatives_of in zip(ids, chosen, top)]
@@ -400,43 +402,48 @@ class TransformersEngine:
         return batch.select([row for row, s in enumerate(batch.sequences) if s.finish_reason is None and not s.cancelled])
 
     def _append(self, sequence: _Sequence, token_id: int, logprobs: torch.Tensor) -> None:
+        """`token_id`, with `logprobs` ([vocab], what the row's token was drawn from, grammar applied),
+        added to `sequence`; its text cut before any stop string, with the tokens past the cut
+        (`tokens_making`); what is ready sent."""
         params = sequence.params
         if token_id in self._eos_ids:
             sequence.finish_reason = "stop"
         else:
-            top = ()
-            if params.top_logprobs:
-                values, ids = logprobs.topk(params.top_logprobs)
-                top = tuple((self.tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist()))
+            values, ids = logprobs.topk(params.top_logprobs)
             sequence.generated.append(token_id)
-            sequence.tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]),
-                                                logprobs[token_id].item(), top))
+            sequence.tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]), logprobs[token_id].item(),
+                                                alternatives(self.tokenizer, ids.tolist(), values.tolist())))
             sequence.text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
             cut = min((i for i in (sequence.text.find(s) for s in params.stop) if i >= 0), default=-1)
             if cut >= 0:
                 sequence.text = sequence.text[:cut]
+                del sequence.tokens[tokens_making(self.tokenizer, sequence.generated, sequence.text,
+                                                  sequence.emitted_tokens):]
                 sequence.finish_reason = "stop"
             elif len(sequence.generated) >= sequence.max_new_tokens:
                 sequence.finish_reason = "length"
         self._emit(sequence)
 
     def _emit(self, sequence: _Sequence) -> None:
+        """Send `sequence`'s text since the last chunk with the tokens that make it; until it finishes,
+        less what may be the start of a stop string or part of a character."""
         ready = len(sequence.text)
+        tokens = len(sequence.tokens)
         if sequence.finish_reason is None:
-            # Hold back what may be the start of a stop string or half of a multi-byte character.
             ready -= max((len(s) - 1 for s in sequence.params.stop), default=0)
             while ready > sequence.emitted_chars and sequence.text[ready - 1] == "\ufffd":
                 ready -= 1
             if ready <= sequence.emitted_chars:
                 return
+            tokens = tokens_making(self.tokenizer, sequence.generated, sequence.text[:ready], sequence.emitted_tokens)
         chunk = GenerationChunk(
             text=sequence.text[sequence.emitted_chars:ready],
-            tokens=sequence.tokens[sequence.emitted_tokens:],
+            tokens=sequence.tokens[sequence.emitted_tokens:tokens],
             finish_reason=sequence.finish_reason,
             prompt_tokens=sequence.prompt_tokens,
             prompt_length=len(sequence.prompt_ids) if sequence.emitted_tokens == 0 else None,
         )
-        sequence.emitted_chars, sequence.emitted_tokens = ready, len(sequence.tokens)
+        sequence.emitted_chars, sequence.emitted_tokens = ready, tokens
         sequence.prompt_tokens = None
         sequence.send(chunk)
 

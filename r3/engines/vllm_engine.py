@@ -20,7 +20,9 @@ LoRA, and structured decoding. What this module adds is the translation to R3's 
 - Temperatures under `GREEDY_BELOW` are sent as 0: both engines read them as greedy (vLLM itself
   would raise them to 0.01 and sample).
 - vLLM reports the end-of-sequence token as a generated token; it is dropped, as the transformers
-  engine never emits it.
+  engine never emits it. It also keeps the token that completes a stop string, and sends tokens
+  before their text; a chunk here has the tokens that make its text (`tokens_making`), so the
+  tokens end where the text does, as the transformers engine's.
 
 vLLM starts its engine core with `spawn`, so a program that builds this engine must start from an
 `if __name__ == "__main__":` guard (console scripts such as `r3` and `pytest` have one).
@@ -51,6 +53,8 @@ from r3.engines.base import (
     SamplingParams,
     TokenLogprob,
     UnknownAdapterError,
+    alternatives,
+    tokens_making,
 )
 
 log = logging.getLogger(__name__)
@@ -237,34 +241,44 @@ class VllmEngine:
         lora = self._adapters[adapter] if adapter else self._base_request
         self._in_use[adapter or ""] += 1
         first = True  # the first chunk carries the prompt's length
+        ids: list[int] = []  # generated so far, with their tokens and text
+        tokens: list[TokenLogprob] = []
+        text = ""
+        sent = 0  # tokens sent so far: those that make the text sent so far
         try:
             async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, self._sampling_params(params, room),
                                                    request_id=uuid.uuid4().hex, lora_request=lora):
                 completion = output.outputs[0]
-                tokens = self._tokens(completion.token_ids, completion.logprobs or [], params.top_logprobs)
+                ids += completion.token_ids
+                tokens += self._tokens(completion.token_ids, completion.logprobs or [], params.top_logprobs)
+                text += completion.text
                 finish = completion.finish_reason
-                if finish == "stop" and completion.stop_reason is None and tokens:
-                    tokens = tokens[:-1]  # an end-of-sequence token (vLLM's stop_reason None) is not part of the answer
                 if finish not in (None, "stop", "length"):
                     raise EngineError(f"generation ended abnormally ({finish})")
+                if finish == "stop" and completion.stop_reason is None and tokens:
+                    del ids[-1], tokens[-1]  # an end-of-sequence token (vLLM's stop_reason None) is not part of the answer
+                # vLLM sends a token with the step that made it, though its text may be held back (part of a
+                # character, or maybe of a stop string) or cut (at a stop string: `stop_reason` is the string).
+                whole = finish is not None and not isinstance(completion.stop_reason, str)
+                made = len(tokens) if whole else tokens_making(self.tokenizer, ids, text, sent)
                 # The first output has the prompt's logprobs (vLLM's first entry, for the first token, is None).
                 prompt_tokens = (self._tokens(prompt_ids[1:], output.prompt_logprobs[1:], params.prompt_logprobs)
                                  if output.prompt_logprobs else None)
-                if completion.text or tokens or finish or prompt_tokens:
-                    yield GenerationChunk(text=completion.text, tokens=tokens, finish_reason=finish,
+                if completion.text or made > sent or finish or prompt_tokens:
+                    yield GenerationChunk(text=completion.text, tokens=tokens[sent:made], finish_reason=finish,
                                           prompt_tokens=prompt_tokens, prompt_length=len(prompt_ids) if first else None)
-                    first = False
+                    first, sent = False, made
         finally:
             self._in_use[adapter or ""] -= 1
 
     def _tokens(self, token_ids: list[int], logprobs: list[dict], top_logprobs: int) -> list[TokenLogprob]:
         """Each token with its logprob and, ranked, the `top_logprobs` most likely alternatives
-        (vLLM's dict holds those plus the sampled token, whatever its rank)."""
+        (vLLM's dict holds those plus the sampled token, whatever its rank), less those a grammar forbids."""
         tokens = []
-        for token_id, alternatives in zip(token_ids, logprobs, strict=True):
-            ranked = sorted((lp.rank, i, lp.logprob) for i, lp in alternatives.items() if lp.rank <= top_logprobs)
-            top = tuple((self.tokenizer.decode([i]), logprob) for _, i, logprob in ranked)
-            tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]), alternatives[token_id].logprob, top))
+        for token_id, candidates in zip(token_ids, logprobs, strict=True):
+            ranked = [i for _, i in sorted((lp.rank, i) for i, lp in candidates.items() if lp.rank <= top_logprobs)]
+            top = alternatives(self.tokenizer, ranked, [candidates[i].logprob for i in ranked])
+            tokens.append(TokenLogprob(token_id, self.tokenizer.decode([token_id]), candidates[token_id].logprob, top))
         return tokens
 
 

@@ -41,8 +41,8 @@ class _Job:
     """One choice to make: which, of which prompt, with what."""
 
     index: int
-    prompt: str
-    prompt_ids: list[int]
+    prompt: str  # as echoed
+    prompt_ids: list[int]  # as the engine reads it
     first_token: str  # the prompt's first token, which nothing predicts (its logprob is null)
     params: SamplingParams
     score_only: bool  # max_tokens 0: one token is generated (engines make at least one) and dropped
@@ -84,8 +84,7 @@ def _jobs(engine: Engine, body: CompletionRequest) -> list[_Job]:
     if any(token >= len(engine.tokenizer) for token, _ in params.logit_bias):
         raise APIError(400, "logit_bias names a token outside this model's vocabulary", param="logit_bias")
     jobs = []
-    for number, prompt in enumerate(_texts(engine, body.prompt)):
-        prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    for number, (prompt, prompt_ids) in enumerate(_prompts(engine, body.prompt)):
         if engine.max_model_len - len(prompt_ids) < max(body.max_tokens, 1):
             raise APIError(400, f"the prompt takes {len(prompt_ids)} tokens and max_tokens is {body.max_tokens}; this "
                            f"model's context is {engine.max_model_len}", param="prompt", code="context_length_exceeded")
@@ -96,21 +95,22 @@ def _jobs(engine: Engine, body: CompletionRequest) -> list[_Job]:
     return jobs
 
 
-def _texts(engine: Engine, prompt: str | list[Any]) -> list[str]:
-    """The prompt(s) as text: token ids are decoded (and tokenized again by the engine, to the same ids
-    for any text this tokenizer wrote)."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if all(isinstance(item, int) for item in prompt):
+def _prompts(engine: Engine, prompt: str | list[Any]) -> list[tuple[str, list[int]]]:
+    """Each prompt as (its text, its token ids). A text is tokenized; token ids are kept as given and
+    scored as given (lm-evaluation-harness sends ids so that a context and its continuation are split
+    where it split them, which tokenizing their text again need not keep), their text decoded from them.
+    Raises `APIError` (400) for an id outside this model's vocabulary."""
+    if isinstance(prompt, str) or all(isinstance(item, int) for item in prompt):
         prompt = [prompt]
-    texts = []
+    prompts = []
     for item in prompt:
-        if isinstance(item, list):
-            if any(not 0 <= token < len(engine.tokenizer) for token in item):
-                raise APIError(400, "prompt holds a token id outside this model's vocabulary", param="prompt")
-            item = engine.tokenizer.decode(item)
-        texts.append(item)
-    return texts
+        if isinstance(item, str):
+            prompts.append((item, engine.encode(item)))
+            continue
+        if any(not 0 <= token < len(engine.tokenizer) for token in item):
+            raise APIError(400, "prompt holds a token id outside this model's vocabulary", param="prompt")
+        prompts.append((engine.tokenizer.decode(item), list(item)))
+    return prompts
 
 
 async def _make(engine: Engine, job: _Job, adapter: str | None) -> _Made:
@@ -122,7 +122,7 @@ async def _make(engine: Engine, job: _Job, adapter: str | None) -> _Made:
 
 async def _follow(engine: Engine, job: _Job, adapter: str | None, made: _Made) -> AsyncIterator[GenerationChunk]:
     """The engine's chunks of `job`, kept in `made` as they come (a score-only job's generation left out)."""
-    async for chunk in engine.stream(job.prompt, job.params, adapter):
+    async for chunk in engine.stream(job.prompt_ids, job.params, adapter):
         made.prompt_tokens += chunk.prompt_tokens or []
         if job.score_only:
             chunk = replace(chunk, text="", tokens=[])
@@ -203,4 +203,4 @@ _Row = tuple[str, float | None, dict[str, float] | None]
 
 def _rows(tokens: list[TokenLogprob]) -> list[_Row]:
     """Each token's row; its alternatives include the token itself, as vLLM's do."""
-    return [(t.token, t.logprob, {**dict(t.top), t.token: t.logprob}) for t in tokens]
+    return [(t.token, t.logprob, {**{a.token: a.logprob for a in t.top}, t.token: t.logprob}) for t in tokens]
