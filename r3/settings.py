@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = Field(default_factory=list)
     admin_key: SecretStr | None = None
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get a 413.")
+    max_schema_bytes: int = Field(
+        128 * 1024, ge=1024, description="Most bytes the JSON Schemas of one chat request (tools' parameters, "
+        "response_format's, a json_schema verifier's) take together as JSON; more is a 400 naming the schema. "
+        "Checking a schema and building its grammar take ~10 µs a byte.")
 
     @property
     def adapters_path(self) -> Path:

@@ -11,7 +11,7 @@ import xgrammar as xgr
 from transformers import AutoTokenizer
 
 from r3.chat_format import parse_tool_calls
-from r3.structured_output import grammar_problem, structural_tag
+from r3.structured_output import MAX_JSON_WHITESPACE, grammar_problem, grammar_tag, structural_tag
 from r3.tool_call_stream import ArgumentsPiece, CallStart, ContentPiece, ToolCallStream
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -76,9 +76,45 @@ def test_no_tools_or_none_is_no_tool_grammar() -> None:
 
 
 def test_a_schema_no_grammar_can_hold_is_told() -> None:
-    assert grammar_problem(json_schema={"type": "object"}) is None
-    assert "nonsense" in grammar_problem(json_schema={"type": "nonsense"})
+    assert grammar_problem(grammar_tag(None, {"type": "object"})) is None
+    assert "nonsense" in grammar_problem(grammar_tag(None, {"type": "nonsense"}))
     assert grammar_problem(structural_tag(TOOLS, "required", True, None)) is None
+
+
+NO_PARAMETERS_TOOL = {"type": "function", "function": {"name": "get_time"}}
+FORCED = {"type": "function", "function": {"name": "get_time"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "taken"),
+    [
+        ('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>', True),
+        ('<tool_call>\n{"name": "get_time", "arguments": { }}\n</tool_call>', True),
+        ('<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>', False),  # no invented keys
+        ('<tool_call>\n{"name": "get_time", "arguments": {\n\n\n}}\n</tool_call>', False),  # whitespace bounded
+    ],
+)
+def test_a_function_without_parameters_takes_empty_arguments(compiler, text, taken) -> None:
+    """Issue 24.3: omitted `parameters` are an empty parameter list (OpenAI's reading), so a forced
+    call's arguments are `{}` and the grammar then ends the answer."""
+    matcher = xgr.GrammarMatcher(compiler.compile_structural_tag(json.dumps(structural_tag([NO_PARAMETERS_TOOL],
+                                                                                          FORCED, True, None))))
+    assert (matcher.accept_string(text) and matcher.accept_token(2)) == taken
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS])
+def test_whitespace_in_json_is_bounded_in_every_grammar(compiler, tools) -> None:
+    """Issue 24.3: an empty-object answer cannot be padded with newlines until max_tokens; at most
+    MAX_JSON_WHITESPACE whitespace characters stand in a row, in a plain response_format and beside tools."""
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    tag = grammar_tag(structural_tag(tools, "auto", True, schema), schema)
+
+    def takes(text: str) -> bool:
+        matcher = xgr.GrammarMatcher(compiler.compile_structural_tag(json.dumps(tag)))
+        return matcher.accept_string(text) and matcher.accept_token(2)
+
+    assert takes("{" + " " * MAX_JSON_WHITESPACE + "}")
+    assert not takes("{" + "\n" * (MAX_JSON_WHITESPACE + 1) + "}")
 
 
 # ------------------------------------------------------------------ streamed tool calls

@@ -27,7 +27,8 @@ from verifiers.base import (
 from verifiers.json_text import parse_arguments
 from verifiers.schema import schema_problem, schema_violation
 
-_NO_PARAMETERS: dict[str, Any] = {"type": "object", "maxProperties": 0}
+# A function offered without `parameters` takes none (OpenAI's reading); R3's grammars hold its calls to this too.
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def offered_functions(tools: tuple[dict, ...]) -> dict[str, OfferedFunction]:
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and isinstance(function.get("name"), str):
-            functions[function["name"]] = OfferedFunction(function.get("parameters", _NO_PARAMETERS),
+            functions[function["name"]] = OfferedFunction(function.get("parameters", NO_PARAMETERS),
                                                            function.get("strict") is True)
     return functions
 

@@ -2,7 +2,9 @@
 outputs use, so both engines hold an answer to the same grammar in the same way.
 
 One `Grammars` per engine compiles a request's constraint (a JSON schema, or a structural tag as
-vLLM takes it: `xgrammar.StructuralTag`'s JSON) against the tokenizer's vocabulary once, with a cache;
+vLLM takes it: `xgrammar.StructuralTag`'s JSON; both as the structural tag `r3.structured_output.grammar_tag`
+makes, whitespace bounded) against the tokenizer's vocabulary once, with a cache keyed by the tag
+(at most `GRAMMAR_CACHE_BYTES`, least recently used first out);
 each sequence gets its own `RowGrammar` (an `xgrammar.GrammarMatcher`), so every row of a batch is
 held to its own grammar and rows without one are untouched. As in vLLM, the grammar's mask is
 applied before logprobs are taken, and the end-of-sequence token is allowed only where the grammar
@@ -23,7 +25,9 @@ import torch
 import xgrammar as xgr
 
 from r3.engines.base import EngineError, SamplingParams
-from r3.structured_output import xgrammar_reason
+from r3.structured_output import grammar_tag, xgrammar_reason
+
+GRAMMAR_CACHE_BYTES = 256 * 1024 * 1024
 
 
 class RowGrammar:
@@ -49,20 +53,20 @@ class Grammars:
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=GRAMMAR_CACHE_BYTES)
         self._vocab_size = vocab_size
 
     def compile(self, params: SamplingParams) -> xgr.CompiledGrammar | None:
-        """`params`' grammar (None: unconstrained). A structural tag wins over a JSON schema, as it
-        embeds any answer schema itself. Raises `EngineError` for a constraint xgrammar cannot compile."""
+        """`params`' grammar (None: unconstrained): `grammar_tag` of its structural tag and JSON schema.
+        Takes up to seconds for a client's schema (a server runs it through `grammar_work`). Raises
+        `EngineError` for a constraint xgrammar cannot compile."""
+        tag = grammar_tag(params.structural_tag, params.json_schema)
+        if tag is None:
+            return None
         try:
-            if params.structural_tag is not None:
-                return self._compiler.compile_structural_tag(json.dumps(params.structural_tag))
-            if params.json_schema is not None:
-                return self._compiler.compile_json_schema(json.dumps(params.json_schema), any_whitespace=True)
+            return self._compiler.compile_structural_tag(json.dumps(tag))
         except (RuntimeError, ValueError, TypeError) as error:
             raise EngineError(f"cannot constrain decoding to this schema: {xgrammar_reason(error)}") from error
-        return None
 
     def row(self, compiled: xgr.CompiledGrammar) -> RowGrammar:
         return RowGrammar(compiled, self._vocab_size)

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from r3.engines.adapter_check import AdapterChecker
 from r3.engines.constrained import Grammars, RowGrammar
+from r3.structured_output import GrammarTimeout, grammar_work
 from r3.engines.base import (
     EngineError,
     GenerationChunk,
@@ -191,13 +192,17 @@ class TransformersEngine:
         return self.encode(prompt) if isinstance(prompt, str) else prompt
 
     async def _grammar(self, params: SamplingParams) -> RowGrammar | None:
-        """A fresh matcher of `params`' grammar, compiled in a worker thread (a large schema takes a
-        while); None when `params` has none. Raises `EngineError` for one that cannot be compiled."""
+        """A fresh matcher of `params`' grammar, compiled in the grammar threads (`grammar_work`: a
+        client's schema can take seconds); None when `params` has none. Raises `EngineError` for one
+        that cannot be compiled, or not within `GRAMMAR_TIMEOUT_S`."""
         if params.json_schema is None and params.structural_tag is None:
             return None
-        grammars = self._grammars or await asyncio.to_thread(Grammars, self.tokenizer, self._model.config.vocab_size)
-        self._grammars = grammars
-        compiled = await asyncio.to_thread(grammars.compile, params)
+        try:
+            grammars = self._grammars or await grammar_work(Grammars, self.tokenizer, self._model.config.vocab_size)
+            self._grammars = grammars
+            compiled = await grammar_work(grammars.compile, params)
+        except GrammarTimeout as error:
+            raise EngineError(f"cannot constrain decoding to this schema: {error}") from error
         return grammars.row(compiled) if compiled is not None else None
 
     def _submit(self, prompt: Prompt, params: SamplingParams, adapter: str | None,

@@ -56,6 +56,7 @@ from r3.engines.base import (
     alternatives,
     tokens_making,
 )
+from r3.structured_output import grammar_tag
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,9 @@ class VllmEngine:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        structured = None
-        if params.structural_tag is not None:  # it embeds any answer schema itself
-            structured = StructuredOutputsParams(structural_tag=json.dumps(params.structural_tag))
-        elif params.json_schema is not None:
-            structured = StructuredOutputsParams(json=params.json_schema)
+        # The same structural tag as the transformers engine compiles (whitespace bounded in it).
+        tag = grammar_tag(params.structural_tag, params.json_schema)
+        structured = None if tag is None else StructuredOutputsParams(structural_tag=json.dumps(tag))
         return VllmSamplingParams(
             max_tokens=min(params.max_tokens, room),
             temperature=0.0 if params.greedy else params.temperature,

@@ -7,11 +7,12 @@ generated concurrently, recorded as its own episode and reflected on by itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +24,7 @@ from r3.engines.base import Engine, GenerationChunk, SamplingParams
 from r3.engines.token_bytes import vocabulary_bytes
 from r3.reflect_retry import ChatTask, Generated, Generation, Reflector, Run
 from r3.settings import Settings
-from r3.structured_output import grammar_problem
+from r3.structured_output import GrammarTimeout, grammar_problem, grammar_tag, grammar_work
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute, tenant
 from server.completions import (
@@ -46,9 +47,11 @@ from verifiers import (
     WebhookPolicy,
     WebhookSpec,
     parse_spec,
+    schema_problem,
 )
 from verifiers.base import validation_message
 
+T = TypeVar("T")
 router = APIRouter(route_class=CheckedRoute)
 
 
@@ -58,7 +61,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     adapters: AdapterManager = state.adapters
     reflector: Reflector = state.reflector
     adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
-    task = await build_task(reflector, body, state.settings)
+    task = await unless_disconnected(request, build_task(reflector, body, state.settings))  # its checks stop with the client
     tasks = _choice_tasks(task, body.n)
     vocabulary = await _token_bytes(state.engine) if body.logprobs else ()
     if body.stream and task.verifier is None:
@@ -168,6 +171,7 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
 
     Raises `APIError` (400) for what the request asks wrongly, and when it does not fit the context."""
     engine = reflector.engine
+    verifier = await _checked_schemas(body, settings, reflector.webhook_policy)
     tools, tool_choice = _tools_and_choice(body)
     messages = [_message(message.model_dump(exclude_none=True)) for message in body.messages]
     task = ChatTask(model=body.model, adapter=None, messages=messages, tools=tools, tool_choice=tool_choice,
@@ -188,8 +192,8 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
                             top_logprobs=body.top_logprobs or 0, json_schema=schema,
                             logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
                             frequency_penalty=body.frequency_penalty, parallel_tool_calls=body.parallel_tool_calls)
-    task = replace(task, params=params, prompt=prompt, verifier=_verifier(body, reflector.webhook_policy))
-    _check_grammar(engine, task)
+    task = replace(task, params=params, prompt=prompt, verifier=verifier)
+    await _check_grammar(engine, task)
     return task
 
 
@@ -227,15 +231,54 @@ def _tools_and_choice(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]]
     return list(tools.values()) or None, choice.model_dump() if hasattr(choice, "model_dump") else choice
 
 
-def _check_grammar(engine: Engine, task: ChatTask) -> None:
+async def _checked_schemas(body: ChatCompletionRequest, settings: Settings, policy: WebhookPolicy) -> VerifierSpec | None:
+    """The request's verifier (`_verifier`), once its JSON Schemas are checked: refuses (400, naming
+    the param) schemas that together are larger than `R3_MAX_SCHEMA_BYTES` as JSON, before any work
+    on them, then one that is not a valid JSON Schema. Checking takes ~6 µs a byte, so it runs in the
+    grammar threads (`grammar_work`), off the event loop."""
+    schemas = _schemas(body)
+    total = 0
+    for param, schema in schemas:
+        total += len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode())
+        if total > settings.max_schema_bytes:
+            raise APIError(400, f"{param}: the request's JSON Schemas take more than {settings.max_schema_bytes} "
+                           "bytes as JSON, this server's limit (R3_MAX_SCHEMA_BYTES)", param=param,
+                           code="schema_too_large")
+    for param, schema in schemas:
+        if param != "verifier.schema" and (problem := await _schema_work(param, schema_problem, schema)):
+            raise APIError(400, f"{param}: {problem}", param=param)
+    return await _schema_work("verifier", _verifier, body, policy)  # its schema checked as it is read
+
+
+def _schemas(body: ChatCompletionRequest) -> list[tuple[str, Any]]:
+    """Each JSON Schema the request carries, with its param."""
+    schemas = [(f"tools.{i}.function.parameters", tool.function.parameters) for i, tool in enumerate(body.tools or [])
+               if getattr(tool, "function", None) is not None and tool.function.parameters is not None]
+    schemas += [(f"functions.{i}.parameters", function.parameters) for i, function in enumerate(body.functions or [])
+                if function.parameters is not None]
+    if body.response_format is not None and body.response_format.json_schema is not None:
+        schemas.append(("response_format.json_schema.schema", body.response_format.json_schema.schema_))
+    if body.verifier is not None and body.verifier.get("type") == "json_schema" and "schema" in body.verifier:
+        schemas.append(("verifier.schema", body.verifier["schema"]))
+    return schemas
+
+
+async def _schema_work(param: str, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on `param`'s schema, in the grammar threads; 400 naming `param` if it takes too long."""
+    try:
+        return await grammar_work(work, *args)
+    except GrammarTimeout as error:
+        raise APIError(400, f"{param}: checking it {error}", param=param) from None
+
+
+async def _check_grammar(engine: Engine, task: ChatTask) -> None:
     """Refuses (400) a schema that no grammar can be built for, before the answer (or its stream)
     starts. The task's grammar is built here once and kept for its attempts."""
     if not engine.supports_json_schema:
         return
-    if problem := grammar_problem(json_schema=task.params.json_schema):
-        raise APIError(400, f"response_format: {problem}", param="response_format")
-    if problem := grammar_problem(task.structural_tag):
-        raise APIError(400, f"tools: {problem}", param="tools")
+    for param, tag in (("response_format", grammar_tag(None, task.params.json_schema)), ("tools", task.structural_tag)):
+        if problem := await _schema_work(param, grammar_problem, tag):
+            raise APIError(400, f"{param}: {problem}", param=param)
 
 
 def _logit_bias(body: ChatCompletionRequest, engine: Engine) -> tuple[tuple[int, float], ...]:
