@@ -20,7 +20,7 @@ from starlette.types import Receive
 
 from r3.chat_format import call_id
 from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
-from r3.engines.token_bytes import token_name
+from r3.engines.token_bytes import own_bytes, token_name
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import Generated
 from r3.tool_call_stream import ArgumentsPiece, CallStart, ContentPiece, Event, ToolCallStream
@@ -118,11 +118,11 @@ def usage_of(*choices: Sequence[Generated]) -> Usage:
 
 def logprobs_out(tokens: list[TokenLogprob], vocabulary: Sequence[bytes] = ()) -> ChoiceLogprobs:
     """OpenAI's logprobs of `tokens`. Each token, and each of its alternatives, has its own `bytes`,
-    from `vocabulary` (the bytes of each token id, `r3.engines.token_bytes`; its text's UTF-8 for an id
-    outside it), so the bytes of the pieces of a character rejoin into it, and is named as OpenAI names
-    it (`token_name`: `bytes:\\xe3\\x81` for such a piece)."""
+    from `vocabulary` (the bytes of each token id, `r3.engines.token_bytes`), so the bytes of the
+    pieces of a character rejoin into it, and is named as OpenAI names it (`token_name`:
+    `bytes:\\xe3\\x81` for such a piece)."""
     def named(token: TokenLogprob) -> dict[str, Any]:
-        raw = vocabulary[token.token_id] if token.token_id < len(vocabulary) else token.token.encode()
+        raw = own_bytes(vocabulary, token.token_id, token.token)
         return {"token": token_name(raw), "logprob": token.logprob, "bytes": list(raw)}
 
     return ChoiceLogprobs(content=[TokenLogprobOut(**named(t), top_logprobs=[TopLogprob(**named(a)) for a in t.top])

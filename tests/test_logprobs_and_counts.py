@@ -229,3 +229,20 @@ async def test_a_token_id_prompt_is_scored_as_given(client, started_engine: Engi
     assert events[-1]["usage"]["prompt_tokens"] == 7
     echoed = [token for event in events for choice in event["choices"] for token in choice["logprobs"]["tokens"]]
     assert echoed[:7] == logprobs["tokens"] and len(echoed) == 8
+
+
+async def test_a_legacy_completion_names_each_byte_piece_and_alternative_by_its_own_bytes(client) -> None:
+    text = "おはようございます"
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": text, "max_tokens": 0,
+                                                          "echo": True, "logprobs": 5})
+    assert response.status_code == 200, response.text
+    logprobs = response.json()["choices"][0]["logprobs"]
+    assert any(token.startswith("bytes:\\x") for token in logprobs["tokens"])
+    # Five alternatives, five names (the token itself among them, or a sixth): none lost to a shared "\ufffd".
+    assert all(len(top) >= 5 for top in logprobs["top_logprobs"][1:])
+    assert "\ufffd" not in [name for top in logprobs["top_logprobs"][1:] for name in top]
+    # Each token starts where the character it begins, or is part of, starts.
+    offsets = logprobs["text_offset"]
+    assert offsets == sorted(offsets) and offsets[0] == 0 and offsets[-1] < len(text)
+    whole = [(token, offset) for token, offset in zip(logprobs["tokens"], offsets) if not token.startswith("bytes:")]
+    assert whole and all(text[offset:offset + len(token)] == token for token, offset in whole)

@@ -10,6 +10,7 @@ byte-level BPE, byte-fallback and raw vocabularies alike). OpenAI names such a t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -22,6 +23,12 @@ def vocabulary_bytes(tokenizer: Any) -> tuple[bytes, ...]:
 
     Takes about half a second for a 49k vocabulary the first time: call it off the event loop."""
     return tuple(bytes(token) for token in xgr.TokenizerInfo.from_huggingface(tokenizer).decoded_vocab)
+
+
+def own_bytes(vocabulary: Sequence[bytes], token_id: int, text: str) -> bytes:
+    """Token `token_id`'s bytes in `vocabulary` (`vocabulary_bytes`); `text`'s UTF-8 for an id past it
+    (a model's embedding may have more rows than its tokenizer has tokens)."""
+    return vocabulary[token_id] if token_id < len(vocabulary) else text.encode()
 
 
 def token_name(raw: bytes) -> str:

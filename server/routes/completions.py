@@ -11,6 +11,7 @@ recorded as an episode (episodes are conversations). Each prompt gets `n` choice
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from r3.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogprob
+from r3.engines.token_bytes import own_bytes, token_name, vocabulary_bytes
 from r3.reflect_retry import completion_id
 from server.auth import CheckedRoute
 from server.completions import all_of, interleaved, sse_stream, unless_disconnected
@@ -63,7 +65,8 @@ async def create_completion(body: CompletionRequest, request: Request,
                             state: ServicesDep) -> Completion | StreamingResponse:
     state.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
     jobs = await asyncio.to_thread(_jobs, state.engine, body)
-    answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now())
+    vocabulary = await asyncio.to_thread(vocabulary_bytes, state.engine.tokenizer) if body.logprobs is not None else ()
+    answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now(), vocabulary)
     if body.stream:
         return StreamingResponse(sse_stream(_stream(state, body, jobs, answer)), media_type="text/event-stream")
     async with state.adapters.pin(body.model) as adapter:
@@ -160,18 +163,19 @@ class _Answer:
     body: CompletionRequest
     id: str
     created: int
+    vocabulary: Sequence[bytes] = ()  # the bytes of each token id, for logprobs
 
     def choice(self, job: _Job, made: _Made, whole: bool) -> CompletionChoice:
         echoed = self._echoed(job, made.prompt_tokens) if self.body.echo else []
         return CompletionChoice(index=job.index, text=(job.prompt if self.body.echo else "") + made.text,
-                                logprobs=self._logprobs(echoed + _rows(made.tokens)),
+                                logprobs=self._logprobs(echoed + self._rows(made.tokens)),
                                 finish_reason=made.finish_reason if whole else None)
 
     def piece(self, job: _Job, chunk: GenerationChunk, echo: bool) -> CompletionChoice:
         """A streamed chunk of `job` (the first one with the echoed prompt, when asked)."""
         echoed = echo and self.body.echo
         text, tokens = ("", []) if job.score_only else (chunk.text, chunk.tokens)
-        rows = (self._echoed(job, chunk.prompt_tokens or []) if echoed else []) + _rows(tokens)
+        rows = (self._echoed(job, chunk.prompt_tokens or []) if echoed else []) + self._rows(tokens)
         finish = ("length" if job.score_only else chunk.finish_reason) if chunk.finish_reason else None
         return CompletionChoice(index=job.index, text=(job.prompt if echoed else "") + text,
                                 logprobs=self._logprobs(rows), finish_reason=finish)
@@ -184,23 +188,33 @@ class _Answer:
 
     def _echoed(self, job: _Job, prompt_tokens: list[TokenLogprob]) -> list[_Row]:
         """The prompt's rows: its first token (which nothing predicts) with no logprob, then the scored ones."""
-        return [(job.first_token, None, None), *_rows(prompt_tokens)] if self.body.logprobs is not None else []
+        if self.body.logprobs is None:
+            return []
+        first = own_bytes(self.vocabulary, job.prompt_ids[0], job.first_token)
+        return [(first, token_name(first), None, None), *self._rows(prompt_tokens)]
+
+    def _rows(self, tokens: list[TokenLogprob]) -> list[_Row]:
+        """Each token's row, named by its own bytes as the chat logprobs name it (`token_name`), so the
+        pieces of a character differ; its alternatives include the token itself, as vLLM's do."""
+        def name(token: TokenLogprob) -> str:
+            return token_name(own_bytes(self.vocabulary, token.token_id, token.token))
+
+        return [(own_bytes(self.vocabulary, t.token_id, t.token), name(t), t.logprob,
+                 {**{name(a): a.logprob for a in t.top}, name(t): t.logprob}) for t in tokens]
 
     def _logprobs(self, rows: list[_Row]) -> CompletionLogprobs | None:
+        """The legacy logprobs of `rows`; a token's `text_offset` is where in the text the character it
+        begins, or is part of, starts (its bytes read in order, as they rejoin into the text)."""
         if self.body.logprobs is None:
             return None
+        reader = codecs.getincrementaldecoder("utf-8")(errors="replace")
         offsets, offset = [], 0
-        for text, _, _ in rows:
+        for raw, *_ in rows:
             offsets.append(offset)
-            offset += len(text)
-        return CompletionLogprobs(tokens=[text for text, _, _ in rows], token_logprobs=[lp for _, lp, _ in rows],
-                                  top_logprobs=[top for _, _, top in rows], text_offset=offsets)
+            offset += len(reader.decode(raw))
+        return CompletionLogprobs(tokens=[name for _, name, _, _ in rows], token_logprobs=[lp for *_, lp, _ in rows],
+                                  top_logprobs=[top for *_, top in rows], text_offset=offsets)
 
 
-# A token as the legacy logprobs list it: its text, its logprob, the most likely tokens with theirs.
-_Row = tuple[str, float | None, dict[str, float] | None]
-
-
-def _rows(tokens: list[TokenLogprob]) -> list[_Row]:
-    """Each token's row; its alternatives include the token itself, as vLLM's do."""
-    return [(t.token, t.logprob, {**{a.token: a.logprob for a in t.top}, t.token: t.logprob}) for t in tokens]
+# A token as the legacy logprobs list it: its bytes, its name, its logprob, the most likely tokens with theirs.
+_Row = tuple[bytes, str, float | None, dict[str, float] | None]
