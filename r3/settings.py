@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         "without AVX512-BF16)."
     )
     max_batch_size: int = Field(8, ge=1, description="Most sequences decoded together in one step.")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="transformers: most tokens one step feeds the model (a token per decoding row, the "
+        "rest prompt chunks: chunked prefill, so a long prompt never stalls the others); at least max_batch_size.")
     max_model_len: int | None = Field(
         None, ge=16, description="Prompt + completion limit; defaults to the model's context length."
     )

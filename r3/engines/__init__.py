@@ -33,7 +33,7 @@ async def create_engine(settings: Settings) -> Engine:
     else:
         from r3.engines.transformers_engine import TransformersEngine
 
-        engine = TransformersEngine(model_path, model_id, **common)
+        engine = TransformersEngine(model_path, model_id, **common, max_num_batched_tokens=settings.max_num_batched_tokens)
     for name, path in settings.lora_modules.items():
         await engine.load_adapter(name, path)
     return engine

@@ -1,15 +1,20 @@
 """The embedded engine: transformers + peft on the CPU or one GPU, with continuous batching.
 
-One scheduler thread owns the model. Each turn of its loop it admits waiting requests (a batched,
-left-padded prefill whose KV cache is then merged into the running batch), runs one decode step
-for every running sequence, samples each row with its own parameters and random generator, and
-hands new text to the request's asyncio queue. So the event loop never waits on torch, requests
-that arrive while others decode join the next step instead of queueing behind them, and a
-sequence leaves the batch the moment it finishes.
+One scheduler thread owns the model. Each turn of its loop (a step) it admits waiting requests, runs
+one decode step for every running sequence, then feeds prompts being prefilled as many tokens as
+the step's budget (`max_num_batched_tokens`, vLLM's name) has left after the decoding rows, oldest
+prompt first: chunked prefill, as vLLM's, so a long prompt enters its own KV cache a chunk a step
+while the running rows keep decoding, and a step's work and memory stay bounded whatever the
+prompt. A prompt wholly in its cache gets its first token and its cache joins the running batch.
+Each row samples with its own parameters and random generator, and new text goes to the request's
+asyncio queue. So the event loop never waits on torch, requests that arrive while others decode
+join the next step instead of queueing behind them, and a sequence leaves the batch the moment it
+finishes. Logits are computed only where they are read: after a prompt's last position, or, when a
+request asks for prompt logprobs, after each position of the current chunk.
 
 A failure stays with the requests it belongs to: a row whose sampling raises fails alone, and a
-forward pass that raises fails the rows of that step (the prefill's newcomers, or the decoding
-batch) while the engine goes on with the rest.
+forward pass that raises fails the rows of that pass (the prompt whose chunk it was, or the
+decoding batch) while the engine goes on with the rest.
 
 Adapters are chosen per row: peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for
 no adapter) apply each row's LoRA only to that row, so requests for different adapters and the
@@ -97,9 +102,16 @@ class TransformersEngine:
         max_batch_size: int = 8,
         max_model_len: int | None = None,
         device: str = "cpu",
+        max_num_batched_tokens: int = 512,
     ) -> None:
         """`model_path` loaded on `device` ("cpu", "cuda" or "cuda:N") in `dtype` ("float32",
-        "bfloat16", "float16"); `r3.engines.create_engine` passes `R3_DEVICE` and `R3_DTYPE` resolved."""
+        "bfloat16", "float16"); `r3.engines.create_engine` passes `R3_DEVICE` and `R3_DTYPE` resolved.
+        A step's forward passes take at most `max_num_batched_tokens` tokens in all (one per decoding
+        row, the rest for prompt chunks); ValueError if that is under `max_batch_size`, which would leave
+        a full batch's newcomer no room to prefill."""
+        if max_num_batched_tokens < max_batch_size:
+            raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_batch_size "
+                             f"({max_batch_size})")
         self.model_id = model_id
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -112,12 +124,12 @@ class TransformersEngine:
         config_len = getattr(self._model.config, "max_position_embeddings", 2048)
         self.max_model_len = min(max_model_len or config_len, config_len)
         self.max_batch_size = max_batch_size
+        self.max_num_batched_tokens = max_num_batched_tokens
         self._eos_ids = self._stop_token_ids()
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos_ids)
         self._adapters: dict[str, Path] = {}
         self._adapter_checker = AdapterChecker(model_path)
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
-        self._running: list[_Sequence] = []
+        self._running: list[_Sequence] = []  # decoding or being prefilled
         self._lock = threading.Lock()  # the model: one forward pass or one adapter change at a time
         self._closed = False
         self._thread = threading.Thread(target=self._schedule, name="r3-engine", daemon=True)
@@ -270,16 +282,19 @@ class TransformersEngine:
     # ------------------------------------------------------------------ the scheduler thread
 
     def _schedule(self) -> None:
-        batch: _Batch | None = None
+        batch: _Batch | None = None  # the decoding rows
+        prefilling: list[_Batch] = []  # prompts part-way into their own KV cache, one row each, oldest first
         while not self._closed:
-            admitted = self._admit(block=batch is None)
+            admitted = self._admit(block=batch is None and not prefilling)
             with self._lock, torch.inference_mode():
-                admitted = self._with_loaded_adapters(admitted)
-                if admitted:
-                    batch = _merged(batch, self._step(admitted, partial(self._prefill, admitted)))
+                prefilling += [_Batch.empty(s, self.device) for s in self._with_loaded_adapters(admitted)]
+                budget = self.max_num_batched_tokens - (len(batch.sequences) if batch else 0)
                 if batch is not None:
                     batch = self._step(batch.sequences, partial(self._decode, batch))
-                self._running = list(batch.sequences) if batch else []
+                prefilling, prefilled = self._prefill_chunks(prefilling, budget)
+                for part in prefilled:
+                    batch = _merged(batch, part)
+                self._running = (batch.sequences if batch else []) + [p.sequences[0] for p in prefilling]
         for sequence in self._running + self._drain_waiting():
             sequence.fail(EngineError("the engine shut down"))
 
@@ -331,7 +346,9 @@ class TransformersEngine:
 
     def _forward(self, batch: _Batch, input_ids: torch.Tensor, position_ids: torch.Tensor,
                  every_position: bool = False) -> torch.Tensor:
-        """The logits ([rows, vocab]) after the last position, or ([rows, width, vocab]) after each one."""
+        """The float32 logits after the last position ([rows, vocab]), or after each one ([rows, width,
+        vocab]); the LM head runs on those positions alone (each is a vocabulary of floats: 200 KB on the
+        bundled model)."""
         extra = {"adapter_names": [s.adapter for s in batch.sequences]} if self._adapters else {}
         output = self._model(
             input_ids=input_ids,
@@ -339,33 +356,55 @@ class TransformersEngine:
             position_ids=position_ids,
             past_key_values=batch.cache,
             use_cache=True,
+            logits_to_keep=0 if every_position else 1,
             **extra,
         )
         return output.logits.float() if every_position else output.logits[:, -1, :].float()
 
-    def _prefill(self, sequences: list[_Sequence]) -> _Batch | None:
-        """A batch of `sequences` with their prompts' KV cache and first tokens (None: all finished)."""
-        width = max(len(s.prompt_ids) for s in sequences)
-        input_ids = torch.tensor([[self._pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences],
-                                 device=self.device)
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences],
-                            device=self.device)
-        fresh = _Batch(sequences=list(sequences), cache=DynamicCache(), attention_mask=mask)
-        scored = [s.params.prompt_logprobs is not None for s in sequences]
-        logits = self._forward(fresh, input_ids, (mask.cumsum(-1) - 1).clamp(min=0), every_position=any(scored))
-        if any(scored):
-            for sequence, row_logits in zip(sequences, logits):
-                if sequence.params.prompt_logprobs is not None:
-                    sequence.prompt_tokens = self._prompt_tokens(sequence, row_logits)
-            logits = logits[:, -1, :].contiguous()
-        return self._sample_and_emit(fresh, logits)
+    def _prefill_chunks(self, prefilling: list[_Batch], budget: int) -> tuple[list[_Batch], list[_Batch]]:
+        """`prefilling`'s prompts fed up to `budget` tokens in all, oldest first, as (those still part-way,
+        those now wholly in their cache with their first token sent). Cancelled ones are dropped, and
+        so is one whose chunk fails (it fails alone) or that finished at its first token."""
+        still: list[_Batch] = []
+        prefilled: list[_Batch] = []
+        for part in prefilling:
+            sequence = part.sequences[0]
+            if sequence.cancelled:
+                continue
+            take = min(budget, len(sequence.prompt_ids) - part.width)
+            if take == 0:
+                still.append(part)
+                continue
+            budget -= take
+            fed = self._step(part.sequences, partial(self._prefill, part, take))
+            if fed is not None:
+                (prefilled if fed.width == len(sequence.prompt_ids) else still).append(fed)
+        return still, prefilled
 
-    def _prompt_tokens(self, sequence: _Sequence, logits: torch.Tensor) -> list[TokenLogprob]:
-        """Each prompt token after the first with its logprob (and `prompt_logprobs` alternatives) under
-        the model's raw distribution, from `logits` ([width, vocab], the prompt left-padded to width)."""
-        count = len(sequence.prompt_ids)
-        logprobs = torch.log_softmax(logits[logits.shape[0] - count:-1], dim=-1)  # position i predicts token i + 1
-        ids = sequence.prompt_ids[1:]
+    def _prefill(self, part: _Batch, take: int) -> _Batch | None:
+        """`part` (one sequence) with the next `take` tokens of its prompt in its KV cache and, when that
+        completes the prompt, its first token sampled and sent (None: it finished there). With
+        `prompt_logprobs`, the chunk's prompt tokens are scored from this chunk's logits alone."""
+        sequence = part.sequences[0]
+        start = part.width
+        part.attention_mask = F.pad(part.attention_mask, (0, take), value=1)
+        input_ids = torch.tensor([sequence.prompt_ids[start:start + take]], device=self.device)
+        position_ids = torch.arange(start, start + take, device=self.device)[None]
+        scored = sequence.params.prompt_logprobs is not None
+        logits = self._forward(part, input_ids, position_ids, every_position=scored)
+        if scored:
+            sequence.prompt_tokens = (sequence.prompt_tokens or []) + self._prompt_tokens(sequence, logits[0], start)
+            logits = logits[:, -1, :]
+        if part.width < len(sequence.prompt_ids):
+            return part
+        return self._sample_and_emit(part, logits)
+
+    def _prompt_tokens(self, sequence: _Sequence, logits: torch.Tensor, start: int) -> list[TokenLogprob]:
+        """The prompt tokens that a chunk's positions `start`, `start` + 1, ... predict (logits: [chunk,
+        vocab]), each with its logprob (and `prompt_logprobs` alternatives) under the model's raw
+        distribution. Position i predicts token i + 1, so the prompt's last position scores none."""
+        ids = sequence.prompt_ids[start + 1:start + 1 + logits.shape[0]]
+        logprobs = torch.log_softmax(logits[:len(ids)], dim=-1)
         chosen = logprobs.gather(1, torch.tensor(ids, device=logprobs.device)[:, None]).squeeze(1).tolist()
         top: list[tuple[TokenLogprob, ...]] = [()] * len(ids)
         if count := sequence.params.prompt_logprobs:
@@ -460,6 +499,16 @@ class _Batch:
     sequences: list[_Sequence]
     cache: DynamicCache
     attention_mask: torch.Tensor
+
+    @classmethod
+    def empty(cls, sequence: _Sequence, device: torch.device) -> _Batch:
+        """`sequence` alone with an empty cache: a prompt about to be prefilled."""
+        return cls([sequence], DynamicCache(), torch.ones(1, 0, dtype=torch.long, device=device))
+
+    @property
+    def width(self) -> int:
+        """Positions in the cache, padding included (for a prompt being prefilled: its tokens in so far)."""
+        return self.attention_mask.shape[1]
 
     def select(self, rows: list[int]) -> _Batch | None:
         if not rows:
