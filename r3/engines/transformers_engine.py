@@ -479,7 +479,8 @@ class TransformersEngine:
                 ready -= 1
             if ready <= sequence.emitted_chars:
                 return
-            tokens = tokens_making(self.tokenizer, sequence.generated, sequence.text[:ready], sequence.emitted_tokens)
+            if ready < len(sequence.text):  # some text held back: only the tokens of the rest (decoding costs)
+                tokens = tokens_making(self.tokenizer, sequence.generated, sequence.text[:ready], sequence.emitted_tokens)
         chunk = GenerationChunk(
             text=sequence.text[sequence.emitted_chars:ready],
             tokens=sequence.tokens[sequence.emitted_tokens:tokens],
