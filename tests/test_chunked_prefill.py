@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from r3.chat_format import render_prompt
-from r3.engines.base import SamplingParams
+from r3.engines.base import EngineError, SamplingParams
 from r3.engines.transformers_engine import TransformersEngine
 
 BUDGET = 16
@@ -200,6 +200,14 @@ async def test_a_request_cancelled_while_its_prompt_is_prefilled_stops_there(chu
     hi = prompt(chunked, "Hi")
     assert (await answer(chunked.generate(hi, GREEDY))).completion_tokens > 0  # its slot is free, the engine goes on
     assert [take for prompt_length, take in chunks if prompt_length == length] == [BUDGET]
+
+
+@pytest.mark.parametrize("empty", ["", []])
+async def test_an_empty_prompt_is_refused_and_the_engine_goes_on(chunked, empty) -> None:
+    # Nothing to prefill: it would wait for a chunk forever, holding a batch slot.
+    with pytest.raises(EngineError, match="empty"):
+        await answer(chunked.generate(empty, GREEDY))
+    assert (await answer(chunked.generate(prompt(chunked, "Hi"), GREEDY))).completion_tokens > 0
 
 
 def test_a_budget_smaller_than_the_batch_is_refused(model_path: Path) -> None:

@@ -224,6 +224,8 @@ class TransformersEngine:
         if adapter is not None and adapter not in self._adapters:
             raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
         prompt_ids = self._ids(prompt)
+        if not prompt_ids:  # no position to predict the first token from (vLLM refuses it too)
+            raise EngineError("the prompt is empty")
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(
