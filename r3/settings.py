@@ -170,6 +170,9 @@ class Settings(BaseSettings):
         128 * 1024, ge=1024, description="Most bytes the JSON Schemas of one chat request (tools' parameters, "
         "response_format's, a json_schema verifier's) take together as JSON; more is a 400 naming the schema. "
         "Checking a schema and building its grammar take ~10 µs a byte.")
+    strict_request_fields: bool = Field(
+        False, description="A request field the server does not know is a 400 naming it; off: ignored, as vLLM "
+        "does, and named in the X-R3-Ignored-Fields header and a logged warning.")
 
     @property
     def adapters_path(self) -> Path:

@@ -27,7 +27,7 @@ from server.admin_service import no_trainer_here
 from server.auth import Authenticator, tenant
 from server.deps import recordable
 from server.auto_rollback import AutoRollback
-from server.errors import BodySizeLimit, install_error_handlers
+from server.errors import BodySizeLimit, IgnoredFieldsHeader, install_error_handlers
 from server.metrics import Metrics
 from server.request_id import RequestId
 from server.routes import admin, chat, completions, episodes, feedback, health, metrics, models
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app_metrics = Metrics()
     app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)
+    app.add_middleware(IgnoredFieldsHeader)  # names what the unknown-field policy ignored, on any response
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestId)  # outermost: every response, errors and 413s included, carries x-request-id
     app.include_router(health.router)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from starlette.types import Receive
 
 from r3.chat_format import call_id
-from r3.engines.base import EngineError, GenerationChunk, TokenLogprob
+from r3.engines.base import Engine, EngineError, GenerationChunk, TokenLogprob
 from r3.engines.token_bytes import own_bytes, token_name
 from r3.episodes import AttemptRecord, Episode
 from r3.reflect_retry import Generated
@@ -168,9 +169,35 @@ def chat_completion(model: str, episode: Episode, turns: list[Generated], logpro
                           r3=r3_info(episode))
 
 
+async def streamed(events: AsyncIterator[str]) -> StreamingResponse:
+    """The response streaming `events` as server-sent events, its first event made before it is
+    returned: whatever fails until then (an adapter version that cannot be loaded, ...) raises here,
+    before the 200 and its headers are sent, so a stream fails with the status and error object the
+    unstreamed request gets. A failure after that is told in the stream (`sse_stream`)."""
+    first = await anext(events, None)
+    return StreamingResponse(sse_stream(_resumed(first, events)), media_type="text/event-stream")
+
+
+async def _resumed(first: str | None, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    if first is not None:
+        yield first
+    async for event in events:
+        yield event
+
+
+def logit_bias_pairs(bias: dict[int, float] | None, engine: Engine) -> tuple[tuple[int, float], ...]:
+    """A request's `logit_bias` (`server.protocol.LogitBias`) as the engine takes it: (token id, bias)
+    pairs. Raises `APIError` (400) for an id outside this model's vocabulary."""
+    vocabulary = len(engine.tokenizer)
+    if outside := [token for token in bias or {} if token >= vocabulary]:
+        raise APIError(400, f"logit_bias names token {outside[0]}; this model's vocabulary has {vocabulary} tokens",
+                       param="logit_bias")
+    return tuple((bias or {}).items())
+
+
 async def sse_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """`events`, then `[DONE]`. The stream's 200 is sent before its first event, so a failure can
-    only be told in the stream: any exception `events` raises ends it in an error event, then `[DONE]`."""
+    """`events`, then `[DONE]`. Once the stream's 200 is sent (`streamed`), a failure can only be
+    told in the stream: any exception `events` raises ends it in an error event, then `[DONE]`."""
     try:
         async for event in events:
             yield event

@@ -3,15 +3,20 @@
 Also the checks that refuse a request before FastAPI validates it: a body over the size limit
 (413, raised while the body is read, so a route that checks its caller first answers a caller
 without a valid key 401 without reading it), and a JSON body holding what no JSON text should
-(400): text that is not valid Unicode, a number that is NaN or infinite.
+(400): text that is not valid Unicode, a number that is NaN or infinite, a body not in UTF-8. And
+the unknown-field policy: a field no request model defines is ignored and named in the
+`X-R3-Ignored-Fields` header (`ignore_unknown_fields`, `IgnoredFieldsHeader`), or refused when
+`R3_STRICT_REQUEST_FIELDS` is on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
 from r3.store.errors import DatabaseUnavailable, JournalUnavailable
-from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, shown
+from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, RequestPart, shown, take_unknown_fields
 from verifiers.base import validation_message
 
 log = logging.getLogger(__name__)
@@ -93,7 +98,7 @@ def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse
     # Of a union's alternatives, the error that got furthest into the input says most.
     first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
     location = tuple(first.get("loc", ()))
-    param = _param_path(location)
+    param = _param_path(location, error.body, first.get("type"))
     if first.get("type") == "json_invalid":
         reason = first.get("ctx", {}).get("error")
         return error_response(400, "the request body is not valid JSON" + (f": {reason}" if reason else ""),
@@ -104,22 +109,33 @@ def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse
     return error_response(400, f"{clipped(param)}: {message}" if param else message, param=param)
 
 
-_TYPE_BRANCHES = {"str", "int", "float", "bool", "dict", "list"}
-_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool"}
+def _param_path(location: tuple, body: Any, error_type: str | None) -> str | None:
+    """The param a validation error's location names, as the client wrote it:
+    `("body", "messages", 0, "user", "content", "str")` → `"messages.0.content"`.
 
-
-def _param_path(location: tuple) -> str | None:
-    """`("body", "messages", 0, "user", "content", "str")` → `"messages.0.content"`.
-
-    Pydantic puts the tag of a discriminated union (a message's role, after its index) and the
-    branch of a plain union (a type name) into the location; a client wants the field it sent.
+    Pydantic puts into a location the tag of a discriminated union (a message's role, a part's or a
+    tool call's type) and the branch of a plain union (`str`, `list[TextPart]`). Read beside the
+    `body` the client sent, a part is kept where it names a field or an item of it, or is the field
+    found missing (the last part of a `missing` error); a tag is what the value's own `role` or
+    `type` says, followed by one of its fields (a `{"type": "function", "function": ...}` call's
+    first `function` is its tag, the second its field).
     """
-    parts: list[str] = []
-    for position, part in enumerate(location[1:]):
-        after_index = position > 0 and isinstance(location[position], int)
-        if (after_index and part in _ROLE_TAGS) or (parts and (part in _TYPE_BRANCHES or "[" in str(part))):
-            continue
-        parts.append(str(part))
+    if location[:1] != ("body",):  # a query, path or header parameter: its name
+        return ".".join(str(part) for part in location[1:]) or None
+    rest = location[1:]
+    node, parts = body, []
+    for position, part in enumerate(rest):
+        following = rest[position + 1] if position + 1 < len(rest) else None
+        if following is None and error_type == "missing":
+            parts.append(str(part))
+        elif isinstance(node, dict):
+            is_tag = part in (node.get("role"), node.get("type")) and (following in node or part not in node)
+            if not is_tag and part in node:
+                parts.append(str(part))
+                node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parts.append(str(part))
+            node = node[part]
     return ".".join(parts) or None
 
 
@@ -230,6 +246,54 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
+IGNORED_FIELDS_HEADER = "X-R3-Ignored-Fields"
+MOST_FIELDS_NAMED = 20  # in the header and the warning: a body may hold thousands
+
+
+def ignore_unknown_fields(request: Request, body: RequestPart, strict: bool) -> None:
+    """The unknown-field policy, for a route's request `body` (before it does anything with it):
+    every field no model of it defines, at any depth (`take_unknown_fields`: `temprature`,
+    `messages.0.foo`), is dropped, and named in a logged warning and in the response's
+    `X-R3-Ignored-Fields` header (set by `IgnoredFieldsHeader`, on whatever the response is), so
+    a misspelt parameter costs a warning, not a broken client. With `strict`
+    (`R3_STRICT_REQUEST_FIELDS`), the first is refused instead: `APIError` 400 naming it (`param`,
+    code `unknown_parameter`, as OpenAI's)."""
+    unknown = take_unknown_fields(body)
+    if not unknown:
+        return
+    if strict:
+        raise APIError(400, f"{clipped(unknown[0])}: unknown parameter (this server refuses fields it does not "
+                       "know)", param=unknown[0], code="unknown_parameter")
+    named = [clipped(path) for path in unknown[:MOST_FIELDS_NAMED]]
+    log.warning("%s %s: ignored %d field(s) it does not know: %s", request.method, request.url.path, len(unknown),
+                ", ".join(named))
+    request.state.r3_ignored_fields = named
+
+
+class IgnoredFieldsHeader:
+    """ASGI middleware: the response to a request whose body held fields the server ignored
+    (`ignore_unknown_fields`) names them in `X-R3-Ignored-Fields` (at most `MOST_FIELDS_NAMED`),
+    comma-separated, each percent-encoded (RFC 3986) so that any key fits a header. Whatever the
+    response is: an answer, a stream, an error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def naming_them(message: Message) -> None:
+            ignored = scope.get("state", {}).get("r3_ignored_fields")  # what `request.state` holds
+            if message["type"] == "http.response.start" and ignored:
+                value = ",".join(quote(path, safe="") for path in ignored)
+                message["headers"] = [*message.get("headers", ()), (IGNORED_FIELDS_HEADER.lower().encode(),
+                                                                     value.encode())]
+            await send(message)
+
+        await self.app(scope, receive, naming_them)
+
+
 # How a UTF-16 surrogate can be written in a JSON body: escaped (\ud800), or encoded raw (which
 # Python's json module decodes with "surrogatepass"). A body without either holds none.
 _SURROGATE_IN_JSON = rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
@@ -238,11 +302,17 @@ _SURROGATE_IN_JSON = rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
 # without any of these holds no such number.
 _NON_FINITE_IN_JSON = rb"NaN|Infinity|[0-9][eE]|[0-9]{309}"
 _MAY_BE_UNSOUND = re.compile(_SURROGATE_IN_JSON + b"|" + _NON_FINITE_IN_JSON)
+# The encodings Python's json module reads a UTF-8 body in (with its byte order mark, which RFC 8259
+# lets a parser ignore); `json.detect_encoding` is how it tells them from UTF-16 and UTF-32.
+_UTF_8 = {"utf-8", "utf-8-sig"}
 
 
 async def refuse_unsound_body(request: Request) -> None:
     """Refuse (`APIError` 400, naming the param) a JSON body that holds what no JSON text may:
 
+    - an encoding other than UTF-8 (code `invalid_encoding`): RFC 8259, section 8.1, says JSON
+      exchanged between systems MUST be UTF-8. Python's json module would read UTF-16 and UTF-32
+      too, and the checks below read the body's bytes as UTF-8;
     - text with a lone UTF-16 surrogate (`"\\ud800"` without its pair): not Unicode text, which a
       tokenizer raises on and neither UTF-8 nor a database can hold (code `invalid_unicode`);
     - a number that is NaN or infinite (`NaN`, `Infinity`, `1e999`, which Python's json reads but
@@ -256,6 +326,9 @@ async def refuse_unsound_body(request: Request) -> None:
         body = await request.body()  # over the size limit: `RequestTooLarge` (413), from `BodySizeLimit`
     except ClientDisconnect:
         raise ClientGone from None  # hung up while sending its body: nobody to answer
+    if json.detect_encoding(body) not in _UTF_8:
+        raise APIError(400, "the request body is not UTF-8: JSON exchanged between systems must be UTF-8 "
+                       "(RFC 8259, section 8.1)", code="invalid_encoding")
     if not _MAY_BE_UNSOUND.search(body):
         return
     try:

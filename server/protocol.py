@@ -1,11 +1,15 @@
 """OpenAI wire schemas: what crosses the HTTP boundary, and nothing else.
 
-Every field of OpenAI's chat completion request is accepted (the fields are those of the `openai`
-SDK's `CompletionCreateParams`); those R3 cannot honour (`metadata`, `service_tier`,
-`reasoning_effort`, ...) are accepted and have no effect. An explicit `null` is the field's default,
-as OpenAI types them "... or null" and client wrappers send nulls. A field outside OpenAI's request
-and R3's extensions is a 400 that names it (`extra="forbid"`), so a misspelled parameter is never a
-silently ignored setting. Nothing is coerced (`verifiers.base.ClientInput`, the base of every
+Every field of OpenAI's chat completion request is accepted, and every message and content part
+(the fields are those of the `openai` SDK's `CompletionCreateParams` and the types it names);
+those R3 cannot honour (`metadata`, `service_tier`, `reasoning_effort`, ...) are accepted and have
+no effect, and a part R3's models cannot read (an image, audio, a file) is refused by the route,
+saying so. An explicit `null` is the field's default, as OpenAI types them "... or null" and client
+wrappers send nulls. A field outside OpenAI's request and R3's extensions, anywhere in the body, is
+ignored, as vLLM ignores it, but never silently: the server names it in the `X-R3-Ignored-Fields`
+header and a logged warning (`take_unknown_fields`), and with `R3_STRICT_REQUEST_FIELDS` refuses it
+(400 naming it). A verifier spec stays strict (`verifiers.base.ClientInput`): a misspelt field
+there would change how an answer is judged. Nothing is coerced (`RequestPart`, the base of every
 request model): a boolean must be a JSON boolean (`"yes"` or `1` is no `true`), a number a JSON
 number (`"0"` or `true` is none; an integer is a number, `5.0` is not an integer). No number may be
 NaN or infinite, anywhere in the body (JSON has none; the server refuses them before this: see
@@ -18,23 +22,28 @@ they have a value), and with `include_usage` every chunk carries `usage` (null b
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
+    Discriminator,
     Field,
+    PlainValidator,
     StrictBool,
+    Tag,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from verifiers import depth_problem, schema_shape_problem
 from verifiers.base import ClientInput
-
-_Strict = ClientInput  # every request model: unknown fields refused, nothing coerced
+from verifiers.json_text import JsonTextError, JsonTooDeep, read_json
 
 SHOWN_CHARS = 100  # a client's value quoted back in an error message is cut to about this long
 
@@ -71,113 +80,257 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_not_too_deep)]
 # ---------------------------------------------------------------- request
 
 
-class TextPart(_Strict):
+class RequestPart(ClientInput):
+    """The base of every model a request body is read into: nothing is coerced (`ClientInput`), and
+    a field the model does not define is kept aside (`model_extra`) rather than refused, so that the
+    server can name it and drop it (`take_unknown_fields`), or refuse it when it is strict about
+    fields (`R3_STRICT_REQUEST_FIELDS`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def take_unknown_fields(model: BaseModel, path: str = "") -> list[str]:
+    """Removes every field that `model`'s models do not define, at any depth, and returns their
+    paths as an error's `param` names them (`["temprature", "messages.0.foo"]`)."""
+    unknown = [_child(path, key) for key in model.model_extra or ()]
+    if model.model_extra:
+        model.model_extra.clear()
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = _child(path, field.alias or name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, BaseModel):
+                unknown += take_unknown_fields(item, where if index is None else f"{where}.{index}")
+    return unknown
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class CacheBreakpoint(RequestPart):
+    mode: Literal["explicit"]
+
+
+class _Part(RequestPart):
+    prompt_cache_breakpoint: CacheBreakpoint | None = None  # OpenAI's prompt caching; no effect
+
+
+class TextPart(_Part):
     type: Literal["text"]
     text: str
 
 
-Content = str | list[TextPart]
+class RefusalPart(RequestPart):
+    """What an assistant said when it refused (an earlier turn): read as its text."""
+
+    type: Literal["refusal"]
+    refusal: str
 
 
-class FunctionCall(_Strict):
+class ImageURL(RequestPart):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(RequestPart):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Part):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileData(RequestPart):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class FilePart(_Part):
+    type: Literal["file"]
+    file: FileData
+
+
+# The parts of a message's content each role may send, as OpenAI defines them. R3's models read
+# text: the route refuses (400, saying so) an image, audio or file part, which OpenAI allows a user.
+TextContent = str | list[TextPart]
+UserContent = str | list[Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]]
+AssistantContent = str | list[Annotated[TextPart | RefusalPart, Field(discriminator="type")]]
+UNREADABLE_PARTS = ("image_url", "input_audio", "file")
+
+
+class FunctionCall(RequestPart):
     name: str
     arguments: str
 
 
-class ToolCallIn(_Strict):
+class ArgumentsCall(FunctionCall):
+    """A call in a client's messages: its `arguments` may be any text (a model's invalid JSON,
+    sent back), but JSON in them nests no deeper than any JSON a request carries."""
+
+    @field_validator("arguments")
+    @classmethod
+    def _readable_if_json(cls, arguments: str) -> str:
+        try:
+            read_json(arguments)
+        except JsonTooDeep as error:
+            raise ValueError(str(error)) from None
+        except JsonTextError:
+            pass  # not JSON: shown to the model as it was sent
+        return arguments
+
+
+class ToolCallIn(RequestPart):
     id: str
     type: Literal["function"] = "function"
-    function: FunctionCall
+    function: ArgumentsCall
 
 
-class SystemMessage(_Strict):
+class CustomCall(RequestPart):
+    name: str
+    input: str
+
+
+class CustomToolCallIn(RequestPart):
+    """A call of a custom (free-text) tool, which R3 does not offer: the route refuses it, saying so."""
+
+    id: str
+    type: Literal["custom"]
+    custom: CustomCall
+
+
+def _tool_call_kind(call: Any) -> str:
+    """A tool call's `type`; a call without one is a function call (as clients that omit it mean)."""
+    return (call.get("type") if isinstance(call, dict) else getattr(call, "type", None)) or "function"
+
+
+AnyToolCall = Annotated[Annotated[ToolCallIn, Tag("function")] | Annotated[CustomToolCallIn, Tag("custom")],
+                        Discriminator(_tool_call_kind)]
+
+
+class SystemMessage(RequestPart):
     role: Literal["system", "developer"]
-    content: Content
+    content: TextContent
     name: str | None = None
 
 
-class UserMessage(_Strict):
+class UserMessage(RequestPart):
     role: Literal["user"]
-    content: Content
+    content: UserContent
     name: str | None = None
 
 
-class AssistantMessage(_Strict):
+class AudioReference(RequestPart):
+    id: str
+
+
+class AssistantMessage(RequestPart):
     role: Literal["assistant"]
-    content: Content | None = None
-    tool_calls: list[ToolCallIn] | None = None
-    function_call: FunctionCall | None = None  # deprecated by OpenAI; read as a tool call
+    content: AssistantContent | None = None
+    tool_calls: list[AnyToolCall] | None = None
+    function_call: ArgumentsCall | None = None  # deprecated by OpenAI; read as a tool call
     name: str | None = None
-    refusal: str | None = None
-    audio: JsonObject | None = None  # a reference to OpenAI's stored audio; no effect
+    refusal: str | None = None  # read as the content, when there is none
+    audio: AudioReference | None = None  # OpenAI's stored audio of an earlier answer; R3 cannot read it
 
     @model_validator(mode="after")
     def _says_something(self) -> AssistantMessage:
-        if self.content is None and not self.tool_calls and self.function_call is None:
-            raise ValueError("an assistant message needs content or tool_calls")
+        if self.content is None and self.refusal is None and not self.tool_calls and self.function_call is None:
+            raise ValueError("an assistant message needs content, refusal, tool_calls or function_call (R3 "
+                             "cannot read a stored audio answer: send its transcript as content)")
         return self
 
 
-class ToolMessage(_Strict):
+class ToolMessage(RequestPart):
     role: Literal["tool"]
-    content: Content
+    content: TextContent
     tool_call_id: str
     name: str | None = None  # not in OpenAI's type, but clients send it (instructor's retries do); no effect
 
 
-class FunctionMessage(_Strict):
+class FunctionMessage(RequestPart):
     """A function's result, in the form OpenAI deprecated for `tool` messages; read as one."""
 
     role: Literal["function"]
     name: str
-    content: Content | None
+    content: str | None
 
 
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
                     Field(discriminator="role")]
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(RequestPart):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: JsonSchema | None = None
     strict: StrictBool | None = None
 
 
-class Tool(_Strict):
+class Tool(RequestPart):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Strict):
+class CustomTool(RequestPart):
+    """A custom (free-text) tool: R3 offers its models function tools only; the route refuses it, saying so."""
+
+    type: Literal["custom"]
+    custom: JsonObject
+
+
+AnyTool = Annotated[Tool | CustomTool, Field(discriminator="type")]
+
+
+class NamedFunction(RequestPart):
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(RequestPart):
     type: Literal["function"]
     function: NamedFunction
 
 
-class AllowedTools(_Strict):
+class NamedCustomToolChoice(RequestPart):
+    """A custom tool's name as `tool_choice`: refused with custom tools."""
+
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
+class AllowedTools(RequestPart):
     mode: Literal["auto", "required"]
     tools: list[NamedToolChoice] = Field(min_length=1)
 
 
-class AllowedToolsChoice(_Strict):
+class AllowedToolsChoice(RequestPart):
     """Only these of the tools may be called: R3 offers the model only them."""
 
     type: Literal["allowed_tools"]
     allowed_tools: AllowedTools
 
 
-class JsonSchemaFormat(_Strict):
+ToolChoice = (Literal["none", "auto", "required"]
+              | Annotated[NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice, Field(discriminator="type")])
+
+
+class JsonSchemaFormat(RequestPart):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     description: str | None = None
     schema_: JsonSchema = Field(default_factory=dict, alias="schema")
     strict: StrictBool | None = None
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(RequestPart):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -188,11 +341,12 @@ class ResponseFormat(_Strict):
         return self
 
 
-class StreamOptions(_Strict):
+class StreamOptions(RequestPart):
     include_usage: StrictBool = False
+    include_obfuscation: StrictBool | None = None  # OpenAI's padding of chunks against side channels; no effect
 
 
-class ReflectOptions(_Strict):
+class ReflectOptions(RequestPart):
     max_retries: int = Field(1, ge=0, le=3, description="Reflect-and-retry rounds after a failed attempt; 0 only judges.")
 
 
@@ -207,16 +361,32 @@ def _default_for_null(cls: type[BaseModel], value: Any, info: ValidationInfo) ->
     return value
 
 
-def _token_ids_and_biases(cls: type[BaseModel], bias: dict[str, float] | None) -> dict[str, float] | None:
-    for token, value in (bias or {}).items():
-        if not token.isdigit():
-            raise ValueError(f"{shown(token)} is not a token id")
-        if not -100 <= value <= 100:
-            raise ValueError(f"the bias of token {token} is {value}; biases are from -100 to 100")
-    return bias
+_TOKEN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: `str.isdigit` also takes "²" and "١", which `int` does not
 
 
-class _Stops(_Strict):
+def _token_id(key: Any) -> int:
+    if not isinstance(key, str) or not _TOKEN_ID.fullmatch(key):
+        raise ValueError(f"{shown(key)} is not a token id: write a token id in ASCII digits (at most 18)")
+    return int(key)
+
+
+def _bias(value: float) -> float:
+    if not -100 <= value <= 100:
+        raise ValueError(f"a bias of {value}: biases are from -100 to 100")
+    return value
+
+
+# `logit_bias` as both completion requests take it: token id (a JSON key, so a string) -> bias added
+# to its logit, -100 to 100; read as {int: float}. Whether each id is in the model's vocabulary is
+# the route's check (`server.completions.logit_bias_pairs`), which knows the model.
+LogitBias = Annotated[
+    dict[Annotated[int, PlainValidator(_token_id), WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,18}$"})],
+         Annotated[float, AfterValidator(_bias)]],
+    Field(description="Token id (a string of ASCII digits) -> bias added to its logit, -100 to 100."),
+]
+
+
+class _Stops(RequestPart):
     """`stop` as both completion requests take it: a string or at most 4, none empty (OpenAI's limit)."""
 
     stop: str | list[str] | None = None
@@ -240,8 +410,8 @@ class _Stops(_Strict):
 class ChatCompletionRequest(_Stops):
     model: str
     messages: list[Message] = Field(min_length=1)
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice | None = None
+    tools: list[AnyTool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = Field(True, description="false: at most one tool call per answer.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -250,8 +420,7 @@ class ChatCompletionRequest(_Stops):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer (as vLLM's).")
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = Field(None, description="Token id (a string) -> bias added to its "
-                                                                 "logit, -100 to 100.")
+    logit_bias: LogitBias | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
@@ -284,7 +453,6 @@ class ChatCompletionRequest(_Stops):
     _null_is_the_default = field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty",
                                            "logprobs", "stream", "store", "parallel_tool_calls", "reflect",
                                            mode="before")(_default_for_null)
-    _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -316,7 +484,7 @@ class CompletionRequest(_Stops):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     suffix: str | None = Field(None, description="Not supported (the model has no fill-in-the-middle): only null.")
@@ -324,7 +492,6 @@ class CompletionRequest(_Stops):
 
     _null_is_the_default = field_validator("temperature", "top_p", "n", "presence_penalty", "frequency_penalty",
                                            "echo", "stream", "max_tokens", mode="before")(_default_for_null)
-    _logit_bias_checked = field_validator("logit_bias")(_token_ids_and_biases)
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
@@ -501,7 +668,7 @@ class Completion(_Streamed):
     choices: list[CompletionChoice]
 
 
-class FeedbackRequest(_Strict):
+class FeedbackRequest(RequestPart):
     episode_id: str | None = None
     completion_id: str | None = None
     success: StrictBool

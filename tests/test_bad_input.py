@@ -292,7 +292,8 @@ def test_a_body_that_is_not_an_object_is_called_so(url, body, path) -> None:
 
 def test_messages_carry_no_pydantic_prefix(url) -> None:
     error = assert_refused(chat(url, messages=[{"role": "assistant"}]), "messages.0")
-    assert error["message"] == "messages.0: an assistant message needs content or tool_calls", error
+    assert error["message"].startswith("messages.0: an assistant message needs content, refusal, tool_calls or "
+                                        "function_call"), error
     error = assert_refused(chat(url, stream=False, stream_options={"include_usage": True}), None)
     assert error["message"] == "stream_options requires stream: true", error
 
@@ -305,9 +306,8 @@ def test_a_long_value_is_not_echoed_whole(url) -> None:
     response = httpx.get(f"{url}/v1/models/{name}", headers=AUTH)
     assert response.status_code == 404 and len(response.json()["error"]["message"]) < 200
     key = "k" * 10_000
-    response = chat(url, **{key: 1})
-    assert response.status_code == 400 and response.json()["error"]["param"] == key
-    assert len(response.json()["error"]["message"]) < 200
+    response = chat(url, **{key: 1}, max_tokens=1)  # ignored, and named in a header
+    assert response.status_code == 200 and len(response.headers["x-r3-ignored-fields"]) < 200
 
 
 def test_load_balancers_may_probe_with_head(url) -> None:

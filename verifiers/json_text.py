@@ -21,11 +21,16 @@ from typing import Any
 from verifiers.base import ToolCall, UnreadableOutput
 from verifiers.schema import MAX_JSON_DEPTH
 
-TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
-
 
 class JsonTextError(ValueError):
     """The text is not JSON R3 reads; the message says why (for an error or a verdict's detail)."""
+
+
+class JsonTooDeep(JsonTextError):
+    """The text is JSON nested deeper than `MAX_JSON_DEPTH`: refused even where other text is taken."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -56,7 +61,7 @@ def read_json_at(text: str, start: int) -> tuple[Any, int]:
     """The JSON value that starts at `text[start]`, and where it ends (text may follow it: model
     output with a call among prose). Raises `JsonTextError`."""
     if _deeper_than_the_limit(text, start):
-        raise JsonTextError(TOO_DEEP)
+        raise JsonTooDeep
     try:
         return _DECODER.raw_decode(text, start)
     except ValueError as error:  # JSONDecodeError, a refused constant or number, an integer of over 4300 digits

@@ -32,15 +32,25 @@ from server.completions import (
     all_of,
     chat_completion,
     choice_events,
+    logit_bias_pairs,
     r3_info,
     response_events,
-    sse_stream,
+    streamed,
     unless_disconnected,
     usage_of,
 )
 from server.deps import ServicesDep
-from server.errors import APIError, ClientGone, clipped, shown
-from server.protocol import ChatCompletion, ChatCompletionRequest, NamedToolChoice, R3Info, Tool, Usage, now
+from server.errors import APIError, ClientGone, clipped, ignore_unknown_fields, shown
+from server.protocol import (
+    UNREADABLE_PARTS,
+    ChatCompletion,
+    ChatCompletionRequest,
+    NamedToolChoice,
+    R3Info,
+    Tool,
+    Usage,
+    now,
+)
 from verifiers import (
     VerifierSpec,
     WebhookNotAllowed,
@@ -58,6 +68,7 @@ router = APIRouter(route_class=CheckedRoute)
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: ServicesDep,
                                  caller: str | None = Depends(tenant)) -> ChatCompletion | StreamingResponse:
+    ignore_unknown_fields(request, body, state.settings.strict_request_fields)
     adapters: AdapterManager = state.adapters
     reflector: Reflector = state.reflector
     adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
@@ -65,8 +76,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     tasks = _choice_tasks(task, body.n)
     vocabulary = await _token_bytes(state.engine) if body.logprobs else ()
     if body.stream and task.verifier is None:
-        return StreamingResponse(sse_stream(_live_stream(state, tasks, body, caller, vocabulary)),
-                                 media_type="text/event-stream")
+        return await streamed(_live_stream(state, tasks, body, caller, vocabulary))
     started = time.perf_counter()
     async with adapters.pin(body.model) as adapter:  # every attempt on the version the request started with
         runs = [Reflector.start(replace(choice, adapter=adapter), caller) for choice in tasks]
@@ -98,7 +108,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
     events = response_events(wire, [replayed(i, run) for i, run in enumerate(runs)],
                              lambda: usage_of(*(run.turns for run in runs)))
-    return StreamingResponse(sse_stream(events), media_type="text/event-stream")
+    return await streamed(events)
 
 
 def _choice_tasks(task: ChatTask, n: int) -> list[ChatTask]:
@@ -171,6 +181,7 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
 
     Raises `APIError` (400) for what the request asks wrongly, and when it does not fit the context."""
     engine = reflector.engine
+    _refuse_what_the_model_cannot_read(body)
     verifier = await _checked_schemas(body, settings, reflector.webhook_policy)
     tools, tool_choice = _tools_and_choice(body)
     messages = [_message(message.model_dump(exclude_none=True)) for message in body.messages]
@@ -190,21 +201,49 @@ async def build_task(reflector: Reflector, body: ChatCompletionRequest, settings
     params = SamplingParams(max_tokens=asked or min(settings.default_max_tokens, room), temperature=body.temperature,
                             top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
                             top_logprobs=body.top_logprobs or 0, json_schema=schema,
-                            logit_bias=_logit_bias(body, engine), presence_penalty=body.presence_penalty,
-                            frequency_penalty=body.frequency_penalty, parallel_tool_calls=body.parallel_tool_calls)
+                            logit_bias=logit_bias_pairs(body.logit_bias, engine),
+                            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                            parallel_tool_calls=body.parallel_tool_calls)
     task = replace(task, params=params, prompt=prompt, verifier=verifier)
     await _check_grammar(engine, task)
     return task
 
 
+def _refuse_what_the_model_cannot_read(body: ChatCompletionRequest) -> None:
+    """Refuses (400, code `unsupported_value`, naming it) what OpenAI defines but R3's models cannot
+    take: image, audio and file parts, and custom (free-text) tools, their calls and choice."""
+    for i, message in enumerate(body.messages):
+        parts = message.content if isinstance(message.content, list) else []
+        if unreadable := [j for j, part in enumerate(parts) if part.type in UNREADABLE_PARTS]:
+            where = f"messages.{i}.content.{unreadable[0]}"
+            raise APIError(400, f"{where}: {parts[unreadable[0]].type} parts are not supported: this model reads text "
+                           "only", param=where, code="unsupported_value")
+        if custom := [j for j, call in enumerate(getattr(message, "tool_calls", None) or []) if call.type == "custom"]:
+            where = f"messages.{i}.tool_calls.{custom[0]}"
+            raise APIError(400, f"{where}: custom tool calls are not supported: R3 offers its models function "
+                           "tools only", param=where, code="unsupported_value")
+    if custom := [i for i, tool in enumerate(body.tools or []) if tool.type == "custom"]:
+        raise APIError(400, f"tools.{custom[0]}: custom tools are not supported: R3 offers its models function "
+                       "tools only", param=f"tools.{custom[0]}", code="unsupported_value")
+    if getattr(body.tool_choice, "type", None) == "custom":
+        raise APIError(400, "tool_choice: custom tools are not supported: R3 offers its models function tools only",
+                       param="tool_choice", code="unsupported_value")
+
+
 def _message(message: dict[str, Any]) -> dict[str, Any]:
     """A message as the conversation holds it: OpenAI's deprecated function forms read as the tool
-    forms that replaced them (a call's id is its function's name, which is how a result names it)."""
+    forms that replaced them (a call's id is its function's name, which is how a result names it),
+    and what an assistant said in refusing (a refusal part, or `refusal` without content) as its text."""
     if message["role"] == "function":
         return {"role": "tool", "tool_call_id": message["name"], "content": message.get("content") or ""}
     if call := message.pop("function_call", None):
         message["tool_calls"] = [*message.get("tool_calls", []),
                                  {"id": call["name"], "type": "function", "function": call}]
+    if isinstance(message.get("content"), list):
+        message["content"] = [{"type": "text", "text": part["refusal"]} if part["type"] == "refusal" else part
+                              for part in message["content"]]
+    if "content" not in message and "refusal" in message:
+        message["content"] = message["refusal"]
     return message
 
 
@@ -279,16 +318,6 @@ async def _check_grammar(engine: Engine, task: ChatTask) -> None:
     for param, tag in (("response_format", grammar_tag(None, task.params.json_schema)), ("tools", task.structural_tag)):
         if problem := await _schema_work(param, grammar_problem, tag):
             raise APIError(400, f"{param}: {problem}", param=param)
-
-
-def _logit_bias(body: ChatCompletionRequest, engine: Engine) -> tuple[tuple[int, float], ...]:
-    """`logit_bias` as (token id, bias) pairs. Raises `APIError` (400) for an id outside the vocabulary."""
-    vocabulary = len(engine.tokenizer)
-    bias = tuple((int(token), value) for token, value in (body.logit_bias or {}).items())
-    if outside := [token for token, _ in bias if token >= vocabulary]:
-        raise APIError(400, f"logit_bias names token {outside[0]}; this model's vocabulary has {vocabulary} tokens",
-                       param="logit_bias")
-    return bias
 
 
 def _first_prompt(reflector: Reflector, task: ChatTask) -> ChatPrompt:

@@ -23,9 +23,9 @@ from r3.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogpro
 from r3.engines.token_bytes import own_bytes, token_name, vocabulary_bytes
 from r3.reflect_retry import completion_id
 from server.auth import CheckedRoute
-from server.completions import all_of, interleaved, sse_stream, unless_disconnected
+from server.completions import all_of, interleaved, logit_bias_pairs, streamed, unless_disconnected
 from server.deps import ServicesDep
-from server.errors import APIError
+from server.errors import APIError, ignore_unknown_fields
 from server.protocol import (
     Completion,
     CompletionChoice,
@@ -63,12 +63,13 @@ class _Made:
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request,
                             state: ServicesDep) -> Completion | StreamingResponse:
+    ignore_unknown_fields(request, body, state.settings.strict_request_fields)
     state.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
     jobs = await asyncio.to_thread(_jobs, state.engine, body)
     vocabulary = await asyncio.to_thread(vocabulary_bytes, state.engine.tokenizer) if body.logprobs is not None else ()
     answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now(), vocabulary)
     if body.stream:
-        return StreamingResponse(sse_stream(_stream(state, body, jobs, answer)), media_type="text/event-stream")
+        return await streamed(_stream(state, body, jobs, answer))
     async with state.adapters.pin(body.model) as adapter:
         made = await unless_disconnected(request, all_of(_make(state.engine, job, adapter) for job in jobs))
     return Completion(id=answer.id, created=answer.created, model=body.model,
@@ -82,10 +83,8 @@ def _jobs(engine: Engine, body: CompletionRequest) -> list[_Job]:
     params = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop_sequences,
                             top_logprobs=body.logprobs or 0, presence_penalty=body.presence_penalty,
                             frequency_penalty=body.frequency_penalty,
-                            logit_bias=tuple((int(t), b) for t, b in (body.logit_bias or {}).items()),
+                            logit_bias=logit_bias_pairs(body.logit_bias, engine),
                             prompt_logprobs=body.logprobs if body.echo else None)
-    if any(token >= len(engine.tokenizer) for token, _ in params.logit_bias):
-        raise APIError(400, "logit_bias names a token outside this model's vocabulary", param="logit_bias")
     jobs = []
     for number, (prompt, prompt_ids) in enumerate(_prompts(engine, body.prompt)):
         if engine.max_model_len - len(prompt_ids) < max(body.max_tokens, 1):

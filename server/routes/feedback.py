@@ -12,8 +12,8 @@ from r3.reflect_retry import task_of
 from server.admin_protocol import FEEDBACK_RESPONSES
 from server.auth import CheckedRoute
 from server.completions import chat_completion, completion_of_attempt, unless_disconnected
-from server.deps import AdaptersDep, ReflectorDep, StoreDep, TenantDep
-from server.errors import APIError
+from server.deps import AdaptersDep, ReflectorDep, SettingsDep, StoreDep, TenantDep
+from server.errors import APIError, ignore_unknown_fields
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
 from verifiers import parse_spec
 
@@ -25,7 +25,9 @@ _episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakVal
 
 @router.post("/feedback", response_model=None, responses=FEEDBACK_RESPONSES)
 async def give_feedback(body: FeedbackRequest, request: Request, store: StoreDep, reflector: ReflectorDep,
-                        adapters: AdaptersDep, caller: TenantDep) -> FeedbackReceipt | ChatCompletion:
+                        adapters: AdaptersDep, caller: TenantDep,
+                        settings: SettingsDep) -> FeedbackReceipt | ChatCompletion:
+    ignore_unknown_fields(request, body, settings.strict_request_fields)
     episode, number = await _find(store, body, caller)
     lock = _episode_locks.setdefault(episode.id, asyncio.Lock())
     async with lock:
