@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field, StrictBool, ValidationError, field_valida
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
+from verifiers.json_text import JsonTextError, read_json
 
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 16
@@ -188,8 +189,8 @@ def _verdict(status: int, reply: bytes | None) -> Verdict:
         return Verdict(False, f"webhook error: HTTP {status}{kind}")
     if reply is None:
         return Verdict(False, f"webhook error: reply larger than {MAX_REPLY_BYTES} bytes")
-    try:
-        parsed = WebhookReply.model_validate_json(reply)
-    except ValidationError:
+    try:  # read as R3 reads any JSON it did not write (`read_json`), then checked for its shape
+        parsed = WebhookReply.model_validate(read_json(reply.decode()))
+    except (UnicodeDecodeError, JsonTextError, ValidationError):
         return Verdict(False, 'webhook error: reply is not JSON of the form {"success": bool, "detail"?: str}')
     return Verdict(parsed.success, parsed.detail)
