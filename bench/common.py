@@ -39,7 +39,9 @@ def free_port() -> int:
 class R3Server:
     """`with R3Server({"R3_ENGINE": "vllm"}) as url:` — `r3 serve` in its own process, with its own data dir."""
 
-    def __init__(self, settings: dict[str, str], startup_timeout_s: float = 300) -> None:
+    def __init__(self, settings: dict[str, str], startup_timeout_s: float = 300, code: Path = REPO) -> None:
+        """`code`: the checkout whose server runs (another commit's worktree, to compare with)."""
+        self.code = code
         self.port = free_port()
         self.data_dir = Path(settings.get("R3_DATA_DIR") or tempfile.mkdtemp(prefix="r3-bench-"))
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
@@ -50,7 +52,7 @@ class R3Server:
 
     def __enter__(self) -> str:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=REPO, env=self.env,
+            self.process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=self.code, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.startup_timeout_s
