@@ -152,8 +152,8 @@ def test_a_killed_round_is_redone_and_loses_no_stream_entry(private_redis, model
 
     rounds = rows(url, "SELECT status, candidate, error FROM training_rounds ORDER BY id")
     assert rounds[0][0] == "failed" and "stopped" in rounds[0][2]  # the killed one, marked by its successor
-    assert rounds[-1][0] == "finished" and rounds[-1][1] is not None
+    assert rounds[-1][0] == "finished"  # with a candidate, or none when its rollouts carried no signal
     statuses = rows(url, "SELECT status FROM adapter_versions")
     assert sum(status == "active" for (status,) in statuses) <= 1
-    assert all(status in ("pending", "candidate", "active", "rejected") for (status,) in statuses)
+    assert all(status in ("active", "rejected", "failed") for (status,) in statuses)  # none left undecided
     assert redis_client.xlen(STREAM_KEY) == len(WORDS)  # every entry is still there, read and acknowledged
