@@ -88,12 +88,13 @@ def alternatives(tokenizer: Any, ids: Iterable[int], logprobs: Iterable[float]) 
 
 
 def tokens_making(tokenizer: Any, ids: Sequence[int], text: str, at_least: int = 0) -> int:
-    """How many of the generated `ids` (at least `at_least`) make `text`, a prefix of their decoded text:
-    the fewest whose decoding begins with it. A token part in `text`, part out of it counts, so the
-    pieces of a character count once the character is in `text`, and a token straddling a stop string's
-    cut is kept, as vLLM keeps the token that completes a stop string (its detokenizer's
-    `check_stop_strings`); a token wholly past the cut, which vLLM would keep too when it completes the
-    stop string, is not: logprobs then cover exactly the text returned."""
+    """How many of the generated `ids` (at least `at_least`) make `text`, a prefix of their decoded
+    text: the fewest whose decoding begins with it (one decoding per token looked at past `at_least`).
+
+    At a stop string's cut this keeps a token that is part before the cut, part in the stop string,
+    as vLLM does (its detokenizer keeps the token that completes a stop string: `check_stop_strings`),
+    and drops a token wholly in the stop string, which vLLM would keep: the logprobs cover exactly the
+    text returned. While streaming, the pieces of a character count once the character is in `text`."""
     count = at_least
     while count < len(ids) and not tokenizer.decode(ids[:count], skip_special_tokens=True).startswith(text):
         count += 1
