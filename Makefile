@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# A CPU build of torch, installed before anything that depends on it (otherwise pip pulls a CUDA build).
+# torch, pinned and installed before anything that depends on it, so nothing pulls another. Which build
+# pip picks is its indexes' choice: on Linux, PyPI's is the CUDA one. Without a GPU, let pip see
+# PyTorch's CPU wheels and name that build: `make serve TORCH=torch==2.13.0+cpu` (README, "Two commands").
 TORCH ?= torch==2.13.0
 
 .PHONY: serve test test-fast docs bench install install-dev clean
@@ -27,7 +29,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The server and the trainer beside it (R3_TRAINER=off: the server only).
 serve: install
+	@echo "r3 is in $(BIN): 'source $(BIN)/activate' puts it on your PATH"
 	$(BIN)/r3 model pull
 	$(BIN)/r3 serve
 

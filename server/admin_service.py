@@ -34,7 +34,8 @@ ACTOR = "admin"  # who the registry's audit log and the swap counter say acted, 
 def no_trainer_here() -> TrainerStatus:
     """The trainer's status on a server that runs none beside it (R3_TRAINER=off, or an embedded app)."""
     return TrainerStatus(running=None, detail="no trainer runs beside this server (R3_TRAINER=off): a requested "
-                         "round waits until an `r3 train` process, here or on another machine, takes it up")
+                         "round waits until an `r3 train` process, here or on another machine, takes it up (a "
+                         "running round's owner and heartbeat_at show one at work)")
 
 
 class AdminService:

@@ -173,6 +173,22 @@ def test_keys_list_and_a_revoked_key_is_refused_at_once_by_every_replica(tmp_pat
     again = r3(tmp_path, "keys", "revoke", "alice")
     assert again.returncode == 1 and "no live key is named 'alice'" in again.stderr
 
+    # With every key revoked, the server does not fall back to open mode: loopback needs a key too.
+    assert r3(tmp_path, "keys", "revoke", "bob").returncode == 0
+
+    async def keyless_from_loopback() -> APIError:
+        engine = database.create_engine(url)
+        try:
+            with pytest.raises(APIError) as refused:
+                await Authenticator([], None, database.sessions(engine)).tenant(
+                    Request({"type": "http", "headers": [], "client": ("127.0.0.1", 4242)}))
+            return refused.value
+        finally:
+            await engine.dispose()
+
+    refused = asyncio.run(keyless_from_loopback())
+    assert (refused.status, refused.message) == (401, "missing API key: send Authorization: Bearer <key>")
+
 
 # ------------------------------------------------------------------ the supervised trainer
 
