@@ -61,7 +61,7 @@ def measure(config: Config) -> dict[str, Any]:
         reflection_prompt,
         train_round,
     )
-    from verifiers import WebhookPolicy
+    from verifiers import VerifierRuntime, WebhookPolicy
 
     settings = GRPOSettings(num_generations=8, prompts_per_step=2, learning_rate=1e-4,
                             max_reflection_tokens=planted.REFLECTION_MAX_TOKENS, max_steps=config.steps,
@@ -71,13 +71,13 @@ def measure(config: Config) -> dict[str, Any]:
     with planted.planted_verifier() as url, tempfile.TemporaryDirectory() as scratch:
         batch = planted.planted_failures(config.prompts, config.seed, url)
         report = train_round(model_path, None, batch, Path(scratch) / "r3", settings,
-                             WebhookPolicy(allow_loopback=True))
+                             VerifierRuntime(WebhookPolicy(allow_loopback=True)))
         results["r3"] = {"samples": sum(step.samples for step in report.step_logs), "steps": report.steps,
                          "samples_per_s": report.samples_per_second,
                          "seconds": report.seconds_per_step * report.steps}
 
         tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        protocol = ReflectRetry(tokenizer, WebhookPolicy())
+        protocol = ReflectRetry(tokenizer, VerifierRuntime())
         prompts = [reflection_prompt(protocol, failure).engine_input for failure in batch]
         args = grpo_config(settings, Path(scratch) / "trl", settings.prompts_per_step, placement("cpu", "float32"))
         bare = GRPOTrainer(model=model_path, reward_funcs=planted_reward, args=args,

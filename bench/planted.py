@@ -167,12 +167,12 @@ def base_rate(samples: int, seed: int = 7, batch: int = 16) -> dict[str, Any]:
     from r3.stats import wilson
     from r3.reflect_retry import ReflectRetry
     from trainer.grpo import reflection_prompt
-    from verifiers import WebhookPolicy
+    from verifiers import VerifierRuntime
 
     path = bundled_model.resolve(Settings(_env_file=None))
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    protocol = ReflectRetry(tokenizer, WebhookPolicy())
+    protocol = ReflectRetry(tokenizer, VerifierRuntime())
     failures = planted_failures(samples, seed, "http://127.0.0.1:9/")  # the endpoint is never called here
     counts: list[int] = []
     torch.manual_seed(seed)

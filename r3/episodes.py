@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from verifiers import is_replayable
 
 ABANDONED = "abandoned"  # the finish_reason of the attempt being made when the client hung up
 
@@ -84,8 +85,18 @@ class Episode:
     def outcome(self) -> bool | None:
         return self.latest.passed if self.attempts else None
 
+    @property
+    def replayable(self) -> bool:
+        """Whether the trainer may judge this episode's answers again: it has a verifier of a type
+        registered as replayable (`verifiers.VerifierType.replayable`)."""
+        return is_replayable(self.verifier)
+
     def attempt(self, number: int) -> AttemptRecord:
         return self.attempts[number - 1]
+
+    def retry_of(self, number: int) -> AttemptRecord | None:
+        """The attempt made after reflecting on attempt `number` (which carries that reflection), or None."""
+        return self.attempts[number] if number < len(self.attempts) else None
 
 
 def episode_to_dict(episode: Episode) -> dict[str, Any]:

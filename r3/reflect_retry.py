@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt, with_call_ids
 from r3.engines.base import (
@@ -44,8 +44,10 @@ from verifiers import (
     Attempt,
     TaskContext,
     Verdict,
+    VerifierRuntime,
     VerifierSpec,
     WebhookPolicy,
+    parse_spec,
     verify,
 )
 
@@ -148,22 +150,56 @@ def openai_tool_calls(parsed: ParsedOutput) -> list[dict[str, Any]] | None:
             for c in parsed.tool_calls] or None
 
 
-def task_of(episode: Episode, verifier: VerifierSpec | None) -> ChatTask:
-    """The task an episode recorded, to run again (only episodes that kept their text)."""
-    sampling = {**episode.sampling, "stop": tuple(episode.sampling.get("stop", ()))}
-    return ChatTask(model=episode.model, adapter=episode.adapter, messages=episode.messages or [],
-                    tools=episode.tools, tool_choice=episode.tool_choice, params=SamplingParams(**sampling),
-                    verifier=verifier, store_text=episode.store_text)
+class RecordedRequest(Protocol):
+    """A request as recorded: an `Episode` (that kept its text), or a trainer's item made from one."""
+
+    messages: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    verifier: dict[str, Any] | None  # the spec as JSON
+    sampling: dict[str, Any]  # the request's `SamplingParams`, as JSON
 
 
-def webhook_policy(settings: Settings) -> WebhookPolicy:
-    return WebhookPolicy(
+def recorded_task(recorded: RecordedRequest, *, model: str = "", adapter: str | None = None,
+                  params: SamplingParams | None = None) -> ChatTask:
+    """The task `recorded` asked for, to run again (one reflect-retry round at most): its verifier read
+    again, sampling as recorded (`recorded_params`) unless `params` are given. The one way from a
+    record back to a task, for /feedback's retries, the trainer and the gate. Raises pydantic's `ValidationError` (a
+    `ValueError`) or `TypeError` when the stored verifier or sampling no longer validate."""
+    params = recorded_params(recorded) if params is None else params
+    verifier = parse_spec(recorded.verifier) if recorded.verifier is not None else None
+    return ChatTask(model=model, adapter=adapter, messages=recorded.messages or [], tools=recorded.tools,
+                    tool_choice=recorded.tool_choice, params=params, verifier=verifier, max_retries=1)
+
+
+def recorded_params(recorded: RecordedRequest) -> SamplingParams:
+    """The sampling `recorded` asked for. Raises `TypeError`/`ValueError` for fields that no longer fit."""
+    return SamplingParams(**{**recorded.sampling, "stop": tuple(recorded.sampling.get("stop", ()))})
+
+
+def recorded_failures(episode: Episode) -> list[FailedAttempt]:
+    """Each attempt of `episode`, as a failure to reflect on, with the reflection written on it: the one
+    the attempt it led to carries (`AttemptRecord.reflection`). The latest has none yet. Why each
+    failed is the client's feedback where it gave one, else the verifier's detail."""
+    failures: list[FailedAttempt] = []
+    for attempt in episode.attempts:
+        if failures:  # `attempt` is a retry: its reflection was written on the failure before it
+            failures[-1] = replace(failures[-1], reflection=attempt.reflection)
+        why = (attempt.feedback.detail if attempt.feedback else attempt.detail) or ""
+        failures.append(FailedAttempt(assistant_message(attempt.content, attempt.tool_calls), why))
+    return failures
+
+
+def verifier_runtime(settings: Settings) -> VerifierRuntime:
+    """The process's `VerifierRuntime`, from the operator's `R3_WEBHOOK_*` settings: built once, by the
+    server and by each trainer process, and handed to its `Reflector` or `ReflectRetry`."""
+    return VerifierRuntime(webhooks=WebhookPolicy(
         allowed_hosts=frozenset(settings.webhook_allowed_hosts),
         allow_loopback=settings.webhook_allow_loopback,
         secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
         timeout_s=settings.webhook_timeout_s,
         max_attempts=settings.webhook_max_attempts,
-    )
+    ))
 
 
 @dataclass(frozen=True)
@@ -179,7 +215,7 @@ class ReflectRetry:
     """
 
     tokenizer: Any
-    webhook_policy: WebhookPolicy
+    verifier_runtime: VerifierRuntime
     constrained_decoding: bool = True
     reflection_max_tokens: int = 256
 
@@ -238,7 +274,7 @@ class ReflectRetry:
         attempt = Attempt(content=answer.content, tool_calls=tuple(answer.tool_calls))
         context = TaskContext(tools=tuple(task.tools or ()), tool_choice=task.tool_choice,
                               messages=tuple(conversation), episode_id=episode_id, attempt_number=number)
-        return await verify(task.verifier, attempt, context, self.webhook_policy)
+        return await verify(task.verifier, attempt, context, self.verifier_runtime)
 
 
 @dataclass
@@ -246,13 +282,19 @@ class Reflector:
     """Runs attempts, reflections and retries for chat tasks on one engine, through `ReflectRetry`."""
 
     engine: Engine
-    webhook_policy: WebhookPolicy
+    verifier_runtime: VerifierRuntime
     reflection_max_tokens: int = 256
     core: ReflectRetry = field(init=False)
 
     def __post_init__(self) -> None:
-        self.core = ReflectRetry(self.engine.tokenizer, self.webhook_policy, self.engine.supports_json_schema,
+        self.core = ReflectRetry(self.engine.tokenizer, self.verifier_runtime, self.engine.supports_json_schema,
                                  self.reflection_max_tokens)
+
+    @property
+    def webhook_policy(self) -> WebhookPolicy:
+        """The runtime's webhook policy, for `server/routes/chat.py`'s request check until it calls
+        `verifiers.admit(spec, reflector.verifier_runtime)` (a file another change is moving)."""
+        return self.verifier_runtime.webhooks
 
     def finish(self, task: ChatTask, generation: Generation) -> Generated:
         """`generation`, finished, read as its answer."""
@@ -360,14 +402,8 @@ class Reflector:
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Generated]]:
         """One reflect-retry round on an episode whose latest attempt the client reported failed."""
-        failures = [
-            FailedAttempt(assistant_message(a.content, a.tool_calls),
-                          (a.feedback.detail if a.feedback else a.detail) or "",
-                          episode.attempts[a.number].reflection if a.number < len(episode.attempts) else None)
-            for a in episode.attempts
-        ]
         number = len(episode.attempts) + 1
-        reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number)
+        reflection, retry, verdict = await self.reflect_and_retry(task, recorded_failures(episode), episode.id, number)
         return _record(number, retry, verdict, reflection, episode.store_text), [reflection, retry]
 
     def abandon(self, run: Run) -> None:

@@ -185,7 +185,7 @@ def check_app(model: Path, device: str, data_dir: Path) -> str:
 def check_grpo(model: Path, device: str, output: Path) -> str:
     from r3.engines.adapter_check import AdapterChecker
     from trainer.grpo import GRPOSettings, train_round
-    from verifiers import WebhookPolicy
+    from verifiers import VerifierRuntime
 
     # Sampled retries judged by a coin flip of a verifier: groups mostly differ in reward, so the step learns.
     settings = GRPOSettings(device=device, num_generations=4, prompts_per_step=2, max_reflection_tokens=8,
@@ -195,7 +195,7 @@ def check_grpo(model: Path, device: str, output: Path) -> str:
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    report = train_round(str(model), None, failures, output, settings, WebhookPolicy())
+    report = train_round(str(model), None, failures, output, settings, VerifierRuntime())
     AdapterChecker(str(model)).check("grpo", output)
     step = report.step_logs[0]
     peak = f", peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB on the GPU" if on_gpu else ""
@@ -207,7 +207,7 @@ async def check_gate(model: Path, device: str, data_dir: Path, adapter: Path) ->
     from r3.engines import create_engine
     from trainer.data import Success
     from trainer.gate import decide, evaluate_adapter
-    from verifiers import WebhookPolicy
+    from verifiers import VerifierRuntime
 
     heldout = [failure(3, "Name a fruit."), failure(4, "Spell cat backwards.")]
     regression = [Success("ep_5", [{"role": "user", "content": "Say anything."}], None, None,
@@ -215,8 +215,8 @@ async def check_gate(model: Path, device: str, data_dir: Path, adapter: Path) ->
     engine = await create_engine(settings_for(model, device, data_dir))
     try:
         await engine.load_adapter("candidate", adapter)
-        candidate = await evaluate_adapter(engine, "candidate", heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
-        base = await evaluate_adapter(engine, None, heldout, regression, WebhookPolicy(), reflection_max_tokens=8)
+        candidate = await evaluate_adapter(engine, "candidate", heldout, regression, VerifierRuntime(), reflection_max_tokens=8)
+        base = await evaluate_adapter(engine, None, heldout, regression, VerifierRuntime(), reflection_max_tokens=8)
     finally:
         await engine.close()
     decision = decide(candidate, base, alpha=0.05, tolerance=0.05)

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from r3.engines import create_engine
 from r3.engines.base import Engine
-from r3.reflect_retry import Reflector, webhook_policy
+from r3.reflect_retry import Reflector, verifier_runtime
 from r3.settings import Settings, get_settings
 from r3.store import database
 from r3.store.episode_log import EpisodeLog
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         watchdog = AutoRollback(registry, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
                                 settings.auto_rollback_check_s)
         rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
-        reflector = Reflector(served, webhook_policy(settings), settings.reflection_max_tokens)
+        reflector = Reflector(served, verifier_runtime(settings), settings.reflection_max_tokens)
         state = app.state
         state.episodes, state.store, state.auth, state.engine = episodes, store, auth, served
         state.registry, state.adapters, state.reflector = registry, adapters, reflector

@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, TypeVar
 
-from r3.engines.base import SamplingParams
 from r3.episodes import AttemptRecord, Episode
-from r3.reflect_retry import ChatTask
+from r3.reflect_retry import recorded_task
 from r3.reflection import FailedAttempt, assistant_message
-from verifiers import parse_spec
 
 
 @dataclass(frozen=True)
 class LoggedRequest:
-    """A logged request, as much of it as is needed to run it again and judge the answer."""
+    """A logged request, as much of it as is needed to run it again and judge the answer (a
+    `r3.reflect_retry.RecordedRequest`: `recorded_task` makes it a task)."""
 
     episode_id: str
     messages: list[dict[str, Any]]
@@ -93,7 +92,7 @@ def first_attempt_successes(episodes: Iterable[Episode]) -> list[Success]:
 
 def _replayable(episode: Episode) -> bool:
     # An abandoned episode's attempts were cut off (or never judged) when its client hung up.
-    return (episode.verifier is not None and episode.store_text and episode.messages is not None
+    return (episode.replayable and episode.store_text and episode.messages is not None
             and bool(episode.attempts) and not episode.abandoned)
 
 
@@ -157,21 +156,10 @@ def runnable(items: Iterable[Item]) -> tuple[list[Item], dict[str, str]]:
     usable, refused = [], {}
     for item in items:
         try:
-            chat_task(item, recorded_params(item))
+            recorded_task(item)
         except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
             refused[item.episode_id] = f"its stored request cannot be run again: {' '.join(str(error).split())}"
         else:
             usable.append(item)
     return usable, refused
 
-
-def chat_task(item: Failure | Success, params: SamplingParams, adapter: str | None = None,
-              model: str = "") -> ChatTask:
-    """The item's request as `r3.reflect_retry` runs it, with the given sampling."""
-    return ChatTask(model=model, adapter=adapter, messages=item.messages, tools=item.tools,
-                    tool_choice=item.tool_choice, params=params, verifier=parse_spec(item.verifier), max_retries=1)
-
-
-def recorded_params(item: Failure | Success) -> SamplingParams:
-    """The sampling the request asked for."""
-    return SamplingParams(**{**item.sampling, "stop": tuple(item.sampling.get("stop", ()))})

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from accelerate import PartialState
 
 from r3.engines.device import placement
-from r3.reflect_retry import webhook_policy
+from r3.reflect_retry import verifier_runtime
 from r3.settings import Settings
 from trainer.data import Failure
 
@@ -80,8 +80,8 @@ def follow(launch: Launch, settings: Settings) -> None:
     """A follower's life: train each round the main process orders, until it says stop."""
     from trainer.grpo import train_round
 
-    policy = webhook_policy(settings)
+    runtime = verifier_runtime(settings)
     while (order := launch.receive()) is not None:
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
             train_round(order.model_path, order.start_adapter, order.failures, Path(scratch) / "adapter",
-                        order.settings, policy)
+                        order.settings, runtime)

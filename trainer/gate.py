@@ -36,10 +36,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from r3.engines.base import Engine, PromptTooLongError, SamplingParams
-from r3.reflect_retry import Reflector
+from r3.reflect_retry import Reflector, recorded_params, recorded_task
 from r3.stats import sign_test_p_value
-from trainer.data import Failure, Success, chat_task, recorded_params
-from verifiers import WebhookPolicy
+from trainer.data import Failure, Success
+from verifiers import VerifierRuntime
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _rate(outcomes: dict[str, float] | dict[str, bool]) -> float:
 
 
 async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: Sequence[Failure], successes: Sequence[Success],
-                   webhook_policy: WebhookPolicy, reflection_max_tokens: int = 256, samples: int = 1,
+                   verifier_runtime: VerifierRuntime, reflection_max_tokens: int = 256, samples: int = 1,
                    temperature: float = 0.0) -> EvalResult:
     """The adapter's second-attempt pass shares on `failures` and first-attempt outcomes on `successes`.
 
@@ -86,7 +86,7 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
     their outcomes move together: the base model's first 8 seeds gave long reflections on all 18
     held-out failures of a planted run.) The engine batches the items, which all run concurrently.
     """
-    reflector = Reflector(engine, webhook_policy, reflection_max_tokens)
+    reflector = Reflector(engine, verifier_runtime, reflection_max_tokens)
 
     def greedy(item: Failure | Success) -> SamplingParams:
         return replace(recorded_params(item), temperature=0.0, seed=0, top_logprobs=0)
@@ -117,7 +117,7 @@ async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, para
                                     adapter: str | None, reflection_params: SamplingParams | None = None) -> bool:
     """Reflect on the recorded failed attempt (sampling as `reflection_params` say; default `params`),
     retry once, judge the retry (as `Reflector.run` would after that attempt)."""
-    task = chat_task(failure, params, adapter)
+    task = recorded_task(failure, adapter=adapter, params=params)
     try:
         _, _, verdict = await reflector.reflect_and_retry(task, [failure.failed()], failure.episode_id, 2,
                                                           reflection_params=reflection_params)
@@ -128,7 +128,7 @@ async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, para
 
 async def first_attempt_passes(reflector: Reflector, success: Success, params: SamplingParams,
                                adapter: str | None) -> bool:
-    task = chat_task(success, params, adapter)
+    task = recorded_task(success, adapter=adapter, params=params)
     try:
         attempt = await reflector.generate(task, reflector.core.attempt_prompt(task, task.messages))
     except PromptTooLongError:

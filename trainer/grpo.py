@@ -88,9 +88,9 @@ from trl.trainer.utils import pad
 from r3.chat_format import ChatPrompt
 from r3.engines.constrained import Grammars, GrammarsForGenerate, RowGrammar
 from r3.engines.device import Placement, placement
-from r3.reflect_retry import ChatTask, ReflectRetry
-from trainer.data import Failure, chat_task, recorded_params
-from verifiers import WebhookPolicy
+from r3.reflect_retry import ChatTask, ReflectRetry, recorded_params, recorded_task
+from trainer.data import Failure
+from verifiers import VerifierRuntime
 
 log = logging.getLogger(__name__)
 
@@ -206,21 +206,21 @@ class RoundReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def reflect_retry(tokenizer: Any, settings: GRPOSettings, webhook_policy: WebhookPolicy) -> ReflectRetry:
+def reflect_retry(tokenizer: Any, settings: GRPOSettings, verifier_runtime: VerifierRuntime) -> ReflectRetry:
     """The protocol as the server runs it, for the trainer's tokenizer and settings."""
-    return ReflectRetry(tokenizer, webhook_policy, settings.constrained_decoding, settings.max_reflection_tokens)
+    return ReflectRetry(tokenizer, verifier_runtime, settings.constrained_decoding, settings.max_reflection_tokens)
 
 
 def reflection_prompt(protocol: ReflectRetry, failure: Failure) -> ChatPrompt:
     """The prompt of a reflection on `failure`'s recorded attempt, as the server sends it."""
-    return protocol.reflection_prompt(chat_task(failure, recorded_params(failure)), [failure.failed()])
+    return protocol.reflection_prompt(recorded_task(failure), [failure.failed()])
 
 
 def retry_of(protocol: ReflectRetry, failure: Failure, reflection: str,
              temperature: float) -> tuple[ChatTask, list[dict[str, Any]], ChatPrompt]:
     """The retry after `reflection` as the server makes it: its task (the request, sampled at
     `temperature`), its conversation and its prompt."""
-    task = chat_task(failure, replace(recorded_params(failure), temperature=temperature))
+    task = recorded_task(failure, params=replace(recorded_params(failure), temperature=temperature))
     conversation, prompt = protocol.retry_prompt(task, [failure.failed(reflection)])
     return task, conversation, prompt
 
@@ -302,10 +302,10 @@ class ReflectionRollout:
     """TRL's `rollout_func`: reflections as completions, rewarded by their retries' verdicts."""
 
     def __init__(self, failures: Sequence[Failure], tokenizer: Any, settings: GRPOSettings,
-                 webhook_policy: WebhookPolicy, generate: Generate = generate_with_policy) -> None:
+                 verifier_runtime: VerifierRuntime, generate: Generate = generate_with_policy) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
-        self.protocol = reflect_retry(tokenizer, settings, webhook_policy)
+        self.protocol = reflect_retry(tokenizer, settings, verifier_runtime)
         self.generate = generate
         # The trainer's dataset: one reflection prompt per failure, the first failure of each prompt,
         # within the prompt-length limit.
@@ -519,7 +519,7 @@ def lora_config(settings: GRPOSettings, start_adapter: Path | None) -> LoraConfi
 
 
 def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequence[Failure], output_dir: Path,
-                  settings: GRPOSettings, webhook_policy: WebhookPolicy,
+                  settings: GRPOSettings, verifier_runtime: VerifierRuntime,
                   generate: Generate = generate_with_policy) -> tuple[GRPOTrainer, ReflectionRollout, SkipStepsWithoutSignal]:
     """The trainer for a round, its rollout and its step control (`generate` is the policy's sampler).
 
@@ -530,7 +530,7 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
     if state.device.type == "cuda":
         torch.cuda.set_device(state.device)  # the current device is per thread, and a round may run in a worker thread
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-    rollout = ReflectionRollout(failures, tokenizer, settings, webhook_policy, generate)
+    rollout = ReflectionRollout(failures, tokenizer, settings, verifier_runtime, generate)
     if len(rollout.failures) < state.num_processes:
         raise ValueError(f"{len(rollout.failures)} failures have a reflection prompt within "
                          f"{settings.max_prompt_tokens} tokens; {state.num_processes} processes need one each")
@@ -558,7 +558,7 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
 
 
 def train_round(model_path: str, start_adapter: Path | None, failures: list[Failure], output_dir: Path,
-                settings: GRPOSettings, webhook_policy: WebhookPolicy) -> RoundReport:
+                settings: GRPOSettings, verifier_runtime: VerifierRuntime) -> RoundReport:
     """Train a new adapter on `failures`, starting from `start_adapter` (None: a fresh LoRA), and
     save it to `output_dir` (peft format, loadable by `TransformersEngine.load_adapter`; written by
     the main process only). Under `accelerate launch` every process calls it, with the same
@@ -566,7 +566,7 @@ def train_round(model_path: str, start_adapter: Path | None, failures: list[Fail
 
     Blocking and CPU/GPU-heavy; call it from a worker thread or process, not from an event loop.
     """
-    trainer, rollout, monitor = build_trainer(model_path, start_adapter, failures, output_dir, settings, webhook_policy)
+    trainer, rollout, monitor = build_trainer(model_path, start_adapter, failures, output_dir, settings, verifier_runtime)
     processes = trainer.accelerator.num_processes
     try:
         started = time.perf_counter()

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from r3 import bundled_model
 from r3.engines import create_engine
-from r3.reflect_retry import webhook_policy
+from r3.reflect_retry import verifier_runtime
 from r3.settings import Settings
 from r3.store import database
 from r3.store.errors import DatabaseUnavailable
@@ -244,7 +244,7 @@ class TrainerWorker:
         self.launch.send(order)
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
             report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
-                                             Path(scratch) / "adapter", order.settings, webhook_policy(settings))
+                                             Path(scratch) / "adapter", order.settings, verifier_runtime(settings))
             if not any(step.updated for step in report.step_logs):
                 return await self._without_signal(round_id, counts, report, train, new_heldout)
             candidate = await self.registry.register(
@@ -304,11 +304,11 @@ class TrainerWorker:
             await engine.load_adapter(candidate, candidate_path)
             if active is not None:
                 await engine.load_adapter(active.name, active.path)
-            policy = webhook_policy(self.settings)
+            runtime = verifier_runtime(self.settings)
             sampling = {"reflection_max_tokens": self.settings.reflection_max_tokens,
                         "samples": self.settings.gate_samples, "temperature": self.settings.gate_temperature}
-            candidate_result = await evaluate_adapter(engine, candidate, heldout, successes, policy, **sampling)
-            active_result = await evaluate_adapter(engine, active.name if active else None, heldout, successes, policy,
+            candidate_result = await evaluate_adapter(engine, candidate, heldout, successes, runtime, **sampling)
+            active_result = await evaluate_adapter(engine, active.name if active else None, heldout, successes, runtime,
                                            **sampling)
         finally:
             await engine.close()

@@ -1,85 +1,93 @@
 """Verifiers: judge a model's answer against the task spec a client attached to its request.
 
-`parse_spec` turns the client's `verifier` object into a spec (a pydantic `ValidationError`, whose
-`loc` names the field, when it is wrong); `verify` judges an attempt with it. A verifier never
-raises over what the model produced: output it cannot read is a failed verdict saying why. The one
-exception is `WebhookNotAllowed`, raised when a webhook spec's URL is outside the server's policy,
-which the server is expected to have refused already with `WebhookSpec.check`.
+Each verifier type is a module of this package that registers itself (`verifiers.registry`): its
+spec model, how it judges, its task kind, whether the trainer may judge it again. `parse_spec` turns
+the client's `verifier` object into a spec of a registered type (a pydantic `ValidationError`, whose
+`loc` names the field, when it is wrong); `admit` refuses one this server will not run
+(`VerifierNotAllowed`, e.g. a webhook outside the operator's policy); `verify` judges an attempt
+with it. A verifier never raises over what the model produced: output it cannot read is a failed
+verdict saying why.
 
-Judging is CPU work on the client's spec (a schema, a pattern) and the model's output, so `verify`
-runs it in `JUDGE_THREADS` threads of its own, off the caller's event loop and out of the default
-thread pool, and waits at most `JUDGE_TIMEOUT_S` for a verdict.
+What a judge may use beyond its spec (the webhook policy, the HTTP client) is the process's
+`VerifierRuntime`, built once and handed to `verify`. Local judging is CPU work on the client's spec
+and the model's output, so `verify` runs it in `JUDGE_THREADS` threads of its own, off the caller's
+event loop and out of the default thread pool, and waits at most `JUDGE_TIMEOUT_S` for a verdict.
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
-
-from pydantic import Field, TypeAdapter
-
-from verifiers.base import Attempt, TaskContext, ToolCall, Verdict
+# The built-in verifier types, each registered by importing its module, in import order (the README
+# table's order; tool_call imports tool_schema, which so comes first). A new type adds its module here.
+from verifiers import tool_call, tool_schema, countdown, json_schema, regex, exact, math, webhook  # noqa: F401, I001
+from verifiers.base import Attempt, SpecBase, TaskContext, ToolCall, Verdict
 from verifiers.countdown import CountdownSpec
 from verifiers.exact import ExactSpec
 from verifiers.json_schema import JsonSchemaSpec
 from verifiers.math import MathSpec
 from verifiers.regex import RegexSpec
+from verifiers.registry import (
+    JUDGE_THREADS,
+    JUDGE_TIMEOUT_S,
+    VerifierNotAllowed,
+    VerifierSpec,
+    VerifierType,
+    admit,
+    is_replayable,
+    parse_spec,
+    register,
+    verifier_type,
+    verifier_types,
+    verify,
+)
+from verifiers.runtime import VerifierRuntime
 from verifiers.schema import MAX_JSON_DEPTH, depth_problem, nesting_depth, schema_problem, schema_shape_problem
 from verifiers.tool_call import ToolCallSpec
 from verifiers.tool_schema import ToolSchemaSpec
 from verifiers.webhook import WebhookNotAllowed, WebhookPolicy, WebhookSpec
 
-VerifierSpec = Annotated[
-    ToolCallSpec | ToolSchemaSpec | CountdownSpec | JsonSchemaSpec | RegexSpec | ExactSpec | MathSpec | WebhookSpec,
-    Field(discriminator="type"),
-]
-
-_SPEC_ADAPTER: TypeAdapter[VerifierSpec] = TypeAdapter(VerifierSpec)
-
-JUDGE_THREADS = 2
-JUDGE_TIMEOUT_S = 5.0  # a judge's patterns stop sooner (`PATTERN_BUDGET_S`); this bounds everything else
-_judges = ThreadPoolExecutor(JUDGE_THREADS, thread_name_prefix="r3-judge")
-
-
-def parse_spec(data: dict[str, Any]) -> VerifierSpec:
-    return _SPEC_ADAPTER.validate_python(data)
-
-
-async def verify(spec: VerifierSpec, attempt: Attempt, context: TaskContext, policy: WebhookPolicy) -> Verdict:
-    """`spec`'s verdict on `attempt`. A local judge runs in a judging thread; one that takes longer than
-    `JUDGE_TIMEOUT_S` is a failed verdict saying so (one still queued then never runs; a running one
-    ends by itself). Cancelling this cancels a judge that has not started."""
-    if isinstance(spec, WebhookSpec):
-        return await spec.judge(attempt, context, policy)
-    judging = asyncio.get_running_loop().run_in_executor(_judges, spec.judge, attempt, context)
-    try:
-        return await asyncio.wait_for(judging, JUDGE_TIMEOUT_S)
-    except TimeoutError:
-        return Verdict(False, f"judging the answer took longer than {JUDGE_TIMEOUT_S:g} s, so it was not checked")
+def reference_table() -> str:
+    """The README's table of verifiers (Markdown), one row per registered type: its name, its spec's
+    fields as the client spells them, and when an answer passes."""
+    rows = ["| verifier | spec | passes when |", "|---|---|---|"]
+    for kind in verifier_types():
+        fields = [f"`{field.alias or name}`" for name, field in kind.spec.model_fields.items() if name != "type"]
+        rows.append(f"| `{kind.name}` | {', '.join(fields) or '—'} | {kind.summary} |")
+    return "\n".join(rows) + "\n"
 
 
 __all__ = [
+    "JUDGE_THREADS",
+    "JUDGE_TIMEOUT_S",
+    "MAX_JSON_DEPTH",
     "Attempt",
     "CountdownSpec",
     "ExactSpec",
     "JsonSchemaSpec",
-    "MAX_JSON_DEPTH",
     "MathSpec",
     "RegexSpec",
+    "SpecBase",
     "TaskContext",
     "ToolCall",
     "ToolCallSpec",
     "ToolSchemaSpec",
     "Verdict",
+    "VerifierNotAllowed",
+    "VerifierRuntime",
     "VerifierSpec",
+    "VerifierType",
     "WebhookNotAllowed",
     "WebhookPolicy",
     "WebhookSpec",
+    "admit",
     "depth_problem",
+    "is_replayable",
     "nesting_depth",
     "parse_spec",
+    "reference_table",
+    "register",
     "schema_problem",
     "schema_shape_problem",
+    "verifier_type",
+    "verifier_types",
     "verify",
 ]

@@ -87,7 +87,10 @@ class SpecBase(ClientInput):
 
     @property
     def task_kind(self) -> str:
-        return "generic"
+        """The kind of task its type judges (`VerifierType.task_kind`): which reflection prompt a failure gets."""
+        from verifiers.registry import verifier_type  # the registry imports this module
+
+        return verifier_type(self).task_kind
 
 
 def quote(value: Any, limit: int = 60) -> str:

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from verifiers.answer import last_answer
 from verifiers.base import Attempt, SpecBase, TaskContext, UnreadableOutput, Verdict
+from verifiers.registry import VerifierType, register
 
 MAX_NUMBER = 10**6
 MAX_EXPRESSION_CHARS = 200
@@ -51,10 +52,6 @@ class CountdownSpec(SpecBase):
     # Non-negative: with unary minus refused, a negative number could not be written.
     numbers: list[Annotated[int, Field(ge=0, le=MAX_NUMBER)]] = Field(min_length=1, max_length=10)
     target: int
-
-    @property
-    def task_kind(self) -> str:
-        return "countdown"
 
     def judge(self, attempt: Attempt, context: TaskContext) -> Verdict:
         expression = answer_expression(attempt.content or "")
@@ -140,3 +137,10 @@ def _value(node: ast.expr, literals: list[int]) -> Fraction | None:
     if isinstance(node, ast.BinOp) and type(node.op) in _REFUSED_OPERATORS:
         raise UnreadableOutput(f"operator {_REFUSED_OPERATORS[type(node.op)]} is not allowed; use + - * /")
     raise UnreadableOutput(f"{ast.unparse(node)!r} is not allowed; use integers, + - * / and parentheses")
+
+
+register(VerifierType(
+    CountdownSpec, judge=CountdownSpec.judge, task_kind="countdown",
+    summary="the answer (in `<answer>…</answer>`, else the last equation) uses each number exactly as "
+            "often as given, only `+ - * /` and parentheses, and equals the target exactly",
+))

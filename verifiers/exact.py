@@ -10,6 +10,7 @@ from typing import Literal
 
 from verifiers.answer import last_answer
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict, quote
+from verifiers.registry import VerifierType, register
 
 
 class ExactSpec(SpecBase):
@@ -33,3 +34,9 @@ class ExactSpec(SpecBase):
         if self.normalized(answer) == self.normalized(self.expected):
             return Verdict(True)
         return Verdict(False, f"the answer {quote(answer)} is not the expected answer")
+
+
+register(VerifierType(
+    ExactSpec, judge=ExactSpec.judge,
+    summary="the content (or its `<answer>`) equals the expected text",
+))

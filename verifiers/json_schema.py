@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from verifiers.base import Attempt, SpecBase, TaskContext, UnreadableOutput, Verdict
 from verifiers.json_text import parse_json
+from verifiers.registry import VerifierType, register
 from verifiers.schema import schema_problem, schema_violation
 
 # Greedy, anchored at both ends: one match attempt, linear in the content.
@@ -45,3 +46,9 @@ class JsonSchemaSpec(SpecBase):
             return Verdict(False, f"content is not valid JSON ({error})")
         violation = schema_violation(self.schema_, document)
         return Verdict(violation is None, "" if violation is None else f"JSON does not match the schema: {violation}")
+
+
+register(VerifierType(
+    JsonSchemaSpec, judge=JsonSchemaSpec.judge,
+    summary="the content is JSON that validates",
+))

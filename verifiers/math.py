@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from verifiers.answer import last_answer
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict, quote
+from verifiers.registry import VerifierType, register
 
 MAX_NUMBER_CHARS = 100
 
@@ -55,10 +56,6 @@ class MathSpec(SpecBase):
     extract_answer: bool = True
     tolerance: float = Field(default=0, ge=0, allow_inf_nan=False)
 
-    @property
-    def task_kind(self) -> str:
-        return "math"
-
     @field_validator("expected")
     @classmethod
     def _is_number(cls, expected: str) -> str:
@@ -82,3 +79,9 @@ class MathSpec(SpecBase):
         if abs(answer - expected) <= Fraction(self.tolerance):
             return Verdict(True)
         return Verdict(False, f"the answer {quote(number.strip())} is not the expected value")
+
+
+register(VerifierType(
+    MathSpec, judge=MathSpec.judge, task_kind="math",
+    summary="the answer is numerically equal (`0.5` == `1/2`)",
+))

@@ -16,6 +16,7 @@ import regex
 from pydantic import Field, field_validator
 
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
+from verifiers.registry import VerifierType, register
 
 MAX_PATTERN_CHARS = 1000
 MAX_CONTENT_CHARS = 20_000
@@ -60,3 +61,9 @@ class RegexSpec(SpecBase):
             return Verdict(True)
         how = "does not match" if self.mode == "fullmatch" else "contains no match for"
         return Verdict(False, f"the answer {how} the pattern {self.pattern!r}")
+
+
+register(VerifierType(
+    RegexSpec, judge=RegexSpec.judge,
+    summary="the content matches (`mode`: `fullmatch` or `search`)",
+))

@@ -33,6 +33,7 @@ from verifiers.base import (
     Verdict,
 )
 from verifiers.json_text import parse_arguments
+from verifiers.registry import VerifierType, register
 from verifiers.schema import MAX_JSON_DEPTH, nesting_depth
 from verifiers.tool_schema import offered_functions
 
@@ -63,10 +64,6 @@ class ToolCallSpec(SpecBase):
     ordered: bool = False
     numeric_tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     strings: Literal["exact", "normalized"] = "exact"
-
-    @property
-    def task_kind(self) -> str:
-        return "function_calling"
 
     def judge(self, attempt: Attempt, context: TaskContext) -> Verdict:
         produced = attempt.tool_calls
@@ -145,3 +142,11 @@ def maximum_matching(fits: list[list[bool]]) -> dict[int, int]:
 
 def _calls(count: int) -> str:
     return f"{count} call" if count == 1 else f"{count} calls"
+
+
+register(VerifierType(
+    ToolCallSpec, judge=ToolCallSpec.judge, task_kind="function_calling",
+    summary="the calls match the `expected` ones (`[{name, arguments}]`), whose arguments may hold several "
+            "acceptable values, optional arguments and nested rules; `expected: []`: no call is right "
+            "([details](#function-calling-specs-tool_call))",
+))

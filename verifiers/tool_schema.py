@@ -25,6 +25,7 @@ from verifiers.base import (
     Verdict,
 )
 from verifiers.json_text import parse_arguments
+from verifiers.registry import VerifierType, register
 from verifiers.schema import schema_problem, schema_violation
 
 # A function offered without `parameters` takes none (OpenAI's reading); R3's grammars hold its calls to this too.
@@ -57,10 +58,6 @@ def chosen_function(tool_choice: str | dict | None) -> str | None:
 
 class ToolSchemaSpec(SpecBase):
     type: Literal["tool_schema"]
-
-    @property
-    def task_kind(self) -> str:
-        return "function_calling"
 
     def judge(self, attempt: Attempt, context: TaskContext) -> Verdict:
         calls, choice = attempt.tool_calls, context.tool_choice
@@ -105,3 +102,11 @@ def _call_problem(call: ToolCall, functions: dict[str, OfferedFunction], forced:
 def _named_parameters(schema: Any) -> set[str]:
     properties = schema.get("properties") if isinstance(schema, dict) else None
     return set(properties) if isinstance(properties, dict) else set()
+
+
+register(VerifierType(
+    ToolSchemaSpec, judge=ToolSchemaSpec.judge, task_kind="function_calling",
+    summary="every call names an offered tool and its arguments validate against that tool's JSON "
+            "Schema (`tool_choice: \"required\"` needs a call; a function with `\"strict\": true` "
+            "takes no argument its schema does not name)",
+))

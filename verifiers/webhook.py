@@ -2,8 +2,9 @@
 
 The server POSTs `{"episode_id", "attempt", "messages", "output": {"content", "tool_calls"}}` and
 expects `{"success": bool, "detail"?: str}` back. Where it may POST is the operator's choice, not
-the client's: `check(policy)` refuses any host outside `WebhookPolicy.allowed_hosts` (and loopback
-unless allowed) before a request is accepted, and `judge` checks again before connecting. With a
+the client's: `check(policy)` (the type's `admit`, given the process's `VerifierRuntime.webhooks`)
+refuses any host outside `WebhookPolicy.allowed_hosts` (and loopback unless allowed) before a request
+is accepted, and `verifiers.verify` checks again before judging. With a
 secret, `X-R3-Signature: sha256=<hex>` is the HMAC-SHA256 of the exact body bytes, so the endpoint
 can tell the call came from this server.
 
@@ -23,7 +24,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
@@ -31,6 +32,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from verifiers.base import Attempt, SpecBase, TaskContext, Verdict
 from verifiers.json_text import JsonTextError, read_json
+from verifiers.registry import VerifierNotAllowed, VerifierType, register
+
+if TYPE_CHECKING:
+    from verifiers.runtime import VerifierRuntime
 
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 16
@@ -45,8 +50,11 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-class WebhookNotAllowed(Exception):
+class WebhookNotAllowed(VerifierNotAllowed):
     """The webhook's URL is outside the server's policy: a request error, raised before any network call."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="verifier.url", code="webhook_not_allowed")
 
 
 @dataclass(frozen=True)
@@ -114,19 +122,21 @@ class WebhookSpec(SpecBase):
             return
         raise WebhookNotAllowed(f"webhook host {host!r} is not allowed by this server")
 
-    async def judge(self, attempt: Attempt, context: TaskContext, policy: WebhookPolicy) -> Verdict:
-        self.check(policy)  # again, in case a caller skipped the check at request time
+    async def judge(self, attempt: Attempt, context: TaskContext, runtime: VerifierRuntime) -> Verdict:
+        """The endpoint's verdict on `attempt`, posted as `runtime` says (its policy's secret, timeout
+        and attempts; its HTTP client). The URL is not checked here: `verifiers.verify` admits it first."""
+        policy = runtime.webhooks
         body = request_body(attempt, context)
         headers = {**self.headers, "Content-Type": "application/json", "X-R3-Attempt": str(context.attempt_number)}
         if policy.secret is not None:
             headers["X-R3-Signature"] = signature(policy.secret, body)
-        # No httpx timeout: asyncio.timeout bounds each attempt as a whole, however slowly a reply trickles.
-        async with httpx.AsyncClient(timeout=None, follow_redirects=False, trust_env=False) as client:
-            return await self._post(client, body, headers, policy)
+        async with runtime.http_client() as client:
+            return await self._post(client, body, headers, runtime)
 
     async def _post(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str],
-                    policy: WebhookPolicy) -> Verdict:
-        retrying = AsyncRetrying(stop=stop_after_attempt(policy.max_attempts),
+                    runtime: VerifierRuntime) -> Verdict:
+        policy = runtime.webhooks
+        retrying = AsyncRetrying(sleep=runtime.sleep, stop=stop_after_attempt(policy.max_attempts),
                                  wait=wait_exponential(multiplier=RETRY_BACKOFF_S),
                                  retry=retry_if_exception_type(_Retryable), reraise=True)
         try:
@@ -149,6 +159,12 @@ class WebhookSpec(SpecBase):
         if status >= 500:
             raise _Retryable(f"HTTP {status}")
         return _verdict(status, reply)
+
+
+def webhook_client() -> httpx.AsyncClient:
+    """The HTTP client a webhook is posted with: no httpx timeout (asyncio.timeout bounds each attempt as
+    a whole, however slowly a reply trickles), no redirects followed, no proxies or .netrc."""
+    return httpx.AsyncClient(timeout=None, follow_redirects=False, trust_env=False)
 
 
 class _Retryable(Exception):
@@ -194,3 +210,12 @@ def _verdict(status: int, reply: bytes | None) -> Verdict:
     except (UnicodeDecodeError, JsonTextError, ValidationError):
         return Verdict(False, 'webhook error: reply is not JSON of the form {"success": bool, "detail"?: str}')
     return Verdict(parsed.success, parsed.detail)
+
+
+register(VerifierType(
+    WebhookSpec, judge_with=WebhookSpec.judge, admit=lambda spec, runtime: spec.check(runtime.webhooks),
+    summary="your endpoint answers `{\"success\": true}` to a POST of the attempt (episode id, attempt number, "
+            "conversation, output, tool calls), signed with `X-R3-Signature: sha256=<HMAC>` when "
+            "`R3_WEBHOOK_SECRET` is set; only hosts in `R3_WEBHOOK_ALLOWED_HOSTS` (loopback only with "
+            "`R3_WEBHOOK_ALLOW_LOOPBACK`)",
+))

@@ -8,14 +8,13 @@ import weakref
 from fastapi import APIRouter, Request
 
 from r3.episodes import Episode, Feedback
-from r3.reflect_retry import task_of
+from r3.reflect_retry import recorded_task
 from server.admin_protocol import FEEDBACK_RESPONSES
 from server.auth import CheckedRoute
 from server.completions import chat_completion, completion_of_attempt, unless_disconnected
 from server.deps import AdaptersDep, ReflectorDep, SettingsDep, StoreDep, TenantDep
 from server.errors import APIError, ignore_unknown_fields
 from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
-from verifiers import parse_spec
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -44,11 +43,11 @@ async def give_feedback(body: FeedbackRequest, request: Request, store: StoreDep
         if not body.retry:
             await store.save(episode)
             return _receipt(episode, number)
-        verifier = parse_spec(episode.verifier) if episode.verifier else None
         # The retry runs on the version the episode was served with, held loaded while it runs. A client
         # that hangs up meanwhile leaves nothing behind: sent again, its feedback retries again.
         async with adapters.pin(episode.adapter or "base"):
-            retry = reflector.retry_after_feedback(task_of(episode, verifier), episode)
+            task = recorded_task(episode, model=episode.model, adapter=episode.adapter)
+            retry = reflector.retry_after_feedback(task, episode)
             record, turns = await unless_disconnected(request, retry)
         episode.attempts.append(record)
         await store.save(episode)
@@ -68,7 +67,7 @@ async def _find(store, body: FeedbackRequest, tenant: str | None) -> tuple[Episo
 
 
 def _check_retryable(episode: Episode, number: int) -> None:
-    if number != len(episode.attempts):
+    if episode.retry_of(number) is not None:
         raise APIError(409, f"attempt {number} already has a retry (attempt {number + 1}); give feedback on that one",
                        type="conflict_error", param="retry")
     if not episode.store_text:
@@ -81,8 +80,9 @@ def _repeat(episode: Episode, number: int, body: FeedbackRequest) -> FeedbackRec
     given = episode.attempt(number).feedback
     if (given.success, given.detail) != (body.success, body.detail):
         raise APIError(409, f"attempt {number} already has different feedback", type="conflict_error", param="success")
-    if body.retry and number < len(episode.attempts):
-        return completion_of_attempt(episode, episode.attempt(number + 1))
+    retried = episode.retry_of(number)
+    if body.retry and retried is not None:
+        return completion_of_attempt(episode, retried)
     if body.retry:  # the first such feedback asked for no retry
         raise APIError(409, f"attempt {number} already has feedback without a retry", type="conflict_error",
                        param="retry")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from bench import planted
 from r3.reflection import FailedAttempt, retry_conversation
-from verifiers import Attempt, TaskContext, WebhookPolicy, parse_spec, verify
+from verifiers import Attempt, TaskContext, VerifierRuntime, WebhookPolicy, parse_spec, verify
 
 
 async def judge(task, answer: str, conversation: list[dict], number: int) -> bool:
     context = TaskContext(messages=tuple(conversation), episode_id="e", attempt_number=number)
     verdict = await verify(parse_spec(task.verifier), Attempt(content=answer), context,
-                           WebhookPolicy(allow_loopback=True))
+                           VerifierRuntime(WebhookPolicy(allow_loopback=True)))
     return verdict.success
 
 

@@ -6,10 +6,10 @@ from collections import Counter
 
 from r3.engines.base import SamplingParams
 from r3.episodes import AttemptRecord, Episode, Feedback
+from r3.reflect_retry import recorded_task
 from trainer.data import (
     Failure,
     balance,
-    chat_task,
     dedupe,
     failures_from_episodes,
     first_attempt_successes,
@@ -106,7 +106,7 @@ def test_balance_caps_each_kind_and_interleaves():
     assert balance([]) == []
 
 
-def test_chat_task_replays_the_request():
-    task = chat_task(failure(1), SamplingParams(max_tokens=8, temperature=0.0), adapter="r3-v2")
+def test_recorded_task_replays_the_request():
+    task = recorded_task(failure(1), adapter="r3-v2", params=SamplingParams(max_tokens=8, temperature=0.0))
     assert task.adapter == "r3-v2" and task.params.max_tokens == 8
     assert task.verifier.type == "exact" and task.task_kind == "generic" and task.max_retries == 1

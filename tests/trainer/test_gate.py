@@ -10,7 +10,7 @@ from r3.engines.transformers_engine import TransformersEngine
 from trainer.data import Failure, Success
 from r3.stats import sign_test_p_value
 from trainer.gate import EvalResult, decide, evaluate_adapter, sample_seed
-from verifiers import WebhookPolicy
+from verifiers import VerifierRuntime
 
 
 def result(second: list[bool], first: list[bool]) -> EvalResult:
@@ -111,14 +111,14 @@ async def test_evaluate_reflects_on_the_recorded_failure_and_replays_first_attem
     engine = TransformersEngine(str(model_path), "gate-test")
     try:
         await engine.load_adapter("candidate", lora_path)
-        outcome = await evaluate_adapter(engine, "candidate", failures, successes, WebhookPolicy(), reflection_max_tokens=8)
+        outcome = await evaluate_adapter(engine, "candidate", failures, successes, VerifierRuntime(), reflection_max_tokens=8)
         assert outcome.adapter == "candidate"
         assert outcome.second_attempt == {"ep_any": True, "ep_never": False}
         assert outcome.first_attempt == {"ep_ok": True, "ep_no": False}
         assert outcome.second_attempt_rate == 0.5 and outcome.first_attempt_rate == 0.5
 
         # Sampled reflections, each retried: the share of each failure's retries that passed.
-        sampled = await evaluate_adapter(engine, "candidate", failures, [], WebhookPolicy(), reflection_max_tokens=8,
+        sampled = await evaluate_adapter(engine, "candidate", failures, [], VerifierRuntime(), reflection_max_tokens=8,
                                  samples=3, temperature=1.0)
         assert sampled.second_attempt == {"ep_any": 1.0, "ep_never": 0.0} and sampled.samples == 3
     finally:

@@ -38,7 +38,7 @@ from trainer.grpo import (
     retry_of,
     train_round,
 )
-from verifiers import WebhookPolicy, parse_spec
+from verifiers import VerifierRuntime, parse_spec
 
 SAMPLING = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": [], "top_logprobs": 0}
 FRANCE = "What is the capital of France?"
@@ -116,7 +116,7 @@ def tiny_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
 def tiny_trainer(tiny_model: str, tmp_path: Path, retry=half_right_on_france, settings: GRPOSettings = TINY,
                  start_adapter: Path | None = None):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    return build_trainer(tiny_model, start_adapter, FAILURES, tmp_path, settings, WebhookPolicy(),
+    return build_trainer(tiny_model, start_adapter, FAILURES, tmp_path, settings, VerifierRuntime(),
                          ScriptedPolicy(tokenizer, retry))
 
 
@@ -193,13 +193,13 @@ async def test_the_trainer_tokenizes_exactly_what_the_server_sent(model_path, ca
         wrong, right = wrong.removeprefix(PREFILLED), right.removeprefix(PREFILLED)
     reflection = "I should check the city."
     engine = RecordingEngine(tokenizer, constrained, [wrong, reflection, right.split("\n")[0] if task.params.stop else right])
-    run = await Reflector(engine, WebhookPolicy()).run(Reflector.start(task, None))
+    run = await Reflector(engine, VerifierRuntime()).run(Reflector.start(task, None))
     assert [a.success for a in run.episode.attempts] == [False, True]
     [recorded] = failures_from_episodes([run.episode])
 
     policy = RecordingPolicy(tokenizer, reflection, right)  # the trainer's sampler does not stop at stop strings
     settings = replace(TINY, num_generations=2, constrained_decoding=constrained)
-    rollout = ReflectionRollout([recorded], tokenizer, settings, WebhookPolicy(), policy)
+    rollout = ReflectionRollout([recorded], tokenizer, settings, VerifierRuntime(), policy)
     trainer = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=len(tokenizer))))
     out = await asyncio.to_thread(rollout, list(rollout.failures) * 2, trainer)  # TRL calls it off the event loop
 
@@ -217,7 +217,7 @@ async def test_the_trainer_tokenizes_exactly_what_the_server_sent(model_path, ca
 def test_a_retry_the_server_holds_to_a_grammar_is_held_to_it_in_training_too(model_path, tmp_path):
     """The trainer's own sampler (transformers' generate) holds a forced call to the offered tool and its
     schema, and ends it there, as the serving engines do (the bundled model, greedy, as retries are)."""
-    trainer, rollout, _ = build_trainer(str(model_path), None, FAILURES, tmp_path, TINY, WebhookPolicy())
+    trainer, rollout, _ = build_trainer(str(model_path), None, FAILURES, tmp_path, TINY, VerifierRuntime())
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"enum": ["Paris", "Lyon"]}}, "required": ["city"],
         "additionalProperties": False}}}]
@@ -238,7 +238,7 @@ def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path
     long = failure("Why? " * 400, "Because.", {"type": "exact", "expected": "x"})
     again = replace(FAILURES[0], episode_id="ep_again")  # the same reflection prompt, recorded twice
     rollout = ReflectionRollout([*FAILURES, again, long], tokenizer, replace(TINY, max_prompt_tokens=512),
-                                WebhookPolicy())
+                                VerifierRuntime())
     assert [f.episode_id for f in rollout.failures.values()] == [f.episode_id for f in FAILURES]
     assert list(rollout.failures) == [reflection_prompt(rollout.protocol, f).engine_input for f in FAILURES]
 
@@ -411,7 +411,7 @@ async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_
     settings = GRPOSettings(num_generations=4, prompts_per_step=2, max_reflection_tokens=16, max_retry_tokens=16,
                             retry_temperature=1.0, max_steps=2)
     output = tmp_path / "adapter"
-    report = await asyncio.to_thread(train_round, str(model_path), None, failures, output, settings, WebhookPolicy())
+    report = await asyncio.to_thread(train_round, str(model_path), None, failures, output, settings, VerifierRuntime())
 
     assert (output / "adapter_config.json").is_file()
     assert report.steps == 2 and report.failures == 3 and report.left_out == 0
@@ -425,7 +425,7 @@ async def test_round_on_the_bundled_model_saves_a_loadable_adapter_that_changes_
     engine = TransformersEngine(str(model_path), "round-test")
     try:
         await engine.load_adapter("r3-v1", output)
-        prompt = reflection_prompt(ReflectRetry(engine.tokenizer, WebhookPolicy()), failures[0]).engine_input
+        prompt = reflection_prompt(ReflectRetry(engine.tokenizer, VerifierRuntime()), failures[0]).engine_input
         reflection = await engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0))
         # The base model's reflection, scored token by token by the serving engine with and without the
         # adapter: the round changed the probability of every one of its tokens.

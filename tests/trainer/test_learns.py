@@ -24,7 +24,7 @@ from r3.reflect_retry import ReflectRetry
 from r3.settings import Settings
 from r3.stats import sign_test_p_value
 from trainer.grpo import GRPOSettings, reflection_prompt, train_round
-from verifiers import WebhookPolicy
+from verifiers import VerifierRuntime, WebhookPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ HELDOUT = 48
 def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]:
     """Per failure, one reflection sampled as the trainer samples (T = 1, no top-k): has it at most
     `MAX_WORDS` words?"""
-    protocol = ReflectRetry(tokenizer, WebhookPolicy())
+    protocol = ReflectRetry(tokenizer, VerifierRuntime())
     prompts = [reflection_prompt(protocol, failure).engine_input for failure in failures]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
@@ -60,7 +60,7 @@ def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_
     with planted.planted_verifier() as url:
         train = planted.planted_failures(8, 0, url)
         report = train_round(model_path, None, train, tmp_path / "adapter", settings,
-                             WebhookPolicy(allow_loopback=True))
+                             VerifierRuntime(WebhookPolicy(allow_loopback=True)))
     assert report.steps == STEPS and report.skipped_groups < report.groups
 
     heldout = planted.planted_failures(HELDOUT, 12345, "http://127.0.0.1:9/")  # another seed; never called

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from verifiers import Attempt, TaskContext, ToolCall, WebhookPolicy, parse_spec, schema_problem, verify
+from verifiers import Attempt, TaskContext, ToolCall, VerifierRuntime, parse_spec, schema_problem, verify
 
 CATASTROPHIC = "^(a|a)+$"  # backtracks 2^n ways before it fails on a string of n a's and a b
 SLOW_TEXT = "a" * 28 + "b"  # with `re`: ~30 s, doubling with each further a
@@ -78,7 +78,7 @@ async def test_verify_judges_off_the_event_loop() -> None:
     """While a pattern runs out its time in a judging thread, the event loop goes on: a task that
     only needs the loop finishes before the verdict comes."""
     spec = parse_spec({"type": "json_schema", "schema": {"type": "string", "pattern": CATASTROPHIC}})
-    judging = asyncio.ensure_future(verify(spec, Attempt(f'"{SLOW_TEXT}"'), TaskContext(), WebhookPolicy()))
+    judging = asyncio.ensure_future(verify(spec, Attempt(f'"{SLOW_TEXT}"'), TaskContext(), VerifierRuntime()))
     ticked = 0
     while not judging.done():
         await asyncio.sleep(0)  # a turn of the loop, which a judge holding it would not give

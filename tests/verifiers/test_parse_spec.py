@@ -4,7 +4,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import verifiers
-from verifiers import Attempt, TaskContext, Verdict, WebhookPolicy, parse_spec, verify
+from verifiers import Attempt, TaskContext, Verdict, VerifierRuntime, parse_spec, verify
 
 EXAMPLES = [
     ({"type": "tool_call", "expected": [{"name": "f", "arguments": {"x": 1}}]}, verifiers.ToolCallSpec,
@@ -115,7 +115,7 @@ def test_a_spec_union_fits_in_a_request_model() -> None:
     ],
 )
 async def test_verify_dispatches_to_the_spec(data: dict, attempt: Attempt, success: bool) -> None:
-    verdict = await verify(parse_spec(data), attempt, TaskContext(), WebhookPolicy())
+    verdict = await verify(parse_spec(data), attempt, TaskContext(), VerifierRuntime())
     assert isinstance(verdict, Verdict)
     assert verdict.success is success
 

@@ -20,6 +20,7 @@ from verifiers import (
     TaskContext,
     ToolCall,
     WebhookNotAllowed,
+    VerifierRuntime,
     WebhookPolicy,
     WebhookSpec,
     parse_spec,
@@ -93,7 +94,7 @@ async def hook_server() -> AsyncIterator[HookServer]:
 
 
 SECRET = "s3cret"
-LOOPBACK = WebhookPolicy(allow_loopback=True, secret=SECRET, timeout_s=2.0)
+LOOPBACK = VerifierRuntime(WebhookPolicy(allow_loopback=True, secret=SECRET, timeout_s=2.0))
 ATTEMPT = Attempt(content="It is sunny.", tool_calls=(ToolCall("get_weather", '{"city": "Paris"}'),))
 CONTEXT = TaskContext(
     # A lone surrogate, as a client's JSON escape can produce: the body must still encode.
@@ -150,8 +151,8 @@ async def test_the_request_carries_the_attempt_and_a_verifiable_signature(hook_s
 
 
 async def test_without_a_secret_nothing_is_signed(hook_server: HookServer) -> None:
-    policy = WebhookPolicy(allow_loopback=True)
-    assert (await webhook(hook_server.url()).judge(Attempt(content=None), TaskContext(), policy)).success
+    runtime = VerifierRuntime(WebhookPolicy(allow_loopback=True))
+    assert (await webhook(hook_server.url()).judge(Attempt(content=None), TaskContext(), runtime)).success
     [request] = hook_server.requests
     assert "x-r3-signature" not in request.headers
     assert json.loads(request.body)["output"] == {"content": None, "tool_calls": []}
@@ -184,9 +185,9 @@ async def test_a_refused_connection_is_retried_then_fails() -> None:
 
 async def test_a_slow_webhook_times_out_without_retry(hook_server: HookServer) -> None:
     hook_server.replies = [Reply(hang=True)]
-    policy = WebhookPolicy(allow_loopback=True, timeout_s=0.3)
+    runtime = VerifierRuntime(WebhookPolicy(allow_loopback=True, timeout_s=0.3))
     started = time.perf_counter()
-    verdict = await webhook(hook_server.url()).judge(ATTEMPT, CONTEXT, policy)
+    verdict = await webhook(hook_server.url()).judge(ATTEMPT, CONTEXT, runtime)
     assert time.perf_counter() - started < 2
     assert not verdict.success
     assert verdict.detail == "webhook error: no reply within 0.3 s"
@@ -271,7 +272,7 @@ async def test_a_refused_host_is_never_contacted(hook_server: HookServer) -> Non
     spec = webhook(hook_server.url())
     for policy in (WebhookPolicy(), ALLOWED, WebhookPolicy(allowed_hosts=frozenset({"localhost"}))):
         with pytest.raises(WebhookNotAllowed):
-            await verify(spec, ATTEMPT, CONTEXT, policy)
+            await verify(spec, ATTEMPT, CONTEXT, VerifierRuntime(policy))
     # The server handles connections in order: after this allowed call, any earlier one would show.
     assert (await verify(spec, ATTEMPT, CONTEXT, LOOPBACK)).success
     assert len(hook_server.requests) == 1
