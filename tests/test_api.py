@@ -184,9 +184,10 @@ def test_tool_calls_come_back_as_openai_tool_calls_streamed_or_not(client) -> No
           "tool_choice": {"type": "function", "function": {"name": "other"}}}, 400, "tool_choice"),
         ({"model": MODEL, "messages": QUESTION, "top_logprobs": 2}, 400, None),
         ({"model": MODEL, "messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-        ({"model": MODEL, "messages": QUESTION, "frobnicate": True}, 400, "frobnicate"),
+        ({"model": MODEL, "messages": QUESTION, "verifier": {"type": "exact", "expected": "x", "frobnicate": True}},
+         400, "verifier.frobnicate"),  # a verifier spec stays strict; elsewhere an unknown field is ignored
         ({"model": MODEL, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "messages.0.content.0.type"),
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "messages.0.content.0"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi " * 9000}]}, 400, "messages"),
         ({"model": MODEL, "messages": QUESTION, "n": 9}, 400, "n"),
         ({"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_schema"}}, 400, "response_format"),
