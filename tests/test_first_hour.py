@@ -5,6 +5,7 @@ and revoked at once on every replica, and the trainer `r3 serve` supervises besi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -13,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.requests import Request
-from support import free_port
+from support import ThreadedServer, free_port
 
 from cli.supervisor import TrainerSupervisor
 from r3.store import database
@@ -222,3 +225,72 @@ def test_the_supervisor_starts_the_trainer_again_when_it_dies_and_stops_it(tmp_p
             os.kill(status.pid, 0)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+# ------------------------------------------------------------------ r3 replay
+
+
+def replay_tasks(folder: Path, count: int) -> Path:
+    tasks = folder / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "request": {
+        "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0,
+        "verifier": {"type": "regex", "pattern": "(?s).*"}}}) + "\n" for i in range(count)))
+    return tasks
+
+
+def test_replay_against_a_server_that_refuses_the_key_says_what_to_pass_before_sending(tmp_path: Path) -> None:
+    """A server with keys (here one that refuses every key, as R3 does a wrong one): one line, no bar, no table."""
+    sent = []
+    refusing = FastAPI()
+
+    @refusing.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"error": {"message": "invalid API key", "type": "authentication_error", "param": None,
+                                       "code": "invalid_api_key"}}, status_code=401)
+
+    @refusing.post("/v1/chat/completions")
+    async def chat() -> None:
+        sent.append(1)
+
+    with ThreadedServer(refusing) as url:
+        result = r3(tmp_path, "replay", str(replay_tasks(tmp_path, 8)), "--url", url, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and sent == []
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"error: {url} refused the key (invalid API key): pass a key: --api-key KEY or R3_API_KEY=KEY "
+                    "(`r3 keys create --name replay` makes one)")
+
+
+def test_a_replay_timeout_names_the_limit_and_what_to_do(tmp_path: Path) -> None:
+    never = asyncio.Event()  # a server that never answers in time
+    slow = FastAPI()
+
+    @slow.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": []}
+
+    @slow.post("/v1/chat/completions")
+    async def chat() -> None:
+        await never.wait()
+
+    with ThreadedServer(slow) as url:
+        result = r3(tmp_path, "replay", str(replay_tasks(tmp_path, 3)), "--url", url, "--timeout-s", "0.5",
+                    "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    said = result.stderr
+    (line,) = [line for line in said.splitlines() if line.startswith("not answered: ")]
+    ids, error = line.removeprefix("not answered: ").split(": ", 1)
+    assert sorted(ids.split(", ")) == ["t0", "t1", "t2"]  # every one listed, in one group
+    assert error == "no answer within --timeout-s 0.5 s (ReadTimeout)"
+    assert "what to do: raise --timeout-s" in said and "second attempt" not in result.stdout  # no empty table
+    assert "3 errors" in said
+
+
+def test_replay_serve_after_keys_create_uses_a_key_of_its_own(model_path: Path, tmp_path: Path) -> None:
+    """The new user's path: a key exists, so every request needs one; `--serve` brings its own."""
+    env = {"R3_MODELS_DIR": str(model_path.parent)}
+    assert r3(tmp_path, "keys", "create", "--name", "me", env=env).returncode == 0
+    result = r3(tmp_path, "replay", str(replay_tasks(tmp_path, 2)), "--serve", "--out", str(tmp_path / "out"),
+                env=env)
+    assert result.returncode == 0, result.stderr[-3000:] + (tmp_path / "out" / "server.log").read_text()[-3000:]
+    assert "2/2 answered" in result.stderr
+    assert "trainer     off (R3_TRAINER=off)" in (tmp_path / "out" / "server.log").read_text()  # it measures
