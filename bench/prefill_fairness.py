@@ -1,17 +1,18 @@
 """Long prompts and the other streams: another tenant's worst inter-token gap, and the process's peak memory.
 
     git worktree add /tmp/before-b 747fb16   # the engine before chunked prefill
-    python bench/prefill_fairness.py [--before /tmp/before-b] [--prompt-tokens 7000]
+    python bench/prefill_fairness.py [--before /tmp/before-b] [--prompt-tokens 7000] [--name prefill_fairness]
 
 For each tree (`--before`, then this one) a fresh process builds the embedded engine as the server
-does (`r3.engines.create_engine` with the default settings) and, once warm, streams one tenant's
+does (`r3.engines.create_engine(Settings())`) and, once warm, streams one tenant's
 greedy answer (its end of sequence banned, so it outlasts the rest). When that stream is running,
 two prompts of `--prompt-tokens` tokens arrive at once (another tenant's, 16 tokens each). Measured:
 the streaming tenant's largest gap between two chunks from their arrival until both long requests
 are answered (its median gap before they came, for scale), how long they took, and the process's
 resident memory before they came and at its peak (VmHWM). Times are given twice: wall-clock, and the
 CPU time the process spent (torch on one thread, as the test suite runs it), which other work on a
-shared machine does not inflate. Prints a table and writes bench/results/prefill_fairness.json.
+shared machine does not inflate. `R3_*` variables reach both runs (`R3_MAX_NUM_BATCHED_TOKENS=128`
+tries another budget; the engine before ignores it). Prints a table and writes bench/results/NAME.json.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=Path("/tmp/before-b"),
                         help="a worktree of the commit before chunked prefill (747fb16)")
     parser.add_argument("--prompt-tokens", type=int, default=7000)
+    parser.add_argument("--name", default="prefill_fairness", help="the results file's name, without .json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: measure on this tree's r3
     args = parser.parse_args()
     if args.child:
@@ -131,6 +133,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args.prompt_tokens))))
         return
 
+    if not (args.before / "r3").is_dir():
+        parser.error(f"no r3 in {args.before}: make it with `git worktree add {args.before} 747fb16`")
     commits = {}
     runs = {}
     for label, tree in (("before", args.before), ("after", REPO)):
@@ -144,7 +148,7 @@ def main() -> None:
             f'{run["stream_max_gap_s"]} ({run["stream_max_gap_cpu_s"]})',
             f'{run["long_answered_s"]} ({run["long_answered_cpu_s"]})', run["rss_before_gb"], run["peak_rss_gb"]]
            for label, run in runs.items()])
-    path = save("prefill_fairness", {"what": f"bench/prefill_fairness.py --prompt-tokens {args.prompt_tokens}",
+    path = save(args.name, {"what": f"bench/prefill_fairness.py --prompt-tokens {args.prompt_tokens}",
                                      "commits": commits, **runs})
     print(f"wrote {path}")
 
