@@ -80,7 +80,7 @@ def episode_row(episode: Episode) -> dict[str, Any]:
     return dict(
         id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, model=episode.model,
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
-        replayable=episode.verifier is not None, store_text=episode.store_text, messages=episode.messages,
+        replayable=episode.replayable, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
         revision=episode.revision, attempt_count=len(episode.attempts), first_success=first,
         outcome=episode.outcome,
