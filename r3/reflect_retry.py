@@ -8,7 +8,9 @@ it is served with. `Reflector` runs it on an engine: every attempt and reflectio
 task names; the result is an `Episode`, which the server answers with (its last attempt) and
 records whole.
 
-A request is made in a `Run`, which holds each generation while it is streamed from the engine. When
+A request is made in a `Run`, which holds each generation while it is streamed from the engine;
+`Reflector.events` makes it as a sequence of events (attempt 1 started, its chunks, each attempt
+judged), which a streamed response frames as it comes and a whole one reads to the end. When
 the client hangs up, the server cancels the run (which cancels the engine's request: its batch slot
 is freed at once) and `Reflector.abandon` records what was made so far as an abandoned episode.
 """
@@ -143,6 +145,35 @@ class Run:
     turns: list[Generated] = field(default_factory=list)
     generation: Generation | None = None  # the latest one started
     reflection: Generation | None = None  # the latest reflection started: the one the next attempt follows
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """Attempt 1 of a run has started (nothing generated yet): its generation names the answer."""
+
+    generation: Generation
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk of attempt 1, as the engine made it."""
+
+    chunk: GenerationChunk
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Attempt `number` made and judged (`verdict` None: the task has no verifier); a retry comes
+    with the reflection written before it."""
+
+    number: int
+    turn: Generated
+    verdict: Verdict | None
+    reflection: Generated | None
+
+
+# What `Reflector.events` yields, in order: AttemptStarted, Chunk..., Judged (attempt 1), Judged (each retry)...
+RunEvent = AttemptStarted | Chunk | Judged
 
 
 def openai_tool_calls(parsed: ParsedOutput) -> list[dict[str, Any]] | None:
@@ -292,7 +323,7 @@ class Reflector:
 
     @property
     def webhook_policy(self) -> WebhookPolicy:
-        """The runtime's webhook policy, for `server/routes/chat.py`'s request check until it calls
+        """The runtime's webhook policy, for `server/chat/serving.py`'s request check until it calls
         `verifiers.admit(spec, reflector.verifier_runtime)` (a file another change is moving)."""
         return self.verifier_runtime.webhooks
 
@@ -353,27 +384,21 @@ class Reflector:
         )
         return Run(task, episode)
 
-    def stream(self, run: Run) -> tuple[Generation, AsyncIterator[GenerationChunk]]:
-        """`run` made in one call, its first attempt streamed: the generation of attempt 1, and an
-        iterator of the engine's chunks of it which, after the last chunk, judges the attempt and
-        reflects and retries while the verifier says no (as `run`), before it ends."""
-        task = run.task
-        generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
-
-        async def made() -> AsyncIterator[GenerationChunk]:
-            async for chunk in chunks:
-                yield chunk
-            await self.run(run, first=self.finish(task, generation))
-
-        return generation, made()
-
-    async def run(self, run: Run, first: Generated | None = None) -> Run:
-        """The request's episode: attempt 1 (`first`, if already generated from `run.generation`), then
-        reflect and retry while the verifier says no."""
+    async def events(self, run: Run) -> AsyncIterator[RunEvent]:
+        """`run` made, as the events a response is built from: attempt 1 starting (`AttemptStarted`,
+        before any token is generated) and each of its chunks as the engine makes it (`Chunk`); then
+        each attempt judged (`Judged`: attempt 1, then each retry with the reflection before it, while
+        the verifier says no and retries are left). When it ends, `run.turns` and `run.episode` hold
+        everything made. Cancelling the reader cancels the engine's request (`abandon` records it)."""
         task, episode = run.task, run.episode
-        run.turns = [first or await self.generate(task, self.core.first_prompt(task), run=run)]
+        generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
+        yield AttemptStarted(generation)
+        async for chunk in chunks:
+            yield Chunk(chunk)
+        run.turns = [self.finish(task, generation)]
         verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
+        yield Judged(1, run.turns[0], verdict, None)
         failures: list[FailedAttempt] = []
         while verdict is not None and not verdict.success and len(episode.attempts) <= task.max_retries:
             failures.append(FailedAttempt(run.turns[-1].message(), verdict.detail))
@@ -385,6 +410,13 @@ class Reflector:
             failures[-1] = replace(failures[-1], reflection=reflection.text)
             run.turns += [reflection, retry]
             episode.attempts.append(_record(number, retry, verdict, reflection, task.store_text))
+            yield Judged(number, retry, verdict, reflection)
+
+    async def run(self, run: Run) -> Run:
+        """The request's episode (`events`, read to the end): attempt 1, then reflect and retry while
+        the verifier says no."""
+        async for _ in self.events(run):
+            pass
         return run
 
     async def reflect_and_retry(self, task: ChatTask, failures: list[FailedAttempt], episode_id: str,

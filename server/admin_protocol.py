@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from server.protocol import ChatCompletion, Completion, FeedbackReceipt, omitted
+from server.chat.protocol import ChatCompletion
+from server.completions.protocol import Completion
+from server.protocol import FeedbackReceipt, omitted
 
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
                       WithJsonSchema({"type": "string", "format": "date-time"})]

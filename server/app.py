@@ -30,7 +30,9 @@ from server.auto_rollback import AutoRollback
 from server.errors import BodySizeLimit, IgnoredFieldsHeader, install_error_handlers
 from server.metrics import Metrics
 from server.request_id import RequestId
-from server.routes import admin, chat, completions, episodes, feedback, health, metrics, models
+from server.chat import router as chat
+from server.completions import router as completions
+from server.routes import admin, episodes, feedback, health, metrics, models
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None,

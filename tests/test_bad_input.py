@@ -19,7 +19,8 @@ from r3.engines.base import EngineError, GenerationChunk
 from r3.episodes import ABANDONED, AttemptRecord, Episode
 from r3.settings import Settings
 from server.app import create_app
-from server.completions import Wire, choice_events, response_events, sse_stream
+from server.chat.sse import ChoiceChunks, Wire
+from server.openai.sse import sse_stream
 from server.errors import BodySizeLimit, install_error_handlers, refuse_unsound_body
 from trainer.data import failures_from_episodes
 from verifiers import MAX_JSON_DEPTH
@@ -145,6 +146,18 @@ def test_a_year_of_stats_is_served(url) -> None:
     assert response.status_code == 200, response.text
 
 
+async def framed(wire: Wire, pieces, offered_tools, after: Exception | None = None):
+    """One choice's SSE chunks, framed as the server frames a live stream, from `pieces`; then `after`
+    raised (e.g. the episode failing to be recorded), standing for anything failing once the tokens are out."""
+    chunks = ChoiceChunks(wire, 0, "chatcmpl-x", offered_tools)
+    for event in chunks.start():
+        yield event
+    async for piece in pieces:
+        for event in chunks.piece(piece.text, piece.tokens):
+            yield event
+    raise after or AssertionError("never reached: the stream failed first")
+
+
 async def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
     async def pieces():
         yield GenerationChunk("Hello", [])
@@ -154,13 +167,9 @@ async def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() ->
         yield GenerationChunk("Hello", [])
         raise EngineError("generation failed: out of memory")
 
-    async def conclude():
-        raise AssertionError("never reached: the stream failed first")
-
     for source, message in ((pieces(), "internal server error"), (engine_pieces(), "out of memory")):
         wire = Wire(MODEL, "chatcmpl-x", 0, logprobs=False, include_usage=False)
-        events = response_events(wire, [choice_events(wire, 0, "chatcmpl-x", source, conclude, None)], lambda: None)
-        sent = [e async for e in sse_stream(events)]
+        sent = [e async for e in sse_stream(framed(wire, source, None))]
         assert sent[-1] == "data: [DONE]\n\n"
         error = json.loads(sent[-2].removeprefix("data: "))["error"]
         assert message in error["message"] and error["type"] == "server_error"
@@ -171,16 +180,12 @@ async def test_a_stream_that_fails_before_or_after_its_tokens_ends_with_an_error
     async def pieces():
         yield GenerationChunk("Hello", [], "stop")
 
-    async def conclude() -> tuple:
-        raise ValueError("the episode could not be built")
-
     async def failing_setup():
         raise KeyError("no such adapter")
         yield  # an async generator that fails before its first event
 
     wire = Wire(MODEL, "chatcmpl-x", 0, logprobs=False, include_usage=True)
-    late = response_events(wire, [choice_events(wire, 0, "chatcmpl-x", pieces(), conclude, frozenset())],
-                           lambda: None)
+    late = framed(wire, pieces(), frozenset(), ValueError("the episode could not be built"))
     for events in (late, failing_setup()):
         sent = [e async for e in sse_stream(events)]
         assert sent[-1] == "data: [DONE]\n\n" and '"server_error"' in sent[-2]

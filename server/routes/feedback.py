@@ -11,10 +11,12 @@ from r3.episodes import Episode, Feedback
 from r3.reflect_retry import recorded_task
 from server.admin_protocol import FEEDBACK_RESPONSES
 from server.auth import CheckedRoute
-from server.completions import chat_completion, completion_of_attempt, unless_disconnected
+from server.chat.protocol import ChatCompletion
+from server.chat.responses import chat_completion, completion_of_attempt
 from server.deps import AdaptersDep, ReflectorDep, SettingsDep, StoreDep, TenantDep
 from server.errors import APIError, ignore_unknown_fields
-from server.protocol import ChatCompletion, FeedbackReceipt, FeedbackRequest
+from server.openai.serving import unless_disconnected
+from server.protocol import FeedbackReceipt, FeedbackRequest
 
 router = APIRouter(route_class=CheckedRoute)
 

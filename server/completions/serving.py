@@ -1,5 +1,5 @@
-"""`POST /v1/completions`: OpenAI's legacy text completion, as vLLM serves it: a prompt in, its
-continuation out, with `logprobs` and `echo`.
+"""Serving `POST /v1/completions` (`OpenAIServingCompletion`): OpenAI's legacy text completion, as
+vLLM serves it: a prompt in, its continuation out, with `logprobs` and `echo`.
 
 It is how evaluation tools such as lm-evaluation-harness score a served model (a prompt echoed
 with its tokens' logprobs, `max_tokens` 0 to score only), which is how a user checks an adapter
@@ -16,26 +16,75 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-
 from r3.engines.base import Engine, GenerationChunk, SamplingParams, TokenLogprob
-from r3.engines.token_bytes import own_bytes, token_name, vocabulary_bytes
+from r3.engines.token_bytes import own_bytes, token_name
 from r3.reflect_retry import completion_id
-from server.auth import CheckedRoute
-from server.completions import all_of, interleaved, logit_bias_pairs, streamed, unless_disconnected
-from server.deps import ServicesDep
-from server.errors import APIError, ignore_unknown_fields
-from server.protocol import (
-    Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    Usage,
-    now,
-)
+from server.completions.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from server.deps import Services
+from server.errors import APIError
+from server.openai.serving import all_of, logit_bias_pairs, token_bytes
+from server.openai.sse import interleaved
+from server.protocol import Usage, now
 
-router = APIRouter(route_class=CheckedRoute)
+
+@dataclass(frozen=True)
+class CompletionJobs:
+    """A checked legacy completion request, ready to run: the choices to make, and how to write them."""
+
+    body: CompletionRequest
+    jobs: list[_Job]
+    answer: _Answer
+
+
+class OpenAIServingCompletion:
+    """`POST /v1/completions` over this server's services: `prepare` a request, then answer it `full`
+    or `stream` it."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.engine: Engine = services.engine
+
+    async def prepare(self, body: CompletionRequest) -> CompletionJobs:
+        """Checks everything the request asks for before any generation starts. Raises `UnknownModel`
+        (404) for a model this server does not serve, `APIError` (400) for a prompt that is not text or
+        token ids of this vocabulary, or that leaves no room for `max_tokens` in the context."""
+        self.services.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
+        jobs = await asyncio.to_thread(_jobs, self.engine, body)
+        vocabulary = await token_bytes(self.engine) if body.logprobs is not None else ()
+        answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now(), vocabulary)
+        return CompletionJobs(body, jobs, answer)
+
+    async def full(self, request: CompletionJobs) -> Completion:
+        """The whole response: every choice made."""
+        body, jobs, answer = request.body, request.jobs, request.answer
+        async with self.services.adapters.pin(body.model) as adapter:
+            made = await all_of(_make(self.engine, job, adapter) for job in jobs)
+        return Completion(id=answer.id, created=answer.created, model=body.model,
+                          choices=[answer.choice(job, result, whole=True) for job, result in zip(jobs, made)],
+                          usage=answer.usage(jobs, made))
+
+    async def stream(self, request: CompletionJobs) -> AsyncIterator[str]:
+        """The response as SSE chunks, each choice's as the engine makes them (interleaved); then, with
+        `include_usage`, the usage chunk."""
+        body, jobs, answer = request.body, request.jobs, request.answer
+        made = [_Made() for _ in jobs]
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+            return Completion(id=answer.id, created=answer.created, model=body.model, choices=choices,
+                              usage=usage).sse(include_usage)
+
+        async def choice_events(job: _Job, result: _Made, adapter: str | None) -> AsyncIterator[str]:
+            first = True
+            async for chunk in _follow(self.engine, job, adapter, result):
+                yield event([answer.piece(job, chunk, echo=first)])
+                first = False
+
+        async with self.services.adapters.pin(body.model) as adapter:
+            async for chunk in interleaved([choice_events(job, result, adapter) for job, result in zip(jobs, made)]):
+                yield chunk
+        if include_usage:
+            yield event([], answer.usage(jobs, made))
 
 
 @dataclass(frozen=True)
@@ -58,23 +107,6 @@ class _Made:
     tokens: list[TokenLogprob] = field(default_factory=list)
     prompt_tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "length"
-
-
-@router.post("/v1/completions", response_model=None)
-async def create_completion(body: CompletionRequest, request: Request,
-                            state: ServicesDep) -> Completion | StreamingResponse:
-    ignore_unknown_fields(request, body, state.settings.strict_request_fields)
-    state.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
-    jobs = await asyncio.to_thread(_jobs, state.engine, body)
-    vocabulary = await asyncio.to_thread(vocabulary_bytes, state.engine.tokenizer) if body.logprobs is not None else ()
-    answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now(), vocabulary)
-    if body.stream:
-        return await streamed(_stream(state, body, jobs, answer))
-    async with state.adapters.pin(body.model) as adapter:
-        made = await unless_disconnected(request, all_of(_make(state.engine, job, adapter) for job in jobs))
-    return Completion(id=answer.id, created=answer.created, model=body.model,
-                      choices=[answer.choice(job, result, whole=True) for job, result in zip(jobs, made)],
-                      usage=answer.usage(jobs, made))
 
 
 def _jobs(engine: Engine, body: CompletionRequest) -> list[_Job]:
@@ -132,27 +164,6 @@ async def _follow(engine: Engine, job: _Job, adapter: str | None, made: _Made) -
         made.tokens += chunk.tokens
         made.finish_reason = "length" if job.score_only else chunk.finish_reason or made.finish_reason
         yield chunk
-
-
-async def _stream(state, body: CompletionRequest, jobs: list[_Job], answer: _Answer) -> AsyncIterator[str]:
-    made = [_Made() for _ in jobs]
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-    def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-        return Completion(id=answer.id, created=answer.created, model=body.model, choices=choices,
-                          usage=usage).sse(include_usage)
-
-    async def choice_events(job: _Job, result: _Made, adapter: str | None) -> AsyncIterator[str]:
-        first = True
-        async for chunk in _follow(state.engine, job, adapter, result):
-            yield event([answer.piece(job, chunk, echo=first)])
-            first = False
-
-    async with state.adapters.pin(body.model) as adapter:
-        async for chunk in interleaved([choice_events(job, result, adapter) for job, result in zip(jobs, made)]):
-            yield chunk
-    if include_usage:
-        yield event([], answer.usage(jobs, made))
 
 
 @dataclass(frozen=True)
