@@ -23,8 +23,9 @@ import httpx
 
 from bench.common import R3Server, machine, save, table
 from r3.episodes import AttemptRecord, Episode, new_episode_id
-from r3.store import database
+from r3.settings import Settings
 from r3.store.sql import SqlEpisodeStore
+from r3.store.store import open_store
 
 ADMIN_KEY = "bench-admin-key"
 TASK_KINDS = ("function_calling", "countdown", "math", "generic")
@@ -89,15 +90,12 @@ async def write_episodes(store: SqlEpisodeStore, episodes: Sequence[Episode], ba
         await store.write(episodes[i:i + batch])
 
 
-async def add_episodes(database_url: str, count: int, seed: int) -> None:
+async def add_episodes(settings: Settings, count: int, seed: int) -> None:
     """`count` more made-up episodes over the last 20 hours, straight into the server's database."""
-    engine = database.create_engine(database_url)
-    try:
+    async with open_store(settings) as store:
         now = time.time()
         episodes = made_up_episodes(count, [None, "r3-v1", "r3-v2"], now - 20 * 3600, now, seed=seed)
-        await write_episodes(SqlEpisodeStore(database.sessions(engine)), episodes)
-    finally:
-        await engine.dispose()
+        await write_episodes(store.episodes, episodes)
 
 
 def main(sizes: Sequence[int]) -> None:
@@ -105,9 +103,10 @@ def main(sizes: Sequence[int]) -> None:
     rows, results, written = [], [], 0
     with server as url, httpx.Client(base_url=url, timeout=120) as client:
         login(client)
-        database_url = f"sqlite+aiosqlite:///{server.data_dir / 'r3.db'}"
+        # The server's own store: its embedded SQLite, whatever this shell's R3_* say.
+        settings = Settings(_env_file=None, data_dir=server.data_dir, database_url=None, redis_url=None)
         for size in sorted(sizes):
-            asyncio.run(add_episodes(database_url, size - written, seed=size))
+            asyncio.run(add_episodes(settings, size - written, seed=size))
             written = size
             result = {"episodes": size, "health_ms": median_ms(client, "/health"),
                       "overview_ms": median_ms(client, "/dashboard", {"window": "24h"}),

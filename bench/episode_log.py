@@ -42,7 +42,7 @@ from r3.settings import Settings  # noqa: E402
 from r3.store import database  # noqa: E402
 from r3.store.episode_log import EpisodeLog  # noqa: E402
 from r3.store.journal import Journal  # noqa: E402
-from r3.store.sql import SqlEpisodeStore  # noqa: E402
+from r3.store.store import open_store  # noqa: E402
 from r3.store.stream import RedisEpisodeStream  # noqa: E402
 from server.app import create_app  # noqa: E402
 
@@ -80,38 +80,42 @@ async def drop_database(admin_url: str, url: str) -> None:
 
 async def throughput(admin_url: str, redis_url: str, count: int) -> dict:
     url = await fresh_database(admin_url)
-    async_url = database.database_url(Settings(database_url=url))
-    await asyncio.to_thread(database.migrate, async_url)
-    engine = database.create_engine(async_url)
+    settings = Settings(database_url=url)
+    await asyncio.to_thread(database.migrate, database.database_url(settings))
     key = f"r3:bench:{uuid.uuid4().hex[:8]}"
+    # A stream of its own (not the store's), so the benchmark's ids reach no trainer.
     stream = RedisEpisodeStream(redis_url, key=key)
     try:
-        with tempfile.TemporaryDirectory() as journal_dir:
-            log = EpisodeLog(SqlEpisodeStore(database.sessions(engine)), stream, Journal(Path(journal_dir)))
-            await log.start()
-            episodes = [synthetic_episode() for _ in range(count)]
-            started = time.perf_counter()
-            for number, episode in enumerate(episodes):
-                log.record(episode)
-                if number % 100 == 0:
-                    await asyncio.sleep(0)  # a server records between requests, not in one burst
-            recorded = time.perf_counter() - started
-            await log.flush()
-            elapsed = time.perf_counter() - started
-            on_stream = redis.from_url(redis_url).xlen(key)
-            await log.close()
-        async with engine.connect() as connection:
-            stored = (await connection.exec_driver_sql("SELECT count(*) FROM episodes")).scalar()
+        async with open_store(settings) as store:
+            with tempfile.TemporaryDirectory() as journal_dir:
+                log = EpisodeLog(store.episodes, stream, Journal(Path(journal_dir)))
+                await log.start()
+                episodes = [synthetic_episode() for _ in range(count)]
+                started = time.perf_counter()
+                for number, episode in enumerate(episodes):
+                    log.record(episode)
+                    if number % 100 == 0:
+                        await asyncio.sleep(0)  # a server records between requests, not in one burst
+                recorded = time.perf_counter() - started
+                await log.flush()
+                elapsed = time.perf_counter() - started
+                on_stream = redis.from_url(redis_url).xlen(key)
+                await log.close()
+            async with store.database.engine.connect() as connection:
+                stored = (await connection.exec_driver_sql("SELECT count(*) FROM episodes")).scalar()
     finally:
-        await engine.dispose()
+        await stream.close()
         redis.from_url(redis_url).delete(key)
         await drop_database(admin_url, url)
     return {"episodes": count, "stored": stored, "on_stream": on_stream, "seconds": round(elapsed, 3),
             "episodes_per_s": round(count / elapsed), "record_call_us": round(recorded / count * 1e6, 1)}
 
 
-class DiscardingStore:
-    """Logging off: episodes go nowhere."""
+class DiscardingLog:
+    """Logging off: episodes go nowhere (in place of the server's `EpisodeLog`)."""
+
+    def unrecordable(self) -> str | None:
+        return None
 
     async def save(self, episode: Episode) -> None:
         return None
@@ -124,7 +128,7 @@ def latency(requests: int) -> dict:
     with tempfile.TemporaryDirectory() as on_dir, tempfile.TemporaryDirectory() as off_dir:
         on_app, off_app = (create_app(Settings(data_dir=Path(d))) for d in (on_dir, off_dir))
         with ThreadedServer(on_app) as on_url, ThreadedServer(off_app) as off_url:
-            off_app.state.store = DiscardingStore()
+            off_app.state.episode_log = DiscardingLog()
             body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}],
                     "max_tokens": 1, "temperature": 0}
             times: dict[str, list[float]] = {"on": [], "off": []}

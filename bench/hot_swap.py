@@ -34,20 +34,27 @@ from support import make_lora  # the tests' random, non-zero LoRA adapters
 from bench.common import MODEL, PASSING, R3Server, Sample, figure, save, table
 from r3 import bundled_model
 from r3.settings import Settings
-from r3.store import database
 from r3.store.registry import AdapterRegistry
+from r3.store.store import open_store
 
 REDIS = "redis://127.0.0.1:6379/0"
 REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0,
            "verifier": PASSING}
 
 
-async def register(url: str, adapters_dir: Path, folders: list[Path]) -> tuple[AdapterRegistry, list[str]]:
-    registry = AdapterRegistry(database.sessions(database.create_engine(url)), adapters_dir, REDIS)
-    names = []
-    for folder in folders:
-        names.append((await registry.register(folder, names[-1] if names else None, {}, [])).name)
-    return registry, names
+async def register(settings: Settings, folders: list[Path]) -> list[str]:
+    """Each folder registered as a version, each the next one's parent (the embedded SQLite migrates itself)."""
+    async with open_store(settings) as store:
+        names: list[str] = []
+        for folder in folders:
+            names.append((await store.registry.register(folder, names[-1] if names else None, {}, [])).name)
+        return names
+
+
+async def swap_on(url: str, settings: Settings, versions: list[str], clients: int) -> dict:
+    """`swap_under_load` through the store of `settings` (the server's)."""
+    async with open_store(settings) as store:
+        return await swap_under_load(url, store.registry, versions, clients)
 
 
 async def swap_under_load(url: str, registry: AdapterRegistry, versions: list[str], clients: int) -> dict:
@@ -104,14 +111,13 @@ def main() -> None:
     rows, runs = [], {}
     for engine in args.engines.split(","):
         data_dir = scratch / engine
-        settings = Settings(data_dir=data_dir)
-        url = database.database_url(settings)
-        database.migrate(url)
-        registry, versions = asyncio.run(register(url, settings.adapters_path, folders))
+        # Redis: the registry's events tell the server of each promotion at once, as in production.
+        settings = Settings(data_dir=data_dir, redis_url=REDIS)
+        versions = asyncio.run(register(settings, folders))
         server = R3Server({"R3_ENGINE": engine, "R3_DATA_DIR": str(data_dir), "R3_REDIS_URL": REDIS,
                            "R3_ADAPTER_GRACE_S": "1", "R3_MAX_LORAS": "4", "R3_MAX_LORA_RANK": "16"})
         with server as server_url:
-            run = asyncio.run(swap_under_load(server_url, registry, versions, args.clients))
+            run = asyncio.run(swap_on(server_url, settings, versions, args.clients))
         runs[engine] = run
         swaps, sent = sorted(run["swap_s"]), sorted(run["sent_s"])
         rows.append({"engine": engine, "swaps": len(swaps), "requests": run["requests"], "failed": run["failed"],

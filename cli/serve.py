@@ -70,12 +70,10 @@ def _with_trainer(serving: Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 async def banner(app: FastAPI, settings: Settings, url: str, model: str) -> str:
     """What a person starting the server needs to know, one fact a line (`model`: what was loaded)."""
-    from r3.store import database, keys
-
     state = app.state
     engine, active = state.engine, state.adapters.active
     device = getattr(engine, "device", None) or "its build's device"
-    created = await keys.any_keys(state.registry.sessions)
+    created = await state.store.keys.any_created()
     if state.auth.configured or created:
         auth = (f"API keys required ({len(state.auth.configured)} from R3_API_KEYS"
                 f"{', and keys from `r3 keys create`' if created else ''})")
@@ -95,6 +93,6 @@ async def banner(app: FastAPI, settings: Settings, url: str, model: str) -> str:
         f"  dashboard   {dashboard}",
         f"  API docs    {url}/docs",
         f"  trainer     {'off (R3_TRAINER=off): run `r3 train` to train' if trainer.running is None else trainer.detail}",
-        f"  data        {settings.data_dir} (database {url_without_password(database.database_url(settings))})",
+        f"  data        {settings.data_dir} (database {url_without_password(state.store.database.url)})",
     ]
     return "\n".join(lines)

@@ -58,17 +58,13 @@ def check_database(settings: Settings) -> None:
     """The database answers and its schema is the code's (the embedded SQLite migrates itself).
     Raises `ConfigurationError`."""
     from r3.store import database
-
-    url = database.database_url(settings)
+    from r3.store.store import open_store
 
     async def check() -> None:
-        engine = database.create_engine(url)
-        try:
-            await database.make_ready(engine, url)
-        finally:
-            await engine.dispose()
+        async with open_store(settings):
+            pass  # opening is the check: it connects and compares the schema's migration
 
-    with database_errors(url):
+    with database_errors(database.database_url(settings)):
         asyncio.run(check())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from cli.console import HELP, console, fail
 from cli.startup import database_errors
 from r3.settings import get_settings
+
+if TYPE_CHECKING:
+    from r3.store.keys import ApiKeys
 
 keys_app = typer.Typer(help="API keys: once one exists, every request needs a key.", no_args_is_help=True, **HELP)
 T = TypeVar("T")
@@ -28,22 +31,19 @@ def migrate() -> None:
     console.print(f"migrated: {url_without_password(url)}")
 
 
-def _on_database(work: Callable[..., Awaitable[T]]) -> T:
-    """`work(sessions)` on the configured database, made ready first (the embedded SQLite migrates
+def _on_store(work: Callable[[ApiKeys], Awaitable[T]]) -> T:
+    """`work(store.keys)` on the configured store, made ready first (the embedded SQLite migrates
     itself); errors reaching it become `ConfigurationError`s naming the variable."""
     from r3.store import database
+    from r3.store.store import open_store
 
-    url = database.database_url(get_settings())
+    settings = get_settings()
 
     async def run() -> T:
-        engine = database.create_engine(url)
-        try:
-            await database.make_ready(engine, url)
-            return await work(database.sessions(engine))
-        finally:
-            await engine.dispose()
+        async with open_store(settings) as store:
+            return await work(store.keys)
 
-    with database_errors(url):
+    with database_errors(database.database_url(settings)):
         return asyncio.run(run())
 
 
@@ -52,12 +52,12 @@ def keys_create(name: str = typer.Option(..., help="Who the key is for (one live
     """Create an API key. It is printed once; only its hash is stored."""
     from r3.store import keys
 
-    async def create(sessions) -> tuple[bool, str, str]:
-        first = not await keys.any_keys(sessions)
-        return first, *await keys.create_key(sessions, name)
+    async def create(database_keys: ApiKeys) -> tuple[bool, str, str]:
+        first = not await database_keys.any_created()
+        return first, *await database_keys.create(name)
 
     try:
-        first, tenant, key = _on_database(create)
+        first, tenant, key = _on_store(create)
     except keys.KeyNameTaken as error:
         raise fail(error) from error
     console.print(f"created key for {name!r} (tenant {tenant}); it is shown only now:")
@@ -72,9 +72,7 @@ def keys_create(name: str = typer.Option(..., help="Who the key is for (one live
 def keys_list() -> None:
     """Every key created with `r3 keys create`: name, tenant, created, revoked (the keys themselves are
     never stored). Keys given in R3_API_KEYS are counted, not listed."""
-    from r3.store import keys
-
-    listed = _on_database(keys.list_keys)
+    listed = _on_store(lambda database_keys: database_keys.list_all())
     table = Table("name", "tenant", "created (UTC)", "revoked (UTC)", title_justify="left")
     for key in listed:
         table.add_row(key.name, key.tenant, f"{key.created_at:%Y-%m-%d %H:%M}",
@@ -89,10 +87,8 @@ def keys_list() -> None:
 def keys_revoke(name: str = typer.Argument(..., help="The key's name (or its tenant id), as `r3 keys list` shows.")) -> None:
     """Revoke a key: every server refuses it from its next request on. Its episodes stay (the admin key
     reads them). A server that had keys never reopens to keyless clients, even with none left."""
-    from r3.store import keys
-
     try:
-        revoked = _on_database(lambda sessions: keys.revoke_key(sessions, name))
+        revoked = _on_store(lambda database_keys: database_keys.revoke(name))
     except LookupError as error:
         raise fail(error) from error
     console.print(f"revoked the key {revoked.name!r} (tenant {revoked.tenant})")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from r3.store.registry import AdapterRegistry
-from r3.store.rounds import Round, TrainingRounds
+from r3.store.rounds import Round
+from r3.store.store import Store
 from server.adapters import AdapterManager
 from server.admin_protocol import (
     Activation,
@@ -39,9 +39,9 @@ def no_trainer_here() -> TrainerStatus:
 
 
 class AdminService:
-    def __init__(self, registry: AdapterRegistry, adapters: AdapterManager, metrics: Metrics,
+    def __init__(self, store: Store, adapters: AdapterManager, metrics: Metrics,
                  trainer: Callable[[], TrainerStatus] = no_trainer_here) -> None:
-        self.registry = registry
+        self.registry, self.rounds = store.registry, store.rounds
         self.adapters = adapters
         self.metrics = metrics
         self.trainer = trainer  # the trainer's status now (`r3 serve`'s supervisor, or none here)
@@ -80,12 +80,12 @@ class AdminService:
 
     async def request_training(self) -> TrainingRequested:
         """Ask the trainer for a round; while one is requested or running, that one (`new` false)."""
-        asked, new = await TrainingRounds(self.registry.sessions).request(ACTOR)
+        asked, new = await self.rounds.request(ACTOR)
         return TrainingRequested(round=asked.id, status=asked.status, new=new, trainer=self.trainer())
 
     async def training_state(self, limit: int) -> TrainingState:
         """The latest `limit` rounds, the one requested or running and the last one that ended."""
-        rounds = [_round_out(r) for r in await TrainingRounds(self.registry.sessions).recent(limit)]
+        rounds = [_round_out(r) for r in await self.rounds.recent(limit)]
         return TrainingState(current=next((r for r in rounds if r.status in ("requested", "running")), None),
                              last=next((r for r in rounds if r.status in ("finished", "failed")), None),
                              rounds=rounds, trainer=self.trainer())
@@ -94,7 +94,7 @@ class AdminService:
         """The episodes training rounds set aside (they cannot be run again as tasks), the latest first."""
         return SetAsideList(data=[
             SetAsideEpisodeOut(episode_id=e.episode_id, tenant=e.tenant, round=e.round_id, reason=e.reason, at=e.at)
-            for e in await TrainingRounds(self.registry.sessions).set_aside_episodes(limit)])
+            for e in await self.rounds.set_aside_episodes(limit)])
 
 
 def _round_out(r: Round) -> TrainingRoundOut:

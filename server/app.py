@@ -14,12 +14,10 @@ from r3.engines import create_engine
 from r3.engines.base import Engine
 from r3.reflect_retry import Reflector, verifier_runtime
 from r3.settings import Settings, get_settings
-from r3.store import database
 from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
-from r3.store.registry import AdapterRegistry
-from r3.store.sql import SqlEpisodeStore
-from r3.store.stream import NoEpisodeStream, RedisEpisodeStream
+from r3.store.store import open_store
+from r3.store.stream import NoEpisodeStream
 from server import dashboard
 from server.adapters import AdapterManager
 from server.admin_protocol import CHAT_RESPONSES, COMPLETION_RESPONSES, TrainerStatus
@@ -49,41 +47,36 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     async def lifespan(app: FastAPI):
         """Builds each service once and keeps it in `app.state`, where routes get it through the typed
         dependencies of `server.deps` (and the dashboard reads it)."""
-        url = database.database_url(settings)
-        db = database.create_engine(url)
-        await database.make_ready(db, url)
-        sessions = database.sessions(db)
-        stream = RedisEpisodeStream(settings.redis_url) if settings.redis_url else NoEpisodeStream()
-        episodes = SqlEpisodeStore(sessions)  # the database; the log below writes to it and reads through it
-        store = EpisodeLog(episodes, stream, Journal(settings.data_dir / "journal", settings.journal_reserve_bytes))
-        await store.start()
-        auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
-                             settings.admin_key.get_secret_value() if settings.admin_key else None, sessions)
-        await auth.warm_up()
-        served = engine or await create_engine(settings)
-        registry = AdapterRegistry(sessions, settings.adapters_path, settings.redis_url)
-        adapters = AdapterManager(served, registry, settings.redis_url, poll_s=settings.adapter_poll_s,
-                                  grace_s=settings.adapter_grace_s, static_adapters=frozenset(settings.lora_modules))
-        adapters.on_swap = app_metrics.swaps.inc
-        await adapters.start()
-        watchdog = AutoRollback(registry, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
-                                settings.auto_rollback_check_s)
-        rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
-        reflector = Reflector(served, verifier_runtime(settings), settings.reflection_max_tokens)
-        state = app.state
-        state.episodes, state.store, state.auth, state.engine = episodes, store, auth, served
-        state.registry, state.adapters, state.reflector = registry, adapters, reflector
-        state.started = int(time.time())
-        try:
-            yield
-        finally:
-            rollbacks.cancel()
-            await adapters.close()
-            await registry.close()
-            if engine is None:
-                await served.close()
-            await store.close()
-            await db.dispose()
+        async with open_store(settings) as store:
+            # The log puts a journal and the stream in front of the database: what the API records through.
+            log = EpisodeLog(store.episodes, store.stream or NoEpisodeStream(),
+                             Journal(settings.data_dir / "journal", settings.journal_reserve_bytes))
+            await log.start()
+            auth = Authenticator([k.get_secret_value() for k in settings.api_keys],
+                                 settings.admin_key.get_secret_value() if settings.admin_key else None, store.keys)
+            await auth.warm_up()
+            served = engine or await create_engine(settings)
+            adapters = AdapterManager(served, store.registry, settings.redis_url, poll_s=settings.adapter_poll_s,
+                                      grace_s=settings.adapter_grace_s,
+                                      static_adapters=frozenset(settings.lora_modules))
+            adapters.on_swap = app_metrics.swaps.inc
+            await adapters.start()
+            watchdog = AutoRollback(store, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
+                                    settings.auto_rollback_check_s)
+            rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
+            reflector = Reflector(served, verifier_runtime(settings), settings.reflection_max_tokens)
+            state = app.state
+            state.store, state.episode_log, state.auth, state.engine = store, log, auth, served
+            state.adapters, state.reflector = adapters, reflector
+            state.started = int(time.time())
+            try:
+                yield
+            finally:
+                rollbacks.cancel()
+                await adapters.close()
+                if engine is None:
+                    await served.close()
+                await log.close()
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files this server serves (from
     # the fastapi-offline package), not from a CDN, so they work offline.

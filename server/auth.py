@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from r3.store import keys
+from r3.store.keys import ApiKeys
 from r3.store.errors import DatabaseUnavailable
 from server.errors import APIError, refuse_unsound_body
 
@@ -36,9 +37,9 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
 class Authenticator:
-    def __init__(self, configured_keys: list[str], admin_key: str | None, sessions) -> None:
+    def __init__(self, configured_keys: list[str], admin_key: str | None, database_keys: ApiKeys) -> None:
         self.configured = {key: keys.tenant_of_configured_key(key) for key in configured_keys}
-        self.admin_key, self.sessions = admin_key, sessions
+        self.admin_key, self.database_keys = admin_key, database_keys
         self._keys_created: bool | None = None  # None: not known yet
 
     async def warm_up(self) -> None:
@@ -76,7 +77,7 @@ class Authenticator:
         if self._keys_created:
             return True  # keys are revoked, never deleted: once one was created, the server stays closed
         try:
-            self._keys_created = await keys.any_keys(self.sessions)
+            self._keys_created = await self.database_keys.any_created()
         except DatabaseUnavailable:
             if self._keys_created is None:
                 raise  # never known: a 503, rather than guessing open or closed
@@ -85,7 +86,7 @@ class Authenticator:
 
     async def _database_tenant(self, key: str) -> str | None:
         # Not cached: one indexed read a request, and a revoked key is refused from the next request on.
-        return await keys.tenant_of(self.sessions, key)
+        return await self.database_keys.tenant_of(key)
 
 
 def _bearer(request: Request) -> str | None:

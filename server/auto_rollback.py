@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from r3.store.live_stats import version_stats
-from r3.store.registry import AdapterRegistry
+from r3.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,22 @@ def one_sided_p(successes_new: int, n_new: int, successes_old: int, n_old: int) 
 
 @dataclass
 class AutoRollback:
-    registry: AdapterRegistry
+    store: Store
     min_episodes: int = 50
     alpha: float = 0.01
     check_s: float = 30.0
 
     async def check(self) -> str | None:
         """Roll back if the active version is significantly worse than its parent; returns the reason."""
-        active = await self.registry.active()
+        registry, sessions = self.store.registry, self.store.database.sessions
+        active = await registry.active()
         if active is None or active.promoted_at is None:
             return None
         promoted = active.promoted_at if active.promoted_at.tzinfo else active.promoted_at.replace(tzinfo=UTC)
         now = datetime.now(UTC)
-        after = (await version_stats(self.registry.sessions, since=promoted)).get(active.name)
-        before = (await version_stats(self.registry.sessions, since=promoted - (now - promoted),
-                                      until=promoted)).get(active.parent or "base")
+        after = (await version_stats(sessions, since=promoted)).get(active.name)
+        before = (await version_stats(sessions, since=promoted - (now - promoted), until=promoted)).get(
+            active.parent or "base")
         if after is None or before is None or min(after.judged, before.judged) < self.min_episodes:
             return None
         p = one_sided_p(after.successes, after.judged, before.successes, before.judged)
@@ -56,7 +57,7 @@ class AutoRollback:
             return None
         reason = (f"live success {after.successes}/{after.judged} vs parent {active.parent or 'base'} "
                   f"{before.successes}/{before.judged}: one-sided p = {p:.4g} < {self.alpha}")
-        if not await self.registry.activate(active.parent, actor="auto-rollback", reason=reason,
+        if not await registry.activate(active.parent, actor="auto-rollback", reason=reason,
                                             expected_active=active.name):
             return None  # another replica got there first
         log.warning("auto-rollback from %s: %s", active.name, reason)

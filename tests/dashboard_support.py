@@ -17,10 +17,9 @@ from support import ThreadedServer, make_lora
 
 from bench.dashboard import made_up_episodes, write_episodes
 from r3.settings import Settings
-from r3.store import database
 from r3.store.models import TrainingRound
-from r3.store.registry import AdapterRegistry
-from r3.store.sql import SqlEpisodeStore
+from r3.store.rounds import RoundStatus
+from r3.store.store import open_store
 from server.app import create_app
 
 def gate_numbers(heldout: int, candidate: float, active: float, p_value: float, first_drop: float = 0.0) -> dict[str, Any]:
@@ -58,34 +57,29 @@ def served_store(model_path: Path, tmp_path_factory: pytest.TempPathFactory, epi
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path_factory.mktemp("dashboard-data"),
                         admin_key=admin_key, adapter_poll_s=0.2, adapter_grace_s=0.5, default_max_tokens=1,
                         reflection_max_tokens=2)
-    url = database.database_url(settings)
-    database.migrate(url)
 
     async def prepare() -> list[str]:
-        engine = database.create_engine(url)
-        sessions = database.sessions(engine)
-        registry = AdapterRegistry(sessions, settings.adapters_path)
-        now = datetime.now(UTC)
-        try:
+        async with open_store(settings) as store:  # the embedded SQLite migrates itself
+            now = datetime.now(UTC)
             names: list[str] = []
             for seed, (gate, training, promote, reason) in enumerate(LINE):
                 folder = make_lora(model_path, tmp_path_factory.mktemp("lora") / "adapter", seed)
-                version = await registry.register(folder, names[-1] if names else None, {"training": training}, [])
-                await registry.record_decision(version.name, {"gate": gate, "reason": reason}, promote=promote)
+                version = await store.registry.register(folder, names[-1] if names else None,
+                                                        {"training": training}, [])
+                await store.registry.record_decision(version.name, {"gate": gate, "reason": reason}, promote=promote)
                 names.append(version.name)
                 finished = now - timedelta(seconds=span_s * (len(LINE) - seed) / (len(LINE) + 1))
-                async with sessions.begin() as session:
+                async with store.database.sessions.begin() as session:
                     session.add(TrainingRound(
-                        status="finished", requested_by="schedule", requested_at=finished - timedelta(minutes=9),
+                        status=RoundStatus.FINISHED, requested_by="schedule",
+                        requested_at=finished - timedelta(minutes=9),
                         started_at=finished - timedelta(minutes=8), finished_at=finished, candidate=version.name,
                         promoted=promote, report={"train": 24, "heldout": gate["heldout"], "regression": 40,
                                                   "gate": gate, "reason": reason, "training": training}))
             served_by = [None, *(name for name, line in zip(names, LINE) if line[2])]
-            await write_episodes(SqlEpisodeStore(sessions),
+            await write_episodes(store.episodes,
                                  made_up_episodes(episodes, served_by, time.time() - span_s, time.time()))
             return names
-        finally:
-            await engine.dispose()
 
     names = asyncio.run(prepare())
     app = create_app(settings)

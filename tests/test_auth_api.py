@@ -11,7 +11,8 @@ from starlette.requests import Request
 from support import ThreadedServer
 
 from r3.settings import Settings
-from r3.store import database, keys
+from r3.store import keys
+from r3.store.store import open_store
 from server.app import create_app
 from server.auth import Authenticator
 from server.errors import APIError
@@ -31,15 +32,10 @@ def chat(url: str, key: str | None, **extra) -> httpx.Response:
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("auth-data")
     settings = Settings(models_dir=model_path.parent, data_dir=data_dir, admin_key=ADMIN, default_max_tokens=4)
-    url = database.database_url(settings)
-    database.migrate(url)
 
     async def make_keys() -> tuple[str, str]:
-        engine = database.create_engine(url)
-        try:
-            made = [await keys.create_key(database.sessions(engine), name) for name in ("alice", "bob")]
-        finally:
-            await engine.dispose()
+        async with open_store(settings) as store:  # the embedded SQLite migrates itself
+            made = [await store.keys.create(name) for name in ("alice", "bob")]
         return made[0][1], made[1][1]
 
     alice, bob = asyncio.run(make_keys())
@@ -120,11 +116,8 @@ def _request(host: str, key: str | None = None) -> Request:
 
 
 async def test_open_mode_serves_only_loopback_clients(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    await asyncio.to_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    try:
-        auth = Authenticator([], None, database.sessions(engine))
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path)) as store:
+        auth = Authenticator([], None, store.keys)
         assert await auth.tenant(_request("127.0.0.1", "anything-the-sdk-sends")) is None
         assert await auth.tenant(_request("::1")) is None
         with pytest.raises(APIError) as refused:
@@ -133,18 +126,11 @@ async def test_open_mode_serves_only_loopback_clients(tmp_path: Path) -> None:
         with pytest.raises(APIError) as disabled:
             auth.require_admin(_request("127.0.0.1", "x"))
         assert disabled.value.status == 403
-    finally:
-        await engine.dispose()
 
 
 async def test_configured_keys_need_no_database_row(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    await asyncio.to_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    try:
-        auth = Authenticator(["from-env"], None, database.sessions(engine))
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path)) as store:
+        auth = Authenticator(["from-env"], None, store.keys)
         assert await auth.tenant(_request("192.0.2.10", "from-env")) == keys.tenant_of_configured_key("from-env")
         with pytest.raises(APIError):
             await auth.tenant(_request("127.0.0.1", "other"))
-    finally:
-        await engine.dispose()

@@ -11,28 +11,22 @@ from pathlib import Path
 import pytest
 
 from r3.episodes import AttemptRecord, Episode, new_episode_id
-from r3.store import database
-from r3.store.registry import AdapterRegistry
-from r3.store.sql import SqlEpisodeStore
+from r3.settings import Settings
+from r3.store.store import open_store
 from server.auto_rollback import AutoRollback, one_sided_p
 
 
 @pytest.fixture
 async def world(tmp_path: Path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    await asyncio.to_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    sessions = database.sessions(engine)
-    registry = AdapterRegistry(sessions, tmp_path / "adapters")
-    names = []
-    for number in range(2):
-        files = tmp_path / f"files{number}"
-        files.mkdir()
-        (files / "adapter_config.json").write_text(json.dumps({"n": number}))
-        names.append((await registry.register(files, names[-1] if names else None, {}, [])).name)
-    await registry.activate(names[0], actor="test")
-    yield registry, SqlEpisodeStore(sessions), names
-    await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path)) as store:  # the embedded SQLite
+        names = []
+        for number in range(2):
+            files = tmp_path / f"files{number}"
+            files.mkdir()
+            (files / "adapter_config.json").write_text(json.dumps({"n": number}))
+            names.append((await store.registry.register(files, names[-1] if names else None, {}, [])).name)
+        await store.registry.activate(names[0], actor="test")
+        yield store, names
 
 
 def episodes(adapter: str, count: int, pass_rate: float, start: float, span: float, seed: int) -> list[Episode]:
@@ -48,40 +42,43 @@ def episodes(adapter: str, count: int, pass_rate: float, start: float, span: flo
     return made
 
 
-async def promote_with_traffic(registry, store, names, child_rate: float, seed: int) -> float:
+async def promote_with_traffic(store, names, child_rate: float, seed: int) -> float:
     """The parent serves 100 episodes at 70%, then the child is promoted and serves 100 at `child_rate`."""
     now = time.time()
-    await store.write(episodes(names[0], 100, 0.7, now - 2.0, 1.5, seed))
-    await registry.activate(names[1], actor="trainer")
-    promoted = (await registry.active()).promoted_at.timestamp()
-    await store.write(episodes(names[1], 100, child_rate, promoted, 0.5, seed + 1))
+    await store.episodes.write(episodes(names[0], 100, 0.7, now - 2.0, 1.5, seed))
+    await store.registry.activate(names[1], actor="trainer")
+    promoted = (await store.registry.active()).promoted_at.timestamp()
+    await store.episodes.write(episodes(names[1], 100, child_rate, promoted, 0.5, seed + 1))
     while time.time() < promoted + 2.5:  # let the "after" window span the child's traffic
         await asyncio.sleep(0.05)
     return promoted
 
 
 async def test_a_real_regression_rolls_back_to_the_parent(world) -> None:
-    registry, store, names = world
-    await promote_with_traffic(registry, store, names, child_rate=0.3, seed=1)
-    reason = await AutoRollback(registry, min_episodes=50, alpha=0.01).check()
+    store, names = world
+    registry = store.registry
+    await promote_with_traffic(store, names, child_rate=0.3, seed=1)
+    reason = await AutoRollback(store, min_episodes=50, alpha=0.01).check()
     assert reason is not None and "one-sided p" in reason
     assert (await registry.active()).name == names[0]
     last = (await registry.actions())[0]
     assert (last.actor, last.from_version, last.to_version) == ("auto-rollback", names[1], names[0])
-    assert await AutoRollback(registry, min_episodes=50, alpha=0.01).check() is None  # the parent stays
+    assert await AutoRollback(store, min_episodes=50, alpha=0.01).check() is None  # the parent stays
 
 
 async def test_noise_does_not_roll_back(world) -> None:
-    registry, store, names = world
-    await promote_with_traffic(registry, store, names, child_rate=0.65, seed=2)
-    assert await AutoRollback(registry, min_episodes=50, alpha=0.01).check() is None
+    store, names = world
+    registry = store.registry
+    await promote_with_traffic(store, names, child_rate=0.65, seed=2)
+    assert await AutoRollback(store, min_episodes=50, alpha=0.01).check() is None
     assert (await registry.active()).name == names[1]
 
 
 async def test_too_few_episodes_never_roll_back(world) -> None:
-    registry, store, names = world
-    await promote_with_traffic(registry, store, names, child_rate=0.0, seed=3)
-    assert await AutoRollback(registry, min_episodes=500, alpha=0.01).check() is None
+    store, names = world
+    registry = store.registry
+    await promote_with_traffic(store, names, child_rate=0.0, seed=3)
+    assert await AutoRollback(store, min_episodes=500, alpha=0.01).check() is None
 
 
 def test_the_one_sided_test() -> None:

@@ -19,10 +19,9 @@ import yaml
 from dashboard_support import GATE, made_up_episodes, served_store, write_episodes
 
 from r3.episodes import ABANDONED
-from r3.store import database
 from r3.store.live_stats import VersionStats
-from r3.store.registry import AdapterRegistry, Version
-from r3.store.sql import SqlEpisodeStore
+from r3.store.registry import Version
+from r3.store.store import open_store
 from server.dashboard.charts import WINDOWS, fitting_window, overview_charts
 from server.dashboard.lineage import GateNumbers, Rate, lineage
 from server.metrics import Metrics
@@ -400,23 +399,17 @@ def test_grafana_is_provisioned_with_a_dashboard_over_r3_metrics() -> None:
 
 
 def _active_name(app) -> str | None:
-    """The registry's active version, read through an engine of our own: the server's connection pool
+    """The registry's active version, read through a store of our own: the server's connection pool
     belongs to its event loop, in its thread."""
     async def read() -> str | None:
-        engine = database.create_engine(database.database_url(app.state.settings))
-        try:
-            version = await AdapterRegistry(database.sessions(engine), app.state.settings.adapters_path).active()
+        async with open_store(app.state.settings) as store:
+            version = await store.registry.active()
             return version.name if version else None
-        finally:
-            await engine.dispose()
 
     return asyncio.run(read())
 
 
 async def _write_directly(app, episodes) -> None:
-    """Bulk-write through an engine of our own (see `_active_name`)."""
-    engine = database.create_engine(database.database_url(app.state.settings))
-    try:
-        await write_episodes(SqlEpisodeStore(database.sessions(engine)), episodes)
-    finally:
-        await engine.dispose()
+    """Bulk-write through a store of our own (see `_active_name`)."""
+    async with open_store(app.state.settings) as store:
+        await write_episodes(store.episodes, episodes)

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from support import ThreadedServer, free_port
 
 from cli.supervisor import TrainerSupervisor
-from r3.store import database
+from r3.settings import Settings
+from r3.store.store import open_store
 from server.auth import Authenticator
 from server.errors import APIError
 
@@ -145,12 +146,11 @@ def test_keys_list_and_a_revoked_key_is_refused_at_once_by_every_replica(tmp_pat
     key = created.stdout.strip()
     assert "This is the first key" not in r3(tmp_path, "keys", "create", "--name", "bob").stderr
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'r3.db'}"
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # the store `r3 keys` used
 
     async def two_replicas_then_revoke() -> tuple[list, list]:
-        engines = [database.create_engine(url) for _ in range(2)]
-        replicas = [Authenticator([], None, database.sessions(engine)) for engine in engines]
-        try:
+        async with open_store(settings) as one, open_store(settings) as other:
+            replicas = [Authenticator([], None, store.keys) for store in (one, other)]
             before = [await replica.tenant(calling_with(key)) for replica in replicas]
             assert r3(tmp_path, "keys", "revoke", "alice").returncode == 0
             after = []
@@ -159,9 +159,6 @@ def test_keys_list_and_a_revoked_key_is_refused_at_once_by_every_replica(tmp_pat
                     await replica.tenant(calling_with(key))
                 after.append((refused.value.status, refused.value.message))
             return before, after
-        finally:
-            for engine in engines:
-                await engine.dispose()
 
     before, after = asyncio.run(two_replicas_then_revoke())
     assert before[0] == before[1] and before[0].startswith("key-")
@@ -180,14 +177,11 @@ def test_keys_list_and_a_revoked_key_is_refused_at_once_by_every_replica(tmp_pat
     assert r3(tmp_path, "keys", "revoke", "bob").returncode == 0
 
     async def keyless_from_loopback() -> APIError:
-        engine = database.create_engine(url)
-        try:
+        async with open_store(settings) as store:
             with pytest.raises(APIError) as refused:
-                await Authenticator([], None, database.sessions(engine)).tenant(
+                await Authenticator([], None, store.keys).tenant(
                     Request({"type": "http", "headers": [], "client": ("127.0.0.1", 4242)}))
             return refused.value
-        finally:
-            await engine.dispose()
 
     refused = asyncio.run(keyless_from_loopback())
     assert (refused.status, refused.message) == (401, "missing API key: send Authorization: Bearer <key>")

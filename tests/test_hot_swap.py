@@ -14,8 +14,7 @@ import pytest
 from support import ThreadedServer, make_lora, make_model, truncated_copy
 
 from r3.settings import Settings
-from r3.store import database
-from r3.store.registry import AdapterRegistry
+from r3.store.store import open_store
 from server.adapters import AdapterManager
 from server.app import create_app
 
@@ -30,20 +29,13 @@ def stack(model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(models_dir=model_path.parent, data_dir=data_dir, admin_key="admin-key",
                         redis_url="redis://127.0.0.1:6379/0", adapter_poll_s=0.2, adapter_grace_s=GRACE_S,
                         default_max_tokens=1, reflection_max_tokens=2)
-    url = database.database_url(settings)
-    database.migrate(url)
-
     async def register() -> list[str]:
-        engine = database.create_engine(url)
-        registry = AdapterRegistry(database.sessions(engine), settings.adapters_path)
-        try:
-            names = []
+        async with open_store(settings) as store:  # the embedded SQLite migrates itself
+            names: list[str] = []
             for seed in range(3):
                 folder = make_lora(model_path, tmp_path_factory.mktemp("lora") / "adapter", seed)
-                names.append((await registry.register(folder, names[-1] if names else None, {}, [])).name)
+                names.append((await store.registry.register(folder, names[-1] if names else None, {}, [])).name)
             return names
-        finally:
-            await engine.dispose()
 
     versions = asyncio.run(register())
     app = create_app(settings)
@@ -219,12 +211,8 @@ async def _wait_unloaded(app, name: str) -> None:
 @pytest.fixture
 async def registry(tmp_path: Path):
     """An adapter registry on a fresh SQLite database of its own."""
-    settings = Settings(data_dir=tmp_path / "data")
-    url = database.database_url(settings)
-    await asyncio.to_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    yield AdapterRegistry(database.sessions(engine), settings.adapters_path)
-    await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path / "data")) as store:
+        yield store.registry
 
 
 @pytest.fixture

@@ -127,3 +127,36 @@ def store_client_imports(package: str) -> set[tuple[str, str]]:
 def test_server_and_trainer_reach_the_database_and_redis_only_through_the_store() -> None:
     found = store_client_imports("server") | store_client_imports("trainer")
     assert found == set(), "import the store (r3.store), not its clients"
+
+
+# One store per process (issue 26): `r3.store.store.open_store` alone connects to the database; the
+# server, the trainer, the command line and the benchmarks call it where they start, and hand its
+# parts on. Nothing outside the store builds an engine or a session factory of its own.
+DATABASE_INTERNALS = {"create_engine", "sessions", "make_ready", "ensure_migrated"}
+SQLALCHEMY_CONNECTORS = {"create_async_engine", "async_sessionmaker", "sessionmaker"}
+
+
+def connections(package: str) -> Iterator[tuple[str, str]]:
+    """(file, what) for each way `package` connects to the database: a call of `open_store`, of the
+    store's internals (`database.create_engine`) or of SQLAlchemy's connectors, or an import of them."""
+    for path in python_files(REPO / package):
+        where = path.relative_to(REPO).as_posix()
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.ImportFrom) and node.module in {"r3.store.database", "sqlalchemy.ext.asyncio"}:
+                yield from ((where, f"import {a.name}") for a in node.names
+                            if a.name in DATABASE_INTERNALS | SQLALCHEMY_CONNECTORS)
+            elif isinstance(node, ast.Call):
+                function = node.func
+                if isinstance(function, ast.Name) and function.id in {"open_store", *SQLALCHEMY_CONNECTORS}:
+                    yield where, function.id
+                elif (isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name)
+                      and function.value.id == "database" and function.attr in DATABASE_INTERNALS):
+                    yield where, f"database.{function.attr}"
+
+
+def test_each_process_opens_the_store_in_one_place_and_builds_no_engine_of_its_own() -> None:
+    found = {package: sorted(connections(package)) for package in ("server", "trainer", "cli", "bench")}
+    assert found["server"] == [("server/app.py", "open_store")]  # the app's lifespan
+    assert found["trainer"] == [("trainer/worker.py", "open_store")]  # `run_trainer`'s main process
+    for package in ("cli", "bench"):
+        assert {what for _, what in found[package]} == {"open_store"}, found[package]

@@ -4,18 +4,18 @@ counts as last seen and the scrape still served."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from r3.settings import Settings
 from r3.store import database
 from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
 from r3.store.rounds import RoundStatus, TrainingRounds
-from r3.store.sql import SqlEpisodeStore
+from r3.store.store import open_store
 from r3.store.stream import NoEpisodeStream
 from server.metrics import Metrics
 
@@ -30,16 +30,12 @@ def rounds_gauge(scraped: bytes) -> dict[str, float]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[tuple[TrainingRounds, EpisodeLog]]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    await asyncio.to_thread(database.migrate, url)  # Alembic runs its own event loop: not in this one
-    engine = database.create_engine(url)
-    sessions = database.sessions(engine)
-    journal = Journal(tmp_path / "journal")
-    try:
-        yield TrainingRounds(sessions), EpisodeLog(SqlEpisodeStore(sessions), NoEpisodeStream(), journal)
-    finally:
-        journal.close()
-        await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path)) as opened:  # the embedded SQLite
+        journal = Journal(tmp_path / "journal")
+        try:
+            yield opened.rounds, EpisodeLog(opened.episodes, NoEpisodeStream(), journal)
+        finally:
+            journal.close()
 
 
 async def test_the_gauge_counts_the_rounds_in_the_database_at_each_scrape(store, tmp_path: Path) -> None:
@@ -57,7 +53,7 @@ async def test_the_gauge_counts_the_rounds_in_the_database_at_each_scrape(store,
         "requested": 0.0, "running": 1.0, "finished": 0.0, "failed": 0.0}
 
     # A database that cannot answer (here: its file's folder does not exist): the rest is served,
-    # the rounds as last seen.
+    # the rounds as last seen. (Opening a store would refuse it: the store's own engine, to reach it.)
     unreachable = database.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'r3.db'}")
     try:
         scraped = await metrics.scrape(episode_log, TrainingRounds(database.sessions(unreachable)))

@@ -10,21 +10,17 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from r3.store import database
-from r3.store.registry import ADAPTER_CHANNEL, AdapterRegistry, adapter_sha256
+from r3.settings import Settings
+from r3.store.registry import ADAPTER_CHANNEL, adapter_sha256
+from r3.store.store import open_store
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 async def registry(tmp_path: Path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    await asyncio.to_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    registry = AdapterRegistry(database.sessions(engine), tmp_path / "adapters", REDIS_URL)
-    yield registry
-    await registry.close()
-    await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path, redis_url=REDIS_URL)) as store:
+        yield store.registry
 
 
 def adapter_files(folder: Path, content: str) -> Path:

@@ -44,11 +44,9 @@ from r3 import bundled_model
 from r3.engines import create_engine
 from r3.reflect_retry import verifier_runtime
 from r3.settings import Settings
-from r3.store import database
 from r3.store.errors import DatabaseUnavailable
-from r3.store.registry import AdapterRegistry
-from r3.store.rounds import NO_SIGNAL, TrainingRounds
-from r3.store.stream import EpisodeConsumer, NoEpisodeStream, RedisEpisodeConsumer
+from r3.store.rounds import NO_SIGNAL
+from r3.store.store import Store, open_store
 from trainer.data import (
     balance,
     dedupe,
@@ -110,16 +108,16 @@ def run_trainer(settings: Settings, once: bool = False) -> RoundOutcome | None:
 
 
 async def _lead(settings: Settings, launch: Launch, once: bool) -> RoundOutcome | None:
-    worker = TrainerWorker(settings, launch)
-    outcome = None
-    try:
-        await database.make_ready(worker.engine, worker.url)
-        if once:
-            outcome = await worker.run_round(requested_by="cli")
-        else:
-            await worker.run_forever()  # returns only by raising
-    finally:
-        await worker.close()
+    async with open_store(settings) as store:
+        worker = TrainerWorker(settings, store, launch)
+        outcome = None
+        try:
+            if once:
+                outcome = await worker.run_round(requested_by="cli")
+            else:
+                await worker.run_forever()  # returns only by raising
+        finally:
+            await worker.close()
     # Only after a clean end: after a failure the followers may be inside the round's collectives, and
     # the launcher ends them once this process exits with the error.
     launch.send(None)
@@ -127,31 +125,25 @@ async def _lead(settings: Settings, launch: Launch, once: bool) -> RoundOutcome 
 
 
 class TrainerWorker:
-    def __init__(self, settings: Settings, launch: Launch | None = None) -> None:
-        """The worker of the main process; `launch`: the processes that train with it (default:
-        this one alone, or those `accelerate launch` started). Raises RuntimeError in any other
-        process: only the main one touches the store (`run_trainer` makes the others follow)."""
+    def __init__(self, settings: Settings, store: Store, launch: Launch | None = None) -> None:
+        """The worker of the main process, on `store` (its opener closes it); `launch`: the processes
+        that train with it (default: this one alone, or those `accelerate launch` started). Raises
+        RuntimeError in any other process: only the main one touches the store (`run_trainer` makes
+        the others follow)."""
         self.settings = settings
         self.launch = launch or Launch(settings.device)
         if not self.launch.is_main:
             raise RuntimeError("the trainer's worker runs in the main process only; under accelerate launch, "
                                "start the trainer with trainer.worker.run_trainer")
-        url = database.database_url(settings)
-        self.url, self.engine = url, database.create_engine(url)
-        self.sessions = database.sessions(self.engine)
-        self.registry = AdapterRegistry(self.sessions, settings.adapters_path, settings.redis_url)
-        self.rounds = TrainingRounds(self.sessions)
+        self.store, self.registry, self.rounds = store, store.registry, store.rounds
         # Without Redis (the embedded default) there is no stream: the database is polled.
-        self.stream: EpisodeConsumer = (RedisEpisodeConsumer(settings.redis_url) if settings.redis_url
-                                        else NoEpisodeStream())
+        self.stream = store.consumer()
         self._last_round = time.monotonic()
         # Who runs this worker's rounds, as the rounds table shows it.
         self.owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
 
     async def close(self) -> None:
-        await self.registry.close()
         await self.stream.close()
-        await self.engine.dispose()
 
     # ------------------------------------------------------------------ the loop
 

@@ -1,4 +1,5 @@
-"""Connecting to the database, and keeping its schema at Alembic's head."""
+"""Connecting to the database, and keeping its schema at Alembic's head. A process connects through
+`r3.store.store.open_store`, which uses these; only the store's own tests call them directly."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import migrations
 from r3.store import fast_json
@@ -47,7 +48,8 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def sessions(engine: AsyncEngine) -> async_sessionmaker:
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """The session factory over `engine` that every part of the store takes."""
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

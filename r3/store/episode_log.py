@@ -137,8 +137,7 @@ class EpisodeLog:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.journal.close()
-        await self.stream.close()
+        self.journal.close()  # the stream is its opener's (the store's) to close
 
     # ------------------------------------------------------------------ the writer
 

@@ -7,6 +7,7 @@ columns are JSONB on Postgres.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -44,14 +45,25 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class VersionStatus(StrEnum):
+    """The `status` of an adapter version (stored as its string value); `r3.store.registry` says how
+    a version moves between them."""
+
+    PENDING = "pending"  # its name is taken, its files are still being written
+    CANDIDATE = "candidate"  # its files are whole; the gate has not decided it
+    ACTIVE = "active"  # served as `r3` (at most one)
+    REJECTED = "rejected"  # the gate said no
+    RETIRED = "retired"  # was active; another version (or the base model) replaced it
+    FAILED = "failed"  # its files could not be written, or its round failed before deciding it
+
+
 class AdapterVersion(Base):
     __tablename__ = "adapter_versions"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)  # r3-vN, never reused
     number: Mapped[int] = mapped_column(Integer, unique=True)
     parent: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"))
-    # pending | candidate | active | rejected | retired | failed (its round failed after registering it)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # a `VersionStatus` value
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -62,7 +74,8 @@ class AdapterVersion(Base):
     __table_args__ = (
         # At most one active version: promotion flips it in one transaction.
         Index("one_active_adapter", "status", unique=True,
-              postgresql_where=text("status = 'active'"), sqlite_where=text("status = 'active'")),
+              postgresql_where=text(f"status = '{VersionStatus.ACTIVE}'"),
+              sqlite_where=text(f"status = '{VersionStatus.ACTIVE}'")),
     )
 
 

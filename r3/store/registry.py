@@ -32,13 +32,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from r3.store.models import AdapterVersion, AdminAction
+from r3.store.models import AdapterVersion, AdminAction, VersionStatus
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CHANNEL = "r3:adapters"
 ANY_VERSION = object()  # `activate` whatever is active now
-INCOMPLETE = ("pending", "failed")  # statuses of versions without whole files: never activated or served
+# The statuses of versions without whole files: never activated or served.
+INCOMPLETE = (VersionStatus.PENDING, VersionStatus.FAILED)
 
 
 def version_name(number: int) -> str:
@@ -74,7 +75,7 @@ class Version:
     name: str
     number: int
     parent: str | None
-    status: str
+    status: VersionStatus
     path: Path
     sha256: str
     metrics: dict[str, Any]
@@ -84,7 +85,7 @@ class Version:
 
     @classmethod
     def of(cls, row: AdapterVersion) -> Version:
-        return cls(row.name, row.number, row.parent, row.status, Path(row.path), row.sha256, row.metrics,
+        return cls(row.name, row.number, row.parent, VersionStatus(row.status), Path(row.path), row.sha256, row.metrics,
                    row.episodes_used, row.created_at, row.promoted_at)
 
     @property
@@ -174,11 +175,11 @@ class AdapterRegistry:
             shutil.rmtree(target, ignore_errors=True)
             async with self.sessions.begin() as session:
                 await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.name)
-                                      .values(status="failed"))
+                                      .values(status=VersionStatus.FAILED))
             raise
         async with self.sessions.begin() as session:
             await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.name)
-                                  .values(status="candidate", sha256=sha))
+                                  .values(status=VersionStatus.CANDIDATE, sha256=sha))
         return await self.get(row.name)
 
     async def _reserve_name(self, parent: str | None, metrics: dict[str, Any], episodes_used: list[str]) -> AdapterVersion:
@@ -186,7 +187,7 @@ class AdapterRegistry:
             async with self.sessions() as session:
                 number = (await session.scalar(select(func.max(AdapterVersion.number))) or 0) + 1
                 name = version_name(number)
-                row = AdapterVersion(name=name, number=number, parent=parent, status="pending",
+                row = AdapterVersion(name=name, number=number, parent=parent, status=VersionStatus.PENDING,
                                      path=str(self.adapters_dir / name), sha256="", metrics=metrics,
                                      episodes_used=episodes_used, created_at=datetime.now(UTC))
                 session.add(row)
@@ -203,7 +204,7 @@ class AdapterRegistry:
 
     async def active(self) -> Version | None:
         async with self.sessions() as session:
-            row = await session.scalar(select(AdapterVersion).where(AdapterVersion.status == "active"))
+            row = await session.scalar(select(AdapterVersion).where(AdapterVersion.status == VersionStatus.ACTIVE))
             return Version.of(row) if row is not None else None
 
     async def versions(self) -> list[Version]:
@@ -217,7 +218,7 @@ class AdapterRegistry:
             row = await session.get(AdapterVersion, name)
             row.metrics = {**row.metrics, **metrics}
             if not promote:
-                row.status = "rejected"
+                row.status = VersionStatus.REJECTED
         if promote:
             await self.activate(name, actor="trainer", reason="passed the evaluation gate")
         return await self.get(name)
@@ -232,18 +233,19 @@ class AdapterRegistry:
         Returns whether the change was made.
         """
         async with self.sessions.begin() as session:
-            current = await session.scalar(select(AdapterVersion.name).where(AdapterVersion.status == "active"))
+            current = await session.scalar(select(AdapterVersion.name)
+                                           .where(AdapterVersion.status == VersionStatus.ACTIVE))
             if expected_active is not ANY_VERSION and current != expected_active:
                 return False
             if name is not None:
                 target = await session.get(AdapterVersion, name)
                 if target is None or target.status in INCOMPLETE:
                     raise LookupError(f"no complete adapter version named {name!r}")
-            await session.execute(update(AdapterVersion).where(AdapterVersion.status == "active")
-                                  .values(status="retired"))
+            await session.execute(update(AdapterVersion).where(AdapterVersion.status == VersionStatus.ACTIVE)
+                                  .values(status=VersionStatus.RETIRED))
             await session.flush()  # the unique "one active" index must see the old row retired first
             if name is not None:
-                target.status = "active"
+                target.status = VersionStatus.ACTIVE
                 target.promoted_at = datetime.now(UTC)
             session.add(AdminAction(at=datetime.now(UTC), actor=actor, action="activate", from_version=current,
                                     to_version=name, reason=reason))

@@ -33,7 +33,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.episodes import Episode
-from r3.store.models import AdapterVersion, EpisodeRow, SetAsideEpisode, TrainingRound
+from r3.store.models import AdapterVersion, EpisodeRow, SetAsideEpisode, TrainingRound, VersionStatus
 from r3.store.sql import episode_of
 
 # `trained_in` of a failure held out for the gate: judged on in every round, never trained on.
@@ -283,9 +283,10 @@ async def _fail(session: AsyncSession, row: TrainingRound, error: str) -> None:
     """Fail `row` with `error`; a version it registered and did not decide is failed with it."""
     row.status, row.finished_at, row.error = RoundStatus.FAILED, datetime.now(UTC), error
     if row.candidate is not None:
+        undecided = (VersionStatus.PENDING, VersionStatus.CANDIDATE)
         await session.execute(update(AdapterVersion).where(AdapterVersion.name == row.candidate,
-                                                           AdapterVersion.status.in_(("pending", "candidate")))
-                              .values(status="failed"))
+                                                           AdapterVersion.status.in_(undecided))
+                              .values(status=VersionStatus.FAILED))
 
 
 async def _fail_abandoned(session: AsyncSession) -> list[Round]:

@@ -28,7 +28,7 @@ from server.admin_protocol import Activation
 from server.dashboard import charts, session
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
-from server.deps import AdaptersDep, AdminDep, AuthDep, EpisodesDep, RegistryDep, StoreDep
+from server.deps import AdaptersDep, AdminDep, AuthDep, EpisodeLogDep, EpisodesDep, RegistryDep, StoreDep
 from server.errors import APIError, clipped
 from server.routes.episodes import decode_cursor, encode_cursor
 
@@ -110,19 +110,20 @@ async def logout(registry: RegistryDep, _: FormData = Depends(session.checked_fo
 
 
 @router.get("", dependencies=[Depends(session.required)])
-async def overview(request: Request, service: AdminDep, registry: RegistryDep, adapters: AdaptersDep,
-                   store: StoreDep, window: str | None = Query(None)) -> HTMLResponse:
+async def overview(request: Request, service: AdminDep, store: StoreDep, adapters: AdaptersDep,
+                   log: EpisodeLogDep, window: str | None = Query(None)) -> HTMLResponse:
     now = datetime.now(UTC)
-    span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(registry.sessions), now)
+    sessions = store.database.sessions
+    span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(sessions), now)
     since = span.start(now)
-    points = await timeline(registry.sessions, since, span.bucket_s, span.buckets)
-    recorded = await registry.active()
+    points = await timeline(sessions, since, span.bucket_s, span.buckets)
+    recorded = await store.registry.active()
     return _page(request, "overview.html", window=span, windows=list(charts.WINDOWS),
                  plots=charts.overview_charts(points, span, since),
-                 totals=sorted((await version_stats(registry.sessions, since=since)).values(),
+                 totals=sorted((await version_stats(sessions, since=since)).values(),
                                key=lambda s: s.version),
                  active=recorded.name if recorded else "base", serving=adapters.active or "base",
-                 backlog=store.backlog, rejected=store.rejected,
+                 backlog=log.backlog, rejected=log.rejected,
                  trainer=await service.training_state(limit=5))
 
 
@@ -130,9 +131,9 @@ async def overview(request: Request, service: AdminDep, registry: RegistryDep, a
 
 
 @router.get("/versions", dependencies=[Depends(session.required)])
-async def versions(request: Request, service: AdminDep, registry: RegistryDep, adapters: AdaptersDep) -> HTMLResponse:
-    recorded = await registry.active()
-    rows = lineage(await registry.versions(), await version_stats(registry.sessions))
+async def versions(request: Request, service: AdminDep, store: StoreDep, adapters: AdaptersDep) -> HTMLResponse:
+    recorded = await store.registry.active()
+    rows = lineage(await store.registry.versions(), await version_stats(store.database.sessions))
     return _page(request, "versions.html", rows=rows, active=recorded,
                  serving=adapters.active or "base", refused=adapters.refused,
                  actions=(await service.actions(ACTIONS_SHOWN)).data)

@@ -23,7 +23,7 @@ from server.admin_protocol import (
     TrainingState,
 )
 from server.auth import CheckedRoute, admin
-from server.deps import AdaptersDep, AdminDep, RegistryDep, StoreDep
+from server.deps import AdaptersDep, AdminDep, EpisodeLogDep, StoreDep
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
 
@@ -45,10 +45,10 @@ def _version_out(version: Version, live: VersionStats | None) -> dict[str, Any]:
 
 
 @router.get("/adapters", response_model=AdapterList)
-async def list_adapters(registry: RegistryDep, adapters: AdaptersDep) -> dict[str, Any]:
-    live = await version_stats(registry.sessions)
+async def list_adapters(store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
+    live = await version_stats(store.database.sessions)
     return {"object": "list", "active": adapters.active,
-            "data": [_version_out(v, live.get(v.name)) for v in await registry.versions()],
+            "data": [_version_out(v, live.get(v.name)) for v in await store.registry.versions()],
             "base": _stats_out(live.get("base"))}
 
 
@@ -88,17 +88,17 @@ async def set_aside_episodes(service: AdminDep, limit: int = Query(100, ge=1, le
 
 
 @router.get("/stats", response_model=StatsReport)
-async def live_stats(registry: RegistryDep, adapters: AdaptersDep, store: StoreDep,
+async def live_stats(store: StoreDep, adapters: AdaptersDep, log: EpisodeLogDep,
                      window_s: float = Query(3600, gt=0, le=MAX_STATS_WINDOW_S, allow_inf_nan=False)) -> dict[str, Any]:
     """Success rates per version over the last `window_s` seconds (at most a year); the versions this
     server refused to serve, with the reason; the episode log's backlog and the episodes the database
     refused since the start (kept in the journal's `rejected.jsonl`)."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
-    live = await version_stats(registry.sessions, since=since)
+    live = await version_stats(store.database.sessions, since=since)
     return {"window_s": window_s, "active": adapters.active or "base",
             "versions": {name: _stats_out(stats) for name, stats in sorted(live.items())},
             "refused_versions": dict(adapters.refused),
-            "episode_log": {"backlog": store.backlog, "rejected": store.rejected}}
+            "episode_log": {"backlog": log.backlog, "rejected": log.rejected}}
 
 
 @router.get("/actions", response_model=AdminActionList)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from r3.episodes import Episode
 from r3.store.sql import EpisodeFilter
 from server.auth import CheckedRoute, admin
-from server.deps import EpisodesDep, StoreDep, TenantDep
+from server.deps import EpisodeLogDep, EpisodesDep, TenantDep
 from server.errors import APIError, shown
 from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
 
@@ -34,8 +34,8 @@ def episode_out(episode: Episode) -> EpisodeOut:
 
 
 @router.get("/v1/episodes/{episode_id}")
-async def get_episode(episode_id: str, store: StoreDep, caller: TenantDep) -> EpisodeOut:
-    episode = await store.get(episode_id, caller)
+async def get_episode(episode_id: str, log: EpisodeLogDep, caller: TenantDep) -> EpisodeOut:
+    episode = await log.get(episode_id, caller)
     if episode is None:
         # A key's tenant sees its own episodes only; those recorded in open mode belong to no key.
         whose = (" for this key (episodes recorded before the first API key was created belong to no key: the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from server.admin_protocol import Health
-from server.deps import EngineDep, StoreDep
+from server.deps import EngineDep, EpisodeLogDep
 from server.errors import RETRY_AFTER_S
 
 router = APIRouter()
@@ -16,8 +16,8 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Not ready"}})
 @router.head("/health", include_in_schema=False)  # load balancers probe with HEAD
-async def health(engine: EngineDep, store: StoreDep, response: Response) -> Health:
-    problem = store.unrecordable()
+async def health(engine: EngineDep, log: EpisodeLogDep, response: Response) -> Health:
+    problem = log.unrecordable()
     if problem is not None:
         response.status_code = 503
         response.headers["Retry-After"] = str(RETRY_AFTER_S)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from r3.store.rounds import TrainingRounds
-from server.deps import MetricsDep, RegistryDep, StoreDep
+from server.deps import EpisodeLogDep, MetricsDep, StoreDep
 
 router = APIRouter()
 
@@ -15,5 +14,5 @@ _TEXT = {"description": "Prometheus' text exposition format",
 
 
 @router.get("/metrics", response_class=Response, responses={200: _TEXT})
-async def metrics(metrics: MetricsDep, store: StoreDep, registry: RegistryDep) -> Response:
-    return Response(await metrics.scrape(store, TrainingRounds(registry.sessions)), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep, log: EpisodeLogDep, store: StoreDep) -> Response:
+    return Response(await metrics.scrape(log, store.rounds), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from r3.engines.base import Engine
+from r3.store.models import VersionStatus
 from r3.store.registry import AdapterRegistry, model_name, version_of
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute
@@ -52,7 +53,7 @@ async def _cards(engine: Engine, adapters: AdapterManager, registry: AdapterRegi
               for name in sorted(adapters.static_adapters)]
     # Any recorded version can be pinned (loaded on demand), not only the loaded ones.
     cards += [ModelCard(id=model_name(v.name), created=_unix(v.created_at), root=str(v.path), parent=engine.model_id)
-              for v in await registry.versions() if v.status != "pending"]
+              for v in await registry.versions() if v.status != VersionStatus.PENDING]
     return cards
 
 

@@ -10,7 +10,7 @@ from support import make_lora
 
 from r3.settings import Settings
 from r3.store import database
-from r3.store.registry import AdapterRegistry
+from r3.store.store import open_store
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 
@@ -22,11 +22,9 @@ def test_two_servers_follow_each_activation(fresh_pg_url, private_redis, r3_proc
     files = make_lora(model_path, tmp_path / "trained", seed=7)
 
     async def register() -> str:
-        engine = database.create_engine(database.database_url(Settings(database_url=fresh_pg_url)))
-        try:
-            return (await AdapterRegistry(database.sessions(engine), adapters_dir).register(files, None, {}, [])).name
-        finally:
-            await engine.dispose()
+        settings = Settings(_env_file=None, database_url=fresh_pg_url, adapters_dir=adapters_dir, data_dir=tmp_path)
+        async with open_store(settings) as store:
+            return (await store.registry.register(files, None, {}, [])).name
 
     version = run(register)
     env = dict(R3_DATABASE_URL=fresh_pg_url, R3_REDIS_URL=private_redis.url, R3_ADAPTERS_DIR=str(adapters_dir),

@@ -307,7 +307,8 @@ async def test_a_poisoned_episode_is_set_aside_and_the_rest_reach_the_database_a
     for good: it was taken for the database being down, and a restart replayed the same poison."""
     key = f"r3:test:{uuid.uuid4().hex[:8]}"
     journal = tmp_path / "journal"
-    log = new_log(backend, journal, stream=RedisEpisodeStream(private_redis.url, key=key))
+    stream = RedisEpisodeStream(private_redis.url, key=key)
+    log = new_log(backend, journal, stream=stream)
     await log.start()
     poison, ordinary = poisoned_episode(), [make_episode() for _ in range(20)]
     for episode in [poison, *ordinary]:
@@ -323,6 +324,7 @@ async def test_a_poisoned_episode_is_set_aside_and_the_rest_reach_the_database_a
         announced = [fields[b"episode_id"].decode() for _, fields in client.xrange(key, "-", "+")]
     assert sorted(announced) == sorted(e.id for e in ordinary)
     await log.close()
+    await stream.close()
 
     # Restart: nothing is left to replay, and every ordinary episode is still there.
     log = new_log(backend, journal)

@@ -11,25 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from store_support import PrivateRedis, run_in_thread
+from store_support import PrivateRedis
 
-from r3.store import database
+from r3.settings import Settings
 from r3.store.registry import ADAPTER_CHANNEL, AdapterEvent, AdapterRegistry, adapter_events
+from r3.store.store import open_store
 
 RETRY_S = 0.1
 
 
 @pytest.fixture
 async def registry(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[AdapterRegistry]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
-    run_in_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    registry = AdapterRegistry(database.sessions(engine), tmp_path / "adapters", private_redis.url)
-    try:
-        yield registry
-    finally:
-        await registry.close()
-        await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path, redis_url=private_redis.url)) as store:
+        yield store.registry
 
 
 def adapter_folder(root: Path, content: str) -> Path:

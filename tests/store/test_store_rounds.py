@@ -15,11 +15,13 @@ from store_support import PrivateRedis, run_in_thread
 from support import free_port
 
 from r3.episodes import AttemptRecord, Episode
+from r3.settings import Settings
 from r3.store import database
 from r3.store.models import EpisodeRow
 from r3.store.registry import AdapterRegistry
 from r3.store.rounds import HELD_OUT, RoundStatus, TrainingRounds
 from r3.store.sql import SqlEpisodeStore
+from r3.store.store import open_store
 from r3.store.stream import NoEpisodeStream, RedisEpisodeConsumer, RedisEpisodeStream
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -31,9 +33,8 @@ async def rounds(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Trai
     url = request.getfixturevalue("fresh_pg_url") if request.param == "postgres" \
         else f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"
     run_in_thread(database.migrate, url)
-    engine = database.create_engine(url)
-    yield TrainingRounds(database.sessions(engine))
-    await engine.dispose()
+    async with open_store(Settings(_env_file=None, data_dir=tmp_path, database_url=url)) as store:
+        yield store.rounds
 
 
 def episode(name: str, age_s: float, first: bool, verifier: bool = True, store_text: bool = True) -> Episode:

@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from store_support import REPO, STREAM_KEY, run, run_in_thread, wait_for
+from store_support import REPO, STREAM_KEY, run, wait_for
 
 from r3.episodes import AttemptRecord, Episode, new_episode_id
 from r3.settings import Settings
 from r3.store import database
-from r3.store.rounds import Round, TrainingRounds
-from r3.store.sql import SqlEpisodeStore
-from r3.store.stream import TRAINER_GROUP, RedisEpisodeStream
+from r3.store.rounds import Round
+from r3.store.store import open_store
+from r3.store.stream import TRAINER_GROUP
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple"]
 
@@ -53,22 +53,16 @@ def start_worker(env: dict[str, str], log: Path, *options: str) -> subprocess.Po
 def test_a_killed_once_round_is_failed_and_rounds_run_again(model_path: Path, tmp_path: Path) -> None:
     """`r3 train --once` killed mid-round: the admin's next POST /admin/train gets a new round (not the
     dead one), the dead round is failed saying why, and the next `--once` runs the new round."""
-    url = database.database_url(Settings(_env_file=None, data_dir=tmp_path))
-    run_in_thread(database.migrate, url)
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    url = database.database_url(settings)
 
     async def record() -> None:
-        engine = database.create_engine(url)
-        try:
-            await SqlEpisodeStore(database.sessions(engine)).write([failed_episode(word) for word in WORDS])
-        finally:
-            await engine.dispose()
+        async with open_store(settings) as store:  # the embedded SQLite migrates itself
+            await store.episodes.write([failed_episode(word) for word in WORDS])
 
     async def ask() -> tuple[Round, bool]:  # what POST /admin/train does
-        engine = database.create_engine(url)
-        try:
-            return await TrainingRounds(database.sessions(engine)).request("admin")
-        finally:
-            await engine.dispose()
+        async with open_store(settings) as store:
+            return await store.rounds.request("admin")
 
     run(record)
     env = {**os.environ, "R3_DATA_DIR": str(tmp_path), "R3_MODELS_DIR": str(model_path.parent),
@@ -104,18 +98,12 @@ def test_a_killed_once_round_is_failed_and_rounds_run_again(model_path: Path, tm
 def test_a_killed_round_is_redone_and_loses_no_stream_entry(private_redis, model_path: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, redis_url=private_redis.url)
     url = database.database_url(settings)
-    run_in_thread(database.migrate, url)
     episodes = [failed_episode(word) for word in WORDS]
 
-    async def record() -> None:
-        engine = database.create_engine(url)
-        stream = RedisEpisodeStream(private_redis.url)
-        try:
-            await SqlEpisodeStore(database.sessions(engine)).write(episodes)
-            await stream.announce([e.id for e in episodes])
-        finally:
-            await stream.close()
-            await engine.dispose()
+    async def record() -> None:  # what the server's episode log does
+        async with open_store(settings) as store:  # the embedded SQLite migrates itself
+            await store.episodes.write(episodes)
+            await store.stream.announce([e.id for e in episodes])
 
     run(record)
     env = {**os.environ, "R3_DATA_DIR": str(tmp_path), "R3_REDIS_URL": private_redis.url,

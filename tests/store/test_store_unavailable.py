@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from store_support import query, run, run_in_thread
 
-from r3.store import database, keys
+from r3.store import database
 from r3.store.errors import DatabaseUnavailable, JournalUnavailable
 from r3.store.journal import Journal
+from r3.store.keys import ApiKeys
 from r3.store.live_stats import version_stats
 from r3.store.sql import SqlEpisodeStore
 
@@ -46,7 +47,7 @@ async def reads(url: str) -> list[BaseException | None]:
     try:
         outcomes: list[BaseException | None] = []
         for call in (lambda: SqlEpisodeStore(sessions).get("no-such-episode", None),
-                     lambda: version_stats(sessions), lambda: keys.tenant_of(sessions, "r3-some-key")):
+                     lambda: version_stats(sessions), lambda: ApiKeys(sessions).tenant_of("r3-some-key")):
             try:
                 await call()
                 outcomes.append(None)

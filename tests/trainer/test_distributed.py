@@ -26,10 +26,8 @@ from transformers import AutoModelForCausalLM
 
 from r3.engines.adapter_check import WEIGHTS_FILE, AdapterChecker
 from r3.settings import Settings
-from r3.store import database
 from r3.store.models import TrainingRound
-from r3.store.registry import AdapterRegistry
-from r3.store.sql import SqlEpisodeStore
+from r3.store.store import open_store
 from trainer.grpo import GRPOSettings, lora_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +47,9 @@ def tensor_shapes(adapter: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 async def store(model_path: Path, tmp_path: Path) -> Settings:
     """The embedded database with eight failures and two first-attempt successes."""
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path / "data")
-    await asyncio.to_thread(database.migrate, database.database_url(settings))
-    engine = database.create_engine(database.database_url(settings))
-    await SqlEpisodeStore(database.sessions(engine)).write(
-        [episode(word, passed=False) for word in WORDS] + [episode("hello", True), episode("yes", True)])
-    await engine.dispose()
+    async with open_store(settings) as opened:  # the embedded SQLite migrates itself
+        await opened.episodes.write(
+            [episode(word, passed=False) for word in WORDS] + [episode("hello", True), episode("yes", True)])
     return settings
 
 
@@ -72,15 +68,10 @@ async def test_two_processes_train_one_round_and_only_the_main_process_touches_t
     assert "process 0: r3-v1" in result.stdout and "process 1: follower" in result.stdout
     assert not untouched.exists()
 
-    engine = database.create_engine(database.database_url(store))
-    registry = AdapterRegistry(database.sessions(engine), store.adapters_path, None)
-    try:
-        versions = await registry.versions()
-        async with database.sessions(engine)() as session:
+    async with open_store(store) as opened:
+        versions = await opened.registry.versions()
+        async with opened.database.sessions() as session:
             rounds = list(await session.scalars(select(TrainingRound)))
-    finally:
-        await registry.close()
-        await engine.dispose()
     assert [v.name for v in versions] == ["r3-v1"] and len(rounds) == 1
     assert (rounds[0].status, rounds[0].candidate) == ("finished", "r3-v1")
     training = versions[0].metrics["training"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,10 @@ from r3.engines.base import SamplingParams
 from r3.engines.transformers_engine import TransformersEngine
 from r3.episodes import AttemptRecord, Episode, new_episode_id
 from r3.settings import Settings
-from r3.store import database
-from r3.store.models import EpisodeRow, TrainingRound
+from r3.store.models import EpisodeRow, TrainingRound, VersionStatus
 from r3.store.registry import adapter_sha256
 from r3.store.rounds import HELD_OUT
-from r3.store.sql import SqlEpisodeStore
+from r3.store.store import open_store
 from trainer.worker import TrainerWorker, grpo_settings
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl"]
@@ -40,19 +40,19 @@ def episode(word: str, passed: bool) -> Episode:
 async def worker(model_path: Path, tmp_path: Path):
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2, train_max_steps=1,
                         reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2, gate_samples=2)
-    await asyncio.to_thread(database.migrate, database.database_url(settings))
-    worker = TrainerWorker(settings)
-    store = SqlEpisodeStore(worker.sessions)
-    await store.write([episode(word, passed=False) for word in WORDS] + [episode("hello", True), episode("yes", True)])
-    yield worker
-    await worker.close()
+    async with open_store(settings) as store:  # the embedded SQLite migrates itself
+        await store.episodes.write([episode(word, passed=False) for word in WORDS]
+                                   + [episode("hello", True), episode("yes", True)])
+        worker = TrainerWorker(settings, store)
+        yield worker
+        await worker.close()
 
 
 async def test_a_round_trains_registers_gates_and_records(worker, model_path: Path) -> None:
     outcome = await worker.run_round(requested_by="test")
     assert outcome.candidate == "r3-v1"
     version = await worker.registry.get("r3-v1")
-    assert version.status == ("active" if outcome.promoted else "rejected")
+    assert version.status == (VersionStatus.ACTIVE if outcome.promoted else VersionStatus.REJECTED)
     assert version.sha256 == adapter_sha256(version.path) and version.parent is None
     gate = version.metrics["gate"]
     assert gate and version.metrics["training"]["steps"] == 1 and version.metrics["reason"]
@@ -60,7 +60,7 @@ async def test_a_round_trains_registers_gates_and_records(worker, model_path: Pa
     assert gate["heldout"] > 0 and gate["samples"] == 2 and gate["temperature"] == 1.0
     assert outcome.promoted == (gate["p_value"] < gate["alpha"] and gate["first_attempt_drop"] <= gate["tolerance"])
 
-    async with worker.sessions() as session:
+    async with worker.store.database.sessions() as session:
         round_row = await session.scalar(select(TrainingRound))
         trained = dict((await session.execute(select(EpisodeRow.id, EpisodeRow.trained_in))).all())
     assert (round_row.status, round_row.candidate, round_row.promoted) == ("finished", "r3-v1", outcome.promoted)
@@ -136,13 +136,18 @@ def unpassable(word: str) -> Episode:
     return failed
 
 
-async def isolated_worker(model_path: Path, tmp_path: Path, episodes: list[Episode], **settings) -> TrainerWorker:
+@asynccontextmanager
+async def isolated_worker(model_path: Path, tmp_path: Path, episodes: list[Episode],
+                          **settings) -> AsyncIterator[TrainerWorker]:
     config = Settings(_env_file=None, models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2,
                       train_max_steps=1, reflection_max_tokens=8, gate_regression_size=4, **settings)
-    await asyncio.to_thread(database.migrate, database.database_url(config))
-    worker = TrainerWorker(config)
-    await SqlEpisodeStore(worker.sessions).write(episodes)
-    return worker
+    async with open_store(config) as store:
+        await store.episodes.write(episodes)
+        worker = TrainerWorker(config, store)
+        try:
+            yield worker
+        finally:
+            await worker.close()
 
 
 async def test_too_few_held_out_names_the_number_that_is_short_and_what_to_do(model_path: Path, tmp_path: Path) -> None:
@@ -152,11 +157,8 @@ async def test_too_few_held_out_names_the_number_that_is_short_and_what_to_do(mo
     candidates = [episode(word, passed=False) for word in WORDS]
     train, _ = split(failures_from_episodes(candidates), 0.2)
     kept = {f.episode_id for f in train[:3]}
-    worker = await isolated_worker(model_path, tmp_path, [e for e in candidates if e.id in kept])
-    try:
+    async with isolated_worker(model_path, tmp_path, [e for e in candidates if e.id in kept]) as worker:
         outcome = await worker.run_round(requested_by="cli")
-    finally:
-        await worker.close()
     skipped = outcome.report["skipped"]
     assert outcome.candidate is None and outcome.report["train"] == 3 and outcome.report["heldout"] == 0
     assert "none of the 3 distinct failed prompts is held out for the gate" in skipped
@@ -170,16 +172,13 @@ async def test_an_episode_with_an_invalid_stored_verifier_is_set_aside_and_the_r
     broken.verifier = {"type": "math", "expected": "1", "tolerance": None}  # a NaN stored as null
     broken_failure = episode("maple", passed=False)
     broken_failure.verifier = {"type": "countdown", "numbers": [3, None], "target": 24}
-    worker = await isolated_worker(model_path, tmp_path, [broken, broken_failure, episode("apple", passed=False)],
-                                   train_heldout_fraction=0.5)
-    try:
+    async with isolated_worker(model_path, tmp_path, [broken, broken_failure, episode("apple", passed=False)],
+                               train_heldout_fraction=0.5) as worker:
         first = await worker.run_round(requested_by="cli")
         aside = {e.episode_id: e for e in await worker.rounds.set_aside_episodes(10)}
         second = await worker.run_round(requested_by="cli")
         assert len(await worker.rounds.set_aside_episodes(10)) == 2  # not picked, nor set aside, again
         rounds = await worker.rounds.recent(5)
-    finally:
-        await worker.close()
     assert set(aside) == {broken.id, broken_failure.id}
     assert aside[broken.id].tenant == "tenant-b" and aside[broken.id].round_id == first.round_id
     assert "math.tolerance" in aside[broken.id].reason
@@ -189,14 +188,11 @@ async def test_an_episode_with_an_invalid_stored_verifier_is_set_aside_and_the_r
 
 async def test_a_round_whose_rollouts_carry_no_signal_stops_before_a_candidate(model_path: Path, tmp_path: Path,
                                                                                 all_cores) -> None:
-    worker = await isolated_worker(model_path, tmp_path, [unpassable(word) for word in WORDS],
-                                   train_heldout_fraction=0.5)
-    try:
+    async with isolated_worker(model_path, tmp_path, [unpassable(word) for word in WORDS],
+                               train_heldout_fraction=0.5) as worker:
         outcome = await worker.run_round(requested_by="cli")
         untrained = await worker.rounds.count_untrained_failures()
         versions = await worker.registry.versions()
-    finally:
-        await worker.close()
     assert outcome.candidate is None and not outcome.promoted and versions == []  # nothing registered or gated
     assert outcome.report["skipped"].startswith("no signal: in all ") and "every retry failed" in outcome.report["skipped"]
     training = outcome.report["training"]
