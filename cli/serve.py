@@ -31,8 +31,8 @@ def serve(
     # Every mistake a check can find is said before the model loads (seconds), not after.
     listener = startup.bind(host or settings.host, settings.port if port is None else port)
     startup.check_folders(settings)
+    startup.check_redis(settings)  # first: opening the store (the database check) connects to Redis too
     startup.check_database(settings)
-    startup.check_redis(settings)
     model = startup.check_model(settings)  # pulls the bundled model, with a progress bar, when it is missing
 
     # Here, not at the top: the server loads torch and the engines.
