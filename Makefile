@@ -46,7 +46,7 @@ test-fast: install-dev
 # The documentation site (mkdocs-material), built strictly: a broken link or a missing page fails it.
 docs: install-dev
 	$(BIN)/pip install --quiet -e ".[docs]"
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 # Each benchmark prints a table and writes JSON and a PNG to bench/results/ (see BENCHMARKS.md).
 bench: install-dev

@@ -16,8 +16,8 @@ event loop and out of the default thread pool, and waits at most `JUDGE_TIMEOUT_
 
 from __future__ import annotations
 
-# The built-in verifier types, each registered by importing its module, in import order (the README
-# table's order; tool_call imports tool_schema, which so comes first). A new type adds its module here.
+# The built-in verifier types, each registered by importing its module, in import order (the verifiers
+# guide's table order; tool_call imports tool_schema, which so comes first). A new type adds its module here.
 from verifiers import tool_call, tool_schema, countdown, json_schema, regex, exact, math, webhook  # noqa: F401, I001
 from verifiers.base import Attempt, SpecBase, TaskContext, ToolCall, Verdict
 from verifiers.countdown import CountdownSpec
@@ -46,7 +46,7 @@ from verifiers.tool_schema import ToolSchemaSpec
 from verifiers.webhook import WebhookNotAllowed, WebhookPolicy, WebhookSpec
 
 def reference_table() -> str:
-    """The README's table of verifiers (Markdown), one row per registered type: its name, its spec's
+    """The table of verifiers in docs/guides/verifiers.md (Markdown), one row per registered type: its name, its spec's
     fields as the client spells them, and when an answer passes."""
     rows = ["| verifier | spec | passes when |", "|---|---|---|"]
     for kind in verifier_types():

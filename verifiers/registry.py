@@ -4,7 +4,7 @@ are named and registered).
 A type is its spec model (a `SpecBase` whose `type` field is a one-value Literal: the name clients
 send), how it judges, the task kind its reflections are asked for in (`r3.reflection`'s templates)
 and whether the trainer may judge it again offline (`replayable`). `parse_spec`, `verify` and the
-README's table of verifiers are all read from here, so adding a verifier type touches its module,
+table of verifiers in the docs are all read from here, so adding a verifier type touches its module,
 its line in `verifiers/__init__.py`'s list of built-in modules, and its tests.
 """
 
@@ -55,7 +55,7 @@ class VerifierType:
     """
 
     spec: type[SpecBase]
-    summary: str  # when an answer passes, in a sentence: the README's table of verifiers
+    summary: str  # when an answer passes, in a sentence: the docs' table of verifiers
     judge: Callable[[Any, Attempt, TaskContext], Verdict] | None = None
     judge_with: Callable[[Any, Attempt, TaskContext, VerifierRuntime], Awaitable[Verdict]] | None = None
     admit: Callable[[Any, VerifierRuntime], None] | None = None

@@ -86,7 +86,7 @@ class Replay:
     api_key: str | None = None
 
     def run(self, tasks: list[ReplayTask], console: Console) -> dict[str, Any]:
-        """Send the tasks not yet in the log; write and return the report (see `report.json` in the README).
+        """Send the tasks not yet in the log; write and return the report (see `report.json` in docs/guides/replay.md).
 
         Raises `ReplayRefused` before sending anything when the server is unreachable or refuses the key."""
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from verifiers import (
     verify,
 )
 
-README = Path(__file__).parents[2] / "README.md"
+GUIDE = Path(__file__).parents[2] / "docs" / "guides" / "verifiers.md"
 
 
 class ShortSpec(SpecBase):
@@ -98,10 +98,10 @@ def test_a_type_judges_one_way() -> None:
         VerifierType(ShortSpec, summary="neither")
 
 
-def test_the_readme_lists_every_registered_type() -> None:
+def test_the_verifiers_guide_lists_every_registered_type() -> None:
     assert [kind.name for kind in verifier_types()] == [
         "tool_schema", "tool_call", "countdown", "json_schema", "regex", "exact", "math", "webhook"]
-    assert reference_table() in README.read_text()
+    assert reference_table() in GUIDE.read_text()
 
 
 def test_admission_follows_the_runtime() -> None:
