@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from r3.store.models import VersionStatus
+from r3.store.rounds import RoundStatus
 from server.chat.protocol import ChatCompletion
 from server.completions.protocol import Completion
 from server.protocol import FeedbackReceipt, omitted
@@ -48,7 +50,7 @@ class LiveStats(BaseModel):
 
 class AdapterVersionOut(BaseModel):
     name: str
-    status: str
+    status: VersionStatus
     parent: str | None  # null: trained from the base model
     created_at: Timestamp
     promoted_at: Timestamp | None
@@ -89,14 +91,14 @@ class TrainerStatus(BaseModel):
 
 class TrainingRequested(BaseModel):
     round: int
-    status: str
+    status: RoundStatus
     new: bool  # false: a round was already requested or running, and this is that one
     trainer: TrainerStatus  # whether anything will take the round up
 
 
 class TrainingRoundOut(BaseModel):
     round: int
-    status: str  # requested | running | finished | failed
+    status: RoundStatus
     requested_by: str  # "schedule" or "admin"
     requested_at: Timestamp
     started_at: Timestamp | None

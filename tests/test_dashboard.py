@@ -20,6 +20,7 @@ from dashboard_support import GATE, made_up_episodes, served_store, write_episod
 
 from r3.episodes import ABANDONED
 from r3.store.live_stats import VersionStats
+from r3.store.models import VersionStatus
 from r3.store.registry import Version
 from r3.store.store import open_store
 from server.dashboard.charts import WINDOWS, fitting_window, overview_charts
@@ -323,8 +324,8 @@ def test_wilson_interval_and_gate_numbers() -> None:
 
 def test_lineage_puts_each_parent_above_its_children() -> None:
     def version(number: int, parent: int | None) -> Version:
-        return Version(f"r3-v{number}", number, f"r3-v{parent}" if parent else None, "retired", Path("."), "", {}, [],
-                       datetime.now(UTC), None)
+        return Version(f"r3-v{number}", number, f"r3-v{parent}" if parent else None, VersionStatus.RETIRED,
+                       Path("."), "", {}, [], datetime.now(UTC), None)
 
     rows = lineage([version(1, None), version(2, 1), version(3, 1), version(4, 2), version(5, None)], {})
     assert [(r.version.name, r.depth) for r in rows] == [

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as redis
 
 from r3.settings import Settings
+from r3.store.models import VersionStatus
 from r3.store.registry import ADAPTER_CHANNEL, adapter_sha256
 from r3.store.store import open_store
 
@@ -36,10 +37,10 @@ async def test_versions_get_new_names_and_their_files_hash(registry, tmp_path: P
     await registry.record_decision(second.name, {"gate": "lost"}, promote=False)
     third = await registry.register(adapter_files(tmp_path / "c", "three"), first.name, {}, [])
     assert [v.name for v in (first, second, third)] == ["r3-v1", "r3-v2", "r3-v3"]  # a rejected name stays taken
-    assert first.status == "candidate" and first.episodes_used == ["ep_1"] and first.parent is None
+    assert first.status == VersionStatus.CANDIDATE and first.episodes_used == ["ep_1"] and first.parent is None
     assert first.sha256 == adapter_sha256(first.path) == adapter_sha256(tmp_path / "a")
     assert first.sha256 != second.sha256
-    assert (await registry.get("r3-v2")).status == "rejected"
+    assert (await registry.get("r3-v2")).status == VersionStatus.REJECTED
     assert (await registry.get("r3-v2")).metrics == {"gate": "lost"}
 
 
@@ -61,7 +62,7 @@ async def test_one_version_is_active_and_each_activation_is_announced(registry, 
         await registry.activate(second.name, actor="admin")
         await registry.activate(first.name, actor="admin", reason="rollback")
         statuses = {v.name: v.status for v in await registry.versions()}
-        assert statuses == {"r3-v1": "active", "r3-v2": "retired"}
+        assert statuses == {"r3-v1": VersionStatus.ACTIVE, "r3-v2": VersionStatus.RETIRED}
         assert (await registry.active()).name == "r3-v1"
 
         events = []

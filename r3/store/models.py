@@ -46,15 +46,17 @@ class ApiKey(Base):
 
 
 class VersionStatus(StrEnum):
-    """The `status` of an adapter version (stored as its string value); `r3.store.registry` says how
-    a version moves between them."""
+    """The status of an adapter version, stored as its string: `pending` while its files are written,
+    then `candidate`, then `active` (promoted) or `rejected` (the gate said no); an active version
+    becomes `retired` when another replaces it; `failed`: its files could not be written, or its
+    round failed before deciding it."""
 
-    PENDING = "pending"  # its name is taken, its files are still being written
-    CANDIDATE = "candidate"  # its files are whole; the gate has not decided it
-    ACTIVE = "active"  # served as `r3` (at most one)
-    REJECTED = "rejected"  # the gate said no
-    RETIRED = "retired"  # was active; another version (or the base model) replaced it
-    FAILED = "failed"  # its files could not be written, or its round failed before deciding it
+    PENDING = "pending"
+    CANDIDATE = "candidate"
+    ACTIVE = "active"  # at most one: the unique index below
+    REJECTED = "rejected"
+    RETIRED = "retired"
+    FAILED = "failed"
 
 
 class AdapterVersion(Base):
