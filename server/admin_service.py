@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from r3.store.rounds import PENDING, Round, RoundStatus
+from r3.store.rounds import ENDED, PENDING, Round
 from r3.store.store import Store
 from server.adapters import AdapterManager
 from server.admin_protocol import (
@@ -87,7 +87,7 @@ class AdminService:
         """The latest `limit` rounds, the one requested or running and the last one that ended."""
         rounds = [_round_out(r) for r in await self.rounds.recent(limit)]
         return TrainingState(current=next((r for r in rounds if r.status in PENDING), None),
-                             last=next((r for r in rounds if r.status in (RoundStatus.FINISHED, RoundStatus.FAILED)), None),
+                             last=next((r for r in rounds if r.status in ENDED), None),
                              rounds=rounds, trainer=self.trainer())
 
     async def set_aside(self, limit: int) -> SetAsideList:

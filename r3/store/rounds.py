@@ -54,6 +54,7 @@ class RoundStatus(StrEnum):
 
 
 PENDING = (RoundStatus.REQUESTED, RoundStatus.RUNNING)  # a round not yet decided
+ENDED = (RoundStatus.FINISHED, RoundStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class TrainingRounds:
         if it already ended (e.g. failed as abandoned while its trainer was silent too long)."""
         async with self.sessions.begin() as session:
             row = await _round(session, round_id)
-            if row.status in (RoundStatus.FINISHED, RoundStatus.FAILED):
+            if row.status in ENDED:
                 raise LookupError(f"training round {round_id} already ended ({row.status}: {row.error})")
             row.status, row.finished_at, row.error = RoundStatus.FINISHED, datetime.now(UTC), None
             row.report, row.candidate, row.promoted = report, candidate, promoted
@@ -203,7 +204,7 @@ class TrainingRounds:
         LookupError if there is no such round."""
         async with self.sessions.begin() as session:
             row = await _round(session, round_id)
-            if row.status not in (RoundStatus.FINISHED, RoundStatus.FAILED):
+            if row.status not in ENDED:
                 await _fail(session, row, error)
 
     async def fail_abandoned(self) -> list[Round]:
