@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from r3.chat_format import ChatPrompt
 from r3.engines.base import Engine
-from r3.reflect_retry import ChatTask, Chunk, Generation, Reflector, Run
+from r3.reflect_retry import ChatTask, Chunk, Generation, Reflector, Run, RunEvent
 from r3.structured_output import GrammarTimeout, grammar_problem, grammar_tag, grammar_work
 from server.chat.protocol import ChatCompletion, ChatCompletionRequest
 from server.chat.responses import chat_completion, r3_info, usage_of
@@ -129,7 +129,7 @@ class OpenAIServingChat:
             await self.services.store.save(run.episode)
             self.services.metrics.observe(run.episode, time.perf_counter() - started)
 
-    async def _recorded(self, run: Run) -> AsyncIterator[Any]:
+    async def _recorded(self, run: Run) -> AsyncIterator[RunEvent]:
         """`run`'s events (`Reflector.events`), its episode recorded when they end (`_recording`)."""
         async with self._recording([run]):
             async for event in self.reflector.events(run):
@@ -148,7 +148,7 @@ class OpenAIServingChat:
         return [*chunks.start(), *chunks.piece(final.text, final.result.tokens), *chunks.end(final, r3_info(run.episode))]
 
     @staticmethod
-    async def _live_choice(wire: Wire, index: int, run: Run, generation: Generation, events: AsyncIterator[Any],
+    async def _live_choice(wire: Wire, index: int, run: Run, generation: Generation, events: AsyncIterator[RunEvent],
                            info_in_choice: bool) -> AsyncIterator[str]:
         """Choice `index` as the engine makes it (attempt 1 of `generation`; there is no verifier to retry for)."""
         chunks = ChoiceChunks(wire, index, generation.completion_id, _offered(run.task), info_in_choice)
