@@ -52,7 +52,9 @@ class R3Server:
 
     def __enter__(self) -> str:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=self.code, env=self.env,
+            # `python -m r3`; a checkout from before the command moved into the r3 package has `cli`.
+            command = "r3" if (self.code / "r3" / "__main__.py").exists() else "cli"
+            self.process = subprocess.Popen([sys.executable, "-m", command, "serve"], cwd=self.code, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.startup_timeout_s

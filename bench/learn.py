@@ -133,7 +133,7 @@ def train_once(env: dict[str, str], data_dir: Path, timeout_s: float) -> tuple[i
     """`r3 train --once`: one round (train, register, gate, promote or reject). (exit code, seconds)."""
     started = time.monotonic()
     with open(data_dir / "trainer.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "train", "--once"], cwd=REPO, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "r3", "train", "--once"], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
             code = process.wait(timeout_s)

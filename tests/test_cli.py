@@ -13,13 +13,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.train import GRPO_LOGGER, RoundProgress
+from r3.cli.train import GRPO_LOGGER, RoundProgress
 
 
 def r3(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
     env["R3_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "r3", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_train_once_on_a_fresh_data_dir_says_in_words_why_the_round_was_skipped(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_keys_create_migrates_the_embedded_database_and_refuses_a_name_twice(tmp
 
 def test_help_loads_neither_torch_nor_the_server_nor_the_trainer() -> None:
     """Each command imports what it runs when it runs, so `r3 --help` answers at once."""
-    code = ("import sys; from cli.main import app; "
+    code = ("import sys; from r3.cli.main import app; "
             "print([m for m in ('torch', 'trl', 'transformers', 'server', 'trainer', 'bench') if m in sys.modules])")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from support import ThreadedServer, free_port
 
-from cli.supervisor import TrainerSupervisor
+from r3.cli.supervisor import TrainerSupervisor
 from r3.settings import Settings
 from r3.store.store import open_store
 from server.auth import Authenticator
@@ -36,7 +36,7 @@ def r3(folder: Path, *args: str, env: dict[str, str] | None = None, dotenv: str 
         (folder / ".env").write_text(dotenv)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
     clean.update({"R3_DATA_DIR": str(folder / "data"), "PYTHONPATH": str(REPO), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=folder, env=clean, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "r3", *args], cwd=folder, env=clean, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -1,9 +1,10 @@
-"""DESIGN.md's layering rule, checked on the source (ast, nothing imported).
+"""The layering rule (docs/architecture.md), checked on the source (ast, nothing imported).
 
-The kernel (`r3`) imports neither the server, the trainer, the benchmarks nor the command line;
-server and trainer never import each other; verifiers import nothing of ours. Only the composition
-root (`cli`) imports everything. Nor may a layer reach past the rule by name: an import by string
-(`importlib.import_module("trainer.worker")`, `__import__`, uvicorn's "server.app:create_app").
+The kernel (`r3`, but for `r3.cli`) imports neither the server, the trainer, the benchmarks nor the
+command line; server and trainer never import each other; verifiers import nothing of ours. Only the
+composition root (`r3.cli`, the `r3` command) imports everything. Nor may a layer reach past the rule
+by name: an import by string (`importlib.import_module("trainer.worker")`, `__import__`, uvicorn's
+"server.app:create_app").
 """
 
 from __future__ import annotations
@@ -18,25 +19,35 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SKIPPED = {".venv", ".git", "build", "dist", "node_modules", "__pycache__"}
 
-# Package → the packages of ours it may import (itself always). Everything else of ours is off limits.
+# Layer → the layers of ours it may import (itself always). Everything else of ours is off limits.
+# A layer is a top-level package, but for the command line, which lives inside r3 as `r3.cli`.
 MAY_IMPORT = {
-    "r3": {"verifiers", "migrations"},  # migrations: the store runs Alembic's
+    "r3": {"verifiers"},  # r3.migrations (the repository's migrations/) is the kernel's own: the store runs it
     "verifiers": set(),
     "server": {"r3", "verifiers"},
     "trainer": {"r3", "verifiers"},
 }
-# Packages that the layers above must not reach by name either.
-UPPER = {"server", "trainer", "bench", "cli"}
+CLI = "r3.cli"
+# Layers that the layers above must not reach by name either.
+UPPER = {"server", "trainer", "bench", CLI}
 IMPORTERS = {"import_module", "__import__", "find_spec", "run_module"}
 
 
 def our_packages() -> set[str]:
-    return {path.parent.name for path in REPO.glob("*/__init__.py")}
+    return {path.parent.name for path in REPO.glob("*/__init__.py")} | {CLI}
+
+
+def layer_of(module: str) -> str:
+    """The layer a dotted module name belongs to: `r3.cli.serve` → `r3.cli`, `r3.store` → `r3`."""
+    return CLI if module == CLI or module.startswith(CLI + ".") else module.split(".")[0]
 
 
 def python_files(under: Path) -> Iterator[Path]:
+    """The layer's source files: `r3`'s without the command line (`r3/cli`, and `r3/__main__.py`, which
+    is `python -m r3`), a layer of its own."""
     for path in sorted(under.rglob("*.py")):
-        if not SKIPPED & set(path.relative_to(REPO).parts):
+        parts = path.relative_to(REPO).parts
+        if not SKIPPED & set(parts) and (under.name != "r3" or parts[1] not in ("cli", "__main__.py")):
             yield path
 
 
@@ -45,13 +56,15 @@ def parse(path: Path) -> ast.Module:
 
 
 def imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
-    """(line, top-level package) of every absolute import, at the top or inside a function."""
+    """(line, layer) of every absolute import, at the top or inside a function."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, alias.name.split(".")[0]
+                yield node.lineno, layer_of(alias.name)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.lineno, node.module.split(".")[0]
+            names = [f"{node.module}.{alias.name}" for alias in node.names] if node.module == "r3" else [node.module]
+            for name in names:  # `from r3 import cli` is an import of r3.cli
+                yield node.lineno, layer_of(name)
 
 
 def imports_by_name(tree: ast.Module) -> Iterator[tuple[int, ast.expr | None]]:
@@ -65,7 +78,7 @@ def imports_by_name(tree: ast.Module) -> Iterator[tuple[int, ast.expr | None]]:
 
 
 def test_the_packages_in_the_rule_exist() -> None:
-    assert set(MAY_IMPORT) | {"cli", "bench"} <= our_packages()
+    assert set(MAY_IMPORT) | {CLI, "bench"} <= our_packages() and (REPO / "r3" / "cli" / "__init__.py").exists()
 
 
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
@@ -81,7 +94,7 @@ def test_a_layer_imports_only_what_the_layout_allows(package: str) -> None:
 def test_a_layer_does_not_import_by_name_or_by_import_string(package: str) -> None:
     """A name the rule could not check (a variable) is refused too; so is a "module:attribute" string
     naming a package above (uvicorn and others import those)."""
-    upper = "|".join(sorted(UPPER - {package}))
+    upper = "|".join(re.escape(name) for name in sorted(UPPER - {package}))
     import_string = re.compile(rf"({upper})(\.\w+)*:\w+")
     found = []
     for path in python_files(REPO / package):
@@ -97,19 +110,19 @@ def test_a_layer_does_not_import_by_name_or_by_import_string(package: str) -> No
 
 def test_nothing_imports_the_upper_packages_by_name() -> None:
     """`importlib.import_module("trainer.worker")` is how the old `r3/cli.py` dodged the rule; the
-    command line (`cli`) may import everything with plain imports, so nobody needs it."""
+    command line (`r3.cli`) may import everything with plain imports, so nobody needs it."""
     found = []
     for path in python_files(REPO):
         for line, argument in imports_by_name(parse(path)):
-            if isinstance(argument, ast.Constant) and str(argument.value).split(".")[0] in UPPER:
+            if isinstance(argument, ast.Constant) and layer_of(str(argument.value)) in UPPER:
                 found.append(f"{path.relative_to(REPO)}:{line} imports {argument.value!r} by name")
     assert found == []
 
 
 def test_the_checks_see_what_they_look_for() -> None:
-    tree = ast.parse("import trainer.worker\ndef f():\n    from cli.main import app\n"
-                     "    importlib.import_module('server.app')\n    __import__(name)\n")
-    assert [name for _, name in imported(tree)] == ["trainer", "cli"]
+    tree = ast.parse("import trainer.worker\ndef f():\n    from r3.cli.main import app\n    from r3 import cli\n"
+                     "    from r3.store import x\n    importlib.import_module('server.app')\n    __import__(name)\n")
+    assert [name for _, name in imported(tree)] == ["trainer", CLI, CLI, "r3"]
     arguments = [argument for _, argument in imports_by_name(tree)]
     assert arguments[0].value == "server.app" and isinstance(arguments[1], ast.Name)
 
@@ -136,10 +149,10 @@ DATABASE_INTERNALS = {"create_engine", "sessions", "make_ready", "ensure_migrate
 SQLALCHEMY_CONNECTORS = {"create_async_engine", "async_sessionmaker", "sessionmaker"}
 
 
-def connections(package: str) -> Iterator[tuple[str, str]]:
+def connections(folder: Path) -> Iterator[tuple[str, str]]:
     """(file, what) for each way `package` connects to the database: a call of `open_store`, of the
     store's internals (`database.create_engine`) or of SQLAlchemy's connectors, or an import of them."""
-    for path in python_files(REPO / package):
+    for path in python_files(folder):
         where = path.relative_to(REPO).as_posix()
         for node in ast.walk(parse(path)):
             if isinstance(node, ast.ImportFrom) and node.module in {"r3.store.database", "sqlalchemy.ext.asyncio"}:
@@ -155,8 +168,8 @@ def connections(package: str) -> Iterator[tuple[str, str]]:
 
 
 def test_each_process_opens_the_store_in_one_place_and_builds_no_engine_of_its_own() -> None:
-    found = {package: sorted(connections(package)) for package in ("server", "trainer", "cli", "bench")}
+    found = {package: sorted(connections(REPO.joinpath(*package.split(".")))) for package in ("server", "trainer", CLI, "bench")}
     assert found["server"] == [("server/app.py", "open_store")]  # the app's lifespan
     assert found["trainer"] == [("trainer/worker.py", "open_store")]  # `run_trainer`'s main process
-    for package in ("cli", "bench"):
+    for package in (CLI, "bench"):
         assert {what for _, what in found[package]} == {"open_store"}, found[package]

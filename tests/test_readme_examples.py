@@ -94,7 +94,7 @@ class LiveR3:
 
 @pytest.fixture(scope="module")
 def live_r3(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveR3]:
-    """`python -m cli serve` as a new user runs it: a fresh data dir, no R3_* settings but the model
+    """`python -m r3 serve` as a new user runs it: a fresh data dir, no R3_* settings but the model
     cache (already pulled), a free port, and an admin key for the trainer's status."""
     folder = tmp_path_factory.mktemp("readme")
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
@@ -102,7 +102,7 @@ def live_r3(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "R3_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": str(REPO)})
     log = folder / "serve.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=folder, env=env, stdout=output,
+        process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=folder, env=env, stdout=output,
                                    stderr=subprocess.STDOUT)
     try:
         url = _wait_for_banner(process, log)
@@ -224,7 +224,7 @@ def test_episodes_made_before_the_first_key_say_why_a_key_cannot_read_them(live_
         "verifier": {"type": "regex", "pattern": "(?s).*"}}).json()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("R3_")}, "PYTHONPATH": str(REPO),
            "R3_DATA_DIR": str(live_r3.log.parent / "data")}
-    created = subprocess.run([sys.executable, "-m", "cli", "keys", "create", "--name", "first"], env=env,
+    created = subprocess.run([sys.executable, "-m", "r3", "keys", "create", "--name", "first"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, created.stderr
     assert "Episodes recorded before it belong to no key" in " ".join(created.stderr.split())

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from support import ThreadedServer
 from typer.testing import CliRunner
 
-from cli.main import app
+from r3.cli.main import app
 from r3.settings import Settings
 from server.app import create_app
 

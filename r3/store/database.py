@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-import migrations
+import r3.migrations as migrations  # the repository's migrations/, shipped inside the r3 package
 from r3.store import fast_json
 from r3.store.errors import install_translation
 from r3.settings import Settings

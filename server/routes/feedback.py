@@ -13,7 +13,7 @@ from server.admin_protocol import FEEDBACK_RESPONSES
 from server.auth import CheckedRoute
 from server.chat.protocol import ChatCompletion
 from server.chat.responses import chat_completion, completion_of_attempt
-from server.deps import AdaptersDep, ReflectorDep, SettingsDep, StoreDep, TenantDep
+from server.deps import AdaptersDep, EpisodeLogDep, ReflectorDep, SettingsDep, TenantDep
 from server.errors import APIError, ignore_unknown_fields
 from server.openai.serving import unless_disconnected
 from server.protocol import FeedbackReceipt, FeedbackRequest
@@ -25,7 +25,7 @@ _episode_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakVal
 
 
 @router.post("/feedback", response_model=None, responses=FEEDBACK_RESPONSES)
-async def give_feedback(body: FeedbackRequest, request: Request, store: StoreDep, reflector: ReflectorDep,
+async def give_feedback(body: FeedbackRequest, request: Request, store: EpisodeLogDep, reflector: ReflectorDep,
                         adapters: AdaptersDep, caller: TenantDep,
                         settings: SettingsDep) -> FeedbackReceipt | ChatCompletion:
     ignore_unknown_fields(request, body, settings.strict_request_fields)

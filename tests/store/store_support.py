@@ -3,7 +3,7 @@
 - `fresh_pg_url`: a new, empty database on the shared server (127.0.0.1:5432), dropped afterwards.
 - `PrivatePostgres`: a cluster of our own (initdb into a tmp dir) that a test can crash and restart.
 - `PrivateRedis`: a redis-server of our own, with an fsync-always AOF so its stream survives SIGKILL.
-- `R3Process`: `python -m cli serve` in a subprocess, its output captured to a file.
+- `R3Process`: `python -m r3 serve` in a subprocess, its output captured to a file.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class PrivateRedis:
 
 
 class R3Process:
-    """`python -m cli serve` with R3_* settings; stdout and stderr go to `log_path`."""
+    """`python -m r3 serve` with R3_* settings; stdout and stderr go to `log_path`."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
@@ -261,7 +261,7 @@ class R3Process:
 
     def start(self, timeout_s: float = 180) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
-        self.process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=REPO, env=self.env, stdout=log,
+        self.process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], cwd=REPO, env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT)
         log.close()
 

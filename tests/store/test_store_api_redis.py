@@ -1,6 +1,6 @@
 """Episodes made through the API land in Postgres and on the Redis stream; a Redis outage loses none.
 
-One server (`python -m cli serve`) for the module: a fresh migrated database on the shared Postgres,
+One server (`python -m r3 serve`) for the module: a fresh migrated database on the shared Postgres,
 and a private Redis with an fsync-always AOF, which one test kills and restarts.
 """
 

@@ -46,7 +46,7 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 
 def start_worker(env: dict[str, str], log: Path, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli", "train", *options], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "r3", "train", *options], env=env, cwd=REPO,
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
@@ -89,7 +89,7 @@ def test_a_killed_once_round_is_failed_and_rounds_run_again(model_path: Path, tm
     ((status, error),) = rows(url, f"SELECT status, error FROM training_rounds WHERE id = {dead}")
     assert status == "failed" and "stopped: no heartbeat since" in error
 
-    again = subprocess.run([sys.executable, "-m", "cli", "train", "--once", "--json"], env=env, cwd=REPO,
+    again = subprocess.run([sys.executable, "-m", "r3", "train", "--once", "--json"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert rows(url, f"SELECT status FROM training_rounds WHERE id = {asked.id}") == [("finished",)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI, Request
 from sqlalchemy import select
+from support import ThreadedServer
 
 from r3.engines.base import SamplingParams
 from r3.engines.transformers_engine import TransformersEngine
@@ -36,12 +39,48 @@ def episode(word: str, passed: bool) -> Episode:
                    attempts=[attempt])
 
 
+class AlternatingWebhook:
+    """A webhook verifier whose verdicts on each episode alternate in the order they arrive: pass,
+    fail, pass, ... A GRPO group's G = 2 retries of one failure (judged concurrently, in either
+    order) so always get one of each, and every group carries signal whatever the model reflects.
+    (A regex on the retry rarely does: the retries after both reflections usually pass or fail alike,
+    and a round without signal registers nothing.)"""
+
+    def __init__(self) -> None:
+        self.judged: Counter[str] = Counter()  # verdicts given, per episode id
+        self.app = FastAPI()
+
+        @self.app.post("/judge")
+        async def judge(request: Request) -> dict:
+            episode_id = (await request.json())["episode_id"]
+            self.judged[episode_id] += 1  # one event loop: no other call counts in between
+            passed = self.judged[episode_id] % 2 == 1
+            return {"success": passed, "detail": "" if passed else "the answer must contain the word"}
+
+
 @pytest.fixture
-async def worker(model_path: Path, tmp_path: Path):
+def webhook():
+    hook = AlternatingWebhook()
+    with ThreadedServer(hook.app) as url:
+        hook.url = f"{url}/judge"
+        yield hook
+
+
+def judged_by(hook: AlternatingWebhook, word: str) -> Episode:
+    """A failure to say `word` whose verifier is `hook`."""
+    failed = episode(word, passed=False)
+    failed.verifier = {"type": "webhook", "url": hook.url}
+    return failed
+
+
+@pytest.fixture
+async def worker(model_path: Path, tmp_path: Path, webhook: AlternatingWebhook):
+    # A generous webhook timeout: a verdict lost to a busy machine would break the alternation.
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path, train_num_generations=2, train_max_steps=1,
-                        reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2, gate_samples=2)
+                        reflection_max_tokens=8, train_heldout_fraction=0.5, gate_regression_size=2, gate_samples=2,
+                        webhook_allow_loopback=True, webhook_timeout_s=60)
     async with open_store(settings) as store:  # the embedded SQLite migrates itself
-        await store.episodes.write([episode(word, passed=False) for word in WORDS]
+        await store.episodes.write([judged_by(webhook, word) for word in WORDS]
                                    + [episode("hello", True), episode("yes", True)])
         worker = TrainerWorker(settings, store)
         yield worker
@@ -56,6 +95,7 @@ async def test_a_round_trains_registers_gates_and_records(worker, model_path: Pa
     assert version.sha256 == adapter_sha256(version.path) and version.parent is None
     gate = version.metrics["gate"]
     assert gate and version.metrics["training"]["steps"] == 1 and version.metrics["reason"]
+    assert version.metrics["training"]["groups"] > 0 and version.metrics["training"]["skipped_groups"] == 0
     # Whichever way it went, the decision is the one its own numbers call for.
     assert gate["heldout"] > 0 and gate["samples"] == 2 and gate["temperature"] == 1.0
     assert outcome.promoted == (gate["p_value"] < gate["alpha"] and gate["first_attempt_drop"] <= gate["tolerance"])

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.console import console, fail
+from r3.cli.console import console, fail
 from r3.settings import get_settings
 
 
@@ -45,7 +45,7 @@ def replay(
     from contextlib import nullcontext
 
     from r3.replay import bfcl, xlam
-    from cli.local_server import ServerStartError, local_server
+    from r3.cli.local_server import ServerStartError, local_server
     from r3.replay.report import table
     from r3.replay.runner import Replay, ReplayRefused
     from r3.replay.tasks import TaskFileError, read_tasks, write_tasks

@@ -1,12 +1,18 @@
-"""`r3 bench …`: the benchmarks that need the whole system (the others are scripts: BENCHMARKS.md)."""
+"""`r3 bench …`: the benchmarks that need the whole system (the others are scripts: BENCHMARKS.md).
+
+The benchmarks live in the repository's `bench/`, which the wheel does not install: `r3 bench` runs
+them from the checkout R3 is installed from (`make serve` installs it editable), and says so where
+there is none.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
-from cli.console import HELP
+from r3.cli.console import HELP
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True, **HELP)
 
@@ -29,7 +35,7 @@ def learn(
     """The learning experiment: the real serve → reflect → train → gate → hot-swap loop on a task suite."""
     import dataclasses
 
-    from bench import learn as experiment
+    experiment = _bench_module("learn")
 
     if suite == "planted":
         config = dataclasses.replace(experiment.PLANTED, seed=seed)
@@ -38,3 +44,17 @@ def learn(
                                    train_max_steps=train_max_steps, train_max_failures=train_max_failures,
                                    families=tuple(families.split(",")))
     experiment.main(config, Path(out))
+
+
+def _bench_module(name: str):
+    """`bench.<name>` from the checkout this package was installed from; one line and exit 2 elsewhere."""
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "bench" / "__init__.py").exists():
+        typer.echo("r3 bench runs the benchmarks of R3's source repository (bench/ is not installed with the "
+                   "package): run it from a checkout, installed with `make serve` or `pip install -e .`", err=True)
+        raise typer.Exit(2)
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"bench.{name}")

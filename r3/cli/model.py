@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.console import HELP, console, fail
+from r3.cli.console import HELP, console, fail
 from r3 import bundled_model
 from r3.settings import get_settings
 

@@ -9,9 +9,9 @@ from typing import Any
 import typer
 from fastapi import FastAPI
 
-from cli import startup
-from cli.console import console, log_quietly
-from cli.store import url_without_password
+from r3.cli import startup
+from r3.cli.console import console, log_quietly
+from r3.cli.store import url_without_password
 from r3.settings import Settings, get_settings
 
 
@@ -36,7 +36,7 @@ def serve(
     model = startup.check_model(settings)  # pulls the bundled model, with a progress bar, when it is missing
 
     # Here, not at the top: the server loads torch and the engines.
-    from cli.supervisor import TrainerSupervisor
+    from r3.cli.supervisor import TrainerSupervisor
     from server.admin_service import no_trainer_here
     from server.app import create_app
 

@@ -29,7 +29,7 @@ STOP_TIMEOUT_S = 30.0  # from SIGTERM to SIGKILL
 class TrainerSupervisor:
     """`await start()` once the server is ready, `await stop()` before it shuts down; `status()` any time."""
 
-    def __init__(self, log_path: Path, command: Sequence[str] = (sys.executable, "-m", "cli", "train")) -> None:
+    def __init__(self, log_path: Path, command: Sequence[str] = (sys.executable, "-m", "r3", "train")) -> None:
         self.log_path = log_path
         self.command = list(command)
         self.restarts = 0

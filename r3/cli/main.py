@@ -10,8 +10,8 @@ from importlib.metadata import version
 
 import typer
 
-from cli import bench, model, replay, serve, store, train
-from cli.console import HELP, fail
+from r3.cli import bench, model, replay, serve, store, train
+from r3.cli.console import HELP, fail
 from r3.settings import ConfigurationError
 
 app = typer.Typer(help="R3: an OpenAI-compatible server that reflects, retries and learns.", no_args_is_help=True,
@@ -41,7 +41,7 @@ def _options(
 
 
 def main() -> None:
-    """The `r3` program (`python -m cli` too)."""
+    """The `r3` program (`python -m r3` too)."""
     try:
         app()
     except ConfigurationError as error:

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.console import console, log_quietly
+from r3.cli.console import console, log_quietly
 from r3.settings import get_settings
 
 # trainer.grpo's SkipStepsWithoutSignal logs here: `grpo_round_steps` on a round's first record, `grpo_step` on each step's.

@@ -38,7 +38,7 @@ def local_server(log_path: Path, api_key: str | None = None,
         key = "r3-replay-" + secrets.token_urlsafe(24)
         env["R3_API_KEYS"] = json.dumps([key])
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "r3", "serve"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

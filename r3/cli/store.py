@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.console import HELP, console, fail
-from cli.startup import database_errors
+from r3.cli.console import HELP, console, fail
+from r3.cli.startup import database_errors
 from r3.settings import get_settings
 
 if TYPE_CHECKING:

@@ -1,6 +1,0 @@
-"""The `r3` command: the composition root (DESIGN.md, "layout").
-
-The one package allowed to import every other: the kernel (`r3`), the server, the trainer and the
-benchmarks. `cli.main` assembles the commands; each command imports what it runs when it runs, so
-`r3 --help` loads neither torch, TRL nor the server.
-"""
