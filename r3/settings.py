@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
@@ -178,6 +178,21 @@ class Settings(BaseSettings):
     def adapters_path(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"
 
+    @model_validator(mode="after")
+    def _settings_agree(self) -> Settings:
+        """Settings that only work together: said with both variables and the fix."""
+        if self.max_num_batched_tokens < self.max_batch_size:
+            raise ValueError(
+                f"R3_MAX_NUM_BATCHED_TOKENS={self.max_num_batched_tokens} is below R3_MAX_BATCH_SIZE="
+                f"{self.max_batch_size}: a step would have no room to prefill a prompt. Fix: raise "
+                "R3_MAX_NUM_BATCHED_TOKENS (default 512) or lower R3_MAX_BATCH_SIZE")
+        if self.train_stale_after_s <= self.train_heartbeat_s:
+            raise ValueError(
+                f"R3_TRAIN_STALE_AFTER_S={self.train_stale_after_s:g} is not above R3_TRAIN_HEARTBEAT_S="
+                f"{self.train_heartbeat_s:g}: every running round would look abandoned. Fix: make "
+                "R3_TRAIN_STALE_AFTER_S several heartbeats long (default 120 against 10)")
+        return self
+
 
 class ConfigurationError(RuntimeError):
     """A setting that cannot work, said in one or two lines that name its `R3_*` variable, the cause
@@ -192,7 +207,9 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         first = error.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
+        if not first["loc"]:  # settings that do not agree (`_settings_agree` names them)
+            raise ConfigurationError(f"{first['msg'].removeprefix('Value error, ')}.") from error
+        name = str(first["loc"][0])
         raise ConfigurationError(
             f"{_variable(name)}={first.get('input')!r} (from {_source(name)}): {first['msg']}. "
             f"Fix: set a valid value, or remove it for the default ({_default(name)}).") from error

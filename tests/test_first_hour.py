@@ -288,3 +288,12 @@ def test_replay_serve_after_keys_create_uses_a_key_of_its_own(model_path: Path, 
     assert result.returncode == 0, result.stderr[-3000:] + (tmp_path / "out" / "server.log").read_text()[-3000:]
     assert "2/2 answered" in result.stderr
     assert "trainer     off (R3_TRAINER=off)" in (tmp_path / "out" / "server.log").read_text()  # it measures
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"R3_MAX_NUM_BATCHED_TOKENS": "4", "R3_MAX_BATCH_SIZE": "8"}, "R3_MAX_NUM_BATCHED_TOKENS=4 is below R3_MAX_BATCH_SIZE=8"),
+    ({"R3_TRAIN_HEARTBEAT_S": "30", "R3_TRAIN_STALE_AFTER_S": "20"}, "R3_TRAIN_STALE_AFTER_S=20 is not above R3_TRAIN_HEARTBEAT_S=30"),
+])
+def test_settings_that_do_not_agree_are_named_together(tmp_path: Path, env: dict[str, str], named: str) -> None:
+    message = said(r3(tmp_path, "serve", env={**env, "R3_PORT": "0"}))
+    assert named in message and "Fix:" in message
