@@ -3,8 +3,9 @@ suite's tiers.
 
 Every test is marked by what it needs, from the fixtures it takes (`TIER_FIXTURES`) or its module's
 `pytestmark`: `model` (the bundled model or an engine), `services` (Postgres or Redis), `browser`
-(Chromium), `slow` (minutes). A test with none of these is `fast`: `make test-fast` runs those alone
-(`pytest -m fast`), `make test` runs everything.
+(Chromium), `process` (starts `r3` or another Python process: seconds each), `slow` (minutes). A test
+with none of these is `fast`: `make test-fast` runs those alone (`pytest -m fast`), `make test` runs
+everything.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ TIER_FIXTURES = {
     "model": {"model_path", "lora_path", "transformers_engine", "vllm_engine", "started_engine", "r3_process"},
     "services": {"shared_postgres", "fresh_pg_url", "module_pg_url", "private_postgres", "private_redis"},
 }
-TIERS = ("model", "services", "browser", "slow")
+TIERS = ("model", "services", "browser", "process", "slow")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for tier, what in {"model": "loads the bundled model or starts an engine",
                        "services": "needs Postgres or Redis", "browser": "drives Chromium",
-                       "slow": "takes minutes", "fast": "needs no model, no service, no browser"}.items():
+                       "process": "starts r3 or another Python process", "slow": "takes minutes",
+                       "fast": "needs no model, no service, no browser, no process of its own"}.items():
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 

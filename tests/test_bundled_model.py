@@ -14,6 +14,8 @@ from transformers import AutoConfig
 from r3 import bundled_model
 from r3.settings import Settings
 
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 
 def test_the_pulled_model_is_a_plain_transformers_folder(model_path: Path) -> None:
     config = AutoConfig.from_pretrained(model_path)

@@ -15,6 +15,10 @@ from rich.console import Console
 
 from r3.cli.train import GRPO_LOGGER, RoundProgress
 
+import pytest
+
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 
 def r3(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}

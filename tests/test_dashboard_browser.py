@@ -16,6 +16,8 @@ import httpx
 import pytest
 from dashboard_support import served_store
 
+pytestmark = pytest.mark.browser  # the suite's tiers: tests/conftest.py
+
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(f"no browser: Debian's chromium is not installed at {CHROMIUM} "

@@ -25,6 +25,8 @@ from r3.store.store import open_store
 from server.auth import Authenticator
 from server.errors import APIError
 
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 REPO = Path(__file__).resolve().parent.parent
 LAYOUT = ("r3", "server", "trainer", "verifiers")
 

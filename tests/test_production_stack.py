@@ -20,6 +20,8 @@ from pydantic import AliasChoices
 
 from r3.settings import Settings
 
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / ".env.example"
 COMPOSE = ROOT / "docker-compose.yml"

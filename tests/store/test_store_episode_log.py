@@ -81,7 +81,7 @@ class Backend:
         return repr([tuple(r) for r in rows])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 async def backend(request, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"

@@ -28,7 +28,7 @@ START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
 OWNER, LIVE = "host-a pid 2 test", 3600.0  # a trainer that heartbeats well within its hour
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 async def rounds(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[TrainingRounds]:
     url = request.getfixturevalue("fresh_pg_url") if request.param == "postgres" \
         else f"sqlite+aiosqlite:///{tmp_path / 'r3.db'}"

@@ -16,7 +16,7 @@ SINCE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 BUCKET_S, BUCKETS = 60.0, 5
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 def url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "postgres":
         return request.getfixturevalue("module_pg_url")

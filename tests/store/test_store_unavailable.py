@@ -22,6 +22,8 @@ from r3.store.keys import ApiKeys
 from r3.store.live_stats import version_stats
 from r3.store.sql import SqlEpisodeStore
 
+pytestmark = pytest.mark.services  # the suite's tiers: tests/conftest.py
+
 # ---------------------------------------------------------------------------------------------- database
 
 

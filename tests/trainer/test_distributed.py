@@ -21,7 +21,7 @@ from peft import get_peft_model
 from safetensors import safe_open
 from sqlalchemy import select
 from support import free_port
-from test_worker import WORDS, episode
+from test_worker import WORDS, AlternatingWebhook, episode, judged_by, webhook  # noqa: F401 - a fixture
 from transformers import AutoModelForCausalLM
 
 from r3.engines.adapter_check import WEIGHTS_FILE, AdapterChecker
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "deploy" / "accelerate"
 DDP_CONFIG = CONFIGS / "ddp.yaml"
 SETTINGS = {"R3_DEVICE": "cpu", "R3_TRAIN_NUM_GENERATIONS": "2", "R3_TRAIN_MAX_STEPS": "1",
-            "R3_REFLECTION_MAX_TOKENS": "8", "R3_TRAIN_HELDOUT_FRACTION": "0.5", "R3_GATE_REGRESSION_SIZE": "2"}
+            "R3_REFLECTION_MAX_TOKENS": "8", "R3_TRAIN_HELDOUT_FRACTION": "0.5", "R3_GATE_REGRESSION_SIZE": "2",
+            "R3_WEBHOOK_ALLOW_LOOPBACK": "true", "R3_WEBHOOK_TIMEOUT_S": "60"}
 
 
 def tensor_shapes(adapter: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -44,12 +45,12 @@ def tensor_shapes(adapter: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 @pytest.fixture
-async def store(model_path: Path, tmp_path: Path) -> Settings:
+async def store(model_path: Path, tmp_path: Path, webhook: AlternatingWebhook) -> Settings:
     """The embedded database with eight failures and two first-attempt successes."""
     settings = Settings(models_dir=model_path.parent, data_dir=tmp_path / "data")
     async with open_store(settings) as opened:  # the embedded SQLite migrates itself
         await opened.episodes.write(
-            [episode(word, passed=False) for word in WORDS] + [episode("hello", True), episode("yes", True)])
+            [judged_by(webhook, word) for word in WORDS] + [episode("hello", True), episode("yes", True)])
     return settings
 
 

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.process  # the suite's tiers: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("trl", "vllm")
 
