@@ -112,7 +112,7 @@ class Config:
 # `r3 bench learn --suite planted`: one round of the real loop and its control, sized for ~20 minutes
 # on 2 quiet CPU cores. G = 8 and 32-token reflections as the feasibility run with plain TRL
 # (20% -> 45% short reflections after 12 steps of 16 samples at learning rate 1e-4); here 8 steps of
-# 16 at twice that rate (the paper's 5e-7 is for full fine-tuning, paper-notes.md). 64 training
+# 16 at twice that rate (the paper's 5e-7 is for full fine-tuning). 64 training
 # requests give ~32 failures, half held out for the gate, which samples 4 reflections on each per
 # adapter (R3_GATE_SAMPLES); greedy first answers that take up the question make its regression set.
 # Held-out and live requests are sampled at the trainer's temperature, 1.0, 16 at a time.

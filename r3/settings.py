@@ -17,6 +17,9 @@ def _xdg_dir(variable: str, fallback: str) -> Path:
     return Path(os.environ.get(variable) or Path.home() / fallback) / "r3"
 
 
+_ON_A_CPU = " On a CPU, unless set: {} (a round in minutes; trainer.worker.CPU_ROUND)."
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="R3_", env_file=".env", extra="ignore")
 
@@ -82,12 +85,14 @@ class Settings(BaseSettings):
     adapters_dir: Path | None = Field(None, description="Where adapter versions live; defaults to <data dir>/adapters.")
     train_min_failures: int = Field(16, ge=1, description="New replayable failures that start a round.")
     train_interval_s: float = Field(3600, gt=0, description="A round also starts this long after the last one.")
-    train_max_failures: int = Field(256, ge=1, description="Most failures one round trains on.")
+    train_max_failures: int = Field(256, ge=1, description="Most failures one round trains on."
+                                    + _ON_A_CPU.format(32))
     train_heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of prompts kept for the gate.")
     train_num_generations: int = Field(4, ge=2, description="Reflections sampled per failure (GRPO's G).")
-    train_learning_rate: float = Field(5e-5, gt=0)
-    train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round.")
-    # GRPO and LoRA (trainer.grpo.GRPOSettings; the paper's values in paper-notes.md where they differ).
+    train_learning_rate: float = Field(5e-5, gt=0, description="The LoRA learning rate.")
+    train_max_steps: int | None = Field(None, ge=1, description="Cap on optimizer steps per round."
+                                         + _ON_A_CPU.format(4))
+    # GRPO and LoRA (trainer.grpo.GRPOSettings; the paper's values, where they differ, in their descriptions).
     train_num_epochs: float = Field(1.0, gt=0, description="Passes over a round's failures (unless "
                                     "R3_TRAIN_MAX_STEPS stops it first).")
     train_prompts_per_step: int = Field(2, ge=1, description="Failures per optimizer step and process; a step "
@@ -136,9 +141,10 @@ class Settings(BaseSettings):
         0.3, gt=0, le=1, description="colocate mode: vLLM's share of each training GPU's memory.")
     gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
     gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
-    gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate.")
+    gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate."
+                                      + _ON_A_CPU.format(16))
     gate_samples: int = Field(4, ge=1, le=64, description="Reflections the gate samples per held-out failure and "
-                              "adapter, each followed by a greedy retry (trainer/gate.py).")
+                              "adapter, each followed by a greedy retry (trainer/gate.py)." + _ON_A_CPU.format(2))
     gate_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the gate's reflections: the "
                                     "trainer's (R3_TRAIN_TEMPERATURE), so the gate judges the policy GRPO moved; "
                                     "0 with R3_GATE_SAMPLES=1: the greedy gate.")

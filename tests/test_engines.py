@@ -254,6 +254,29 @@ async def test_a_forced_tool_call_names_an_offered_tool_and_ends_the_answer(engi
     jsonschema.validate(json.loads(call.arguments), tool["function"]["parameters"])
 
 
+NO_PARAMETERS = {"type": "function", "function": {"name": "get_time", "description": "The current time."}}
+
+
+async def test_a_forced_call_of_a_function_without_parameters_ends_with_empty_arguments(engine) -> None:
+    """Issue 24.3: omitted `parameters` are an empty parameter list, and the grammar's whitespace is
+    bounded, so the call is `{}` and ends the answer (not keys the model invents, or blank lines)."""
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    tag = structural_tag([NO_PARAMETERS], choice, False, None)
+    text = render_prompt(engine.tokenizer, [{"role": "user", "content": "What time is it?"}], [NO_PARAMETERS],
+                         choice, constrained_decoding=True).engine_input
+    result = await engine.generate(text, SamplingParams(max_tokens=40, temperature=0.0, structural_tag=tag))
+    assert result.finish_reason == "stop"
+    [call] = parse_tool_calls(result.text, {"get_time"}).tool_calls
+    assert call.name == "get_time" and json.loads(call.arguments) == {}
+
+
+async def test_an_empty_object_schema_gives_an_empty_object_that_ends(engine) -> None:
+    p = prompt(engine, "Answer in JSON.")
+    schema = {"type": "object", "properties": {}}
+    result = await engine.generate(p, SamplingParams(max_tokens=32, temperature=0.0, json_schema=schema))
+    assert result.finish_reason == "stop" and json.loads(result.text) == {}
+
+
 async def test_a_constrained_row_leaves_its_batch_mates_as_they_are_alone(engine) -> None:
     free = prompt(engine, "Name three colours.")
     alone = await engine.generate(free, GREEDY)

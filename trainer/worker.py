@@ -94,12 +94,31 @@ def grpo_settings(settings: Settings) -> GRPOSettings:
         vllm_gpu_memory_utilization=settings.train_vllm_gpu_memory_utilization)
 
 
+# A round's size on a CPU for each of these the user did not set: a round with signal then takes
+# minutes on 2 cores (4 steps of 2 failures × G reflections and retries, a gate of a few held-out
+# failures), not hours. On a GPU the defaults of `Settings` stand.
+CPU_ROUND = {"train_max_failures": 32, "train_max_steps": 4, "gate_samples": 2, "gate_regression_size": 16}
+
+
+def sized_for_device(settings: Settings) -> Settings:
+    """`settings` with `CPU_ROUND`'s value for every one of its settings not set explicitly (in the
+    environment, `.env` or the constructor), when the trainer runs on the CPU; as they are on a GPU."""
+    from r3.engines.device import placement  # imports torch
+
+    if placement(settings.device, settings.dtype).device != "cpu":
+        return settings
+    unset = {name: value for name, value in CPU_ROUND.items() if name not in settings.model_fields_set}
+    return settings.model_copy(update=unset)
+
+
 def run_trainer(settings: Settings, once: bool = False) -> RoundOutcome | None:
     """`r3 train` in this process, alone or as one of those `accelerate launch` started: the main
     process runs the worker (rounds until stopped, or one with `once`) and the others follow it.
+    On a CPU a round is sized by `CPU_ROUND` where the settings do not say otherwise.
 
     Returns the round's outcome in the main process with `once`, else None (a follower, or a worker
     that was stopped)."""
+    settings = sized_for_device(settings)
     launch = Launch(settings.device)
     if not launch.is_main:
         follow(launch, settings)

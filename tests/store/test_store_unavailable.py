@@ -99,10 +99,8 @@ async def test_a_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path: Path
 # ---------------------------------------------------------------------------------------------- journal
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, unmounted afterwards."""
-    folder = tmp_path / "disk"
+def small_tmpfs(folder: Path) -> Iterator[Path]:
+    """`folder` (made) with a 256 KiB tmpfs mounted on it, unmounted afterwards; skips without root."""
     folder.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
                       capture_output=True, check=False).returncode != 0:
@@ -111,6 +109,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from small_tmpfs(tmp_path / "disk")
 
 
 def fill(disk: Path) -> Path:

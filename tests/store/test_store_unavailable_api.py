@@ -5,7 +5,6 @@ journal on a real 256 KiB tmpfs (root only; skipped otherwise)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from store_support import run_in_thread
 from support import ThreadedServer
-from test_store_unavailable import fill, refuse_connections
+from test_store_unavailable import fill, refuse_connections, small_tmpfs
 
 from r3.settings import Settings
 from r3.store import database
@@ -26,16 +25,7 @@ USER, ADMIN_AUTH = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Beare
 
 @pytest.fixture(scope="module")
 def journal_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    data_dir = tmp_path_factory.mktemp("r3-unavailable")
-    disk = data_dir / "journal"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                      capture_output=True, check=False).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    yield from small_tmpfs(tmp_path_factory.mktemp("r3-unavailable") / "journal")
 
 
 @pytest.fixture(scope="module")

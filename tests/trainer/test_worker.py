@@ -238,3 +238,13 @@ async def test_a_round_whose_rollouts_carry_no_signal_stops_before_a_candidate(m
     training = outcome.report["training"]
     assert training["steps"] == 1 and training["skipped_groups"] == training["groups"] and "gate" not in outcome.report
     assert untrained == 0  # its failures are not picked again
+
+
+def test_a_round_on_the_cpu_is_sized_for_minutes_where_the_settings_say_nothing() -> None:
+    from trainer.worker import CPU_ROUND, sized_for_device
+
+    sized = sized_for_device(Settings(_env_file=None, device="cpu"))
+    assert {name: getattr(sized, name) for name in CPU_ROUND} == CPU_ROUND
+    chosen = sized_for_device(Settings(_env_file=None, device="cpu", train_max_steps=50, gate_samples=8))
+    assert (chosen.train_max_steps, chosen.gate_samples) == (50, 8)  # what a user sets stands
+    assert chosen.train_max_failures == CPU_ROUND["train_max_failures"]
