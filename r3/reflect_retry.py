@@ -321,12 +321,6 @@ class Reflector:
         self.core = ReflectRetry(self.engine.tokenizer, self.verifier_runtime, self.engine.supports_json_schema,
                                  self.reflection_max_tokens)
 
-    @property
-    def webhook_policy(self) -> WebhookPolicy:
-        """The runtime's webhook policy, for `server/chat/serving.py`'s request check until it calls
-        `verifiers.admit(spec, reflector.verifier_runtime)` (a file another change is moving)."""
-        return self.verifier_runtime.webhooks
-
     def finish(self, task: ChatTask, generation: Generation) -> Generated:
         """`generation`, finished, read as its answer."""
         result = GenerationResult(text=generation.text, tokens=generation.tokens,

@@ -68,14 +68,14 @@ class Services:
     settings: Settings
     metrics: Metrics
     engine: Engine
-    store: EpisodeLog  # the episode log, as `EpisodeLogDep`
+    episode_log: EpisodeLog
     adapters: AdapterManager
     reflector: Reflector
 
 
 def get_services(request: Request) -> Services:
     return Services(settings=get_settings(request), metrics=get_metrics(request), engine=get_engine(request),
-                    store=get_episode_log(request), adapters=get_adapters(request), reflector=get_reflector(request))
+                    episode_log=get_episode_log(request), adapters=get_adapters(request), reflector=get_reflector(request))
 
 
 def get_admin(request: Request) -> AdminService:

@@ -33,7 +33,7 @@ from server.errors import APIError, clipped
 from server.openai.serving import all_of, logit_bias_pairs, token_bytes
 from server.openai.sse import interleaved
 from server.protocol import now
-from verifiers import VerifierSpec, WebhookNotAllowed, WebhookPolicy, WebhookSpec, parse_spec, schema_problem
+from verifiers import VerifierNotAllowed, VerifierRuntime, VerifierSpec, admit, parse_spec, schema_problem
 from verifiers.base import validation_message
 
 T = TypeVar("T")
@@ -123,10 +123,10 @@ class OpenAIServingChat:
                 self.reflector.abandon(run)
             with anyio.CancelScope(shield=True):
                 for run in runs:
-                    await self.services.store.save(run.episode)
+                    await self.services.episode_log.save(run.episode)
             raise
         for run in runs:
-            await self.services.store.save(run.episode)
+            await self.services.episode_log.save(run.episode)
             self.services.metrics.observe(run.episode, time.perf_counter() - started)
 
     async def _recorded(self, run: Run) -> AsyncIterator[RunEvent]:
@@ -203,7 +203,7 @@ class OpenAIServingChat:
             if param != "verifier.schema" and (problem := await _schema_work(param, schema_problem, schema)):
                 raise APIError(400, f"{param}: {problem}", param=param)
         # its schema checked as it is read
-        return await _schema_work("verifier", _verifier, body, self.reflector.webhook_policy)
+        return await _schema_work("verifier", _verifier, body, self.reflector.verifier_runtime)
 
     async def _check_grammar(self, task: ChatTask) -> None:
         """Refuses (400) a schema that no grammar can be built for, before the answer (or its stream)
@@ -263,7 +263,7 @@ def _too_long(size: str, context: int) -> APIError:
                     param="messages", code="context_length_exceeded")
 
 
-def _verifier(body: ChatCompletionRequest, policy: WebhookPolicy) -> VerifierSpec | None:
+def _verifier(body: ChatCompletionRequest, runtime: VerifierRuntime) -> VerifierSpec | None:
     if body.verifier is None:
         return None
     try:
@@ -275,9 +275,8 @@ def _verifier(body: ChatCompletionRequest, policy: WebhookPolicy) -> VerifierSpe
         field = location[1:] if location else (["type"] if first.get("type", "").startswith("union_tag") else [])
         param = ".".join(["verifier", *field])
         raise APIError(400, f"{clipped(param)}: {validation_message(first)}", param=param) from error
-    if isinstance(spec, WebhookSpec):
-        try:
-            spec.check(policy)
-        except WebhookNotAllowed as error:
-            raise APIError(400, str(error), param="verifier.url", code="webhook_not_allowed") from error
+    try:
+        admit(spec, runtime)  # the verifier type's own check (a webhook's host against the policy)
+    except VerifierNotAllowed as error:
+        raise APIError(400, str(error), param=error.param, code=error.code) from error
     return spec
