@@ -1,4 +1,5 @@
-"""Test support: a real uvicorn server in a background thread, and real LoRA adapters to load."""
+"""Test support: a real uvicorn server in a background thread, real LoRA adapters to load, and an
+engine that answers from a script (no model) for tests of what runs around the model."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+
+from r3.engines.base import (
+    EngineError,
+    FinishReason,
+    GenerationChunk,
+    GenerationResult,
+    Prompt,
+    PromptTooLongError,
+    SamplingParams,
+    TokenLogprob,
+    UnknownAdapterError,
+)
 
 # Two tools with closed schemas, which constrained decoding can hold the bundled model to.
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -82,3 +99,166 @@ def truncated_copy(adapter: Path, folder: Path) -> Path:
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return folder
+
+
+# SmolLM2's chat template without its default system message: ChatML, which the scripted engine's
+# prompts are rendered in (`r3.chat_format.render_prompt`).
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@cache
+def byte_tokenizer() -> Any:
+    """A real, tiny `transformers` tokenizer built in memory (no download): one token per UTF-8 byte
+    (byte-level BPE without merges: 256 tokens), ChatML's two special tokens, and the ChatML chat
+    template. Any text encodes, and its ids decode back to it exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    model = Tokenizer(models.BPE(vocab={char: i for i, char in enumerate(alphabet)}, merges=[]))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    model.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def last_user_message(prompt: str) -> str:
+    """The content of the last user message of a ChatML `prompt` (as `ScriptedEngine` renders them):
+    the task on a first attempt, the reflection request on a reflection, the retry request on a retry."""
+    return prompt.rpartition("<|im_start|>user\n")[2].partition("<|im_end|>")[0]
+
+
+# A script: answers each call from its prompt's text and its adapter (None: the base model), or a
+# sequence of answers given in the order the calls come.
+Script = Callable[[str, str | None], str] | Iterable[str]
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    """One call the engine answered: its prompt as text, adapter, sampling, and the script's answer
+    (before `max_tokens` and stop strings cut it)."""
+
+    prompt: str
+    adapter: str | None
+    params: SamplingParams
+    answer: str
+
+
+class ScriptedEngine:
+    """An `r3.engines.base.Engine` that answers from a script instead of a model: for testing the
+    reflect-retry core, the server and the gate in milliseconds.
+
+    Prompts are encoded by `byte_tokenizer` (one token per byte), and an answer is generated as its
+    tokens: cut at the first stop string it completes within `max_tokens` (finish "stop"), else at
+    `max_tokens` or what the context leaves (finish "length"), else whole (finish "stop"), as an engine
+    cuts a model's text. Streamed one chunk per token (a character's bytes together); the first chunk
+    carries the prompt's length. The script is certain of its answer: each token's logprob is 0, and
+    its only alternative (with `top_logprobs`) is itself. Sampling settings other than `max_tokens` and
+    `stop` change nothing. It cannot constrain decoding (`supports_json_schema` is false) and has no
+    prompt logprobs (an `EngineError`). `calls` holds every call answered, in order.
+
+    A list script answers calls in the order they come: for concurrent calls (the gate) use a
+    callable. A call the script has no answer for raises `AssertionError`, so the test fails."""
+
+    supports_json_schema = False
+
+    def __init__(self, script: Script, model_id: str = "scripted", max_model_len: int = 4096) -> None:
+        self.model_id = model_id
+        self.max_model_len = max_model_len
+        self.tokenizer = byte_tokenizer()
+        self.calls: list[ScriptedCall] = []
+        self._answer = script if callable(script) else _in_order(script)
+        self._adapters: dict[str, Path] = {}
+        self._closed = False
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    async def generate(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> GenerationResult:
+        prompt_ids, chunks = self._generate(prompt, params, adapter)
+        return GenerationResult(text="".join(c.text for c in chunks), tokens=[t for c in chunks for t in c.tokens],
+                                finish_reason=chunks[-1].finish_reason, prompt_tokens=len(prompt_ids),
+                                prompt_token_ids=prompt_ids)
+
+    async def stream(self, prompt: Prompt, params: SamplingParams,
+                     adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+        for chunk in self._generate(prompt, params, adapter)[1]:
+            yield chunk
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        if not name or name in self._adapters:
+            raise EngineError(f"{name!r} cannot name an adapter, or one by that name is already loaded")
+        if not Path(path).is_dir():
+            raise EngineError(f"cannot load adapter {name!r} from {path}: no such folder")
+        self._adapters[name] = Path(path)
+
+    async def unload_adapter(self, name: str) -> None:
+        if self._adapters.pop(name, None) is None:
+            raise UnknownAdapterError(f"no adapter named {name!r} is loaded")
+
+    def adapters(self) -> dict[str, Path]:
+        return dict(self._adapters)
+
+    async def close(self) -> None:
+        self._closed = True
+
+    def _generate(self, prompt: Prompt, params: SamplingParams,
+                  adapter: str | None) -> tuple[list[int], list[GenerationChunk]]:
+        """The prompt's ids and the chunks of the script's answer to it. Raises as the real engines do."""
+        if self._closed:
+            raise EngineError("the engine is shut down")
+        if adapter is not None and adapter not in self._adapters:
+            raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
+        if params.json_schema is not None or params.structural_tag is not None or params.prompt_logprobs is not None:
+            raise EngineError("the scripted engine cannot constrain decoding or report prompt logprobs")
+        prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not prompt_ids:
+            raise EngineError("the prompt is empty")
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
+        text = self.tokenizer.decode(prompt_ids)
+        answer = self._answer(text, adapter)
+        self.calls.append(ScriptedCall(text, adapter, params, answer))
+        ids, finish = self._cut(answer, params.stop, min(params.max_tokens, room))
+        return prompt_ids, self._chunks(ids, finish, len(prompt_ids), params.top_logprobs)
+
+    def _cut(self, answer: str, stops: tuple[str, ...], limit: int) -> tuple[list[int], FinishReason]:
+        """The ids generated for `answer` within `limit` tokens, and why generation ended."""
+        ends = [(answer.find(stop) + len(stop), answer.find(stop)) for stop in stops if stop and stop in answer]
+        if ends:
+            end, start = min(ends)  # generation stops at the token that completes a stop string
+            if len(self.encode(answer[:end])) <= limit:
+                return self.encode(answer[:start]), "stop"
+        ids = self.encode(answer)
+        return (ids[:limit], "length") if len(ids) > limit else (ids, "stop")
+
+    def _chunks(self, ids: list[int], finish: FinishReason, prompt_length: int, top: int) -> list[GenerationChunk]:
+        chunks: list[GenerationChunk] = []
+        sent, tokens = "", []
+        for i, token_id in enumerate(ids):
+            token = self.tokenizer.decode([token_id])
+            chosen = TokenLogprob(token_id, token, 0.0)
+            tokens.append(TokenLogprob(token_id, token, 0.0, (chosen,) if top else ()))
+            text, last = self.tokenizer.decode(ids[:i + 1]), i == len(ids) - 1
+            if text.endswith("\ufffd") and not last:
+                continue  # part of a character: its text comes with the token that completes it
+            chunks.append(GenerationChunk(text[len(sent):], tokens, finish if last else None))
+            sent, tokens = text, []
+        chunks = chunks or [GenerationChunk("", [], finish)]
+        chunks[0].prompt_length = prompt_length
+        return chunks
+
+
+def _in_order(answers: Iterable[str]) -> Callable[[str, str | None], str]:
+    remaining = iter(answers)
+
+    def answer(prompt: str, adapter: str | None) -> str:
+        reply = next(remaining, None)
+        assert reply is not None, f"the script has no answer left for {prompt!r} (adapter {adapter!r})"
+        return reply
+
+    return answer
