@@ -73,7 +73,7 @@ def greedy(client: openai.OpenAI, model: str = MODEL, **extra):
 
 def test_models_lists_the_base_and_the_adapter(client) -> None:
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {MODEL, "base", "test-lora"}
+    assert set(models) == {MODEL, "r3", "base", "test-lora"}  # r3: the active version
     assert models["test-lora"].model_extra["parent"] == MODEL
     assert models[MODEL].model_extra["parent"] is None  # no adapter version is active yet
 
