@@ -30,6 +30,7 @@ from r3.engines.base import EngineError, PromptTooLongError, UnknownAdapterError
 from r3.store.errors import DatabaseUnavailable, JournalUnavailable
 from server.protocol import SHOWN_CHARS, ErrorDetail, ErrorResponse, RequestPart, shown, take_unknown_fields
 from verifiers.base import validation_message
+from verifiers.schema import MAX_JSON_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,12 @@ _SURROGATE_IN_JSON = rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
 # without any of these holds no such number.
 _NON_FINITE_IN_JSON = rb"NaN|Infinity|[0-9][eE]|[0-9]{309}"
 _MAY_BE_UNSOUND = re.compile(_SURROGATE_IN_JSON + b"|" + _NON_FINITE_IN_JSON)
+# How deep a body may nest before it is refused unparsed: Python's json and pydantic recurse once a
+# level (about 1,000 levels exhaust the stack), while a value nested past `MAX_JSON_DEPTH` but within
+# this is parsed and refused by its field's own check, which names it precisely (`tools.0.function.parameters`).
+BODY_MAX_DEPTH = 8 * MAX_JSON_DEPTH
+# A JSON string, a bracket or a colon: what the depth scan reads (a bracket inside a string is text).
+_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]', re.DOTALL)
 # The encodings Python's json module reads a UTF-8 body in (with its byte order mark, which RFC 8259
 # lets a parser ignore); `json.detect_encoding` is how it tells them from UTF-16 and UTF-32.
 _UTF_8 = {"utf-8", "utf-8-sig"}
@@ -318,6 +325,10 @@ async def refuse_unsound_body(request: Request) -> None:
     - a number that is NaN or infinite (`NaN`, `Infinity`, `1e999`, which Python's json reads but
       JSON has not): a schema or pattern holding one would be judged with it and stored as null
       (code `invalid_number`).
+    - bytes that are not UTF-8 (a Latin-1 `caf\\xe9`): code `invalid_encoding`, naming the byte and its offset;
+    - nesting deeper than `BODY_MAX_DEPTH` arrays and objects, which Python's json and pydantic
+      recurse once a level to read (code `too_deep`, param: the top-level field holding it). A value
+      nested less deeply but past `MAX_JSON_DEPTH` is refused by its field's own check, naming it.
 
     One walk over the whole body, free-form values (`verifier`, tool `parameters`, ...) included,
     so no field's validator has to repeat it. A body that is not JSON is left to FastAPI to refuse.
@@ -329,6 +340,16 @@ async def refuse_unsound_body(request: Request) -> None:
     if json.detect_encoding(body) not in _UTF_8:
         raise APIError(400, "the request body is not UTF-8: JSON exchanged between systems must be UTF-8 "
                        "(RFC 8259, section 8.1)", code="invalid_encoding")
+    try:
+        text = body.decode("utf-8")  # a byte order mark is valid UTF-8: offsets count from the body's first byte
+    except UnicodeDecodeError as error:
+        raise APIError(400, f"the request body is not UTF-8: byte 0x{body[error.start]:02x} at offset {error.start} "
+                       "is not valid UTF-8; JSON exchanged between systems must be UTF-8 (RFC 8259, section 8.1)",
+                       code="invalid_encoding") from None
+    if (field := _field_nested_too_deeply(text)) is not None:
+        where = clipped(field) if field else "the request body"
+        raise APIError(400, f"{where}: nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
+                       param=field or None, code="too_deep")
     if not _MAY_BE_UNSOUND.search(body):
         return
     try:
@@ -345,6 +366,29 @@ async def refuse_unsound_body(request: Request) -> None:
                        "which is not Unicode text", param=path or None, code="invalid_unicode")
     raise APIError(400, f"{where}: {problem} is not a number JSON can hold: numbers must be finite",
                    param=path or None, code="invalid_number")
+
+
+def _field_nested_too_deeply(text: str) -> str | None:
+    """Where a JSON body `text` nests more than `BODY_MAX_DEPTH` arrays and objects: the top-level
+    field holding the first such place (`""` when the body is no object, or the place is before any
+    key), or None when it nests no deeper. Read without parsing, and only to that place."""
+    if text.count("[") + text.count("{") <= BODY_MAX_DEPTH:  # too few brackets to nest that deep
+        return None
+    depth, field, last_string = 0, "", ""
+    for token in _JSON_STRUCTURE.finditer(text):
+        symbol = token.group()
+        if symbol in ("[", "{"):
+            depth += 1
+            if depth > BODY_MAX_DEPTH:
+                return field
+        elif symbol in ("]", "}"):
+            depth -= 1
+        elif symbol == ":":
+            if depth == 1:  # a key of the body's own object, as written (escapes and all)
+                field = last_string[1:-1]
+        else:
+            last_string = symbol
+    return None
 
 
 def unsound_value_at(value: Any) -> tuple[str, str] | None:

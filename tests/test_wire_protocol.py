@@ -312,6 +312,29 @@ async def test_a_utf8_body_with_a_byte_order_mark_is_read_and_checked(client) ->
     assert response.status_code == 200, response.text
 
 
+ROUTES_WITH_BODIES = ["/v1/chat/completions", "/v1/completions", "/feedback"]
+
+
+@pytest.mark.parametrize("path", ROUTES_WITH_BODIES)
+@pytest.mark.parametrize("latin1", [b"caf\xe9", b"\xff", b"\xed\xa0\x80"])  # Latin-1, never UTF-8, CESU surrogate
+async def test_a_body_with_bytes_not_utf8_is_refused_naming_the_offset(client, path, latin1) -> None:
+    body = b'{"model": "r3", "messages": [{"role": "user", "content": "' + latin1 + b'"}]}'
+    response = await client.post(path, content=body, headers={"content-type": "application/json"})
+    error = refused(response, 400, None, "invalid_encoding")
+    offset = body.index(latin1) + (3 if latin1 == b"caf\xe9" else 0)
+    assert f"offset {offset}" in error["message"] and "RFC 8259" in error["message"], error
+
+
+@pytest.mark.parametrize("path", ROUTES_WITH_BODIES)
+@pytest.mark.parametrize(("field", "depth"), [("verifier", 1000), ("not_a_field", 1000), ("verifier", 100_000)])
+async def test_a_body_nested_too_deeply_is_refused_naming_the_field(client, path, field, depth) -> None:
+    text = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (MODEL, field,
+                                                                                            nested(depth))
+    response = await client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+    error = refused(response, 400, field)
+    assert f"{field}: nested deeper than {MAX_JSON_DEPTH} levels" in error["message"], error
+
+
 # ------------------------------------------------------------------ JSON nested too deeply
 
 
