@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
+
+# The databases R3 opens (R3_DATABASE_URL's scheme), each with the async driver it opens it through.
+ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+_DATABASE_URL_FIX = ("Fix: postgresql://user:password@host:5432/r3, or sqlite:////absolute/path/r3.db (four "
+                     "slashes); or unset it for the embedded SQLite in R3_DATA_DIR")
 
 
 def _xdg_dir(variable: str, fallback: str) -> Path:
@@ -184,6 +190,31 @@ class Settings(BaseSettings):
     def adapters_path(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_r3_can_open(cls, url: str | None) -> str | None:
+        """Checked before anything opens it: a URL, of Postgres or SQLite, a SQLite file by its absolute
+        path (the trainer beside the server, or a command run elsewhere, must open the same file)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if url is None:
+            return None
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(f"not a database URL. {_DATABASE_URL_FIX}") from None
+        scheme = parsed.drivername.partition("+")[0]
+        if scheme not in ASYNC_DRIVERS:
+            raise ValueError(f"R3 takes postgresql:// or sqlite:// URLs, not {scheme}://. {_DATABASE_URL_FIX}")
+        if scheme == "sqlite" and not (parsed.database and Path(parsed.database).is_absolute()):
+            raise ValueError(
+                f"the SQLite file {parsed.database or '(none: in memory)'!s} is not an absolute path "
+                f"(sqlite:/// is followed by a path from the current folder). Fix: "
+                f"sqlite:////{(parsed.database or 'var/lib/r3/r3.db').lstrip('/')} (four slashes: an absolute "
+                "path), or unset it for the embedded SQLite in R3_DATA_DIR")
+        return url
+
     @model_validator(mode="after")
     def _settings_agree(self) -> Settings:
         """Settings that only work together: said with both variables and the fix."""
@@ -209,21 +240,44 @@ class ConfigurationError(RuntimeError):
 def get_settings() -> Settings:
     """The settings from the environment and `./.env`; raises `ConfigurationError` naming the variable
     when a value cannot be read (a number that is not one, JSON that is not JSON)."""
+    return load_settings()
+
+
+def load_settings(**options: Any) -> Settings:
+    """The settings from the environment and `./.env`, with a command's options over them (by field
+    name, e.g. `port=99999` from `--port`; None: not given), each checked the same way. Raises
+    `ConfigurationError` naming the variable (and the option, when it came from one)."""
+    given = {name: value for name, value in options.items() if value is not None}
     try:
-        return Settings()
+        return Settings(**given)
     except ValidationError as error:
         first = error.errors()[0]
         if not first["loc"]:  # settings that do not agree (`_settings_agree` names them)
             raise ConfigurationError(f"{first['msg'].removeprefix('Value error, ')}.") from error
         name = str(first["loc"][0])
+        source = f"--{name.replace('_', '-')}" if name in given else _source(name)
+        shown = f"{_variable(name)}={without_password(first.get('input'))!r} (from {source})"
+        if first["type"] == "value_error":  # a validator of ours: its message has the fix
+            raise ConfigurationError(f"{shown}: {first['msg'].removeprefix('Value error, ')}.") from error
         raise ConfigurationError(
-            f"{_variable(name)}={first.get('input')!r} (from {_source(name)}): {first['msg']}. "
-            f"Fix: set a valid value, or remove it for the default ({_default(name)}).") from error
+            f"{shown}: {first['msg']}. Fix: set a valid value, or remove it for the default ({_default(name)}).") \
+            from error
     except SettingsError as error:  # a list or map whose JSON does not parse
         name = next((n for n in Settings.model_fields if f'"{n}"' in str(error)), "")
         raise ConfigurationError(
             f"{_variable(name)} (from {_source(name)}) is not valid JSON: {error.__cause__}. Fix: write it as "
             f"JSON, e.g. {_variable(name)}='{_json_example(name)}', or remove it for the default.") from error
+
+
+def without_password(value: Any) -> Any:
+    """A URL's password is never said back (R3_DATABASE_URL, R3_REDIS_URL)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        password = urlsplit(value).password
+    except ValueError:  # not a URL at all
+        return value
+    return value.replace(f":{password}@", ":***@", 1) if password else value
 
 
 def _variable(field: str) -> str:

@@ -118,6 +118,35 @@ def test_a_port_in_use_is_found_before_anything_else(tmp_path: Path) -> None:
     assert f"R3_PORT={port + 1}" in message and "R3_MODEL" not in message
 
 
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mysql://r3:secret@db/r3", "R3_DATABASE_URL='mysql://r3:***@db/r3' (from the environment): R3 takes "
+     "postgresql:// or sqlite:// URLs, not mysql://"),
+    ("not a url", "R3_DATABASE_URL='not a url' (from the environment): not a database URL. Fix: postgresql://"),
+    ("sqlite:///tmp/x.db", "R3_DATABASE_URL='sqlite:///tmp/x.db' (from the environment): the SQLite file tmp/x.db "
+     "is not an absolute path"),
+])
+def test_a_database_url_r3_cannot_open_is_said_before_it_is_opened(tmp_path: Path, url: str, expected: str) -> None:
+    message = said(r3(tmp_path, "serve", env={"R3_DATABASE_URL": url, "R3_PORT": "0"}))
+    assert expected in message and "secret" not in message
+    assert "sqlite:////" in message and "R3_DATA_DIR:" not in message
+
+
+def test_a_sqlite_file_by_its_absolute_path_is_the_one_opened(tmp_path: Path) -> None:
+    """Four slashes: the folder is made, the file migrated, and `r3 keys` uses it."""
+    database = tmp_path / "elsewhere" / "r3.db"
+    result = r3(tmp_path, "keys", "create", "--name", "alice", env={"R3_DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert database.is_file()
+
+
+@pytest.mark.parametrize("how", [["--port", "99999"], ["--port", "-1"]])
+def test_a_port_out_of_range_is_said_for_the_option_as_for_the_variable(tmp_path: Path, how: list[str]) -> None:
+    message = said(r3(tmp_path, "serve", *how))
+    assert message.startswith(f"error: R3_PORT={how[1]} (from --port): Input should be") and "Fix:" in message
+    assert said(r3(tmp_path, "serve", env={"R3_PORT": "99999"})).startswith(
+        "error: R3_PORT='99999' (from the environment): Input should be less than or equal to 65535")
+
+
 def test_verbose_adds_the_traceback(tmp_path: Path) -> None:
     result = r3(tmp_path, "serve", "--verbose", env={"R3_MODEL": str(tmp_path / "absent"), "R3_PORT": "0"})
     assert result.returncode == 1 and "Traceback" in result.stderr
@@ -217,10 +246,31 @@ def test_the_supervisor_starts_the_trainer_again_when_it_dies_and_stops_it(tmp_p
             await supervisor.stop()
         stopped = supervisor.status()
         assert stopped.running is False and stopped.detail.startswith("stopped with the server")
+        assert stopped.restarts == 1  # the stop's SIGTERM is not a death to restart after
         with pytest.raises(ProcessLookupError):
             os.kill(status.pid, 0)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_signal_to_the_servers_process_group_leaves_the_trainer_to_the_supervisor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C or `kill -TERM -PGID` reaches the server only; it stops the trainer without a restart or warning."""
+    async def scenario() -> None:
+        supervisor = TrainerSupervisor(tmp_path / "trainer.log", command=[sys.executable, "-c",
+                                                                         "import time; time.sleep(600)"])
+        await supervisor.start()
+        try:
+            while not supervisor.status().running:
+                await asyncio.sleep(0.05)  # polling its state, with the test's own timeout below
+            assert os.getpgid(supervisor.status().pid) != os.getpgid(0)
+        finally:
+            await supervisor.stop()
+        assert supervisor.restarts == 0
+
+    with caplog.at_level("WARNING", logger="r3.trainer"):
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert caplog.records == []
 
 
 # ------------------------------------------------------------------ r3 replay

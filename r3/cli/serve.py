@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from r3.cli import startup
 from r3.cli.console import console, log_quietly
 from r3.cli.store import url_without_password
-from r3.settings import Settings, get_settings
+from r3.settings import Settings, load_settings
 
 
 def serve(
@@ -26,10 +26,10 @@ def serve(
     model if it is the one configured and missing."""
     import uvicorn
 
-    settings = get_settings()
+    settings = load_settings(host=host, port=port)  # the options checked as R3_HOST and R3_PORT are
     log_quietly(verbose)  # (`cli.main.main` reads --verbose for a startup error's traceback)
     # Every mistake a check can find is said before the model loads (seconds), not after.
-    listener = startup.bind(host or settings.host, settings.port if port is None else port)
+    listener = startup.bind(settings.host, settings.port)
     startup.check_folders(settings)
     startup.check_redis(settings)  # first: opening the store (the database check) connects to Redis too
     startup.check_database(settings)

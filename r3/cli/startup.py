@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from r3 import bundled_model
-from r3.settings import ConfigurationError, Settings
+from r3.settings import ConfigurationError, Settings, without_password
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -39,10 +39,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_folders(settings: Settings) -> None:
-    """The data dir (database, journal) and the adapters dir exist, or can be made, and this user can
-    list them and write in them. Raises `ConfigurationError`."""
+    """The data dir (database, journal), the adapters dir and the folder of an R3_DATABASE_URL SQLite
+    file exist, or can be made, and this user can list them and write in them. Raises `ConfigurationError`."""
+    from sqlalchemy.engine import make_url
+
     adapters_variable = "R3_ADAPTERS_DIR" if settings.adapters_dir else "R3_DATA_DIR"  # the default is under it
-    for variable, folder in (("R3_DATA_DIR", settings.data_dir), (adapters_variable, settings.adapters_path)):
+    folders = [("R3_DATA_DIR", settings.data_dir), (adapters_variable, settings.adapters_path)]
+    if settings.database_url and make_url(settings.database_url).get_backend_name() == "sqlite":
+        folders.append(("R3_DATABASE_URL", Path(make_url(settings.database_url).database).parent))
+    for variable, folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             next(folder.iterdir(), None)
@@ -140,15 +145,8 @@ def check_redis(settings: Settings) -> None:
     except ValueError as error:  # not a redis:// URL
         raise ConfigurationError(f"R3_REDIS_URL={settings.redis_url}: {error}. Fix: redis://host:6379/0.") from error
     except redis.RedisError as error:
-        raise ConfigurationError(f"R3_REDIS_URL={_without_password(settings.redis_url)}: Redis does not answer "
+        raise ConfigurationError(f"R3_REDIS_URL={without_password(settings.redis_url)}: Redis does not answer "
                                  f"({error}). {fix}") from error
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
 
 
 def check_model(settings: Settings) -> str:

@@ -77,10 +77,16 @@ class TrainerSupervisor:
         while True:
             started = time.monotonic()
             with self.log_path.open("ab") as output:
+                # A session of its own: a signal to the server's process group (Ctrl-C, `kill -TERM -PGID`,
+                # a service manager) stops the server, and the server stops the trainer (`stop`); the
+                # trainer dying of that signal first would read as a crash to restart.
                 self._process = await asyncio.create_subprocess_exec(*self.command, stdout=output,
                                                                      stderr=subprocess.STDOUT,
-                                                                     stdin=subprocess.DEVNULL)
+                                                                     stdin=subprocess.DEVNULL,
+                                                                     start_new_session=True)
             code = await self._process.wait()
+            if self._stopped:  # stopping: its exit is the stop's doing
+                return
             self._last_exit = f"exited with status {code} at {time.strftime('%H:%M:%S')}"
             if time.monotonic() - started >= STEADY_S:
                 delay = FIRST_DELAY_S

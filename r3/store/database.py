@@ -16,9 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import r3.migrations as migrations  # the repository's migrations/, shipped inside the r3 package
 from r3.store import fast_json
 from r3.store.errors import install_translation
-from r3.settings import Settings
-
-ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+from r3.settings import ASYNC_DRIVERS, Settings
 
 
 class NotMigratedError(RuntimeError):
@@ -26,12 +24,15 @@ class NotMigratedError(RuntimeError):
 
 
 def database_url(settings: Settings) -> str:
-    """`R3_DATABASE_URL` with an async driver, or the embedded SQLite file in the data dir."""
+    """`R3_DATABASE_URL` (which `Settings` checked) with its database's async driver, or the embedded
+    SQLite file in the data dir."""
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{settings.data_dir / 'r3.db'}"
     url = make_url(settings.database_url)
-    return url.set(drivername=ASYNC_DRIVERS.get(url.drivername, url.drivername)).render_as_string(hide_password=False)
+    if url.get_backend_name() == "sqlite":  # an absolute path (`Settings` checked), its folder made as the data dir's
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    return url.set(drivername=ASYNC_DRIVERS[url.drivername.partition("+")[0]]).render_as_string(hide_password=False)
 
 
 def is_embedded(url: str) -> bool:
