@@ -322,10 +322,17 @@ class Reflector:
                                  self.reflection_max_tokens)
 
     def finish(self, task: ChatTask, generation: Generation) -> Generated:
-        """`generation`, finished, read as its answer."""
-        result = GenerationResult(text=generation.text, tokens=generation.tokens,
-                                  finish_reason=generation.finish_reason, prompt_tokens=generation.prompt_length)
+        """`generation`, finished, read as its answer. A forced call (`tool_choice` "required" or a
+        named function) cut by max_tokens inside a further call is answered with the calls it
+        completed (content None, finish_reason "stop", so "tool_calls" in the response): the cut call
+        is dropped, since a forced call's answer is its calls."""
         parsed = self.core.answer(task, generation.prompt, generation.text, generation.reflecting)
+        finish_reason = generation.finish_reason
+        forced = task.tool_choice == "required" or isinstance(task.tool_choice, dict)
+        if forced and finish_reason == "length" and parsed.tool_calls and not generation.reflecting:
+            parsed, finish_reason = replace(parsed, content=None), "stop"
+        result = GenerationResult(text=generation.text, tokens=generation.tokens,
+                                  finish_reason=finish_reason, prompt_tokens=generation.prompt_length)
         return Generated(result, generation.prompt.assistant_prefix + result.text,
                     with_call_ids(parsed, generation.completion_id),
                     time.perf_counter() - generation.started, generation.completion_id)

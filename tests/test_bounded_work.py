@@ -159,3 +159,36 @@ async def test_an_empty_object_answer_ends(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] == "stop" and json.loads(choice["message"]["content"]) == {}
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+CUT_IN_SECOND_CALL = 36  # tokens: the bundled model's whole call, then a second one cut short
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_forced_call_cut_inside_a_further_call_returns_the_complete_calls(
+        client: httpx.AsyncClient, tool_choice, stream) -> None:
+    """The model writes a whole call, then starts another that max_tokens cuts: the answer is the
+    whole call alone, content null, finish_reason "tool_calls" (never the cut `<tool_call>` fragment)."""
+    body = {"model": MODEL, "messages": WEATHER_ASK, "tools": [WEATHER], "tool_choice": tool_choice,
+            "max_tokens": CUT_IN_SECOND_CALL, "temperature": 0, "stream": stream}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    if stream:
+        chunks = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+        assert not any(delta.get("content") for delta in deltas)
+        calls = [call for delta in deltas for call in delta.get("tool_calls") or []]
+        assert {call["index"] for call in calls} == {0} and calls[0]["function"]["name"] == "get_weather"
+        assert "city" in json.loads("".join(call["function"].get("arguments") or "" for call in calls))
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    else:
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None, choice
+        [call] = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather" and "city" in json.loads(call["function"]["arguments"])
