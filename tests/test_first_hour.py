@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -271,6 +273,41 @@ def test_a_signal_to_the_servers_process_group_leaves_the_trainer_to_the_supervi
     with caplog.at_level("WARNING", logger="r3.trainer"):
         asyncio.run(asyncio.wait_for(scenario(), 60))
     assert caplog.records == []
+
+
+SUPERVISING = """
+import asyncio, sys
+from pathlib import Path
+from r3.cli.supervisor import TrainerSupervisor
+
+async def main():
+    supervisor = TrainerSupervisor(Path(sys.argv[1]), command=[sys.executable, "-c", "import time; time.sleep(600)"])
+    await supervisor.start()
+    while not supervisor.status().running:
+        await asyncio.sleep(0.05)
+    print(supervisor.status().pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_server_killed_outright_leaves_no_trainer_behind(tmp_path: Path) -> None:
+    """SIGKILL gives the server no chance to stop its trainer: the kernel ends the trainer instead."""
+    server = subprocess.Popen([sys.executable, "-c", SUPERVISING, str(tmp_path / "trainer.log")],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        trainer = int(server.stdout.readline())
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{trainer}").exists() \
+                and Path(f"/proc/{trainer}/stat").read_text().split()[2] != "Z":
+            time.sleep(0.05)  # polling the trainer's state, with a deadline
+        assert not Path(f"/proc/{trainer}").exists() or Path(f"/proc/{trainer}/stat").read_text().split()[2] == "Z"
+    finally:
+        server.kill()
 
 
 # ------------------------------------------------------------------ r3 replay

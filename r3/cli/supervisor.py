@@ -9,7 +9,9 @@ a log file, which the startup banner and the admin API name.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,17 @@ FIRST_DELAY_S = 2.0
 MAX_DELAY_S = 60.0
 STEADY_S = 60.0  # a trainer that ran this long before dying is restarted after FIRST_DELAY_S again
 STOP_TIMEOUT_S = 30.0  # from SIGTERM to SIGKILL
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_the_server() -> None:
+    """Run in the trainer's process before `r3 train` starts (Linux): the kernel sends it SIGTERM when
+    the thread that started it ends (prctl PR_SET_PDEATHSIG), so a server killed outright (SIGKILL,
+    the OOM killer) leaves no trainer behind. The event loop's thread starts it and lives as long as
+    the server does."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TrainerSupervisor:
@@ -83,7 +96,9 @@ class TrainerSupervisor:
                 self._process = await asyncio.create_subprocess_exec(*self.command, stdout=output,
                                                                      stderr=subprocess.STDOUT,
                                                                      stdin=subprocess.DEVNULL,
-                                                                     start_new_session=True)
+                                                                     start_new_session=True,
+                                                                     preexec_fn=_die_with_the_server
+                                                                     if sys.platform == "linux" else None)
             code = await self._process.wait()
             if self._stopped:  # stopping: its exit is the stop's doing
                 return
