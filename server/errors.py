@@ -297,12 +297,24 @@ class IgnoredFieldsHeader:
 
 # How a UTF-16 surrogate can be written in a JSON body: escaped (\ud800), or encoded raw (which
 # Python's json module decodes with "surrogatepass"). A body without either holds none.
-_SURROGATE_IN_JSON = rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
+# (Two patterns: each one starts with a literal, which the regex engine skips to; one alternation of
+# both is tried at every byte, ~13 ms a MB.)
+_SURROGATE_IN_JSON = (re.compile(rb"\\u[dD][89a-fA-F]"), re.compile(rb"\xed[\xa0-\xbf]"))
 # How Python's json module can come to a float that is not finite: its NaN and Infinity extensions,
 # an exponent (1e999), or an integer part of 309 digits or more (the largest float has 309). A body
-# without any of these holds no such number.
-_NON_FINITE_IN_JSON = rb"NaN|Infinity|[0-9][eE]|[0-9]{309}"
-_MAY_BE_UNSOUND = re.compile(_SURROGATE_IN_JSON + b"|" + _NON_FINITE_IN_JSON)
+# without any of these holds no such number. Searched for as plain bytes, with every digit written
+# as 0 first: a regex of digit classes took ~30 ms a MB, on the event loop; this takes ~5 ms a MB.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NON_FINITE_IN_JSON = (b"NaN", b"Infinity", b"0e", b"0E", b"0" * 309)
+
+
+def _may_be_unsound(body: bytes) -> bool:
+    """Whether `body` may hold a lone surrogate or a number that is not finite (linear: ~15 ms for 3 MB)."""
+    digits = body.translate(_DIGITS_AS_ZERO)
+    return (any(pattern.search(body) for pattern in _SURROGATE_IN_JSON)
+            or any(text in digits for text in _NON_FINITE_IN_JSON))
+
+
 # How deep a body may nest before it is refused unparsed: Python's json and pydantic recurse once a
 # level (about 1,000 levels exhaust the stack), while a value nested past `MAX_JSON_DEPTH` but within
 # this is parsed and refused by its field's own check, which names it precisely (`tools.0.function.parameters`).
@@ -350,7 +362,7 @@ async def refuse_unsound_body(request: Request) -> None:
         where = clipped(field) if field else "the request body"
         raise APIError(400, f"{where}: nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
                        param=field or None, code="too_deep")
-    if not _MAY_BE_UNSOUND.search(body):
+    if not _may_be_unsound(body):
         return
     try:
         value = await request.json()  # cached: FastAPI validates this very parse
