@@ -123,6 +123,15 @@ async def test_a_grammar_that_compiles_too_long_is_a_400(client: httpx.AsyncClie
     assert "took longer than 0.05 s" in response.json()["error"]["message"]
 
 
+def streamed_calls(response: httpx.Response) -> tuple[list[dict], list[dict]]:
+    """A streamed answer's chunks and the tool-call pieces in them; asserts it streamed no content."""
+    chunks = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert not any(delta.get("content") for delta in deltas)
+    return chunks, [call for delta in deltas for call in delta.get("tool_calls") or []]
+
+
 NO_PARAMETERS = {"type": "function", "function": {"name": "get_time", "description": "The current time."}}
 EMPTY_PROPERTIES = {"type": "function", "function": {"name": "get_time", "description": "The current time.",
                                                      "parameters": {"type": "object", "properties": {}}}}
@@ -136,11 +145,7 @@ async def test_a_forced_call_without_parameters_comes_back_whole(client: httpx.A
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     if stream:
-        chunks = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
-        deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
-        assert not any(delta.get("content") for delta in deltas)
-        calls = [call for delta in deltas for call in delta.get("tool_calls") or []]
+        chunks, calls = streamed_calls(response)
         assert calls[0]["function"]["name"] == "get_time"
         assert json.loads("".join(call["function"].get("arguments") or "" for call in calls)) == {}
         assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -179,11 +184,7 @@ async def test_a_forced_call_cut_inside_a_further_call_returns_the_complete_call
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     if stream:
-        chunks = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
-        deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
-        assert not any(delta.get("content") for delta in deltas)
-        calls = [call for delta in deltas for call in delta.get("tool_calls") or []]
+        chunks, calls = streamed_calls(response)
         assert {call["index"] for call in calls} == {0} and calls[0]["function"]["name"] == "get_weather"
         assert "city" in json.loads("".join(call["function"].get("arguments") or "" for call in calls))
         assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
