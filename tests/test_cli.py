@@ -81,11 +81,17 @@ def test_the_progress_bar_follows_a_round_from_the_grpo_log_records() -> None:
         bar.handle(grpo_record("grpo round of 2 steps", grpo_round_steps=2))
         (task,) = bar.progress.tasks
         assert (task.total, task.completed) == (2, 0)
+        # Within a step, the rollout's phases move the bar on (a step of minutes shows its samples).
+        bar.handle(grpo_record("grpo rollout", grpo_rollout=0.25, grpo_rollout_phase="reflections sampled (8)"))
+        (task,) = bar.progress.tasks
+        assert task.completed == 0.25 and "step 1 · reflections sampled (8)" in task.description
         bar.handle(grpo_record("grpo step", grpo_step=step(1, 0.25)))
         (task,) = bar.progress.tasks
         assert (task.total, task.completed) == (2, 1) and "reward 0.25" in task.description
+        bar.handle(grpo_record("grpo rollout", grpo_rollout=0.75, grpo_rollout_phase="retries judged (8)"))
+        assert bar.progress.tasks[0].completed == 1.75
         bar.handle(grpo_record("some other message of the round"))
-        assert bar.progress.tasks[0].completed == 1
+        assert bar.progress.tasks[0].completed == 1.75  # unmoved
         bar.handle(grpo_record("grpo step", grpo_step=step(2, 0.5)))
         assert bar.progress is None  # the round's last step removes the bar
 

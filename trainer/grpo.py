@@ -298,6 +298,18 @@ def _through_first_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
+ROLLOUT_PHASES = ("reflections sampled", "retries generated", "retries judged")
+
+
+def rollout_progress(phase: int, samples: int) -> None:
+    """Logs a step's rollout phase by phase, for a progress display that moves within a step: the
+    record's `grpo_rollout` is the share of the step done once `ROLLOUT_PHASES[phase]` is (1/4, 2/4,
+    3/4: the update that follows is the last quarter), `grpo_rollout_phase` says what, for how many samples."""
+    log.info("grpo rollout: %s (%d samples)", ROLLOUT_PHASES[phase], samples,
+             extra={"grpo_rollout": (phase + 1) / (len(ROLLOUT_PHASES) + 1),
+                    "grpo_rollout_phase": f"{ROLLOUT_PHASES[phase]} ({samples})"})
+
+
 class ReflectionRollout:
     """TRL's `rollout_func`: reflections as completions, rewarded by their retries' verdicts."""
 
@@ -327,6 +339,7 @@ class ReflectionRollout:
         reflection_ids, reflection_logprobs = self.generate(
             trainer, prompt_ids, self.settings.max_reflection_tokens, self.settings.temperature, g, ())
         reflections = self.tokenizer.batch_decode(reflection_ids, skip_special_tokens=True)
+        rollout_progress(0, len(reflections))
 
         # 2. after each reflection, the retry: same policy, same conversation, as the server makes it
         retries = [retry_of(self.protocol, failure, reflection, self.settings.retry_temperature)
@@ -338,9 +351,11 @@ class ReflectionRollout:
             self.settings.retry_temperature, 1, [self.grammar(trainer, task) for task, _, _ in retries])
         generated = [self.tokenizer.decode(ids[:task.params.max_tokens], skip_special_tokens=True)
                      for (task, _, _), ids in zip(retries, retry_ids)]
+        rollout_progress(1, len(generated))
 
         # 3. reward = the retry's verdict
         rewards = asyncio.run(self.judge(failures, retries, generated))
+        rollout_progress(2, len(rewards))
         if self.settings.shuffle_rewards:
             rewards = [reward for i in range(0, len(rewards), g)
                        for reward in self.shuffler.sample(rewards[i:i + g], g)]

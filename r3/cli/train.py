@@ -60,8 +60,10 @@ class RoundProgress(logging.Handler):
     """A progress bar over a GRPO round's steps, drawn from `trainer.grpo`'s log records.
 
     A round's first record (`grpo_round_steps`: the planned steps) starts it; each step's record
-    (`grpo_step`: a `trainer.grpo.StepLog`) advances it and shows that step's mean reward. The bar
-    is removed after the round's last step, when the next round starts, or when the handler closes.
+    (`grpo_step`: a `trainer.grpo.StepLog`) advances it and shows that step's mean reward; within a
+    step, the rollout's records (`grpo_rollout`: the share of the step done, `grpo_rollout_phase`:
+    what) move it on, so a long step shows its samples' progress. The bar is removed after the
+    round's last step, when the next round starts, or when the handler closes.
     """
 
     def __init__(self, console: Console) -> None:
@@ -69,18 +71,26 @@ class RoundProgress(logging.Handler):
         self.console = console
         self.progress: Progress | None = None
         self.task: TaskID | None = None
+        self.steps_done = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             planned = getattr(record, "grpo_round_steps", None)
             step = getattr(record, "grpo_step", None)
+            share = getattr(record, "grpo_rollout", None)
             if planned is not None:
                 self._start(int(planned))
-            elif step is not None and self.progress is not None and self.task is not None:
+            elif self.progress is None or self.task is None:
+                return
+            elif step is not None:
+                self.steps_done = step.step
                 self.progress.update(self.task, completed=step.step,
                                      description=f"GRPO round · reward {step.reward_mean:.2f}")
                 if self.progress.finished:
                     self._stop()
+            elif share is not None:
+                self.progress.update(self.task, completed=self.steps_done + float(share),
+                                     description=f"GRPO step {self.steps_done + 1} · {record.grpo_rollout_phase}")
         except Exception:  # noqa: BLE001 - logging's contract: a display must not break the training round
             self.handleError(record)
 
@@ -90,6 +100,7 @@ class RoundProgress(logging.Handler):
 
     def _start(self, planned: int) -> None:
         self._stop()  # a round that ended early (an error) leaves its bar behind
+        self.steps_done = 0
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         self.task = self.progress.add_task("GRPO round", total=planned)
