@@ -37,14 +37,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite(text: str) -> float:
+def finite_float(text: str) -> float:
+    """A JSON number's text as a float (`json.JSONDecoder`'s `parse_float`); ValueError for one too
+    large for a float (`1e999`), which Python's json would read as infinity."""
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text} is too large for a number")
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=finite_float)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's, as `json.loads` skips it around a value
 
 

@@ -16,7 +16,6 @@ NaN or an infinity, which JSON has not, or nests too deep to read), a record of 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from verifiers import parse_spec
 from verifiers.base import ClientInput, validation_message
+from verifiers.json_text import finite_float
 
 
 class TaskFileError(Exception):
@@ -135,14 +135,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a number")
-    return value
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=finite_float)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
