@@ -5,11 +5,17 @@ literal JSON values, `{"$one_of": [...]}` for several acceptable values, `"$opti
 argument that may be left out, the same rules inside objects and arrays. `expected: []` means that
 no call is the right answer (BFCL's irrelevance categories): only an answer without calls passes.
 
-Values compare with their JSON types (1 ≠ "1", true ≠ 1). Numbers follow the offered tool's schema:
-where a parameter is a `number`, 5 equals 5.0; where it is an `integer`, 70.0 is refused; where the
-schema says nothing (or no tools were offered), 1 ≠ 1.0. `numeric_tolerance` makes any two numbers
-within it equal. `strings: "normalized"` compares strings the way BFCL does (case, whitespace and
-" ,./-_*^" ignored); `"exact"` is the default.
+Values compare as BFCL's AST checker compares them, by where they sit (`argument_patterns.Place`,
+from ast_checker.py's `type_checker`, `string_checker`, `list_checker`, `dict_checker`): an argument
+must have the type the offered tool's schema gives it (where it is a `number`, 5 equals 5.0; where
+an `integer`, 70.0 is refused; untyped, the expected value's JSON type: 1 ≠ 1.0, true ≠ 1), and so
+must an array argument's items (with no integer allowed for a `number`); inside an object, at any
+depth, values compare with Python's `==` (50.0 equals 50, 1 equals true). `numeric_tolerance` makes
+any two numbers within it equal. `strings: "normalized"` compares strings the way BFCL does, where
+BFCL does (case and " ,./-_*^" ignored down to an object argument's values and an array argument's
+items; exact deeper); `"exact"` is the default. An optional argument given as `[]` or `""` may match
+BFCL's optional mark `""`. The rules in full are in `verifiers.argument_patterns`; the differences
+that remain are listed in docs/guides/verifiers.md, "Where `tool_call` differs from BFCL".
 
 Several calls match as a multiset — in any order unless `ordered` — through a maximum bipartite
 matching, so duplicated calls must be produced as often as expected. BFCL's parallel checker pairs

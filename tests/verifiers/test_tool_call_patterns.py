@@ -61,7 +61,7 @@ CASES = [
     # An optional argument with no acceptable value (BFCL's [""] on a non-string) must be left out.
     ([("f", {"x": one_of(optional=True)})], [("f", {})], {}, (), True, ""),
     ([("f", {"x": one_of(optional=True)})], [("f", {"x": 0})], {}, (), False, "unexpected argument 'x'"),
-    # Strings compared like BFCL: case, whitespace and " ,./-_*^" ignored, ' read as ".
+    # Strings compared like BFCL: case and " ,./-_*^" ignored (the space only), ' read as ".
     ([("f", {"city": "New York, NY"})], [("f", {"city": "new york ny"})], {"strings": "normalized"}, (), True, ""),
     ([("f", {"city": "New York, NY"})], [("f", {"city": "new york ny"})], {}, (), False, "is \"new york ny\""),
     ([("f", {"date": "April 1, 2024"})], [("f", {"date": "april 1,2024"})], {"strings": "normalized"}, (), True,
@@ -79,7 +79,10 @@ CASES = [
      "argument 'height' is 70.0, but the parameter is an integer"),
     ([("area", {"base": 5.0, "height": 70})], [("area", {"base": 5.5, "height": 70})], {}, AREA_TOOLS, False,
      "argument 'base' is 5.5, which is wrong"),
-    ([("area", {"sides": [1.0, 2.5]})], [("area", {"sides": [1, 2.5]})], {}, AREA_TOOLS, True, ""),
+    # An array argument's items are type-checked without the integer allowance (BFCL's nested check).
+    ([("area", {"sides": [1.0, 2.5]})], [("area", {"sides": [1, 2.5]})], {}, AREA_TOOLS, False,
+     "argument 'sides[0]' is 1, but the parameter's items are floats (with a decimal point)"),
+    ([("area", {"sides": [1.0, 2.5]})], [("area", {"sides": [1.0, 2.5]})], {}, AREA_TOOLS, True, ""),
     ([("area", {"shape": {"scale": 2.0}})], [("area", {"shape": {"scale": 2}})], {}, AREA_TOOLS, True, ""),
     ([("area", {"height": 70})], [("area", {"height": 70.0})], {"numeric_tolerance": 0.5}, AREA_TOOLS, False,
      "but the parameter is an integer"),
@@ -152,6 +155,9 @@ def test_standardize_is_bfcls_rule() -> None:
     assert standardize("April 1, 2024") == standardize("april 1 2024") == "april12024"
     assert standardize("Don't") == 'don"t'
     assert standardize("a-b_c*d^e/f.g") == "abcdefg"
+    # Only the ASCII space: BFCL's pattern is [ ,./-_*^], not whitespace.
+    assert standardize("New\tYork") == "new\tyork"
+    assert standardize("New\u00a0York") == "new\u00a0york"
 
 
 @pytest.mark.parametrize(
