@@ -26,9 +26,16 @@ def new_episode_id() -> str:
 
 @dataclass
 class Feedback:
+    """A client's later verdict on an attempt (`POST /feedback`); it overrides the verifier's."""
+
     success: bool
     detail: str | None
     received_at: float = field(default_factory=time.time)
+    score: float | None = None  # in [0, 1]; None: the client sent only `success`, which scores 1.0 or 0.0
+
+    @property
+    def graded(self) -> float:
+        return self.score if self.score is not None else float(self.success)
 
 
 @dataclass
@@ -45,14 +52,23 @@ class AttemptRecord:
     logprobs: list[float] | None = None
     reflection: str | None = None  # the reflection written before this attempt
     reflection_tokens: int = 0
-    success: bool | None = None  # None: not judged (yet)
-    detail: str | None = None
+    success: bool | None = None  # None: not judged (no verifier, the client hung up, or the judge failed)
+    detail: str | None = None  # the verdict's detail; for an unjudged attempt, why the judge gave none
+    score: float | None = None  # the verdict's score in [0, 1] (`verifiers.Verdict.score`); None when success is
     feedback: Feedback | None = None
+    judge_calls: int = 0  # model-judge calls made to judge this attempt (`verifiers.JudgeUsage`)
+    judge_prompt_tokens: int = 0
+    judge_completion_tokens: int = 0
 
     @property
     def passed(self) -> bool | None:
         """Client feedback, where given, overrides the verifier."""
         return self.feedback.success if self.feedback else self.success
+
+    @property
+    def graded(self) -> float | None:
+        """The attempt's score in [0, 1]: the client's feedback where given, else the verifier's."""
+        return self.feedback.graded if self.feedback else self.score
 
 
 @dataclass

@@ -46,6 +46,7 @@ from pydantic import (
 from verifiers import depth_problem, schema_shape_problem
 from verifiers.base import ClientInput
 
+DEFAULT_FEEDBACK_THRESHOLD = 0.5  # a feedback score passes here when the episode's verifier names no pass_threshold
 SHOWN_CHARS = 100  # a client's value quoted back in an error message is cut to about this long
 
 
@@ -205,31 +206,55 @@ class Streamed(BaseModel):
 class FeedbackRequest(RequestPart):
     episode_id: str | None = None
     completion_id: str | None = None
-    success: StrictBool
+    success: StrictBool | None = Field(None, description="Whether the answer passed. Without it, `score` decides: "
+                                                          "passed when it reaches the verifier's pass_threshold "
+                                                          f"({DEFAULT_FEEDBACK_THRESHOLD} where it has none).")
+    score: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                description="How good the answer was, in [0, 1]; what training rewards. Without "
+                                            "it, success scores 1.0 and failure 0.0.")
     detail: str | None = Field(None, max_length=4000)
-    retry: StrictBool = Field(False, description="With success: false, reflect and retry now and return the new "
+    retry: StrictBool = Field(False, description="With a failing verdict, reflect and retry now and return the new "
                                                  "completion.")
 
     @model_validator(mode="after")
     def _one_id(self) -> FeedbackRequest:
         if (self.episode_id is None) == (self.completion_id is None):
             raise ValueError("give exactly one of episode_id and completion_id")
+        if self.success is None and self.score is None:
+            raise ValueError("give success, score, or both")
         if self.retry and self.success:
             raise ValueError("retry needs success: false")
         return self
+
+    def verdict(self, pass_threshold: float | None) -> tuple[bool, float]:
+        """(success, score) as given, the one missing read from the other: a score passes at
+        `pass_threshold` (the episode's verifier's, or `DEFAULT_FEEDBACK_THRESHOLD`)."""
+        threshold = DEFAULT_FEEDBACK_THRESHOLD if pass_threshold is None else pass_threshold
+        success = self.score >= threshold if self.success is None else self.success
+        return success, float(success) if self.score is None else self.score
 
 
 class FeedbackReceipt(BaseModel):
     episode_id: str
     attempt: int
     success: bool
+    score: float
     detail: str | None
 
 
 class FeedbackOut(BaseModel):
     success: bool
+    score: float  # as given, or 1.0 / 0.0 from success
     detail: str | None
     received_at: float
+
+
+class JudgeUsageOut(BaseModel):
+    """Model-judge calls made to judge an attempt and their tokens (`score_model`, `label_model`)."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class AttemptOut(BaseModel):
@@ -238,9 +263,11 @@ class AttemptOut(BaseModel):
     content: str | None
     tool_calls: list[dict[str, Any]] | None
     reflection: str | None  # the reflection written before this attempt
-    success: bool | None
+    success: bool | None  # None: not judged (no verifier, the client hung up, or the judge failed: see detail)
+    score: float | None  # the verdict's score in [0, 1]
     detail: str | None
     feedback: FeedbackOut | None
+    judge_usage: JudgeUsageOut | None  # null when no model judged it
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
@@ -260,6 +287,7 @@ class EpisodeOut(BaseModel):
     messages: list[dict[str, Any]] | None
     tools: list[dict[str, Any]] | None
     outcome: bool | None
+    score: float | None  # the latest attempt's score (the client's feedback's where given)
     attempts: list[AttemptOut]
 
 

@@ -2,10 +2,15 @@
 
 `evaluate_adapter` runs an adapter, through an `r3` engine and the server's own `Reflector`, on
 - held-out failures: the recorded failed first attempt stays fixed; the adapter reflects on it and
-  retries once. What share of its retries pass? (The question is whether its reflections rescue
+  retries once. What do its retries score? (The question is whether its reflections rescue
   failures, so every item starts from the same failure, whichever adapter is judged.)
-- the regression set: requests whose first attempt once passed. Does the adapter's first attempt
-  pass? (Greedy: a property of the adapter, not of a draw.)
+- the regression set: requests whose first attempt once passed. What does the adapter's first
+  attempt score? (Greedy: a property of the adapter, not of a draw.)
+
+A score is the verifier's (`verifiers.Verdict.score`, in [0, 1]): 1.0 or 0.0 for a pass/fail check, so
+that a mean score is a pass rate, and the grade for a grader or a model judge. A sample whose judge
+gave no verdict (unjudged) counts for neither adapter: an item is compared on its judged samples, and
+an item with none judged for either adapter is left out of the comparison and counted.
 
 Reflections are sampled as the trainer samples them (`R3_GATE_TEMPERATURE`, default the trainer's
 T = 1), `R3_GATE_SAMPLES` of them per held-out failure, with seeds shared by both adapters (common
@@ -16,14 +21,16 @@ temperature 0 the gate is the greedy one.
 
 `decide` compares a candidate's results with the active adapter's on the same items.
 
-- Held-out success must be higher, by a one-sided exact sign test on the paired items
-  (`r3.stats.sign_test_p_value`): an item is a win when the candidate's retries pass more often
-  than the active adapter's on it, a loss when less often, a tie otherwise. Items, not samples, are
-  the pairs, since the samples of one item are not independent. With one sample per item this is
-  McNemar's exact test. Exact, so it stays valid on the small held-out sets of early rounds (where
-  it simply cannot reject: 4 wins out of 4 gives p = 0.0625).
-- First-attempt success on the regression set must not fall by more than `tolerance` (a rate,
-  e.g. 0.02), so a gain in reflecting is not bought with worse first answers.
+- The held-out mean retry score must be higher, by a one-sided exact sign test on the paired items
+  (`r3.stats.sign_test_p_value`): an item is a win when the candidate's retries score higher on
+  average than the active adapter's on it, a loss when lower, a tie otherwise. Items, not samples,
+  are the pairs, since the samples of one item are not independent; the sign test needs only that
+  each item's difference be independent of the others', so it holds for graded scores as for
+  pass/fail (where, with one sample per item, it is McNemar's exact test). Exact, so it stays valid
+  on the small held-out sets of early rounds (where it simply cannot reject: 4 wins out of 4 gives
+  p = 0.0625).
+- The mean first-attempt score on the regression set must not fall by more than `tolerance`
+  (e.g. 0.02), so a gain in reflecting is not bought with worse first answers.
 """
 
 from __future__ import annotations
@@ -39,16 +46,18 @@ from r3.engines.base import Engine, PromptTooLongError, SamplingParams
 from r3.reflect_retry import Reflector, recorded_params, recorded_task
 from r3.stats import sign_test_p_value
 from trainer.data import Failure, Success
-from verifiers import VerifierRuntime
+from verifiers import JudgeUsage, Verdict, VerifierRuntime
 
 
 @dataclass(frozen=True)
 class EvalResult:
     adapter: str | None  # None: the base model
-    second_attempt: dict[str, float]  # held-out failure's episode id -> share of its retries after reflecting that passed
-    first_attempt: dict[str, bool]  # regression item's episode id -> the first attempt passed
+    # held-out failure's episode id -> the mean score of its judged retries after reflecting (None: none judged)
+    second_attempt: dict[str, float | None]
+    first_attempt: dict[str, float | None]  # regression item's episode id -> its first attempt's score
     samples: int = 1  # reflections (each with its retry) per held-out failure
     temperature: float = 0.0  # of the reflections
+    judge_usage: JudgeUsage = JudgeUsage()  # model-judge calls the evaluation took
 
     @property
     def second_attempt_rate(self) -> float:
@@ -66,8 +75,10 @@ class GateDecision:
     numbers: dict[str, Any]
 
 
-def _rate(outcomes: dict[str, float] | dict[str, bool]) -> float:
-    return sum(outcomes.values()) / len(outcomes) if outcomes else 0.0
+def _rate(scores: dict[str, float | None]) -> float:
+    """The mean of the judged scores (0.0 for none)."""
+    judged = [score for score in scores.values() if score is not None]
+    return sum(judged) / len(judged) if judged else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +89,7 @@ def _rate(outcomes: dict[str, float] | dict[str, bool]) -> float:
 async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: Sequence[Failure], successes: Sequence[Success],
                    verifier_runtime: VerifierRuntime, reflection_max_tokens: int = 256, samples: int = 1,
                    temperature: float = 0.0) -> EvalResult:
-    """The adapter's second-attempt pass shares on `failures` and first-attempt outcomes on `successes`.
+    """The adapter's mean second-attempt scores on `failures` and first-attempt scores on `successes`.
 
     Each failure gets `samples` reflections at `temperature`, each followed by a greedy retry.
     Sample j of a failure is seeded by (its episode id, j): two adapters draw with the same random
@@ -96,14 +107,21 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
                                   replace(greedy(failure), temperature=temperature, seed=sample_seed(failure, j)))
         for failure in failures for j in range(samples)))
     first = asyncio.gather(*(
-        first_attempt_passes(reflector, success, greedy(success), adapter_name) for success in successes))
-    second_outcomes, first_outcomes = await asyncio.gather(second, first)
+        first_attempt_verdict(reflector, success, greedy(success), adapter_name) for success in successes))
+    second_verdicts, first_verdicts = await asyncio.gather(second, first)
+    second_scores = [verdict.score for verdict in second_verdicts]
+
+    def mean_judged(scores: list[float | None]) -> float | None:
+        judged = [score for score in scores if score is not None]
+        return sum(judged) / len(judged) if judged else None
+
     return EvalResult(
         adapter=adapter_name,
-        second_attempt={failure.episode_id: sum(second_outcomes[i * samples:(i + 1) * samples]) / samples
+        second_attempt={failure.episode_id: mean_judged(second_scores[i * samples:(i + 1) * samples])
                         for i, failure in enumerate(failures)},
-        first_attempt=dict(zip((s.episode_id for s in successes), first_outcomes)),
+        first_attempt={success.episode_id: verdict.score for success, verdict in zip(successes, first_verdicts)},
         samples=samples, temperature=temperature,
+        judge_usage=sum((v.usage for v in [*second_verdicts, *first_verdicts] if v.usage), JudgeUsage()),
     )
 
 
@@ -113,8 +131,13 @@ def sample_seed(failure: Failure, j: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+# The verdict on an answer the context had no room for: the server answers such a request with its
+# failed attempt, so it scores as a failure.
+_NO_ROOM = Verdict(False, "the prompt outgrew the context")
+
+
 async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, params: SamplingParams,
-                                    adapter: str | None, reflection_params: SamplingParams | None = None) -> bool:
+                                    adapter: str | None, reflection_params: SamplingParams | None = None) -> Verdict:
     """Reflect on the recorded failed attempt (sampling as `reflection_params` say; default `params`),
     retry once, judge the retry (as `Reflector.run` would after that attempt)."""
     task = recorded_task(failure, adapter=adapter, params=params)
@@ -122,19 +145,18 @@ async def retry_after_fixed_failure(reflector: Reflector, failure: Failure, para
         _, _, verdict = await reflector.reflect_and_retry(task, [failure.failed()], failure.episode_id, 2,
                                                           reflection_params=reflection_params)
     except PromptTooLongError:
-        return False  # the server would have answered with the failed attempt
-    return verdict.success
+        return _NO_ROOM
+    return verdict
 
 
-async def first_attempt_passes(reflector: Reflector, success: Success, params: SamplingParams,
-                               adapter: str | None) -> bool:
+async def first_attempt_verdict(reflector: Reflector, success: Success, params: SamplingParams,
+                                adapter: str | None) -> Verdict:
     task = recorded_task(success, adapter=adapter, params=params)
     try:
         attempt = await reflector.generate(task, reflector.core.attempt_prompt(task, task.messages))
     except PromptTooLongError:
-        return False
-    verdict = await reflector.judge(task, attempt, task.messages, success.episode_id, 1)
-    return verdict.success
+        return _NO_ROOM
+    return await reflector.judge(task, attempt, task.messages, success.episode_id, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,8 +172,11 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
     if candidate.first_attempt.keys() != active.first_attempt.keys():
         raise ValueError("the candidate and the active adapter were evaluated on different regression items")
 
-    wins = sum(candidate.second_attempt[i] > active.second_attempt[i] for i in candidate.second_attempt)
-    losses = sum(candidate.second_attempt[i] < active.second_attempt[i] for i in candidate.second_attempt)
+    # Items judged for both adapters are the pairs; the rest are left out and counted.
+    pairs = [(candidate.second_attempt[i], active.second_attempt[i]) for i in candidate.second_attempt
+             if candidate.second_attempt[i] is not None and active.second_attempt[i] is not None]
+    wins = sum(c > a for c, a in pairs)
+    losses = sum(c < a for c, a in pairs)
     p_value = sign_test_p_value(wins, losses)
     first_attempt_drop = active.first_attempt_rate - candidate.first_attempt_rate
     numbers = {
@@ -160,8 +185,12 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
         "temperature": candidate.temperature,
         "candidate_second_attempt": candidate.second_attempt_rate,
         "active_second_attempt": active.second_attempt_rate,
-        "candidate_better": wins,  # held-out items on which the candidate's retries passed more often
+        "measure": "mean score",  # 1.0 or 0.0 per pass/fail verdict: a pass rate for pass/fail verifiers
+        "candidate_better": wins,  # held-out items on which the candidate's retries scored higher on average
         "active_better": losses,
+        "unjudged": len(candidate.second_attempt) - len(pairs),  # held-out items left out: no judged retry
+        "judge_calls": candidate.judge_usage.calls + active.judge_usage.calls,
+        "judge_tokens": sum(u.prompt_tokens + u.completion_tokens for u in (candidate.judge_usage, active.judge_usage)),
         "p_value": p_value,
         "alpha": alpha,
         "regression": len(candidate.first_attempt),
@@ -171,14 +200,14 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
         "tolerance": tolerance,
     }
 
-    if not candidate.second_attempt:
-        return GateDecision(False, "no held-out failures to judge the candidate on", numbers)
+    if not pairs:
+        return GateDecision(False, "no judged held-out failures to judge the candidate on", numbers)
     if p_value >= alpha:
-        return GateDecision(False, f"second-attempt success not significantly higher "
+        return GateDecision(False, f"mean second-attempt score not significantly higher "
                                    f"({wins} vs {losses} not tied, p = {p_value:.3g} ≥ {alpha})", numbers)
     # Rates are ratios of counts: float rounding must not turn a drop at the tolerance into one beyond it.
     if first_attempt_drop > tolerance and not math.isclose(first_attempt_drop, tolerance):
-        return GateDecision(False, f"first-attempt success fell by {first_attempt_drop:.3f} "
+        return GateDecision(False, f"mean first-attempt score fell by {first_attempt_drop:.3f} "
                                    f"(more than {tolerance}) on the regression set", numbers)
-    return GateDecision(True, f"second-attempt success higher ({wins} vs {losses} held-out items, p = {p_value:.3g}); "
+    return GateDecision(True, f"mean second-attempt score higher ({wins} vs {losses} held-out items, p = {p_value:.3g}); "
                               f"first attempts within tolerance ({first_attempt_drop:+.3f})", numbers)

@@ -2,7 +2,8 @@
 
 For each failure the first attempt stays as it was recorded. The policy writes G reflections on
 it; after each, the policy retries the task in the same conversation, the failure's own verifier
-judges the retry, and the reflection's reward is 1.0 if the retry passed, else 0.0. TRL's
+judges the retry, and the reflection's reward is the retry's score in [0, 1] (`verifiers.Verdict.score`:
+1.0 or 0.0 for a pass/fail check, the grade for a grader or a model judge). TRL's
 `GRPOTrainer` turns the G rewards into group-relative advantages and updates a LoRA adapter (peft)
 with a small KL penalty to the base model. The loss covers the reflection tokens and nothing else.
 
@@ -10,7 +11,7 @@ Design: a `rollout_func` whose completion is the reflection (option (b) in the d
 -----------------------------------------------------------------------------------------------
 `ReflectionRollout` is handed the reflection prompts (each repeated G times) and returns, per
 reflection, the prompt's token ids, the reflection's token ids (the TRL "completion"), an
-`env_mask`, and the retry's reward as an extra column that the reward function `retry_success`
+`env_mask`, and the retry's reward as an extra column that the reward function `retry_score`
 simply reads back. Why this and not (a), "the reflection is TRL's own completion and the reward
 function generates the retry":
 
@@ -90,7 +91,7 @@ from r3.engines.constrained import Grammars, GrammarsForGenerate, RowGrammar
 from r3.engines.device import Placement, placement
 from r3.reflect_retry import ChatTask, ReflectRetry, recorded_params, recorded_task
 from trainer.data import Failure
-from verifiers import VerifierRuntime
+from verifiers import JudgeUsage, Verdict, VerifierRuntime
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,17 @@ class GRPOSettings:
 
 @dataclass(frozen=True)
 class RolloutBatch:
-    """What one rollout produced: a reward per reflection, G consecutive rewards per failure."""
+    """What one rollout produced: a reward per reflection, G consecutive rewards per failure. A reward is
+    None where the retry went unjudged (its model judge failed): its group is not trained on."""
 
-    rewards: list[float]
+    rewards: list[float | None]
     reflection_tokens: list[int]
     num_generations: int
+    judge_usage: JudgeUsage = JudgeUsage()
+
+    @property
+    def judged(self) -> list[float]:
+        return [reward for reward in self.rewards if reward is not None]
 
     @property
     def groups(self) -> list[list[float]]:
@@ -171,9 +178,10 @@ class StepLog:
     step: int
     seconds: float
     samples: int  # reflections drawn (each with its retry, verdict and training)
-    reward_mean: float
+    reward_mean: float  # over the judged retries
     groups: int
-    skipped_groups: int  # all-equal rewards: masked out of the loss
+    skipped_groups: int  # all-equal rewards, or a retry unjudged: masked out of the loss
+    unjudged: int  # retries whose model judge gave no verdict
     zero_variance_fraction: float
     mean_reflection_tokens: float
     kl: float | None  # mean per-token KL to the base model over the trained tokens (None: none trained, or beta 0)
@@ -194,6 +202,8 @@ class RoundReport:
     skipped_groups: int
     zero_variance_fraction: float
     mean_reflection_tokens: float
+    unjudged: int = 0  # retries whose model judge gave no verdict
+    judge_usage: JudgeUsage = JudgeUsage()  # the model-judge calls the round's retries took
     processes: int = 1  # training processes (accelerate launch), each with its share of every step
     step_logs: list[StepLog] = field(default_factory=list)
 
@@ -225,18 +235,25 @@ def retry_of(protocol: ReflectRetry, failure: Failure, reflection: str,
     return task, conversation, prompt
 
 
-async def retry_reward(protocol: ReflectRetry, failure: Failure, task: ChatTask, conversation: list[dict[str, Any]],
-                       prompt: ChatPrompt, generated: str) -> float:
-    """1.0 if the failure's verifier passes the retry generated after `prompt`, else 0.0: read and
-    judged as the server reads and judges attempt 2."""
+async def retry_verdict(protocol: ReflectRetry, failure: Failure, task: ChatTask, conversation: list[dict[str, Any]],
+                        prompt: ChatPrompt, generated: str) -> Verdict:
+    """The failure's verifier's verdict on the retry generated after `prompt` (its `score` is the
+    reflection's reward; None when unjudged): read and judged as the server reads and judges attempt 2."""
     answer = protocol.answer(task, prompt, generated)
     verdict = await protocol.judge(task, answer, conversation, failure.episode_id, 2)
-    return 1.0 if verdict is not None and verdict.success else 0.0
+    assert verdict is not None, "a failure always has a verifier"
+    return verdict
 
 
-def carries_signal(group_rewards: Sequence[float]) -> bool:
-    """A group teaches something only if some of its reflections did better than others."""
-    return max(group_rewards) != min(group_rewards)
+def carries_signal(group_rewards: Sequence[float | None]) -> bool:
+    """A group teaches something only if some of its reflections did better than others, and every
+    retry was judged (a missing reward would make the others' advantages wrong)."""
+    return None not in group_rewards and max(group_rewards) != min(group_rewards)
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean of `values`; 0.0 for none (a step whose every retry went unjudged)."""
+    return sum(values) / len(values) if values else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,19 +371,22 @@ class ReflectionRollout:
         rollout_progress(1, len(generated))
 
         # 3. reward = the retry's verdict
-        rewards = asyncio.run(self.judge(failures, retries, generated))
+        verdicts = asyncio.run(self.judge(failures, retries, generated))
+        rewards = [verdict.score for verdict in verdicts]
         rollout_progress(2, len(rewards))
         if self.settings.shuffle_rewards:
             rewards = [reward for i in range(0, len(rewards), g)
                        for reward in self.shuffler.sample(rewards[i:i + g], g)]
 
         # 4. groups with all-equal rewards carry no signal: mask them out of the loss
-        batch = RolloutBatch(rewards, [len(ids) for ids in reflection_ids], g)
+        batch = RolloutBatch(rewards, [len(ids) for ids in reflection_ids], g,
+                             sum((v.usage for v in verdicts if v.usage is not None), JudgeUsage()))
         self.batches.append(batch)
         signal = [carries_signal(group) for group in batch.groups for _ in range(g)]
         env_mask = [[int(keep)] * len(ids) for keep, ids in zip(signal, reflection_ids)]
         return {"prompt_ids": prompt_ids, "completion_ids": reflection_ids, "logprobs": reflection_logprobs,
-                "env_mask": env_mask, "retry_reward": rewards}
+                # An unjudged retry's group is masked out: the 0.0 standing in for its reward trains nothing.
+                "env_mask": env_mask, "retry_reward": [0.0 if reward is None else reward for reward in rewards]}
 
     def encode(self, prompt: str) -> list[int]:
         # As the serving engine encodes: the chat template already holds every special token.
@@ -381,15 +401,15 @@ class ReflectionRollout:
         return self._grammars.row(self._grammars.compile(params))
 
     async def judge(self, failures: list[Failure], retries: list[tuple[ChatTask, list[dict[str, Any]], ChatPrompt]],
-                    generated: list[str]) -> list[float]:
+                    generated: list[str]) -> list[Verdict]:
         return list(await asyncio.gather(*(
-            retry_reward(self.protocol, failure, task, conversation, prompt, text)
+            retry_verdict(self.protocol, failure, task, conversation, prompt, text)
             for failure, (task, conversation, prompt), text in zip(failures, retries, generated)
         )))
 
 
-def retry_success(prompts: list[str], completions: list[str], retry_reward: list[float], **_: Any) -> list[float]:
-    """TRL's reward function: the retry verdicts the rollout already computed."""
+def retry_score(prompts: list[str], completions: list[str], retry_reward: list[float], **_: Any) -> list[float]:
+    """TRL's reward function: the retries' scores the rollout already computed."""
     return list(retry_reward)
 
 
@@ -445,12 +465,13 @@ class SkipStepsWithoutSignal(TrainerCallback):
             return
         batches = gather_object(self._step_batches())
         rewards = [reward for batch in batches for reward in batch.rewards]
+        judged = [reward for batch in batches for reward in batch.judged]
         lengths = [length for batch in batches for length in batch.reflection_tokens]
         groups = sum(len(batch.groups) for batch in batches)
         skipped = sum(batch.skipped_groups for batch in batches)
         step = StepLog(
             step=state.global_step, seconds=self._seconds, samples=len(rewards),
-            reward_mean=sum(rewards) / len(rewards), groups=groups, skipped_groups=skipped,
+            reward_mean=mean(judged), groups=groups, skipped_groups=skipped, unjudged=len(rewards) - len(judged),
             zero_variance_fraction=skipped / groups, mean_reflection_tokens=sum(lengths) / len(lengths),
             kl=logs.get("kl") if self._updated else None, updated=self._updated,
         )
@@ -554,7 +575,7 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
     prompts_per_step = min(settings.prompts_per_step, len(rollout.failures) // state.num_processes)
     trainer = GRPOTrainer(
         model=model_path,
-        reward_funcs=retry_success,
+        reward_funcs=retry_score,
         args=grpo_config(settings, output_dir, prompts_per_step, where),
         train_dataset=Dataset.from_dict({"prompt": list(rollout.failures)}),
         processing_class=tokenizer,
@@ -602,6 +623,7 @@ def train_round(model_path: str, start_adapter: Path | None, failures: list[Fail
     groups = sum(len(batch.groups) for batch in batches)
     skipped = sum(batch.skipped_groups for batch in batches)
     return RoundReport(
+        unjudged=rewards.count(None), judge_usage=sum((batch.judge_usage for batch in batches), JudgeUsage()),
         adapter_path=output_dir, failures=len(rollout.failures), left_out=len(failures) - len(rollout.failures),
         steps=len(steps),
         seconds_per_step=seconds / max(len(steps), 1), samples_per_second=len(rewards) / seconds,

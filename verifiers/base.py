@@ -41,14 +41,67 @@ class TaskContext:
 
 
 @dataclass(frozen=True)
+class JudgeUsage:
+    """What judging an attempt cost in model calls (`score_model`, `label_model`): calls made, retries
+    included, and their tokens as the judge's `usage` reported them."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: JudgeUsage) -> JudgeUsage:
+        return JudgeUsage(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
+                          self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True)
 class Verdict:
-    success: bool
-    detail: str = ""  # short, human-readable; the reflection prompt shows it to the model
+    """A verifier's judgement of one attempt.
+
+    - `success`: whether the attempt passed, which decides whether it is reflected on and retried.
+      None means *unjudged*: the judge could not give a verdict (a model judge down, timed out, or
+      answering unreadably); `detail` says why. An unjudged attempt is not retried, not trained on and
+      counted neither as a pass nor as a failure.
+    - `score`: how good the attempt is, in [0, 1]; what GRPO rewards and the gate compares. A
+      pass/fail check scores 1.0 or 0.0 (the default, from `success`); a grader that scores on a scale
+      decides `success` by its `pass_threshold` (`Verdict.graded`). None exactly when unjudged.
+    - `detail`: short and human-readable; the reflection prompt shows it to the model.
+    - `usage`: model calls the judging made (None: none).
+    """
+
+    success: bool | None
+    detail: str = ""
+    score: float | None = None
+    usage: JudgeUsage | None = None
 
     def __post_init__(self) -> None:
         # Details quote model output and webhook replies; clipping here keeps every verifier within bounds.
         if len(self.detail) > MAX_DETAIL_CHARS:
             object.__setattr__(self, "detail", self.detail[: MAX_DETAIL_CHARS - 1] + "…")
+        if self.success is None:
+            if self.score is not None:
+                raise ValueError("an unjudged verdict has no score")
+        elif self.score is None:
+            object.__setattr__(self, "score", 1.0 if self.success else 0.0)
+        elif not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"a verdict's score is in [0, 1], not {self.score!r}")
+
+    @classmethod
+    def graded(cls, score: float, pass_threshold: float, detail: str = "",
+               usage: JudgeUsage | None = None) -> Verdict:
+        """A verdict on a scale: passed when `score` (clamped to [0, 1]) reaches `pass_threshold`."""
+        score = min(1.0, max(0.0, score))
+        return cls(score >= pass_threshold, detail, score, usage)
+
+    @classmethod
+    def unjudged(cls, reason: str, usage: JudgeUsage | None = None) -> Verdict:
+        """No verdict: the judge failed for `reason`."""
+        return cls(None, reason, None, usage)
+
+    @property
+    def failed(self) -> bool:
+        """Judged, and not passed: what a reflect-retry follows."""
+        return self.success is False
 
 
 class UnreadableOutput(Exception):

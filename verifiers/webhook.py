@@ -1,7 +1,8 @@
 """`webhook`: the client's own HTTP endpoint judges the answer.
 
 The server POSTs `{"episode_id", "attempt", "messages", "output": {"content", "tool_calls"}}` and
-expects `{"success": bool, "detail"?: str}` back. Where it may POST is the operator's choice, not
+expects `{"success": bool, "score"?: number in [0, 1], "detail"?: str}` back (without a score, a pass
+scores 1.0 and a failure 0.0). Where it may POST is the operator's choice, not
 the client's: `check(policy)` (the type's `admit`, given the process's `VerifierRuntime.webhooks`)
 refuses any host outside `WebhookPolicy.allowed_hosts` (and loopback unless allowed) before a request
 is accepted, and `verifiers.verify` checks again before judging. With a
@@ -72,6 +73,7 @@ class WebhookPolicy:
 
 class WebhookReply(BaseModel):
     success: StrictBool
+    score: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True)  # default: from success
     detail: str = ""
 
 
@@ -208,13 +210,14 @@ def _verdict(status: int, reply: bytes | None) -> Verdict:
     try:  # read as R3 reads any JSON it did not write (`read_json`), then checked for its shape
         parsed = WebhookReply.model_validate(read_json(reply.decode()))
     except (UnicodeDecodeError, JsonTextError, ValidationError):
-        return Verdict(False, 'webhook error: reply is not JSON of the form {"success": bool, "detail"?: str}')
-    return Verdict(parsed.success, parsed.detail)
+        return Verdict(False, 'webhook error: reply is not JSON of the form '
+                              '{"success": bool, "score"?: number in [0, 1], "detail"?: str}')
+    return Verdict(parsed.success, parsed.detail, parsed.score)
 
 
 register(VerifierType(
     WebhookSpec, judge_with=WebhookSpec.judge, admit=lambda spec, runtime: spec.check(runtime.webhooks),
-    summary="your endpoint answers `{\"success\": true}` to a POST of the attempt (episode id, attempt number, "
+    summary="your endpoint answers `{\"success\": true}` (optionally with a `\"score\"` in [0, 1]) to a POST of the attempt (episode id, attempt number, "
             "conversation, output, tool calls), signed with `X-R3-Signature: sha256=<HMAC>` when "
             "`R3_WEBHOOK_SECRET` is set; only hosts in `R3_WEBHOOK_ALLOWED_HOSTS` (loopback only with "
             "`R3_WEBHOOK_ALLOW_LOOPBACK`)",

@@ -101,6 +101,10 @@ class EpisodeRow(Base):
     attempt_count: Mapped[int] = mapped_column(Integer)
     first_success: Mapped[bool | None] = mapped_column(Boolean)
     outcome: Mapped[bool | None] = mapped_column(Boolean)
+    # The first attempt's and the latest attempt's scores in [0, 1] (`AttemptRecord.graded`), as
+    # first_success and outcome are their verdicts: what the stats' mean scores read.
+    first_score: Mapped[float | None] = mapped_column(Float)
+    outcome_score: Mapped[float | None] = mapped_column(Float)
     # Set once the Redis stream carries the id; a catch-up loop announces the rest.
     announced: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # Set when a committed round used the episode: the version trained on it, or `rounds.HELD_OUT`.
@@ -139,7 +143,12 @@ class AttemptRow(Base):
     reflection_tokens: Mapped[int] = mapped_column(Integer)
     success: Mapped[bool | None] = mapped_column(Boolean)
     detail: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    judge_calls: Mapped[int] = mapped_column(Integer, server_default="0")
+    judge_prompt_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    judge_completion_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     feedback_success: Mapped[bool | None] = mapped_column(Boolean)
+    feedback_score: Mapped[float | None] = mapped_column(Float)
     feedback_detail: Mapped[str | None] = mapped_column(Text)
     feedback_at: Mapped[datetime | None]
 

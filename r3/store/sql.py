@@ -17,9 +17,9 @@ from r3.episodes import AttemptRecord, Episode, Feedback
 from r3.store.models import AttemptRow, EpisodeRow
 
 # Columns the server owns; `announced` and `trained_in` belong to the stream and the trainer.
-_EPISODE_UPDATES = ("revision", "attempt_count", "first_success", "outcome")
+_EPISODE_UPDATES = ("revision", "attempt_count", "first_success", "outcome", "first_score", "outcome_score")
 # An attempt never changes once made, except that feedback arrives.
-_ATTEMPT_UPDATES = ("feedback_success", "feedback_detail", "feedback_at")
+_ATTEMPT_UPDATES = ("feedback_success", "feedback_score", "feedback_detail", "feedback_at")
 
 
 # Spelled as the partial index `episodes_unannounced` is (`WHERE NOT announced`): SQLAlchemy renders
@@ -76,14 +76,15 @@ def _seconds(moment: datetime) -> float:
 
 
 def episode_row(episode: Episode) -> dict[str, Any]:
-    first = episode.attempts[0].passed if episode.attempts else None
+    first, latest = (episode.attempts[0], episode.attempts[-1]) if episode.attempts else (None, None)
     return dict(
         id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, model=episode.model,
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
         replayable=episode.replayable, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
-        revision=episode.revision, attempt_count=len(episode.attempts), first_success=first,
-        outcome=episode.outcome,
+        revision=episode.revision, attempt_count=len(episode.attempts),
+        first_success=first.passed if first else None, outcome=latest.passed if latest else None,
+        first_score=first.graded if first else None, outcome_score=latest.graded if latest else None,
     )
 
 
@@ -95,7 +96,9 @@ def attempt_row(episode_id: str, attempt: AttemptRecord) -> dict[str, Any]:
         completion_tokens=attempt.completion_tokens, latency_s=attempt.latency_s, content=attempt.content,
         tool_calls=attempt.tool_calls, token_ids=attempt.token_ids, logprobs=attempt.logprobs,
         reflection=attempt.reflection, reflection_tokens=attempt.reflection_tokens, success=attempt.success,
-        detail=attempt.detail, feedback_success=feedback.success if feedback else None,
+        detail=attempt.detail, score=attempt.score, judge_calls=attempt.judge_calls,
+        judge_prompt_tokens=attempt.judge_prompt_tokens, judge_completion_tokens=attempt.judge_completion_tokens,
+        feedback_success=feedback.success if feedback else None, feedback_score=feedback.score if feedback else None,
         feedback_detail=feedback.detail if feedback else None,
         feedback_at=_time(feedback.received_at) if feedback else None,
     )
@@ -108,7 +111,9 @@ def episode_of(row: EpisodeRow) -> Episode:
             prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens, latency_s=a.latency_s,
             content=a.content, tool_calls=a.tool_calls, token_ids=a.token_ids, logprobs=a.logprobs,
             reflection=a.reflection, reflection_tokens=a.reflection_tokens, success=a.success, detail=a.detail,
-            feedback=Feedback(a.feedback_success, a.feedback_detail, _seconds(a.feedback_at))
+            score=a.score, judge_calls=a.judge_calls, judge_prompt_tokens=a.judge_prompt_tokens,
+            judge_completion_tokens=a.judge_completion_tokens,
+            feedback=Feedback(a.feedback_success, a.feedback_detail, _seconds(a.feedback_at), a.feedback_score)
             if a.feedback_success is not None else None,
         )
         for a in row.attempts

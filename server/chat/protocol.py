@@ -491,7 +491,8 @@ class Choice(BaseModel):
 
 class AttemptReport(BaseModel):
     attempt: int
-    success: bool | None  # None: no verifier judged it (or it awaits /feedback)
+    success: bool | None  # None: not judged (no verifier, the judge failed, or it awaits /feedback)
+    score: float | None = None  # the verdict's score in [0, 1]
     detail: str | None = None
     reflection: str | None = None  # the reflection written before this attempt (absent with store: false)
     finish_reason: str

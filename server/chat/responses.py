@@ -34,7 +34,8 @@ def r3_info(episode: Episode) -> R3Info:
         episode_id=episode.id,
         adapter=episode.adapter or "base",
         reflected=len(episode.attempts) > 1,
-        attempts=[AttemptReport(attempt=a.number, success=a.passed, detail=a.feedback.detail if a.feedback else a.detail,
+        attempts=[AttemptReport(attempt=a.number, success=a.passed, score=a.graded,
+                                detail=a.feedback.detail if a.feedback else a.detail,
                                 reflection=a.reflection, finish_reason=a.finish_reason)
                   for a in episode.attempts],
     )

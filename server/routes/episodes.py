@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Query
@@ -13,7 +12,7 @@ from r3.store.sql import EpisodeFilter
 from server.auth import CheckedRoute, admin
 from server.deps import EpisodeLogDep, EpisodesDep, TenantDep
 from server.errors import APIError, shown
-from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut
+from server.protocol import AttemptOut, EpisodeOut, EpisodePage, FeedbackOut, JudgeUsageOut
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -22,11 +21,15 @@ def episode_out(episode: Episode) -> EpisodeOut:
     return EpisodeOut(
         id=episode.id, created_at=episode.created_at, model=episode.model, adapter=episode.adapter or "base",
         task_kind=episode.task_kind, verifier=episode.verifier, store=episode.store_text, messages=episode.messages,
-        tools=episode.tools, outcome=episode.outcome,
+        tools=episode.tools, outcome=episode.outcome, score=episode.latest.graded if episode.attempts else None,
         attempts=[AttemptOut(
             attempt=a.number, completion_id=a.completion_id, content=a.content, tool_calls=a.tool_calls,
-            reflection=a.reflection, success=a.success, detail=a.detail,
-            feedback=FeedbackOut(**asdict(a.feedback)) if a.feedback else None, finish_reason=a.finish_reason,
+            reflection=a.reflection, success=a.success, score=a.score, detail=a.detail,
+            feedback=FeedbackOut(success=a.feedback.success, score=a.feedback.graded, detail=a.feedback.detail,
+                                 received_at=a.feedback.received_at) if a.feedback else None,
+            judge_usage=JudgeUsageOut(calls=a.judge_calls, prompt_tokens=a.judge_prompt_tokens,
+                                      completion_tokens=a.judge_completion_tokens) if a.judge_calls else None,
+            finish_reason=a.finish_reason,
             prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
             reflection_tokens=a.reflection_tokens, latency_s=a.latency_s,
         ) for a in episode.attempts],

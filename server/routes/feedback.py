@@ -40,8 +40,9 @@ async def give_feedback(body: FeedbackRequest, request: Request, store: EpisodeL
         if attempt.feedback is not None:
             return _repeat(episode, number, body)
         if body.retry:
-            _check_retryable(episode, number)
-        attempt.feedback = Feedback(success=body.success, detail=body.detail)
+            _check_retryable(episode, number, body)
+        success, score = body.verdict(_pass_threshold(episode))
+        attempt.feedback = Feedback(success=success, detail=body.detail, score=score)
         if not body.retry:
             await store.save(episode)
             return _receipt(episode, number)
@@ -68,7 +69,16 @@ async def _find(store, body: FeedbackRequest, tenant: str | None) -> tuple[Episo
     return found
 
 
-def _check_retryable(episode: Episode, number: int) -> None:
+def _pass_threshold(episode: Episode) -> float | None:
+    """The recorded verifier's `pass_threshold`, where it scores on a scale (a grader) and names one."""
+    threshold = (episode.verifier or {}).get("pass_threshold")
+    return threshold if isinstance(threshold, int | float) and not isinstance(threshold, bool) else None
+
+
+def _check_retryable(episode: Episode, number: int, body: FeedbackRequest) -> None:
+    if body.verdict(_pass_threshold(episode))[0]:
+        raise APIError(400, "retry needs a failing verdict: this score passes the verifier's pass_threshold",
+                       param="retry")
     if episode.retry_of(number) is not None:
         raise APIError(409, f"attempt {number} already has a retry (attempt {number + 1}); give feedback on that one",
                        type="conflict_error", param="retry")
@@ -80,7 +90,7 @@ def _check_retryable(episode: Episode, number: int) -> None:
 def _repeat(episode: Episode, number: int, body: FeedbackRequest) -> FeedbackReceipt | ChatCompletion:
     """The same feedback again is answered as the first time; different feedback is a conflict."""
     given = episode.attempt(number).feedback
-    if (given.success, given.detail) != (body.success, body.detail):
+    if (given.success, given.graded, given.detail) != (*body.verdict(_pass_threshold(episode)), body.detail):
         raise APIError(409, f"attempt {number} already has different feedback", type="conflict_error", param="success")
     retried = episode.retry_of(number)
     if body.retry and retried is not None:
@@ -93,6 +103,7 @@ def _repeat(episode: Episode, number: int, body: FeedbackRequest) -> FeedbackRec
 
 def _receipt(episode: Episode, number: int) -> FeedbackReceipt:
     feedback = episode.attempt(number).feedback
-    return FeedbackReceipt(episode_id=episode.id, attempt=number, success=feedback.success, detail=feedback.detail)
+    return FeedbackReceipt(episode_id=episode.id, attempt=number, success=feedback.success, score=feedback.graded,
+                           detail=feedback.detail)
 
 

@@ -92,3 +92,33 @@ def test_the_server_refuses_a_database_behind_the_code(url: str) -> None:
         run(check)
     run_in_thread(database.migrate, url)
     run(check)
+
+
+def test_scores_are_given_to_the_verdicts_a_previous_release_recorded(url: str) -> None:
+    """Migration 0003 on a database written by the release before it: every judged attempt and
+    episode gets the score its verdict means, unjudged ones none, the client's feedback its own."""
+    run_in_thread(database.migrate, url, "0002")
+
+    async def execute(*statements: str) -> list[list[tuple]]:
+        engine = database.create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                results = [await connection.exec_driver_sql(statement) for statement in statements]
+                return [[tuple(row) for row in result.all()] if result.returns_rows else [] for result in results]
+        finally:
+            await engine.dispose()
+
+    run(lambda: execute(
+        "INSERT INTO episodes (id, created_at, model, task_kind, replayable, store_text, sampling, revision,"
+        " attempt_count, first_success, outcome) VALUES ('ep_a', '2026-12-01 00:00:00+00', 'r3', 'generic',"
+        " false, true, '{}', 1, 3, false, true)",
+        *(f"INSERT INTO attempts (episode_id, number, completion_id, finish_reason, prompt_tokens,"
+          f" completion_tokens, latency_s, reflection_tokens, success, feedback_success) VALUES"
+          f" ('ep_a', {number}, 'c{number}', 'stop', 1, 1, 0.1, 0, {success}, {feedback})"
+          for number, success, feedback in ((1, "false", "NULL"), (2, "NULL", "NULL"), (3, "false", "true")))))
+    run_in_thread(database.migrate, url)
+    attempts, episodes = run(lambda: execute(
+        "SELECT number, score, feedback_score, judge_calls FROM attempts ORDER BY number",
+        "SELECT first_score, outcome_score FROM episodes"))
+    assert attempts == [(1, 0.0, None, 0), (2, None, None, 0), (3, 0.0, 1.0, 0)]
+    assert episodes == [(0.0, 1.0)]

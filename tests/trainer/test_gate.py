@@ -53,7 +53,7 @@ def test_first_attempt_regression_beyond_tolerance_is_rejected():
     active = result([False] * 20, [True] * 20)
     candidate_first = [True] * 16 + [False] * 4  # 20 points lower
     decision = decide(result([True] * 20, candidate_first), active, alpha=0.05, tolerance=0.05)
-    assert not decision.promote and "first-attempt success fell" in decision.reason
+    assert not decision.promote and "first-attempt score fell" in decision.reason
     assert math.isclose(decision.numbers["first_attempt_drop"], 0.2)
 
     within = [True] * 19 + [False]  # 5 points lower, at the tolerance
@@ -77,6 +77,40 @@ def test_sampled_gate_pairs_items_by_their_pass_shares():
     assert decision.numbers["samples"] == 4 and decision.numbers["candidate_second_attempt"] == 5.75 / 12
     with pytest.raises(ValueError, match="sampled differently"):
         decide(candidate, result([True] * 12, []), alpha=0.05, tolerance=0.02)
+
+
+def graded(second: list[float | None], first: list[float | None] = ()) -> EvalResult:
+    return EvalResult(adapter="x", second_attempt={f"h{i}": score for i, score in enumerate(second)},
+                      first_attempt={f"r{i}": score for i, score in enumerate(first)})
+
+
+def test_graded_scores_are_compared_per_item_by_their_mean():
+    """A grader's scores: a candidate whose retries score a little higher on most items is promoted, on
+    the sign test over items; a pass/fail comparison of the same retries (threshold 0.5) would see
+    no difference at all, since no retry crosses it."""
+    active = graded([0.2] * 10 + [0.4] * 2)
+    candidate = graded([0.3] * 10 + [0.35] * 2)  # 10 items better, 2 worse; all below 0.5
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert decision.promote, decision.reason
+    assert "mean second-attempt score higher" in decision.reason and decision.numbers["measure"] == "mean score"
+    assert (decision.numbers["candidate_better"], decision.numbers["active_better"]) == (10, 2)
+    assert decision.numbers["p_value"] == sign_test_p_value(10, 2)
+    assert math.isclose(decision.numbers["candidate_second_attempt"], (3.0 + 0.7) / 12)
+    assert math.isclose(decision.numbers["active_second_attempt"], (2.0 + 0.8) / 12)
+
+
+def test_unjudged_items_are_left_out_of_the_comparison_and_counted():
+    """An item that no judge scored for one adapter is no pair: it is neither a win nor a loss, and
+    the rates are over judged scores only."""
+    active = graded([0.0] * 6 + [None, 0.0], [1.0, None])
+    candidate = graded([1.0] * 6 + [1.0, None], [1.0, 1.0])
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert decision.numbers["unjudged"] == 2
+    assert (decision.numbers["candidate_better"], decision.numbers["active_better"]) == (6, 0)
+    assert decision.numbers["p_value"] == 2**-6
+    assert decision.numbers["active_first_attempt"] == 1.0  # the unjudged regression item counts for nothing
+    assert decide(graded([None] * 3), graded([0.0] * 3), alpha=0.05, tolerance=0.02).reason == \
+        "no judged held-out failures to judge the candidate on"
 
 
 def test_each_failures_samples_have_their_own_seeds_shared_by_both_adapters():

@@ -80,7 +80,8 @@ async def test_a_candidate_whose_retries_rescue_more_failures_is_promoted_when_t
     assert decision.numbers | {"p_value": None} == {
         "heldout": held_out, "samples": SAMPLES, "temperature": TEMPERATURE,
         "candidate_second_attempt": 1.0, "active_second_attempt": 1 / held_out,
-        "candidate_better": wins, "active_better": 0, "p_value": None, "alpha": 0.05,
+        "measure": "mean score", "candidate_better": wins, "active_better": 0, "unjudged": 0, "judge_calls": 0,
+        "judge_tokens": 0, "p_value": None, "alpha": 0.05,
         "regression": len(REGRESSION), "candidate_first_attempt": 1.0, "active_first_attempt": 1.0,
         "first_attempt_drop": 0.0, "tolerance": 0.02}
     assert decision.numbers["p_value"] == sign_test_p_value(wins, 0) == 2.0 ** -wins
@@ -102,6 +103,6 @@ async def test_a_candidate_whose_retries_rescue_more_failures_is_promoted_when_t
 async def test_a_candidate_with_worse_first_attempts_is_not_promoted(tmp_path: Path) -> None:
     engine = ScriptedEngine(script(wrong_first=frozenset({("candidate", next(iter(REGRESSION)))})))
     candidate, _, decision = await gate(engine, tmp_path, held_out=7)
-    assert candidate.first_attempt == {f"ep_{q}": i > 0 for i, q in enumerate(REGRESSION)}
+    assert candidate.first_attempt == {f"ep_{q}": float(i > 0) for i, q in enumerate(REGRESSION)}
     assert decision.numbers["first_attempt_drop"] == 0.25 and decision.numbers["p_value"] < 0.05
-    assert not decision.promote and "first-attempt success fell by 0.250" in decision.reason
+    assert not decision.promote and "first-attempt score fell by 0.250" in decision.reason

@@ -206,6 +206,8 @@ async def test_a_slow_webhook_times_out_without_retry(hook_server: HookServer) -
         (Reply(body=b'{"success": true, "pad": ' + b"[" * 65 + b"]" * 65 + b"}"), "reply is not JSON of the form"),
         (Reply(body=b'{"success": true, "pad": NaN}'), "reply is not JSON of the form"),
         (Reply(body=b'{"success": true, "detail": "\xff"}'), "reply is not JSON of the form"),
+        (Reply(body=b'{"success": true, "score": 1.5}'), "reply is not JSON of the form"),
+        (Reply(body=b'{"success": false, "score": "0.5"}'), "reply is not JSON of the form"),
         (Reply(body=b'{"success": true, "pad": "' + b"x" * 70_000 + b'"}'), "reply larger than 65536 bytes"),
         (Reply(404, b'{"success": true}'), "HTTP 404"),
         (Reply(401, b""), "HTTP 401"),
@@ -220,6 +222,19 @@ async def test_bad_replies_are_failed_verdicts_without_retry(hook_server: HookSe
     assert verdict.detail.startswith("webhook error: ")
     assert detail in verdict.detail
     assert len(hook_server.requests) == 1
+
+
+@pytest.mark.parametrize(("body", "success", "score"), [
+    (b'{"success": false, "score": 0.25, "detail": "a quarter right"}', False, 0.25),
+    (b'{"success": true, "score": 1}', True, 1.0),
+    (b'{"success": true}', True, 1.0),
+    (b'{"success": false}', False, 0.0),
+])
+async def test_a_webhook_may_grade_the_answer(hook_server: HookServer, body: bytes, success: bool,
+                                              score: float) -> None:
+    hook_server.replies = [Reply(body=body)]
+    verdict = await webhook(hook_server.url()).judge(ATTEMPT, CONTEXT, LOOPBACK)
+    assert (verdict.success, verdict.score) == (success, score)
 
 
 ALLOWED = WebhookPolicy(allowed_hosts=frozenset({"hooks.example.com", "10.0.0.7"}))
