@@ -58,3 +58,41 @@ async def test_failing_feedback_with_retry_answers_with_the_scripted_retry(serve
     assert error["param"] == "success" and error["type"] == "conflict_error"
     episode = await http.get(f"/v1/episodes/{completion['r3']['episode_id']}")
     assert [a["feedback"] and a["feedback"]["success"] for a in episode.json()["attempts"]] == [False, None]
+
+
+async def test_feedback_may_grade_the_answer(served) -> None:
+    """A score alone decides the verdict by the default threshold (no verifier named one); it overrides
+    the recorded score in the episode and in the response's `r3`; a passing score cannot ask for a retry."""
+    http, engine = served
+    first = await http.post("/v1/chat/completions", json={"model": engine.model_id, "messages": ASK})
+    completion_id = first.json()["id"]
+
+    passing_retry = await http.post("/feedback", json={"completion_id": completion_id, "score": 0.75, "retry": True})
+    assert passing_retry.status_code == 400 and passing_retry.json()["error"]["param"] == "retry"
+
+    receipt = await http.post("/feedback", json={"completion_id": completion_id, "score": 0.25, "detail": "a guess"})
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json() | {"episode_id": None} == {"episode_id": None, "attempt": 1, "success": False,
+                                                     "score": 0.25, "detail": "a guess"}
+    episode = (await http.get(f"/v1/episodes/{receipt.json()['episode_id']}")).json()
+    assert episode["score"] == 0.25 and episode["outcome"] is False
+    assert episode["attempts"][0]["feedback"]["score"] == 0.25
+    assert episode["attempts"][0]["score"] is None  # no verifier judged it: only the client did
+
+    same = await http.post("/feedback", json={"completion_id": completion_id, "success": False, "score": 0.25,
+                                              "detail": "a guess"})
+    assert same.status_code == 200  # the same verdict, spelled in full
+    other = await http.post("/feedback", json={"completion_id": completion_id, "score": 0.3, "detail": "a guess"})
+    assert other.status_code == 409
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"score": 1.5}, "score"), ({"score": -0.1}, "score"), ({"score": "0.5"}, "score"), ({"score": True}, "score"),
+    ({}, None),
+])
+async def test_bad_feedback_scores_are_refused(served, body: dict, param: str | None) -> None:
+    http, engine = served
+    first = await http.post("/v1/chat/completions", json={"model": engine.model_id, "messages": ASK})
+    refused = await http.post("/feedback", json={"completion_id": first.json()["id"], **body})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == param
