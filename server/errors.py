@@ -99,7 +99,7 @@ def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse
     # Of a union's alternatives, the error that got furthest into the input says most.
     first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
     location = tuple(first.get("loc", ()))
-    param = _param_path(location, error.body, first.get("type"))
+    param = param_path(location, error.body, first.get("type"))
     if first.get("type") == "json_invalid":
         reason = first.get("ctx", {}).get("error")
         return error_response(400, "the request body is not valid JSON" + (f": {reason}" if reason else ""),
@@ -110,7 +110,7 @@ def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse
     return error_response(400, f"{clipped(param)}: {message}" if param else message, param=param)
 
 
-def _param_path(location: tuple, body: Any, error_type: str | None) -> str | None:
+def param_path(location: tuple, body: Any, error_type: str | None) -> str | None:
     """The param a validation error's location names, as the client wrote it:
     `("body", "messages", 0, "user", "content", "str")` → `"messages.0.content"`.
 

@@ -29,7 +29,7 @@ from server.chat.protocol import ChatCompletion, ChatCompletionRequest
 from server.chat.responses import chat_completion, r3_info, usage_of
 from server.chat.sse import ChoiceChunks, Wire
 from server.deps import Services
-from server.errors import APIError, clipped
+from server.errors import APIError, clipped, param_path
 from server.openai.serving import all_of, logit_bias_pairs, token_bytes
 from server.openai.sse import interleaved
 from server.protocol import now
@@ -270,10 +270,13 @@ def _verifier(body: ChatCompletionRequest, runtime: VerifierRuntime) -> Verifier
         spec = parse_spec(body.verifier)
     except ValidationError as error:
         first = max(error.errors(), key=lambda e: len(e.get("loc", ())))
-        location = [str(part) for part in first.get("loc", ())]
-        # The location starts with the spec's type tag; without one, the type itself was wrong.
-        field = location[1:] if location else (["type"] if first.get("type", "").startswith("union_tag") else [])
-        param = ".".join(["verifier", *field])
+        location = first.get("loc", ())
+        # The location has the type tag of the spec (and of each grader nested in it), which the client's
+        # param does not; without one, the type itself was wrong.
+        if location:
+            param = param_path(("body", "verifier", *location), {"verifier": body.verifier}, first.get("type"))
+        else:
+            param = "verifier.type" if first.get("type", "").startswith("union_tag") else "verifier"
         raise APIError(400, f"{clipped(param)}: {validation_message(first)}", param=param) from error
     try:
         admit(spec, runtime)  # the verifier type's own check (a webhook's host against the policy)

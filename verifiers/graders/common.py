@@ -12,13 +12,16 @@ namespaces are `item` and `sample`, and nested values are read with a JSON-path-
 method of the same name). R3 renders them with Jinja2's `ImmutableSandboxedEnvironment` and
 `StrictUndefined`, restricted to what a grader needs and bounded in what it can produce:
 
-- a template is output (`{{ … }}`), text and `{% if %}`: no loops, macros, assignments, calls or
-  includes (`check_template` refuses them), so rendering takes time linear in the template;
-- the filters are the few whose output grows at most linearly with their input (`FILTERS`);
-- `+`, `*`, `**`, `%` and `~` are intercepted: they work on numbers (and `+`, `~`, text `*` an
-  integer, on text), and refuse a result longer than `MAX_RENDERED_CHARS` characters or an integer
-  of more than `MAX_INTEGER_BITS` bits before building it;
-- the rendered text stops at `MAX_RENDERED_CHARS` characters.
+- a template is output (`{{ … }}`), text and `{% if %}`: no loops, macros, assignments, calls,
+  keyword arguments, list literals or includes (`check_template` refuses them), so rendering takes
+  time linear in the template;
+- the filters are the few whose output grows at most linearly with their input (`FILTERS`, and a
+  `tojson` without options);
+- `+`, `*`, `**`, `%` and `~` are intercepted: `+ * ** %` work on numbers (`+` on text too, `*` on
+  text times a whole number), `~` joins anything as text; each refuses a result longer than
+  `MAX_RENDERED_CHARS` characters or an integer of more than `MAX_INTEGER_BITS` bits before building it;
+- the rendered text stops at `MAX_RENDERED_CHARS` characters (a failure of the verdict, like any
+  template error while rendering).
 
 **`item`** is R3's extension: OpenAI's graders read `item` from the row of an eval's or fine-tuning
 job's dataset; R3 has no dataset, so the client sends the row with the spec (`"item": {...}`). A
@@ -35,11 +38,12 @@ failure, score 0, whose detail says what the answer lacks (`TemplateFailure`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.filters import FILTERS as JINJA_FILTERS
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -57,7 +61,7 @@ PassThreshold = Annotated[float, Field(ge=0.0, le=1.0)]
 
 SAMPLE_FIELDS = ("output_text", "output_json", "output_tools")
 FILTERS = ("abs", "capitalize", "count", "d", "default", "first", "float", "int", "last", "length", "lower",
-           "round", "string", "title", "tojson", "trim", "upper")
+           "round", "string", "title", "trim", "upper")  # Jinja's; and `tojson`, R3's (`_tojson`)
 
 
 class GraderSpec(SpecBase):
@@ -106,17 +110,17 @@ class Sample:
                 "output_tools": list(self.output_tools)}
 
 
-def _refuse(message: str) -> SecurityError:
-    return SecurityError(message)
+_TOO_LONG = f"the template builds a value longer than {MAX_RENDERED_CHARS} characters"
+_TOO_BIG = f"the template computes an integer of more than {MAX_INTEGER_BITS} bits"
 
 
 def _bounded(value: Any) -> Any:
-    """`value`, unless it is text or a list longer than `MAX_RENDERED_CHARS` or an integer of more than
-    `MAX_INTEGER_BITS` bits."""
-    if isinstance(value, str | list | tuple) and len(value) > MAX_RENDERED_CHARS:
-        raise _refuse(f"the template builds a value longer than {MAX_RENDERED_CHARS} characters")
+    """`value`, unless it is text longer than `MAX_RENDERED_CHARS` or an integer of more than
+    `MAX_INTEGER_BITS` bits (`SecurityError`)."""
+    if isinstance(value, str) and len(value) > MAX_RENDERED_CHARS:
+        raise SecurityError(_TOO_LONG)
     if isinstance(value, int) and value.bit_length() > MAX_INTEGER_BITS:
-        raise _refuse(f"the template computes an integer of more than {MAX_INTEGER_BITS} bits")
+        raise SecurityError(_TOO_BIG)
     return value
 
 
@@ -143,23 +147,21 @@ class _GraderSandbox(ImmutableSandboxedEnvironment):
     code_generator_class = _CheckedConcat
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        # Each check runs before the operation: the value refused is never built.
         if _is_number(left) and _is_number(right):
-            if operator_ == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
-                    and left.bit_length() * right > MAX_INTEGER_BITS:
-                raise _refuse(f"the template computes an integer of more than {MAX_INTEGER_BITS} bits")
-            if operator_ == "*" and isinstance(left, int) and isinstance(right, int) \
-                    and left.bit_length() + right.bit_length() > MAX_INTEGER_BITS + 1:
-                raise _refuse(f"the template computes an integer of more than {MAX_INTEGER_BITS} bits")
+            if isinstance(left, int) and isinstance(right, int) and (
+                    (operator_ == "**" and right > 0 and left.bit_length() * right > MAX_INTEGER_BITS)
+                    or (operator_ == "*" and left.bit_length() + right.bit_length() > MAX_INTEGER_BITS + 1)):
+                raise SecurityError(_TOO_BIG)
         elif operator_ == "+" and isinstance(left, str) and isinstance(right, str):
             if len(left) + len(right) > MAX_RENDERED_CHARS:
-                raise _refuse(f"the template builds a value longer than {MAX_RENDERED_CHARS} characters")
+                raise SecurityError(_TOO_LONG)
         elif operator_ == "*" and isinstance(left, str) and isinstance(right, int) and not isinstance(right, bool):
             if len(left) * right > MAX_RENDERED_CHARS:
-                raise _refuse(f"the template builds a value longer than {MAX_RENDERED_CHARS} characters")
+                raise SecurityError(_TOO_LONG)
         else:
-            raise _refuse(f"a template's {operator_!r} takes numbers"
-                          + (" or text" if operator_ == "+" else " or text times a whole number" if operator_ == "*"
-                             else ""))
+            takes = {"+": "numbers or text", "*": "numbers, or text times a whole number"}.get(operator_, "numbers")
+            raise SecurityError(f"a template's {operator_!r} takes {takes}")
         return _bounded(super().call_binop(context, operator_, left, right))
 
     def bounded_join(self, parts: tuple[Any, ...]) -> str:
@@ -169,7 +171,7 @@ class _GraderSandbox(ImmutableSandboxedEnvironment):
             text = str(part)
             length += len(text)
             if length > MAX_RENDERED_CHARS:
-                raise _refuse(f"the template builds a value longer than {MAX_RENDERED_CHARS} characters")
+                raise SecurityError(_TOO_LONG)
             texts.append(text)
         return "".join(texts)
 
@@ -179,8 +181,16 @@ class _GraderSandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+def _tojson(value: Any) -> str:
+    """`tojson`: the value as JSON text, as a prompt shows it (Jinja's own escapes HTML and takes an
+    `indent`, which would let a template multiply a value's size)."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # the answer is not JSON, or lacks what is read: say so
+    return json.dumps(value, ensure_ascii=False)
+
+
 _ENVIRONMENT = _GraderSandbox(undefined=StrictUndefined, autoescape=False)
-_ENVIRONMENT.filters = {name: JINJA_FILTERS[name] for name in FILTERS}
+_ENVIRONMENT.filters = {name: JINJA_FILTERS[name] for name in FILTERS} | {"tojson": _tojson}
 _ENVIRONMENT.globals.clear()  # no range(), lipsum(), dict(), cycler(), joiner(), namespace()
 
 # The template's own nodes a grader may use: output, text, `{% if %}`, and expressions without calls.
@@ -248,7 +258,8 @@ def _construct(node: nodes.Node) -> str:
              nodes.Assign: "{% set %}", nodes.AssignBlock: "{% set %}", nodes.With: "{% with %}",
              nodes.FilterBlock: "{% filter %}", nodes.Call: "a call", nodes.Include: "{% include %}",
              nodes.Import: "{% import %}", nodes.FromImport: "{% import %}", nodes.Extends: "{% extends %}",
-             nodes.Block: "{% block %}", nodes.List: "a list", nodes.Tuple: "a tuple", nodes.Dict: "a dict"}
+             nodes.Block: "{% block %}", nodes.List: "a list", nodes.Tuple: "a tuple", nodes.Dict: "a dict",
+             nodes.Keyword: "a keyword argument"}
     return next((name for kind, name in names.items() if isinstance(node, kind)), type(node).__name__)
 
 
