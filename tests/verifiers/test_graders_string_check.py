@@ -77,6 +77,7 @@ def test_an_answer_that_is_not_the_json_read_fails_with_a_reason() -> None:
         ({"reference": 5}, ("string_check", "reference")),
         ({"pass_threshold": 0.5}, ("string_check", "pass_threshold")),  # it scores 1 or 0: no threshold
         ({"item": ["a"]}, ("string_check", "item")),
+        ({"item": ["a"], "reference": "{{ item.answer }}"}, ("string_check", "item")),  # the item is what is wrong
     ],
 )
 def test_bad_specs_name_the_field(fields, loc) -> None:

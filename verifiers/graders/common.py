@@ -302,15 +302,13 @@ def render(template: str, sample: Sample, item: dict[str, Any]) -> str:
 
 def templates(*fields: str) -> Any:
     """A pydantic validator for a grader spec's template fields (`check_template` on each, against the
-    spec's `item`): in the spec's class body, `_templates = templates("input", "reference")`. A field
-    may hold one template or a list of them. The spec's `item` must be declared before the fields
-    (`GraderSpec` declares it first); when `item` itself is invalid, only the templates' syntax is
-    checked."""
+    spec's `item`): in the spec's class body, `_templates = templates("input", "reference")`. The spec's
+    `item` must be declared before the fields (`GraderSpec` declares it first); when `item` itself is
+    invalid, only the templates' syntax is checked."""
 
-    def check(cls: type, value: Any, info: ValidationInfo) -> Any:
-        for template in [value] if isinstance(value, str) else value:
-            check_template(template, info.data.get("item"))
-        return value
+    def check(cls: type, template: str, info: ValidationInfo) -> str:
+        check_template(template, info.data.get("item"))
+        return template
 
     return field_validator(*fields)(check)
 
