@@ -34,6 +34,7 @@ from r3.engines.base import (
     TokenLogprob,
 )
 from r3.episodes import ABANDONED, AttemptRecord, Episode, new_episode_id
+from r3.judge import model_judge
 from r3.reflection import (
     FailedAttempt,
     assistant_message,
@@ -44,6 +45,7 @@ from r3.settings import Settings
 from r3.structured_output import structural_tag
 from verifiers import (
     Attempt,
+    JudgeUsage,
     TaskContext,
     Verdict,
     VerifierRuntime,
@@ -221,10 +223,12 @@ def recorded_failures(episode: Episode) -> list[FailedAttempt]:
     return failures
 
 
-def verifier_runtime(settings: Settings) -> VerifierRuntime:
-    """The process's `VerifierRuntime`, from the operator's `R3_WEBHOOK_*` settings: built once, by the
-    server and by each trainer process, and handed to its `Reflector` or `ReflectRetry`."""
-    return VerifierRuntime(webhooks=WebhookPolicy(
+def verifier_runtime(settings: Settings, engine: Engine | None = None) -> VerifierRuntime:
+    """The process's `VerifierRuntime`, from the operator's `R3_WEBHOOK_*` and `R3_JUDGE_*` settings:
+    built once, by the server and by each trainer process, and handed to its `Reflector` or
+    `ReflectRetry`. Its model judge (`r3.judge.model_judge`) is `R3_JUDGE_BASE_URL`'s, else the
+    server's `engine`, else (a trainer, which passes none) an engine of the process's own."""
+    return VerifierRuntime(judge=model_judge(settings, engine), webhooks=WebhookPolicy(
         allowed_hosts=frozenset(settings.webhook_allowed_hosts),
         allow_loopback=settings.webhook_allow_loopback,
         secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
@@ -401,7 +405,7 @@ class Reflector:
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         yield Judged(1, run.turns[0], verdict, None)
         failures: list[FailedAttempt] = []
-        while verdict is not None and not verdict.success and len(episode.attempts) <= task.max_retries:
+        while verdict is not None and verdict.failed and len(episode.attempts) <= task.max_retries:
             failures.append(FailedAttempt(run.turns[-1].message(), verdict.detail))
             number = len(episode.attempts) + 1
             try:
@@ -470,8 +474,12 @@ def _record(number: int, turn: Generated, verdict: Verdict | None, reflection: G
         number=number, completion_id=turn.completion_id, finish_reason=result.finish_reason,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, latency_s=turn.latency_s,
         reflection_tokens=reflection.result.completion_tokens if reflection else 0,
-        success=verdict.success if verdict else None, detail=verdict.detail if verdict else None,
     )
+    if verdict is not None:
+        usage = verdict.usage or JudgeUsage()
+        record.success, record.detail, record.score = verdict.success, verdict.detail, verdict.score
+        record.judge_calls, record.judge_prompt_tokens = usage.calls, usage.prompt_tokens
+        record.judge_completion_tokens = usage.completion_tokens
     if store_text:
         record.content = turn.parsed.content
         record.tool_calls = openai_tool_calls(turn.parsed)

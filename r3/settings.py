@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="Signs webhook bodies (X-R3-Signature, HMAC-SHA256).")
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(3, ge=1, le=10, description="Tries per webhook call (connection errors, 5xx).")
+    judge_base_url: str | None = Field(
+        None, description="The model graders' judge (score_model, label_model): an OpenAI-compatible API's /v1 base, "
+        "e.g. https://api.openai.com/v1, called at {base}/chat/completions with the grader's JSON schema as "
+        "response_format; its host must be allowed as a webhook's is (R3_WEBHOOK_ALLOWED_HOSTS, "
+        "R3_WEBHOOK_ALLOW_LOOPBACK). Unset: this server's own model judges, named `base` (or an R3_LORA_MODULES "
+        "adapter) in the grader's `model`, its answer held to the schema by constrained decoding.")
+    judge_api_key: SecretStr | None = Field(None, description="Sent to R3_JUDGE_BASE_URL as a bearer token.")
+    judge_timeout_s: float = Field(30.0, gt=0, description="Most seconds one judge call takes (each try, over HTTP).")
+    judge_max_attempts: int = Field(3, ge=1, le=10, description="Tries per call to R3_JUDGE_BASE_URL (connection "
+                                    "errors, 5xx, 429), backing off as webhooks do.")
+    judge_max_concurrency: int = Field(8, ge=1, description="Most judge calls in flight at once, per process.")
 
     # --- hot-swap ---
     adapter_poll_s: float = Field(2.0, gt=0, description="How often servers check the active version.")
@@ -228,6 +239,22 @@ class Settings(BaseSettings):
                 f"R3_TRAIN_STALE_AFTER_S={self.train_stale_after_s:g} is not above R3_TRAIN_HEARTBEAT_S="
                 f"{self.train_heartbeat_s:g}: every running round would look abandoned. Fix: make "
                 "R3_TRAIN_STALE_AFTER_S several heartbeats long (default 120 against 10)")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_host_allowed(self) -> Settings:
+        """The judge is called like a webhook, so its host must be allowed like one (`r3.judge`)."""
+        if self.judge_base_url is None:
+            return self
+        from r3.judge import judge_url_problem  # r3.judge reads these settings
+        from verifiers.webhook import WebhookPolicy
+
+        policy = WebhookPolicy(frozenset(self.webhook_allowed_hosts), self.webhook_allow_loopback)
+        if problem := judge_url_problem(self.judge_base_url, policy):
+            raise ValueError(
+                f"R3_JUDGE_BASE_URL={self.judge_base_url!r} cannot be called: {problem}. Fix: add its host to "
+                "R3_WEBHOOK_ALLOWED_HOSTS (a JSON list), or R3_WEBHOOK_ALLOW_LOOPBACK=true for a loopback host; "
+                "or unset R3_JUDGE_BASE_URL to judge with this server's own model")
         return self
 
 

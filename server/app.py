@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             watchdog = AutoRollback(store, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
                                     settings.auto_rollback_check_s)
             rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
-            reflector = Reflector(served, verifier_runtime(settings), settings.reflection_max_tokens)
+            reflector = Reflector(served, verifier_runtime(settings, served), settings.reflection_max_tokens)
             state = app.state
             state.store, state.episode_log, state.auth, state.engine = store, log, auth, served
             state.adapters, state.reflector = adapters, reflector

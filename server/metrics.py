@@ -1,7 +1,7 @@
 """Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
-rescues, latency, swaps, rollbacks, training rounds by status (counted in the database at each
-scrape: the trainer is another process), the episode log's backlog and refused episodes, and whether
-its journal can be written.
+rescues, model-judge calls and tokens, latency, swaps, rollbacks, training rounds by status (counted
+in the database at each scrape: the trainer is another process), the episode log's backlog and
+refused episodes, and whether its journal can be written.
 
 `Metrics.scrape` brings the gauges read from elsewhere up to date and gives the text a scrape answers."""
 
@@ -26,6 +26,10 @@ class Metrics:
         self.verdicts = Counter("r3_verdicts", "Verifier verdicts", ["version", "verdict"], registry=r)
         self.rescues = Counter("r3_rescues", "Requests whose retry passed after a failed attempt", ["version"],
                                registry=r)
+        self.judge_calls = Counter("r3_judge_calls", "Model-judge calls made judging attempts (score_model, "
+                                   "label_model), tries again included", ["version"], registry=r)
+        self.judge_tokens = Counter("r3_judge_tokens", "Tokens of those calls, as the judge counted them: what it "
+                                    "read (prompt) and wrote (completion)", ["version", "kind"], registry=r)
         self.latency = Histogram("r3_request_seconds", "Chat completion latency, all attempts included",
                                  ["reflected"], registry=r,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120))
@@ -47,6 +51,10 @@ class Metrics:
         for attempt in episode.attempts:
             if attempt.success is not None:
                 self.verdicts.labels(version, "pass" if attempt.success else "fail").inc()
+            if attempt.judge_calls:
+                self.judge_calls.labels(version).inc(attempt.judge_calls)
+                self.judge_tokens.labels(version, "prompt").inc(attempt.judge_prompt_tokens)
+                self.judge_tokens.labels(version, "completion").inc(attempt.judge_completion_tokens)
         if len(episode.attempts) > 1 and episode.attempts[-1].success:
             self.rescues.labels(version).inc()
         self.latency.labels(str(len(episode.attempts) > 1).lower()).observe(seconds)
