@@ -96,3 +96,18 @@ async def test_bad_feedback_scores_are_refused(served, body: dict, param: str | 
     refused = await http.post("/feedback", json={"completion_id": first.json()["id"], **body})
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["param"] == param
+
+
+async def test_a_feedback_score_is_read_against_the_graders_pass_threshold(served) -> None:
+    """An episode judged by a grader with a pass_threshold: the client's score passes from that
+    threshold (0.8 here), not the default 0.5."""
+    http, engine = served
+    grader = {"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}",
+              "reference": "Mango", "evaluation_metric": "fuzzy_match", "pass_threshold": 0.8}
+    first = await http.post("/v1/chat/completions", json={"model": engine.model_id, "messages": ASK,
+                                                          "verifier": grader, "reflect": {"max_retries": 0}})
+    assert first.status_code == 200, first.text
+    assert first.json()["r3"]["attempts"][0] | {"detail": None} == {
+        "attempt": 1, "success": True, "score": 1.0, "detail": None, "reflection": None, "finish_reason": "stop"}
+    receipt = await http.post("/feedback", json={"completion_id": first.json()["id"], "score": 0.7})
+    assert (receipt.json()["success"], receipt.json()["score"]) == (False, 0.7)

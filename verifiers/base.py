@@ -139,6 +139,13 @@ class SpecBase(ClientInput):
     model_config = ConfigDict(frozen=True)
 
     @property
+    def pass_score(self) -> float | None:
+        """The score in [0, 1] from which an answer passes, for a spec that grades on a scale (a grader's
+        `pass_threshold`, on R3's [0, 1] scale); None for a pass/fail check. A client's feedback score
+        is read against it (`POST /feedback`)."""
+        return None
+
+    @property
     def task_kind(self) -> str:
         """The kind of task its type judges (`VerifierType.task_kind`): which reflection prompt a failure gets."""
         from verifiers.registry import verifier_type  # the registry imports this module

@@ -17,6 +17,7 @@ from server.deps import AdaptersDep, EpisodeLogDep, ReflectorDep, SettingsDep, T
 from server.errors import APIError, ignore_unknown_fields
 from server.openai.serving import unless_disconnected
 from server.protocol import FeedbackReceipt, FeedbackRequest
+from verifiers import parse_spec
 
 router = APIRouter(route_class=CheckedRoute)
 
@@ -70,9 +71,14 @@ async def _find(store, body: FeedbackRequest, tenant: str | None) -> tuple[Episo
 
 
 def _pass_threshold(episode: Episode) -> float | None:
-    """The recorded verifier's `pass_threshold`, where it scores on a scale (a grader) and names one."""
-    threshold = (episode.verifier or {}).get("pass_threshold")
-    return threshold if isinstance(threshold, int | float) and not isinstance(threshold, bool) else None
+    """The score in [0, 1] from which the recorded verifier passes an answer, where it grades on a
+    scale (`SpecBase.pass_score`); None for a pass/fail check, or a record that no longer parses."""
+    if episode.verifier is None:
+        return None
+    try:
+        return parse_spec(episode.verifier).pass_score
+    except ValueError:  # pydantic's ValidationError: a type or field this release no longer has
+        return None
 
 
 def _check_retryable(episode: Episode, number: int, body: FeedbackRequest) -> None:

@@ -124,6 +124,12 @@ async def test_the_threshold_is_in_the_ranges_units(judge, runtime) -> None:
     assert (verdict.success, verdict.score) == (True, 0.2)
 
 
+def test_the_pass_score_a_feedback_score_is_read_against_is_the_threshold_on_the_unit_scale() -> None:
+    assert parse_spec(score_model(pass_threshold=7)).pass_score == 0.7
+    assert parse_spec(score_model(pass_threshold=None)).pass_score == 0.5  # the middle of the range
+    assert parse_spec(label_model()).pass_score is None  # a label passes or fails
+
+
 # ---------------------------------------------------------------------------------------- label_model
 
 

@@ -76,6 +76,12 @@ class GraderSpec(SpecBase):
     name: str = ""
     item: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def pass_score(self) -> float | None:
+        """The grader's `pass_threshold` where it has one on R3's [0, 1] scale (a scale of its own
+        overrides this); None for a pass/fail check such as `string_check`."""
+        return getattr(self, "pass_threshold", None)
+
 
 class TemplateFailure(UnreadableOutput):
     """A grader's template could not be rendered for this answer; the message says why, for a

@@ -223,6 +223,11 @@ class ScoreModelSpec(ModelGraderSpec):
     def sampling(self) -> JudgeSampling:
         return self.sampling_params.judge_sampling() if self.sampling_params else JudgeSampling()
 
+    @property
+    def pass_score(self) -> float:
+        """`pass_threshold` on R3's [0, 1] scale (None: the range's middle, 0.5)."""
+        return DEFAULT_PASS_THRESHOLD if self.pass_threshold is None else self.scaled(self.pass_threshold)
+
     def scaled(self, value: float) -> float:
         """`value`, in the range's units, on R3's [0, 1] scale; truncated to the range first."""
         low, high = self.range
@@ -238,7 +243,7 @@ class ScoreModelSpec(ModelGraderSpec):
             return Verdict.unjudged(f"judge error: its result is not a number: {_clipped(repr(answer.result))}",
                                     usage)
         low, high = self.range
-        threshold = DEFAULT_PASS_THRESHOLD if self.pass_threshold is None else self.scaled(self.pass_threshold)
+        threshold = self.pass_score
         said = f"scored {result:g} in [{low:g}, {high:g}]"
         return Verdict.graded(self.scaled(result), threshold,
                               f"{said}: {answer.rationale}" if answer.rationale else said, usage)
