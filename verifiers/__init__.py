@@ -19,6 +19,7 @@ from __future__ import annotations
 # The built-in verifier types, each registered by importing its module, in import order (the verifiers
 # guide's table order; tool_call imports tool_schema, which so comes first). A new type adds its module here.
 from verifiers import tool_call, tool_schema, countdown, json_schema, regex, exact, math, webhook  # noqa: F401, I001
+from verifiers.graders import string_check, text_similarity, multi, python  # noqa: F401, I001
 from verifiers.graders import model_graders  # noqa: F401, I001
 from verifiers.base import Attempt, JudgeUsage, SpecBase, TaskContext, ToolCall, Verdict
 from verifiers.countdown import CountdownSpec

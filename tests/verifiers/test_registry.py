@@ -100,7 +100,8 @@ def test_a_type_judges_one_way() -> None:
 
 def test_the_verifiers_guide_lists_every_registered_type() -> None:
     assert [kind.name for kind in verifier_types()] == [
-        "tool_schema", "tool_call", "countdown", "json_schema", "regex", "exact", "math", "webhook"]
+        "tool_schema", "tool_call", "countdown", "json_schema", "regex", "exact", "math", "webhook",
+        "string_check", "text_similarity", "multi", "python", "score_model", "label_model"]
     assert reference_table() in GUIDE.read_text()
 
 
