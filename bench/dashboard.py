@@ -62,8 +62,8 @@ def _attempt(number: int, passed: bool, draw: random.Random, reflection: str | N
         number=number, completion_id=f"chatcmpl-{new_episode_id()[3:]}", finish_reason="stop", prompt_tokens=40,
         completion_tokens=12, latency_s=round(draw.uniform(0.05, 0.5), 3),
         content="<answer>2 * 3 * 4</answer>" if passed else "<answer>2 + 3 + 4</answer>",
-        reflection=reflection, reflection_tokens=11 if reflection else 0, success=passed,
-        detail=None if passed else "2 + 3 + 4 = 9, not 24")
+        reflection=reflection, reflection_tokens=11 if reflection else 0, success=passed, score=float(passed),
+        detail="" if passed else "2 + 3 + 4 = 9, not 24")
 
 
 def login(client: httpx.Client) -> None:

@@ -70,6 +70,13 @@ class AttemptRecord:
         """The attempt's score in [0, 1]: the client's feedback where given, else the verifier's."""
         return self.feedback.graded if self.feedback else self.score
 
+    @property
+    def unjudged(self) -> bool:
+        """Whether its verifier looked at it but could give no verdict (`verifiers.Verdict.unjudged`;
+        `detail` says why): every verdict writes a detail, and nothing else does. Not so for an attempt
+        with no verifier, or one cut off before it was judged. Client feedback may judge it still."""
+        return self.success is None and self.detail is not None
+
 
 @dataclass
 class Episode:

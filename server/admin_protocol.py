@@ -33,8 +33,10 @@ class Health(BaseModel):
 
 
 class LiveStats(BaseModel):
-    """A version's live numbers. A version no request was served with has only `requests` (0) and
-    the three rates (null); the counts are there once it has served one."""
+    """A version's live numbers (`r3.store.live_stats.VersionStats`): pass rates and, beside each, the
+    mean score in [0, 1] (a pass/fail check scores 1 or 0; client feedback overrides the verifier). A
+    version no request was served with has only `requests` (0) and the rates and means (null); the
+    counts are there once it has served one."""
 
     version: str | None = omitted()  # "base" or the adapter's name
     requests: int
@@ -43,9 +45,22 @@ class LiveStats(BaseModel):
     reflected: int | None = omitted()  # episodes that went to a second attempt
     rescued: int | None = omitted()  # of those, the ones whose final attempt passed
     successes: int | None = omitted()  # episodes whose final verdict is a pass
-    first_attempt_success: float | None
-    second_attempt_success: float | None
-    success: float | None
+    # Episodes with a verifier but no verdict on their first attempt: its judge could give none (a
+    # model judge down, timed out or unreadable), or the client hung up before it was judged. Neither
+    # passes nor failures: in none of the rates or means.
+    unjudged: int | None = omitted()
+    first_scored: int | None = omitted()  # episodes whose first attempt has a score
+    first_score_total: float | None = omitted()  # those scores added up
+    retries_scored: int | None = omitted()  # episodes that went to a second attempt whose final attempt has a score
+    retry_score_total: float | None = omitted()
+    scored: int | None = omitted()  # episodes whose final attempt has a score
+    score_total: float | None = omitted()
+    first_attempt_success: float | None  # first_successes / judged
+    second_attempt_success: float | None  # rescued / reflected
+    success: float | None  # successes / judged
+    first_attempt_score: float | None  # the mean first-attempt score: first_score_total / first_scored
+    second_attempt_score: float | None  # the mean final score of retried episodes: retry_score_total / retries_scored
+    score: float | None  # the mean final score: score_total / scored
 
 
 class AdapterVersionOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Prometheus metrics (`GET /metrics`): requests, attempts and verdicts per version, reflect-retry
+"""Prometheus metrics (`GET /metrics`): requests, attempts, verdicts and scores per version, reflect-retry
 rescues, model-judge calls and tokens, latency, swaps, rollbacks, training rounds by status (counted
 in the database at each scrape: the trainer is another process), the episode log's backlog and
 refused episodes, and whether its journal can be written.
@@ -15,6 +15,9 @@ from r3.store.errors import DatabaseUnavailable
 from r3.store.rounds import TrainingRounds
 
 
+SCORE_BUCKETS = tuple(tenth / 10 for tenth in range(1, 11))  # 0.1 … 1.0; a pass/fail check fills only 0.1 and 1.0
+
+
 class Metrics:
     """One registry per app, so several apps in one process (tests, benchmarks) keep apart."""
 
@@ -23,7 +26,12 @@ class Metrics:
         r = self.registry
         self.requests = Counter("r3_requests", "Chat completions served", ["version"], registry=r)
         self.attempts = Counter("r3_attempts", "Attempts generated (first attempts and retries)", ["version"], registry=r)
-        self.verdicts = Counter("r3_verdicts", "Verifier verdicts", ["version", "verdict"], registry=r)
+        self.verdicts = Counter("r3_verdicts", "Verifier verdicts: pass, fail, or unjudged (the verifier's judge "
+                                "could give none: a model judge down, timed out or unreadable)", ["version", "verdict"],
+                                registry=r)
+        self.verdict_scores = Histogram("r3_verdict_score", "Verifier scores of judged attempts, in [0, 1] (1 or 0 "
+                                        "from a pass/fail check), by attempt: first or retry", ["version", "attempt"],
+                                        registry=r, buckets=SCORE_BUCKETS)
         self.rescues = Counter("r3_rescues", "Requests whose retry passed after a failed attempt", ["version"],
                                registry=r)
         self.judge_calls = Counter("r3_judge_calls", "Model-judge calls made judging attempts (score_model, "
@@ -51,6 +59,10 @@ class Metrics:
         for attempt in episode.attempts:
             if attempt.success is not None:
                 self.verdicts.labels(version, "pass" if attempt.success else "fail").inc()
+            elif attempt.unjudged:
+                self.verdicts.labels(version, "unjudged").inc()
+            if attempt.score is not None:
+                self.verdict_scores.labels(version, "first" if attempt.number == 1 else "retry").observe(attempt.score)
             if attempt.judge_calls:
                 self.judge_calls.labels(version).inc(attempt.judge_calls)
                 self.judge_tokens.labels(version, "prompt").inc(attempt.judge_prompt_tokens)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from dashboard_support import GATE, made_up_episodes, served_store, write_episodes
 
-from r3.episodes import ABANDONED
+from r3.episodes import ABANDONED, AttemptRecord, Episode, Feedback, new_episode_id
 from r3.store.live_stats import VersionStats
 from r3.store.models import VersionStatus
 from r3.store.registry import Version
@@ -165,7 +165,7 @@ def test_overview_shows_the_active_version_backlog_trainer_and_plots(stack, brow
     assert f'id="active-version">{versions[1]}<' in page.text
     plots = {p["id"]: p for p in map(json.loads, re.findall(
         r'<script type="application/json" id="plot-[^"]+">(.*?)</script>', page.text, re.S))}
-    assert set(plots) == {"requests", "first-attempt", "rescues", "latency"}
+    assert set(plots) == {"requests", "first-attempt", "first-attempt-score", "rescues", "retry-score", "latency"}
     requests = plots["requests"]
     assert {d["label"] for d in requests["datasets"]} == {"base", *versions[:2]}
     assert sum(v or 0 for d in requests["datasets"] for v in d["data"]) >= SEEDED
@@ -197,6 +197,66 @@ def test_an_abandoned_episode_is_called_abandoned(stack, browser: httpx.Client) 
     assert row is not None
 
 
+def _graded_episodes() -> list[Episode]:
+    """Episodes of a version judged by a model (a graded verifier): a failure rescued, a first attempt
+    the judge gave no verdict on, and a failure the client's graded feedback passed."""
+    def attempt(number: int, success: bool | None, score: float | None, detail: str, calls: int = 0,
+                tokens: tuple[int, int] = (0, 0), feedback: Feedback | None = None) -> AttemptRecord:
+        return AttemptRecord(number=number, completion_id=f"chatcmpl-{new_episode_id()[3:]}", finish_reason="stop",
+                             prompt_tokens=20, completion_tokens=6, latency_s=0.4, content=f"answer {number}",
+                             success=success, score=score, detail=detail, feedback=feedback, judge_calls=calls,
+                             judge_prompt_tokens=tokens[0], judge_completion_tokens=tokens[1])
+
+    return [Episode(id=new_episode_id(), tenant=None, model="m", adapter="r3-graded", task_kind="generic",
+                    verifier={"type": "score_model", "name": "helpfulness"}, store_text=True,
+                    messages=[{"role": "user", "content": "Explain LoRA in a sentence."}], tools=None,
+                    tool_choice=None, attempts=attempts, revision=1) for attempts in (
+        [attempt(1, False, 0.35, "too vague", 1, (150, 12)), attempt(2, True, 0.85, "clear", 1, (160, 10))],
+        [attempt(1, None, None, "the judge model timed out after 2 tries", 2)],
+        [attempt(1, False, 0.2, "too vague", feedback=Feedback(True, "good enough for us", score=0.7))],
+    )]
+
+
+def _cells(page: str, row: str) -> list[str]:
+    """The text of each cell of the first table row with `row` in it, its whitespace collapsed."""
+    found = re.search(rf"<tr\b(?:(?!</tr>).)*?{row}(?:(?!</tr>).)*</tr>", page, re.S)
+    assert found, f"no row with {row}"
+    return [" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in re.findall(r"<td>(.*?)</td>", found.group(0), re.S)]
+
+
+def test_scores_stand_beside_the_rates_and_unjudged_attempts_say_why(stack, browser: httpx.Client) -> None:
+    app, _, _ = stack
+    rescued, unjudged, overridden = episodes = _graded_episodes()
+    asyncio.run(_write_directly(app, episodes))
+
+    overview = browser.get("/dashboard", params={"window": "1h"}).text
+    # requests, judged, unjudged, first-attempt success and mean score, retried, rescued, mean retry
+    # score, success and mean score: the feedback's 0.7 stands for the verifier's 0.2.
+    assert _cells(overview, 'id="totals-r3-graded"') == [
+        "r3-graded", "3", "2", "1", "50.0%", "0.525", "1", "1 (100.0%)", "0.850", "100.0%", "0.775"]
+
+    page = " ".join(browser.get(f"/dashboard/episodes/{rescued.id}").text.split())
+    assert 'id="outcome">pass<' in page and 'id="score">0.850<' in page
+    assert '<span class="score">score 0.350</span>' in page and '<span class="score">score 0.850</span>' in page
+    assert "judged in 1 model call: 150 prompt + 12 completion tokens" in page
+
+    page = " ".join(browser.get(f"/dashboard/episodes/{unjudged.id}").text.split())
+    assert 'id="outcome">unjudged<' in page and 'id="score">—<' in page
+    assert 'class="attempt verdict-unjudged"' in page and "score 0" not in page
+    assert "unjudged, the verifier could give no verdict: the judge model timed out after 2 tries" in page
+    assert "judged in 2 model calls: 0 prompt + 0 completion tokens" in page
+
+    page = " ".join(browser.get(f"/dashboard/episodes/{overridden.id}").text.split())
+    assert '<span class="verdict">fail</span> · <span class="score">score 0.200</span>' in page
+    assert 'feedback: pass, <span class="feedback-score">score 0.700</span>' in page
+    assert 'id="outcome">pass<' in page and 'id="score">0.700<' in page and "model call" not in page
+
+    listed = browser.get("/dashboard/episodes", params={"version": "r3-graded"}).text
+    for episode, first, outcome in ((rescued, "fail 0.350", "pass 0.850"), (unjudged, "unjudged", "unjudged"),
+                                    (overridden, "pass 0.700", "pass 0.700")):
+        assert _cells(listed, episode.id)[6:8] == [first, outcome], episode.id  # first attempt, outcome
+
+
 def test_the_overview_window_holds_every_episode_since_the_first() -> None:
     now = datetime.now(UTC)
     assert fitting_window(None, now).name == "1h"
@@ -216,6 +276,11 @@ def test_versions_page_shows_lineage_gate_intervals_live_numbers_and_audit(stack
     assert f'action="/dashboard/versions/{rejected}/activate"' in page  # any version can be activated
     assert f"Roll back to {parent}" in page
     assert "passed the evaluation gate" in page  # the audit log: the trainer's promotions
+    # Live numbers: each rate beside its mean score, which for the made-up pass/fail episodes is the rate.
+    live = " ".join(_cells(page, f'id="version-{parent}"'))
+    rates = re.findall(r"(\d+\.\d)% \((\d\.\d{3})\)", live)  # first-attempt and final
+    assert len(rates) == 2 and all(float(rate) == round(100 * float(score), 1) for rate, score in rates)
+    assert re.search(r"\d+/\d+ \(\d\.\d{3}\)", live)  # rescued of retried, and their mean score
 
 
 def test_activate_and_roll_back_from_the_dashboard(stack, browser: httpx.Client) -> None:
@@ -335,10 +400,16 @@ def test_lineage_puts_each_parent_above_its_children() -> None:
 def test_overview_charts_leave_gaps_where_a_version_served_nothing() -> None:
     window = WINDOWS["1h"]
     since = window.start(datetime.now(UTC))
-    charts = overview_charts([TimelinePoint(2, VersionStats("r3-v1", 4, 4, 1, 3, 3, 4), 2.0)], window, since)
-    requests, first, rescues, latency = charts
+    stats = VersionStats("r3-v1", requests=4, judged=4, first_successes=1, reflected=3, rescued=3, successes=4,
+                         unjudged=0, first_scored=4, first_score_total=1.5, retries_scored=3, retry_score_total=2.5,
+                         scored=4, score_total=3.5)
+    charts = overview_charts([TimelinePoint(2, stats, 2.0)], window, since)
+    requests, first, first_score, rescues, retry_score, latency = charts
     assert requests["datasets"][0]["data"][2] == 4 and requests["datasets"][0]["data"][0] is None
     assert first["datasets"][0]["data"][2] == 25.0 and rescues["datasets"][0]["data"][2] == 100.0
+    assert first_score["datasets"][0]["data"][2] == 0.375 and retry_score["datasets"][0]["data"][2] == 0.833
+    assert (first_score["unit"], retry_score["unit"]) == ("score", "score")
+    assert first_score["datasets"][0]["data"][0] is None
     assert latency["datasets"][0]["data"][2] == 0.5
 
 

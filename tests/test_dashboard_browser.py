@@ -80,9 +80,10 @@ def test_an_operator_logs_in_reads_the_overview_opens_an_episode_and_rolls_back(
     page.click("button:has-text('Log in')")
     page.wait_for_url(f"{url}/dashboard")
 
-    # Overview: the four plots are drawn (pixels on every canvas), the active version is the child.
+    # Overview: the six plots (each pass rate beside its mean score) are drawn (pixels on every
+    # canvas), the active version is the child.
     page.wait_for_selector("canvas[data-drawn=true]")
-    assert page.locator("canvas[data-plot]").count() == 4
+    assert page.locator("canvas[data-plot]").count() == 6
     assert all(n > 1000 for n in drawn_pixels(page, "canvas[data-plot]")), drawn_pixels(page, "canvas[data-plot]")
     assert page.inner_text("#active-version") == child
     page.screenshot(path=shots / "dashboard-overview.png", full_page=True)

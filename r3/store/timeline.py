@@ -73,7 +73,7 @@ async def timeline(sessions: async_sessionmaker[AsyncSession], since: datetime, 
     async with sessions() as session:
         count_rows = (await session.execute(counts)).all()
         latency = {(index, adapter): total or 0.0 for index, adapter, total in await session.execute(seconds)}
-    points = [TimelinePoint(index, VersionStats(adapter or "base", *(n or 0 for n in numbers)),
+    points = [TimelinePoint(index, VersionStats.of(adapter, tuple(numbers)),
                             latency.get((index, adapter), 0.0))
               for index, adapter, *numbers in count_rows if 0 <= index < buckets]
     return sorted(points, key=lambda p: (p.bucket, p.stats.version))

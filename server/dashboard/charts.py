@@ -46,12 +46,20 @@ def _percent(part: int, whole: int) -> float | None:
     return round(100 * part / whole, 1) if whole else None
 
 
-# (chart id, title, axis unit, the value of one bucket of one version)
+def _mean(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# (chart id, title, axis unit, the value of one bucket of one version); each pass rate is followed by
+# its mean score in [0, 1].
 _SERIES = (
     ("requests", "Requests", "requests", lambda p: p.stats.requests),
     ("first-attempt", "First-attempt success", "%", lambda p: _percent(p.stats.first_successes, p.stats.judged)),
+    ("first-attempt-score", "Mean first-attempt score", "score", lambda p: _mean(p.stats.first_attempt_score)),
     ("rescues", "Rescued by reflecting (of the failures retried)", "%",
      lambda p: _percent(p.stats.rescued, p.stats.reflected)),
+    ("retry-score", "Mean score after reflecting (of the failures retried)", "score",
+     lambda p: _mean(p.stats.second_attempt_score)),
     ("latency", "Mean latency per request", "s",
      lambda p: None if p.mean_latency_s is None else round(p.mean_latency_s, 3)),
 )

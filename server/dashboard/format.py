@@ -39,22 +39,30 @@ def number(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+def score(value: float | None) -> str:
+    """A score in [0, 1] (or a mean of scores) to three places: "0.750"; "—" for none."""
+    return "—" if value is None else f"{value:.3f}"
+
+
 def verdict(success: bool | None) -> str:
     return {True: "pass", False: "fail", None: "not judged"}[success]
 
 
 def outcome(episode: Episode) -> str:
-    """An episode's outcome in a word: pass, fail, abandoned (its client hung up before the answer was
-    ready, so it was never judged), or not judged."""
-    return ABANDONED if episode.abandoned else verdict(episode.outcome)
+    """An episode's outcome in a word: its latest attempt's verdict (`attempt_verdict`, the client's
+    feedback overriding the verifier's), or "not judged" when it has no attempt."""
+    return attempt_verdict(episode.latest, with_feedback=True) if episode.attempts else verdict(None)
 
 
 def attempt_verdict(attempt: AttemptRecord, with_feedback: bool = False) -> str:
-    """An attempt's verdict in a word (abandoned when its client hung up during it); `with_feedback`:
-    the client's feedback, where given, overrides the verifier's."""
+    """An attempt's verdict in a word: pass, fail, unjudged (the verifier could give no verdict, its
+    detail says why), abandoned (its client hung up during it, before it was answered), or not judged
+    (no verifier). `with_feedback`: the client's feedback, where given, overrides the verifier's."""
     if attempt.finish_reason == ABANDONED:
         return ABANDONED
-    return verdict(attempt.passed if with_feedback else attempt.success)
+    if with_feedback and attempt.feedback:
+        return verdict(attempt.feedback.success)
+    return "unjudged" if attempt.unjudged else verdict(attempt.success)
 
 
 def pretty_json(value: Any) -> str:
@@ -62,5 +70,5 @@ def pretty_json(value: Any) -> str:
 
 
 def install_filters(environment: Environment) -> None:
-    environment.filters.update(when=when, percent=percent, rate=rate, number=number, verdict=verdict,
+    environment.filters.update(when=when, percent=percent, rate=rate, number=number, score=score, verdict=verdict,
                                outcome=outcome, attempt_verdict=attempt_verdict, pretty_json=pretty_json)

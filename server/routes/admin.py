@@ -30,11 +30,14 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=C
 MAX_STATS_WINDOW_S = 366 * 24 * 3600.0  # the longest window /admin/stats looks back: a year
 
 
+_RATES_AND_MEANS = ("first_attempt_success", "second_attempt_success", "success", "first_attempt_score",
+                    "second_attempt_score", "score")
+
+
 def _stats_out(stats: VersionStats | None) -> dict[str, Any]:
     if stats is None:
-        return {"requests": 0, "first_attempt_success": None, "second_attempt_success": None, "success": None}
-    return {**asdict(stats), "first_attempt_success": stats.first_attempt_success,
-            "second_attempt_success": stats.second_attempt_success, "success": stats.success}
+        return {"requests": 0, **dict.fromkeys(_RATES_AND_MEANS)}
+    return {**asdict(stats), **{name: getattr(stats, name) for name in _RATES_AND_MEANS}}
 
 
 def _version_out(version: Version, live: VersionStats | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@
 function axes(spec) {
   const y = { beginAtZero: true, title: { display: Boolean(spec.unit), text: spec.unit } };
   if (spec.unit === "%") y.max = 100;
+  if (spec.unit === "score") y.max = 1;
   const scales = { x: { ticks: { maxTicksLimit: 8, maxRotation: 0 } }, y };
   if (spec.datasets.some((d) => d.yAxisID === "kl")) {
     scales.kl = { position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
