@@ -157,7 +157,9 @@ class Settings(BaseSettings):
     train_vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="colocate mode: vLLM's share of each training GPU's memory.")
     gate_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the gate's one-sided test.")
-    gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of first-attempt success.")
+    gate_tolerance: float = Field(0.05, ge=0, le=1, description="Allowed fall of the mean first-attempt score, on "
+                                  "the regression set and in each of its task families (a family's fall must also "
+                                  "be significant: trainer/gate.py).")
     gate_regression_size: int = Field(64, ge=0, description="First-attempt successes re-checked by the gate."
                                       + _ON_A_CPU.format(16))
     gate_samples: int = Field(4, ge=1, le=64, description="Reflections the gate samples per held-out failure and "
@@ -165,6 +167,14 @@ class Settings(BaseSettings):
     gate_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the gate's reflections: the "
                                     "trainer's (R3_TRAIN_TEMPERATURE), so the gate judges the policy GRPO moved; "
                                     "0 with R3_GATE_SAMPLES=1: the greedy gate.")
+    gate_probe_file: Path | None = Field(
+        None, description="A general-capability probe for the gate (trainer/probe.py): a JSON Lines file of "
+        'multiple-choice items, {"question": str, "choices": [str, ...], "answer": index}, each scored by '
+        "log-likelihood as lm-evaluation-harness scores multiple_choice tasks, the candidate against the base "
+        "model. Unset: no probe. R3 ships no benchmark data.")
+    gate_probe_max_drop: float = Field(
+        0.02, ge=0, le=1, description="How far the candidate's accuracy on R3_GATE_PROBE_FILE may fall below the "
+        "base model's before the gate refuses it (in [0, 1]; one item is 1/items).")
 
     # --- storage ---
     data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))

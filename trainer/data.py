@@ -3,7 +3,8 @@
 A `Failure` is a request whose first attempt failed under a verifier the trainer can run again: the
 request, that failed attempt (kept fixed: the trainer learns to reflect on it, not to answer
 afresh), and why it failed. A `Success` is a request whose first attempt passed; the gate replays
-those to check that a new adapter still gets them right the first time.
+those to check that a new adapter still gets them right the first time, family by family
+(`LoggedRequest.family`, `retained_set`).
 
 Items are keyed by their prompt: the request's messages and tools. `split` hashes that key, so an
 item lands on the same side in every round; a held-out prompt is never trained on, however many
@@ -15,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any, TypeVar
 
@@ -37,6 +38,14 @@ class LoggedRequest:
     verifier: dict[str, Any]
     task_kind: str
     sampling: dict[str, Any]
+    category: str | None = field(default=None, kw_only=True)  # the client's `metadata.category`
+
+    @property
+    def family(self) -> str:
+        """The task family the gate checks it in: its verifier's type, and the client's category where
+        it named one (`"tool_call/weather"`; `"exact"`)."""
+        kind = self.verifier["type"]
+        return f"{kind}/{self.category}" if self.category else kind
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ def failures_from_episodes(episodes: Iterable[Episode]) -> list[Failure]:
             episode_id=episode.id, messages=episode.messages, tools=episode.tools, tool_choice=episode.tool_choice,
             failed_attempt=assistant_message(first.content, first.tool_calls), detail=_detail(first),
             verifier=episode.verifier, task_kind=episode.task_kind, sampling=episode.sampling,
+            category=episode.category,
         ))
     return failures
 
@@ -84,7 +94,7 @@ def first_attempt_successes(episodes: Iterable[Episode]) -> list[Success]:
     return [
         Success(episode_id=episode.id, messages=episode.messages, tools=episode.tools,
                 tool_choice=episode.tool_choice, verifier=episode.verifier, task_kind=episode.task_kind,
-                sampling=episode.sampling)
+                sampling=episode.sampling, category=episode.category)
         for episode in episodes
         if _replayable(episode) and episode.attempt(1).passed is True and episode.attempt(1).success is True
     ]
@@ -139,14 +149,35 @@ def balance(failures: Sequence[Failure], factor: float = 2.0) -> list[Failure]:
     log order within a kind) keeps every prefix of the result balanced too, so a round that stops
     early has still seen every kind.
     """
-    by_kind: dict[str, list[Failure]] = defaultdict(list)
-    for failure in failures:
-        by_kind[failure.task_kind].append(failure)
+    by_kind = _grouped(failures, lambda failure: failure.task_kind)
     if not by_kind:
         return []
     cap = max(1, int(min(len(kind) for kind in by_kind.values()) * factor))
-    capped = [kind[:cap] for kind in by_kind.values()]
-    return [failure for row in zip_longest(*capped) for failure in row if failure is not None]
+    return _interleaved(kind[:cap] for kind in by_kind.values())
+
+
+def retained_set(successes: Iterable[Success], size: int) -> list[Success]:
+    """The gate's retained set: at most `size` of `successes`, one prompt each, stratified by task
+    family (`LoggedRequest.family`) with equal allocation: taken round-robin across the families (in
+    log order within one) until `size` are taken, so that a family has as many items as the rest
+    allow, not the share the log gives it. The gate tests each family on its own (`trainer.gate.decide`),
+    and a test on a rare family has power only if the family has items; a proportional sample would
+    leave a family with 2% of the traffic 1 item of 64.
+    """
+    by_family = _grouped(dedupe(successes), lambda success: success.family)
+    return _interleaved(by_family.values())[:size]
+
+
+def _grouped(items: Iterable[Item], key: Callable[[Item], str]) -> dict[str, list[Item]]:
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return groups
+
+
+def _interleaved(groups: Iterable[Sequence[Item]]) -> list[Item]:
+    """The groups' items round-robin: every prefix of the result takes from each group in turn."""
+    return [item for row in zip_longest(*groups) for item in row if item is not None]
 
 
 def runnable(items: Iterable[Item]) -> tuple[list[Item], dict[str, str]]:

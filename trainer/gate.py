@@ -31,6 +31,12 @@ temperature 0 the gate is the greedy one.
   p = 0.0625).
 - The mean first-attempt score on the regression set must not fall by more than `tolerance`
   (e.g. 0.02), so a gain in reflecting is not bought with worse first answers.
+- Nor may it fall in any task family (`trainer.data.LoggedRequest.family`: the verifier's type, and
+  the client's `metadata.category` where it names one; the worker stratifies the set by family with
+  `trainer.data.retained_set`): a gain on the family trained on must not hide, in the pooled mean, a
+  loss on another. `family_checks` has the rule.
+- Where the operator supplies a general-capability probe (`trainer.probe`), the candidate's accuracy
+  on it must not fall below the base model's by more than the probe's bound (`probe_decision`).
 """
 
 from __future__ import annotations
@@ -38,13 +44,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from r3.engines.base import Engine, PromptTooLongError, SamplingParams
 from r3.reflect_retry import Reflector, recorded_params, recorded_task
-from r3.stats import sign_test_p_value
+from r3.stats import holm, sign_test_p_value
 from trainer.data import Failure, Success
 from verifiers import JudgeUsage, Verdict, VerifierRuntime
 
@@ -58,6 +65,9 @@ class EvalResult:
     samples: int = 1  # reflections (each with its retry) per held-out failure
     temperature: float = 0.0  # of the reflections
     judge_usage: JudgeUsage = JudgeUsage()  # model-judge calls the evaluation took
+    # regression item's episode id -> its task family (`trainer.data.LoggedRequest.family`); an item not
+    # in it (a result made by hand) is in the family UNSTRATIFIED
+    families: dict[str, str] = field(default_factory=dict)
 
     @property
     def second_attempt_rate(self) -> float:
@@ -73,6 +83,9 @@ class GateDecision:
     promote: bool
     reason: str
     numbers: dict[str, Any]
+
+
+UNSTRATIFIED = "all"
 
 
 def _rate(scores: dict[str, float | None]) -> float:
@@ -121,6 +134,7 @@ async def evaluate_adapter(engine: Engine, adapter_name: str | None, failures: S
                         for i, failure in enumerate(failures)},
         first_attempt={success.episode_id: verdict.score for success, verdict in zip(successes, first_verdicts)},
         samples=samples, temperature=temperature,
+        families={success.episode_id: success.family for success in successes},
         judge_usage=sum((v.usage for v in [*second_verdicts, *first_verdicts] if v.usage), JudgeUsage()),
     )
 
@@ -164,12 +178,17 @@ async def first_attempt_verdict(reflector: Reflector, success: Success, params: 
 # ---------------------------------------------------------------------------------------------
 
 
-def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: float) -> GateDecision:
+def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: float,
+           probe: tuple[bool, dict[str, Any]] | None = None) -> GateDecision:
+    """Whether `candidate` replaces `active`, why (the first check it fails, naming the task family
+    that fell or the probe), and the numbers of every check (`numbers["families"]`: `family_checks`;
+    `numbers["probe"]`: the second of `probe`, `trainer.probe.run_probe`'s outcome, when given).
+    Raises `ValueError` when the two were evaluated on different items or sampled differently."""
     if candidate.second_attempt.keys() != active.second_attempt.keys():
         raise ValueError("the candidate and the active adapter were evaluated on different held-out failures")
     if (candidate.samples, candidate.temperature) != (active.samples, active.temperature):
         raise ValueError("the candidate and the active adapter were sampled differently")
-    if candidate.first_attempt.keys() != active.first_attempt.keys():
+    if candidate.first_attempt.keys() != active.first_attempt.keys() or candidate.families != active.families:
         raise ValueError("the candidate and the active adapter were evaluated on different regression items")
 
     # Items judged for both adapters are the pairs; the rest are left out and counted.
@@ -179,6 +198,7 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
     losses = sum(c < a for c, a in pairs)
     p_value = sign_test_p_value(wins, losses)
     first_attempt_drop = active.first_attempt_rate - candidate.first_attempt_rate
+    families = family_checks(candidate, active, alpha, tolerance)
     numbers = {
         "heldout": len(candidate.second_attempt),
         "samples": candidate.samples,
@@ -198,16 +218,89 @@ def decide(candidate: EvalResult, active: EvalResult, alpha: float, tolerance: f
         "active_first_attempt": active.first_attempt_rate,
         "first_attempt_drop": first_attempt_drop,
         "tolerance": tolerance,
+        "families": families,
     }
+    if probe is not None:
+        numbers["probe"] = probe[1]
 
     if not pairs:
         return GateDecision(False, "no judged held-out failures to judge the candidate on", numbers)
     if p_value >= alpha:
         return GateDecision(False, f"mean second-attempt score not significantly higher "
                                    f"({wins} vs {losses} not tied, p = {p_value:.3g} ≥ {alpha})", numbers)
-    # Rates are ratios of counts: float rounding must not turn a drop at the tolerance into one beyond it.
-    if first_attempt_drop > tolerance and not math.isclose(first_attempt_drop, tolerance):
+    if fallen := [(name, row) for name, row in families.items() if row["refused"]]:
+        each = "; ".join(f"{name!r} by {row['drop']:.3f} (more than {tolerance}; {row['active_better']} of its "
+                         f"{row['n']} items worse, {row['candidate_better']} better; Holm-adjusted p = "
+                         f"{row['p_adjusted']:.3g} < {alpha})" for name, row in fallen)
+        return GateDecision(False, f"mean first-attempt score fell in task famil{'y' if len(fallen) == 1 else 'ies'} "
+                                   f"{each}", numbers)
+    if beyond(first_attempt_drop, tolerance):
         return GateDecision(False, f"mean first-attempt score fell by {first_attempt_drop:.3f} "
                                    f"(more than {tolerance}) on the regression set", numbers)
-    return GateDecision(True, f"mean second-attempt score higher ({wins} vs {losses} held-out items, p = {p_value:.3g}); "
-                              f"first attempts within tolerance ({first_attempt_drop:+.3f})", numbers)
+    if probe is not None and not probe[0]:
+        p = probe[1]
+        return GateDecision(False, f"accuracy on the general-capability probe fell by {p['drop']:.3f} (from "
+                                   f"{p['base_acc']:.3f} for the base model to {p['candidate_acc']:.3f} on "
+                                   f"{p['n']} items; more than {p['max_drop']})", numbers)
+    probed = "" if probe is None else (f"; probe accuracy {probe[1]['candidate_acc']:.3f} "
+                                       f"(base {probe[1]['base_acc']:.3f})")
+    return GateDecision(True, f"mean second-attempt score higher ({wins} vs {losses} held-out items, "
+                              f"p = {p_value:.3g}); first attempts within tolerance ({first_attempt_drop:+.3f}, "
+                              f"and in each of {len(families)} task families){probed}", numbers)
+
+
+def family_checks(candidate: EvalResult, active: EvalResult, alpha: float,
+                  tolerance: float) -> dict[str, dict[str, Any]]:
+    """Each task family of the regression set, checked on its own: {family: {
+    `n`: its items judged for both adapters (the pairs), `unjudged`: its other items,
+    `candidate`, `active`: each adapter's mean first-attempt score on the pairs (None: no pairs),
+    `drop`: active − candidate (None: no pairs),
+    `candidate_better`, `active_better`: pairs on which that adapter's first attempt scored higher,
+    `p_value`: the one-sided exact sign test that the candidate's first attempts score lower,
+    `p_adjusted`: Holm's adjustment of it across the families (1.0 for a family whose pairs all tie),
+    `refused`: whether the family fell}}.
+
+    The rule: a family has fallen when its drop is beyond `tolerance` AND its Holm-adjusted p-value
+    is below `alpha`. Each half alone is wrong. The drop alone lets noise veto: one item of a family
+    of 2 that flips is a drop of 0.5. Significance alone refuses a fall of a point on a family of
+    thousands, which the tolerance allows. The sign test is the held-out test's (items are the pairs;
+    ties say nothing; valid for graded scores as for pass/fail), and it is what makes the rule account
+    for a family's size: with no item better, a family needs 5 items worse to reach p = 2**-5 < 0.05
+    alone, and more when other families share α (Holm: the k-th smallest of m p-values is multiplied
+    by m − k). A smaller family cannot be refused by itself; the pooled tolerance still counts its
+    items. Holm, not the tests one by one: with a test per family, a candidate that forgot nothing
+    would otherwise be refused for some family's chance losses about as often as there are families
+    times α; Holm holds that chance to α whatever the families' dependence (`r3.stats.holm`). The
+    families whose pairs all tie take no share of α: conditional on its untied pairs a sign test is
+    exact, and one with none can reject nothing.
+
+    The null hypothesis is "no fall", not "a fall within tolerance" (a non-inferiority test, e.g.
+    J. Nam, Biometrics 53 (1997), for paired proportions), which would demand more evidence of a fall
+    before refusing: the gate errs toward the active adapter, since a refused candidate costs a round
+    and a promoted one that forgot answers every request of that family worse.
+    """
+    members: dict[str, list[str]] = defaultdict(list)
+    for item in candidate.first_attempt:
+        members[candidate.families.get(item, UNSTRATIFIED)].append(item)
+    rows: dict[str, dict[str, Any]] = {}
+    for family, items in sorted(members.items()):
+        pairs = [(c, a) for c, a in ((candidate.first_attempt[i], active.first_attempt[i]) for i in items)
+                 if c is not None and a is not None]
+        better, worse = sum(c > a for c, a in pairs), sum(c < a for c, a in pairs)
+        means = [sum(scores) / len(pairs) for scores in zip(*pairs)] if pairs else [None, None]
+        rows[family] = {"n": len(pairs), "unjudged": len(items) - len(pairs), "candidate": means[0],
+                        "active": means[1], "drop": means[1] - means[0] if pairs else None,
+                        "candidate_better": better, "active_better": worse,
+                        "p_value": sign_test_p_value(worse, better), "p_adjusted": 1.0}
+    tested = [family for family, row in rows.items() if row["candidate_better"] + row["active_better"]]
+    for family, adjusted in zip(tested, holm([rows[family]["p_value"] for family in tested])):
+        rows[family]["p_adjusted"] = adjusted
+    for row in rows.values():
+        row["refused"] = row["drop"] is not None and beyond(row["drop"], tolerance) and row["p_adjusted"] < alpha
+    return rows
+
+
+def beyond(drop: float, bound: float) -> bool:
+    """Whether `drop` exceeds `bound`. Rates are ratios of counts: float rounding must not turn a drop
+    at the bound into one beyond it."""
+    return drop > bound and not math.isclose(drop, bound)

@@ -13,6 +13,7 @@ from trainer.data import (
     dedupe,
     failures_from_episodes,
     first_attempt_successes,
+    retained_set,
     split,
 )
 
@@ -20,7 +21,8 @@ EXACT = {"type": "exact", "expected": "Paris"}
 
 
 def episode(number: int, *, first_success: bool | None = False, verifier: dict | None = EXACT, store_text: bool = True,
-            feedback: Feedback | None = None, question: str | None = None, kind: str = "generic") -> Episode:
+            feedback: Feedback | None = None, question: str | None = None, kind: str = "generic",
+            category: str | None = None) -> Episode:
     messages = [{"role": "user", "content": question or f"Question {number}?"}]
     attempt = AttemptRecord(number=1, completion_id=f"c{number}", finish_reason="stop", prompt_tokens=5,
                             completion_tokens=1, latency_s=0.1, success=first_success,
@@ -32,7 +34,7 @@ def episode(number: int, *, first_success: bool | None = False, verifier: dict |
                    store_text=store_text, messages=messages if store_text else None, tools=None, tool_choice=None,
                    sampling={"max_tokens": 32, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": [],
                              "top_logprobs": 0},
-                   attempts=[attempt])
+                   attempts=[attempt], category=category)
 
 
 def failure(number: int, kind: str = "generic", question: str | None = None) -> Failure:
@@ -67,6 +69,30 @@ def test_first_attempt_successes_are_replayable_verifier_passes():
     episodes = [episode(1, first_success=True), episode(2), episode(3, first_success=True, store_text=False),
                 episode(4, first_success=True, feedback=Feedback(success=False, detail=None))]
     assert [s.episode_id for s in first_attempt_successes(episodes)] == ["ep_1"]
+
+
+def test_an_item_has_the_task_family_of_its_verifier_and_the_clients_category():
+    """The gate's families: the verifier's type, and the client's `metadata.category` where it named one."""
+    weather = {"type": "tool_call", "name": "get_weather"}
+    [failed] = failures_from_episodes([episode(1, verifier=weather, category="weather")])
+    passed = first_attempt_successes([episode(2, first_success=True, category="capitals"),
+                                      episode(3, first_success=True)])
+    assert failed.category == "weather" and failed.family == "tool_call/weather"
+    assert [s.family for s in passed] == ["exact/capitals", "exact"]
+
+
+def test_the_retained_set_takes_each_family_in_turn_up_to_its_size():
+    """Equal allocation: a rare family keeps every item it has while a common one fills the rest, one
+    prompt each, in log order within a family."""
+    common = [episode(n, first_success=True, category="common") for n in range(20)]
+    rare = [episode(100 + n, first_success=True, category="rare") for n in range(2)]
+    repeated = episode(200, first_success=True, category="rare", question="Question 100?")  # rare's first prompt again
+    successes = first_attempt_successes([*common[:10], *rare, repeated, *common[10:]])
+    retained = retained_set(successes, 8)
+    assert Counter(s.family for s in retained) == {"exact/common": 6, "exact/rare": 2}
+    assert [s.episode_id for s in retained[:4]] == ["ep_0", "ep_100", "ep_1", "ep_101"]
+    assert [s.episode_id for s in retained if s.category == "common"] == [f"ep_{n}" for n in range(6)]
+    assert len(retained_set(successes, 100)) == 22 and retained_set(successes, 0) == []
 
 
 def test_dedupe_keeps_the_first_failure_of_each_prompt():

@@ -8,8 +8,9 @@ import pytest
 
 from r3.engines.transformers_engine import TransformersEngine
 from trainer.data import Failure, Success
-from r3.stats import sign_test_p_value
+from r3.stats import holm, sign_test_p_value, wilson
 from trainer.gate import EvalResult, decide, evaluate_adapter, sample_seed
+from trainer.probe import probe_decision
 from verifiers import VerifierRuntime
 
 
@@ -58,6 +59,114 @@ def test_first_attempt_regression_beyond_tolerance_is_rejected():
 
     within = [True] * 19 + [False]  # 5 points lower, at the tolerance
     assert decide(result([True] * 20, within), active, alpha=0.05, tolerance=0.05).promote
+
+
+def test_holm_adjusts_each_p_value_by_its_rank():
+    # Sorted 0.01, 0.03, 0.04: × 3, × 2, × 1 = 0.03, 0.06, 0.04, each at least the one before.
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.5]) == [0.5] and holm([0.6, 0.7]) == [1.0, 1.0] and holm([]) == []
+
+
+WIN = ([True] * 8, [False] * 8)  # held-out retries: the candidate's rescue all 8, p = 2**-8
+
+
+def stratified(candidate: dict[str, list[float | None]],
+               active: dict[str, list[float | None]]) -> tuple[EvalResult, EvalResult]:
+    """(candidate, active) whose regression items are in the families named, with these first-attempt scores."""
+    families = {f"{family}:{i}": family for family, scores in active.items() for i in range(len(scores))}
+
+    def evaluated(first: dict[str, list[float | None]], second: list[bool]) -> EvalResult:
+        return EvalResult(adapter="x", second_attempt={f"h{i}": ok for i, ok in enumerate(second)},
+                          first_attempt={f"{family}:{i}": score for family, scores in first.items()
+                                         for i, score in enumerate(scores)}, families=families)
+
+    return evaluated(candidate, WIN[0]), evaluated(active, WIN[1])
+
+
+def test_a_family_falls_when_its_drop_is_beyond_tolerance_and_significant_for_its_size():
+    """With no item better, a family needs 5 items worse (p = 2**-5 < 0.05) to be refused: a family of
+    4 that lost all 4 is not, though its drop is 1.0. 200 unchanged items keep the pooled drop within
+    tolerance, so only the family check can refuse here; they all tie, so they take no share of α."""
+    unchanged = [1.0] * 200
+    candidate, active = stratified({"exact": unchanged, "tool_call/weather": [0.0] * 4},
+                                   {"exact": unchanged, "tool_call/weather": [1.0] * 4})
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.05)
+    assert decision.promote, decision.reason
+    assert decision.numbers["families"] == {
+        "exact": {"n": 200, "unjudged": 0, "candidate": 1.0, "active": 1.0, "drop": 0.0, "candidate_better": 0,
+                  "active_better": 0, "p_value": 1.0, "p_adjusted": 1.0, "refused": False},
+        "tool_call/weather": {"n": 4, "unjudged": 0, "candidate": 0.0, "active": 1.0, "drop": 1.0,
+                              "candidate_better": 0, "active_better": 4, "p_value": 1 / 16, "p_adjusted": 1 / 16,
+                              "refused": False}}
+    assert decision.numbers["first_attempt_drop"] == pytest.approx(4 / 204)  # within tolerance
+
+    candidate, active = stratified({"exact": unchanged, "tool_call/weather": [0.0] * 5},
+                                   {"exact": unchanged, "tool_call/weather": [1.0] * 5})
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.05)
+    assert not decision.promote
+    assert decision.reason == ("mean first-attempt score fell in task family 'tool_call/weather' by 1.000 (more than "
+                               "0.05; 5 of its 5 items worse, 0 better; Holm-adjusted p = 0.0312 < 0.05)")
+    assert decision.numbers["families"]["tool_call/weather"]["refused"]
+
+
+def test_a_small_family_in_which_one_item_flips_does_not_veto():
+    candidate, active = stratified({"exact": [1.0] * 40, "exact/rare": [1.0, 0.0]},
+                                   {"exact": [1.0] * 40, "exact/rare": [1.0, 1.0]})
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.05)
+    assert decision.promote, decision.reason
+    rare = decision.numbers["families"]["exact/rare"]
+    assert (rare["drop"], rare["p_value"], rare["refused"]) == (0.5, 0.5, False)
+
+
+def test_a_significant_fall_within_tolerance_is_allowed():
+    """6 of 400 items worse, none better: significant (p = 2**-6), but a drop of 0.015 ≤ 0.02."""
+    candidate, active = stratified({"exact": [0.0] * 6 + [1.0] * 394}, {"exact": [1.0] * 400})
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02)
+    assert decision.promote, decision.reason
+    assert decision.numbers["families"]["exact"]["p_adjusted"] == 2**-6
+
+
+def test_families_share_alpha_by_holms_method():
+    """Three families that each lost 5 of 5 items: each alone would be refused (p = 2**-5), but a
+    candidate that forgot nothing would show chance losses in one of three families about three times as
+    often, and Holm's adjustment (× 3) leaves none refused: only the pooled check guards them. With 6
+    lost each (2**-6 × 3 < 0.05) all three are refused, and named."""
+    unchanged = {"exact": [1.0] * 1000}
+    for lost, refused in ((5, []), (6, ["a", "b", "c"])):
+        candidate, active = stratified(unchanged | {name: [0.0] * lost for name in "abc"},
+                                       unchanged | {name: [1.0] * lost for name in "abc"})
+        decision = decide(candidate, active, alpha=0.05, tolerance=0.05)
+        assert [name for name, row in decision.numbers["families"].items() if row["refused"]] == refused
+        assert decision.numbers["families"]["a"]["p_adjusted"] == pytest.approx(3 * 2**-lost)
+        assert decision.promote is not refused, decision.reason
+    assert decision.reason.startswith("mean first-attempt score fell in task families 'a' by 1.000")
+    assert "; 'b' by 1.000" in decision.reason and "; 'c' by 1.000" in decision.reason
+
+
+def test_a_family_compares_items_judged_for_both_and_counts_the_rest():
+    candidate, active = stratified({"score_model": [0.2, 0.4, None, 0.9]}, {"score_model": [0.6, 0.4, 1.0, None]})
+    row = decide(candidate, active, alpha=0.05, tolerance=0.02).numbers["families"]["score_model"]
+    assert (row["n"], row["unjudged"], row["candidate_better"], row["active_better"]) == (2, 2, 0, 1)
+    assert row["candidate"] == pytest.approx(0.3) and row["active"] == pytest.approx(0.5)
+    assert row["drop"] == pytest.approx(0.2) and row["p_value"] == 0.5
+
+
+def test_the_probe_refuses_a_candidate_that_fell_below_the_base_model_beyond_its_bound():
+    passed, numbers = probe_decision(candidate_acc=0.55, base_acc=0.6, n=40, max_drop=0.05)
+    assert passed and numbers["drop"] == pytest.approx(0.05) and not numbers["refused"]  # at the bound
+    assert numbers["base_ci95"] == pytest.approx(wilson(24, 40))
+    passed, numbers = probe_decision(candidate_acc=0.525, base_acc=0.6, n=40, max_drop=0.05)
+    assert not passed and numbers["refused"]
+    with pytest.raises(ValueError):
+        probe_decision(0.5, 0.5, 0, 0.05)
+
+    candidate, active = stratified({"exact": [1.0] * 10}, {"exact": [1.0] * 10})
+    decision = decide(candidate, active, alpha=0.05, tolerance=0.02, probe=(passed, numbers))
+    assert not decision.promote and decision.numbers["probe"] == numbers
+    assert decision.reason == ("accuracy on the general-capability probe fell by 0.075 (from 0.600 for the base model "
+                               "to 0.525 on 40 items; more than 0.05)")
+    promoted = decide(candidate, active, alpha=0.05, tolerance=0.02, probe=probe_decision(0.6, 0.6, 40, 0.05))
+    assert promoted.promote and promoted.reason.endswith("; probe accuracy 0.600 (base 0.600)")
 
 
 def sampled(second: list[float]) -> EvalResult:
