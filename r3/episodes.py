@@ -92,6 +92,8 @@ class Episode:
     tool_choice: str | dict[str, Any] | None
     sampling: dict[str, Any] = field(default_factory=dict)  # the request's SamplingParams, to replay it
     attempts: list[AttemptRecord] = field(default_factory=list)
+    scenario: str = "default"  # the workload it served (`r3.store.scenarios`): whose lineage learns from it
+    category: str | None = None  # the client's task family (`metadata.category`), for the gate's retained set
     created_at: float = field(default_factory=time.time)
     revision: int = 0  # raised by every save, so an older copy can never overwrite a newer one
 
@@ -136,5 +138,7 @@ def episode_from_dict(data: dict[str, Any]) -> Episode:
     attempts = []
     for attempt in data["attempts"]:
         feedback = Feedback(**attempt["feedback"]) if attempt.get("feedback") else None
+        if "score" not in attempt and attempt.get("success") is not None:  # journaled before verdicts had scores
+            attempt = {**attempt, "score": float(attempt["success"])}
         attempts.append(AttemptRecord(**{**attempt, "feedback": feedback}))
     return Episode(**{**data, "attempts": attempts})

@@ -13,10 +13,16 @@ engine refuses them: truncated, or shaped for another model) is recorded in `ref
 reason, logged once and not tried again: serving stays on what it has, and the next version
 activated is taken. No failure of one sync stops the polling or the listening.
 
+Every scenario (`r3.store.scenarios`) has its own active version, swapped, pinned, drained and
+unloaded exactly so; the engine serves the versions of all of them side by side.
+
 Model names a request may use:
-    the served model id, or "r3"   the active version (the base model if none is active)
+    the served model id, or "r3"   the active version of the caller's scenario: its API key's default
+                                   scenario, else `default` (the base model if none is active)
+    "<scenario>"                   that scenario's active version
     "base"                         the base model, no adapter
-    "r3@v3" or "r3-v3"             that version, loaded on demand if it is in the registry
+    "r3@v3" or "r3-v3"             that version of the default scenario, loaded on demand if it is in the
+    "<scenario>@v3"                registry; "<scenario>@v3" (or "<scenario>-v3") one of another scenario
     a name from R3_LORA_MODULES    that adapter
 """
 
@@ -28,20 +34,33 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from r3.engines.base import Engine, EngineError
+from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import (
+    DEFAULT_LINEAGE,
     AdapterRegistry,
     Version,
     adapter_events,
     adapter_sha256,
     model_name,
+    scenario_of_lineage,
     version_of,
 )
 from server.errors import UnknownModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a request's `model` names: the scenario it serves (its episode's) and the adapter (None:
+    the base model)."""
+
+    scenario: str
+    adapter: str | None
 
 
 class AdapterManager:
@@ -50,7 +69,7 @@ class AdapterManager:
         self.engine, self.registry = engine, registry
         self.redis_url, self.poll_s, self.grace_s = redis_url, poll_s, grace_s
         self.static_adapters = static_adapters  # R3_LORA_MODULES: loaded at start, never swapped out
-        self.active: str | None = None
+        self.actives: dict[str, str | None] = {DEFAULT_SCENARIO: None}  # scenario -> the version it serves
         self.refused: dict[str, str] = {}  # version name -> why it cannot be served
         self.on_swap: Callable[[], None] = lambda: None  # e.g. a metrics counter
         self._in_use: Counter[str] = Counter()
@@ -71,32 +90,46 @@ class AdapterManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @property
+    def active(self) -> str | None:
+        """The version the default scenario serves now (None: the base model)."""
+        return self.actives.get(DEFAULT_SCENARIO)
+
     # ------------------------------------------------------------------ requests
 
-    def resolve(self, model: str) -> str | None:
-        """The adapter a request's `model` names now (None: the base model)."""
-        if model in (self.engine.model_id, "r3"):
-            return self.active
+    def resolve(self, model: str, scenario: str | None = None) -> Served:
+        """The scenario and adapter a request's `model` names now; `scenario` is the caller's default
+        (its API key's), which `r3` and the served id mean. Raises `UnknownModel` for a name that is
+        none of those in the module's list (an unknown scenario included)."""
+        default = scenario if scenario in self.actives else DEFAULT_SCENARIO
+        if model in (self.engine.model_id, DEFAULT_LINEAGE):
+            return Served(default, self.actives[default])
         if model == "base":
-            return None
+            return Served(default, None)
         if model in self.static_adapters:
-            return model
+            return Served(default, model)
+        if model in self.actives:
+            return Served(model, self.actives[model])
         if (version := version_of(model)) is not None:
-            return version
+            lineage = version.rsplit("-v", 1)[0]
+            if scenario_of_lineage(lineage) in self.actives:
+                return Served(scenario_of_lineage(lineage), version)
         raise UnknownModel(model)
 
     @asynccontextmanager
-    async def pin(self, model: str) -> AsyncIterator[str | None]:
-        """The adapter for `model`, held loaded until the block ends (all of a request's attempts)."""
-        adapter = self.resolve(model)
+    async def pin(self, model: str, scenario: str | None = None) -> AsyncIterator[Served]:
+        """What `model` names (`resolve`), its adapter held loaded until the block ends (all of a
+        request's attempts)."""
+        served = self.resolve(model, scenario)
+        adapter = served.adapter
         if adapter is None:
-            yield None
+            yield served
             return
         self._in_use[adapter] += 1  # counted before any await: a swap cannot unload it underneath
         try:
             if adapter not in self.engine.adapters():
                 await self._load_pinned_version(adapter, model)
-            yield adapter
+            yield served
         finally:
             self._in_use[adapter] -= 1
             if not self._in_use[adapter]:
@@ -113,39 +146,47 @@ class AdapterManager:
 
     def served_models(self) -> list[str]:
         """Loaded registry versions, as clients may name them."""
-        return [model_name(name) for name in self.engine.adapters() if version_of(name) is not None]
+        return [model_name(name) for name in self.engine.adapters()
+                if name not in self.static_adapters and version_of(name) is not None]
 
     # ------------------------------------------------------------------ swapping
 
     async def sync(self) -> None:
-        """Make the registry's active version the one served (and unload idle old ones)."""
+        """Make each scenario's active version in the registry the one served (and unload idle old ones)."""
         async with self._lock:  # read and swap as one step: a stale read must not undo a newer swap
             try:
-                version = await self.registry.active()
+                scenarios = await self.registry.scenario_names()
+                versions = await self.registry.actives()
             except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
-                log.warning("could not read the active adapter version (%s); serving %s", error,
-                            self.active or "base")
+                log.warning("could not read the active adapter versions (%s); serving %s", error,
+                            self._serving())
                 return
-            await self._swap_to(version)
+            for scenario in scenarios:
+                self.actives.setdefault(scenario, None)
+                await self._swap_to(scenario, versions.get(scenario))
             await self._unload_idle()
 
-    async def _swap_to(self, version: Version | None) -> None:
-        target = version.name if version else None
-        if target == self.active or target in self.refused:
+    def _serving(self) -> str:
+        return ", ".join(f"{scenario}: {name or 'base'}" for scenario, name in self.actives.items())
+
+    async def _swap_to(self, scenario: str, version: Version | None) -> None:
+        target, current = (version.name if version else None), self.actives[scenario]
+        if target == current or target in self.refused:
             return
         if target is not None and target not in self.engine.adapters():
             try:
                 await self._load(version)
             except (EngineError, ValueError, OSError) as error:
                 self.refused[target] = str(error)
-                log.error("refusing adapter version %s: %s; serving %s", target, error, self.active or "base")
+                log.error("refusing adapter version %s: %s; scenario %s serves %s", target, error, scenario,
+                          current or "base")
                 return
-        previous, self.active = self.active, target  # the swap itself: one assignment
+        self.actives[scenario] = target  # the swap itself: one assignment
         self._retired_at.pop(target, None)
-        if previous is not None:
-            self._retired_at[previous] = time.monotonic()
+        if current is not None:
+            self._retired_at[current] = time.monotonic()
         self.on_swap()
-        log.info("serving adapter version %s (was %s)", target or "base", previous or "base")
+        log.info("scenario %s serves adapter version %s (was %s)", scenario, target or "base", current or "base")
 
     async def _load(self, version: Version) -> None:
         actual = await asyncio.to_thread(adapter_sha256, Path(version.path))
@@ -156,7 +197,7 @@ class AdapterManager:
     async def _unload_idle(self) -> None:
         now = time.monotonic()
         for name, since in list(self._retired_at.items()):
-            if name != self.active and not self._in_use[name] and now - since >= self.grace_s:
+            if name not in self.actives.values() and not self._in_use[name] and now - since >= self.grace_s:
                 del self._retired_at[name]
                 if name in self.engine.adapters():
                     try:
@@ -170,7 +211,7 @@ class AdapterManager:
         try:
             await self.sync()
         except Exception:  # noqa: BLE001 - the next sync may succeed; a dead loop never would
-            log.exception("adapter sync failed; serving %s", self.active or "base")
+            log.exception("adapter sync failed; serving %s", self._serving())
 
     async def _poll_forever(self) -> None:
         while True:
@@ -181,5 +222,5 @@ class AdapterManager:
         """Sync at each adapter event. Redis being down is the store's to log and retry; the polling goes on."""
         async with aclosing(adapter_events(self.redis_url, retry_s=self.poll_s)) as events:
             async for event in events:  # an event only wakes a sync: the database says what is active
-                log.info("adapter event: %s is active", event.active or "base")
+                log.info("adapter event: %s is active in scenario %s", event.active or "base", event.scenario)
                 await self._sync_and_go_on()

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from r3.store.models import VersionStatus
+from r3.store.models import DEFAULT_SCENARIO, VersionStatus
 from r3.store.rounds import RoundStatus
 from server.chat.protocol import ChatCompletion
 from server.completions.protocol import Completion
 from server.protocol import FeedbackReceipt, omitted
+from verifiers.base import ClientInput
 
 Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
                       WithJsonSchema({"type": "string", "format": "date-time"})]
@@ -78,12 +79,14 @@ class AdapterVersionOut(BaseModel):
 
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
-    active: str | None  # the version this server serves; null: the base model
+    scenario: str = DEFAULT_SCENARIO  # whose lineage this is
+    active: str | None  # the version this server serves in it; null: the base model
     data: list[AdapterVersionOut]
     base: LiveStats
 
 
 class Activation(BaseModel):
+    scenario: str = DEFAULT_SCENARIO  # the lineage whose active version changed
     active: str  # the version now active in the registry ("base": none)
     serving: str  # what this server serves
     refused: str | None  # why this server cannot serve the active version; null when it can
@@ -106,6 +109,7 @@ class TrainerStatus(BaseModel):
 
 class TrainingRequested(BaseModel):
     round: int
+    scenario: str = DEFAULT_SCENARIO
     status: RoundStatus
     new: bool  # false: a round was already requested or running, and this is that one
     trainer: TrainerStatus  # whether anything will take the round up
@@ -113,6 +117,7 @@ class TrainingRequested(BaseModel):
 
 class TrainingRoundOut(BaseModel):
     round: int
+    scenario: str = DEFAULT_SCENARIO  # whose episodes it trains on, whose lineage it extends
     status: RoundStatus
     requested_by: str  # "schedule" or "admin"
     requested_at: Timestamp
@@ -169,6 +174,7 @@ class AdminActionOut(BaseModel):
 
     at: Timestamp
     actor: str
+    scenario: str | None = None  # the lineage it changed (null: none)
     action: str
     from_version: str | None = Field(alias="from")
     to: str | None
@@ -196,3 +202,36 @@ COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
 FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": FeedbackReceipt | ChatCompletion,
           "description": "The receipt; with `retry: true`, the retry's completion"}}
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class ScenarioOut(BaseModel):
+    """A workload with its own adapter lineage (`r3.store.scenarios`)."""
+
+    name: str
+    description: str
+    training: dict[str, Any]  # overrides of R3_TRAIN_* and R3_GATE_* by field name
+    created_at: Timestamp
+    active: str | None  # the version this server serves in it; null: the base model
+    model: str  # what a client names as `model` to be served by it ("r3" for the default scenario)
+
+
+class ScenarioList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScenarioOut]
+
+
+class ScenarioCreate(ClientInput):
+    name: str = Field(description="Lowercase letters, digits, '_' and inner '-', starting with a letter; at most "
+                                  "40; not r3 or base, not ending in -v<number>.")
+    description: str = Field("", max_length=4000)
+    training: dict[str, Any] = Field(default_factory=dict,
+                                     description='Training overrides by setting field name, e.g. '
+                                                 '{"train_num_generations": 8, "gate_alpha": 0.01}.')
+
+
+class ScenarioConfigure(ClientInput):
+    description: str | None = Field(None, max_length=4000)
+    training: dict[str, Any] = Field(description="Replaces the scenario's training overrides.")

@@ -10,14 +10,21 @@ as JSON, the dashboard shows its message.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from r3.settings import Settings
+from r3.store.models import DEFAULT_SCENARIO
+from r3.store.registry import lineage
 from r3.store.rounds import ENDED, PENDING, Round
+from r3.store.scenarios import ScenarioError, ScenarioExists, ScenarioInfo
 from r3.store.store import Store
 from server.adapters import AdapterManager
 from server.admin_protocol import (
     Activation,
     AdminActionList,
     AdminActionOut,
+    ScenarioList,
+    ScenarioOut,
     SetAsideEpisodeOut,
     SetAsideList,
     TrainerStatus,
@@ -41,51 +48,110 @@ def no_trainer_here() -> TrainerStatus:
 class AdminService:
     def __init__(self, store: Store, adapters: AdapterManager, metrics: Metrics,
                  trainer: Callable[[], TrainerStatus] = no_trainer_here) -> None:
-        self.registry, self.rounds = store.registry, store.rounds
+        self.registry, self.rounds, self.scenarios = store.registry, store.rounds, store.scenarios
         self.adapters = adapters
         self.metrics = metrics
         self.trainer = trainer  # the trainer's status now (`r3 serve`'s supervisor, or none here)
 
     # ------------------------------------------------------------ adapter versions
 
-    async def activate(self, name: str | None, reason: str) -> Activation:
-        """Make a recorded version active (None: the base model) and serve it on this replica at once."""
+    async def activate(self, name: str | None, reason: str, scenario: str | None = None) -> Activation:
+        """Make a recorded version active in its scenario (None: the base model, in `scenario`) and serve
+        it on this replica at once. 404 for an unknown scenario or version, or a version of another
+        scenario than the one named."""
+        if scenario is not None:
+            await self.scenario(scenario)
         try:
-            await self.registry.activate(name, actor=ACTOR, reason=reason)
+            await self.registry.activate(name, actor=ACTOR, reason=reason, scenario=scenario)
         except LookupError as error:
-            raise APIError(404, f"no complete adapter version named {shown(name)}", type="not_found_error",
+            where = f" in scenario {shown(scenario)}" if scenario else ""
+            raise APIError(404, f"no complete adapter version named {shown(name)}{where}", type="not_found_error",
                            param="name") from error
         await self.adapters.sync()  # this replica at once; the others on the event or their poll
         self.metrics.swaps_requested.labels(actor=ACTOR).inc()
+        version = await self.registry.get(name) if name is not None else None
+        scenario = version.scenario if version is not None else scenario or DEFAULT_SCENARIO
         # A version this server cannot serve (its files are damaged, or shaped for another model) stays
         # active in the registry but is not served: say why.
-        return Activation(active=name or "base", serving=self.adapters.active or "base",
+        return Activation(scenario=scenario, active=name or "base",
+                          serving=self.adapters.actives.get(scenario) or "base",
                           refused=self.adapters.refused.get(name) if name is not None else None)
 
-    async def rollback(self) -> Activation:
-        """Back to the active version's parent (the base model when it has none); 409 when none is active."""
-        active = await self.registry.active()
+    async def rollback(self, scenario: str = DEFAULT_SCENARIO) -> Activation:
+        """Back to the scenario's active version's parent (the base model when it has none); 409 when
+        none is active."""
+        await self.scenario(scenario)
+        active = await self.registry.active(scenario)
         if active is None:
-            raise APIError(409, "no adapter version is active: the base model is served", type="conflict_error")
-        return await self.activate(active.parent, reason=f"rollback from {active.name}")
+            raise APIError(409, f"no adapter version is active in scenario {shown(scenario)}: the base model is served",
+                           type="conflict_error")
+        return await self.activate(active.parent, reason=f"rollback from {active.name}", scenario=scenario)
 
-    async def actions(self, limit: int) -> AdminActionList:
-        """The audit log, the latest first."""
+    async def actions(self, limit: int, scenario: str | None = None) -> AdminActionList:
+        """The audit log (of `scenario`, or of all), the latest first."""
         return AdminActionList(data=[
-            AdminActionOut(at=a.at, actor=a.actor, action=a.action, from_version=a.from_version, to=a.to_version,
-                           reason=a.reason)
-            for a in await self.registry.actions(limit)])
+            AdminActionOut(at=a.at, actor=a.actor, scenario=a.scenario, action=a.action, from_version=a.from_version,
+                           to=a.to_version, reason=a.reason)
+            for a in await self.registry.actions(limit, scenario)])
+
+    # ------------------------------------------------------------ scenarios
+
+    async def scenario(self, name: str) -> ScenarioInfo:
+        """The scenario named `name`; 404 when there is none (a typo never makes a lineage)."""
+        found = await self.scenarios.get(name)
+        if found is None:
+            raise APIError(404, f"no scenario named {shown(name)}; create it with POST /admin/scenarios or "
+                                f"`r3 scenarios create`", type="not_found_error", param="scenario",
+                           code="scenario_not_found")
+        return found
+
+    async def list_scenarios(self) -> ScenarioList:
+        return ScenarioList(data=[self._scenario_out(s) for s in await self.scenarios.list_all()])
+
+    async def create_scenario(self, name: str, description: str, training: dict[str, Any],
+                              settings: Settings) -> ScenarioOut:
+        """A new scenario, served at once by this replica (the others on their next poll). 400 for a bad
+        name or override, 409 when the name is taken."""
+        try:
+            created = await self.scenarios.create(name, description, training, settings)
+        except ScenarioExists as error:
+            raise APIError(409, str(error), type="conflict_error", param="name") from None
+        except ScenarioError as error:
+            raise APIError(400, str(error), param=error.param) from None
+        await self.registry.record_action(ACTOR, "create_scenario", scenario=name)
+        await self.adapters.sync()
+        return self._scenario_out(created)
+
+    async def configure_scenario(self, name: str, training: dict[str, Any], description: str | None,
+                                 settings: Settings) -> ScenarioOut:
+        await self.scenario(name)
+        try:
+            configured = await self.scenarios.configure(name, training, description, settings)
+        except ScenarioError as error:
+            raise APIError(400, str(error), param=error.param) from None
+        await self.registry.record_action(ACTOR, "configure_scenario", reason=str(training), scenario=name)
+        return self._scenario_out(configured)
+
+    def _scenario_out(self, scenario: ScenarioInfo) -> ScenarioOut:
+        return ScenarioOut(name=scenario.name, description=scenario.description, training=scenario.training,
+                           created_at=scenario.created_at, active=self.adapters.actives.get(scenario.name),
+                           model=lineage(scenario.name))
 
     # ------------------------------------------------------------ training rounds
 
-    async def request_training(self) -> TrainingRequested:
-        """Ask the trainer for a round; while one is requested or running, that one (`new` false)."""
-        asked, new = await self.rounds.request(ACTOR)
-        return TrainingRequested(round=asked.id, status=asked.status, new=new, trainer=self.trainer())
+    async def request_training(self, scenario: str = DEFAULT_SCENARIO) -> TrainingRequested:
+        """Ask the trainer for a round of `scenario`; while one is requested or running, that one (`new` false)."""
+        await self.scenario(scenario)
+        asked, new = await self.rounds.request(ACTOR, scenario)
+        return TrainingRequested(round=asked.id, scenario=scenario, status=asked.status, new=new,
+                                 trainer=self.trainer())
 
-    async def training_state(self, limit: int) -> TrainingState:
-        """The latest `limit` rounds, the one requested or running and the last one that ended."""
-        rounds = [_round_out(r) for r in await self.rounds.recent(limit)]
+    async def training_state(self, limit: int, scenario: str | None = None) -> TrainingState:
+        """The latest `limit` rounds (of `scenario`, or of all), the one requested or running and the
+        last one that ended."""
+        if scenario is not None:
+            await self.scenario(scenario)
+        rounds = [_round_out(r) for r in await self.rounds.recent(limit, scenario)]
         return TrainingState(current=next((r for r in rounds if r.status in PENDING), None),
                              last=next((r for r in rounds if r.status in ENDED), None),
                              rounds=rounds, trainer=self.trainer())
@@ -98,7 +164,7 @@ class AdminService:
 
 
 def _round_out(r: Round) -> TrainingRoundOut:
-    return TrainingRoundOut(round=r.id, status=r.status, requested_by=r.requested_by, requested_at=r.requested_at,
+    return TrainingRoundOut(round=r.id, scenario=r.scenario, status=r.status, requested_by=r.requested_by, requested_at=r.requested_at,
                             started_at=r.started_at, finished_at=r.finished_at, candidate=r.candidate,
                             promoted=r.promoted, report=r.report, error=r.error, owner=r.owner,
                             heartbeat_at=r.heartbeat_at)

@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from r3.store import keys
-from r3.store.keys import ApiKeys
+from r3.store.keys import ApiKeys, KeyInfo
 from r3.store.errors import DatabaseUnavailable
 from server.errors import APIError, refuse_unsound_body
 
@@ -47,7 +47,8 @@ class Authenticator:
         await self._database_has_keys()
 
     async def tenant(self, request: Request) -> str | None:
-        """The caller's tenant id (None in open mode), or a 401."""
+        """The caller's tenant id (None in open mode), or a 401. A database key's default scenario, if it
+        has one, is kept for the request (`caller_scenario`)."""
         if not self.configured and not await self._database_has_keys():
             if not _is_loopback(request):
                 raise APIError(401, "no API keys are configured, so only loopback clients are served; "
@@ -60,10 +61,11 @@ class Authenticator:
                            type="authentication_error", code="invalid_api_key")
         if key in self.configured:
             return self.configured[key]
-        tenant = await self._database_tenant(key)
-        if tenant is None:
+        found = await self._database_caller(key)
+        if found is None:
             raise APIError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
-        return tenant
+        request.state.scenario = found.default_scenario
+        return found.tenant
 
     def require_admin(self, request: Request) -> None:
         if self.admin_key is None:
@@ -84,9 +86,9 @@ class Authenticator:
             return False  # the database is down: keep the last answer (none yet), so serving goes on
         return self._keys_created
 
-    async def _database_tenant(self, key: str) -> str | None:
+    async def _database_caller(self, key: str) -> KeyInfo | None:
         # Not cached: one indexed read a request, and a revoked key is refused from the next request on.
-        return await self.database_keys.tenant_of(key)
+        return await self.database_keys.caller(key)
 
 
 def _bearer(request: Request) -> str | None:
@@ -112,6 +114,12 @@ async def tenant(request: Request, credentials: Credentials = None) -> str | Non
     if not hasattr(request.state, "tenant"):
         request.state.tenant = await request.app.state.auth.tenant(request)
     return request.state.tenant
+
+
+def caller_scenario(request: Request) -> str | None:
+    """The scenario the caller's API key names as its default (None: none, or no key), once `tenant`
+    has run for the request: what `model: "r3"` means for it."""
+    return getattr(request.state, "scenario", None)
 
 
 async def admin(request: Request, credentials: Credentials = None) -> None:

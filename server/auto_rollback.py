@@ -1,5 +1,5 @@
 """Automatic rollback: a newly promoted version whose live success rate falls significantly below
-its parent's is replaced by the parent, and the reason recorded.
+its parent's is replaced by the parent, and the reason recorded; in each scenario, on its own traffic.
 
 Every `check_s` the server compares the active version's episodes since its promotion with the
 parent's episodes over the same length of time before it, on final success among judged episodes.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from r3.store.live_stats import version_stats
+from r3.store.registry import Version
 from r3.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,21 @@ class AutoRollback:
     check_s: float = 30.0
 
     async def check(self) -> str | None:
-        """Roll back if the active version is significantly worse than its parent; returns the reason."""
+        """Roll back, in each scenario, an active version significantly worse than its parent; returns
+        the reasons (None: no rollback)."""
+        reasons = [reason for active in (await self.store.registry.actives()).values()
+                   if (reason := await self._check(active)) is not None]
+        return "; ".join(reasons) or None
+
+    async def _check(self, active: Version) -> str | None:
         registry, sessions = self.store.registry, self.store.database.sessions
-        active = await registry.active()
-        if active is None or active.promoted_at is None:
+        if active.promoted_at is None:
             return None
         promoted = active.promoted_at if active.promoted_at.tzinfo else active.promoted_at.replace(tzinfo=UTC)
         now = datetime.now(UTC)
-        after = (await version_stats(sessions, since=promoted)).get(active.name)
-        before = (await version_stats(sessions, since=promoted - (now - promoted), until=promoted)).get(
-            active.parent or "base")
+        after = (await version_stats(sessions, since=promoted, scenario=active.scenario)).get(active.name)
+        before = (await version_stats(sessions, since=promoted - (now - promoted), until=promoted,
+                                      scenario=active.scenario)).get(active.parent or "base")
         if after is None or before is None or min(after.judged, before.judged) < self.min_episodes:
             return None
         p = one_sided_p(after.successes, after.judged, before.successes, before.judged)
@@ -58,7 +64,7 @@ class AutoRollback:
         reason = (f"live success {after.successes}/{after.judged} vs parent {active.parent or 'base'} "
                   f"{before.successes}/{before.judged}: one-sided p = {p:.4g} < {self.alpha}")
         if not await registry.activate(active.parent, actor="auto-rollback", reason=reason,
-                                            expected_active=active.name):
+                                       expected_active=active.name, scenario=active.scenario):
             return None  # another replica got there first
         log.warning("auto-rollback from %s: %s", active.name, reason)
         return reason

@@ -280,6 +280,8 @@ class EpisodeOut(BaseModel):
     object: Literal["episode"] = "episode"
     created_at: float
     model: str
+    scenario: str  # the workload whose lineage it served and trains
+    category: str | None  # the request's `metadata.category`
     adapter: str  # "base" or the adapter's name
     task_kind: str
     verifier: dict[str, Any] | None

@@ -389,7 +389,7 @@ def test_wilson_interval_and_gate_numbers() -> None:
 
 def test_lineage_puts_each_parent_above_its_children() -> None:
     def version(number: int, parent: int | None) -> Version:
-        return Version(f"r3-v{number}", number, f"r3-v{parent}" if parent else None, VersionStatus.RETIRED,
+        return Version(f"r3-v{number}", "default", number, f"r3-v{parent}" if parent else None, VersionStatus.RETIRED,
                        Path("."), "", {}, [], datetime.now(UTC), None)
 
     rows = lineage([version(1, None), version(2, 1), version(3, 1), version(4, 2), version(5, None)], {})

@@ -137,7 +137,7 @@ def test_admin_rollback_activation_and_audit_log(stack) -> None:
     assert by_name[versions[0]]["live"]["requests"] > 0  # the load above was served by it
 
     rolled = httpx.post(f"{url}/admin/adapters/rollback", headers=ADMIN).json()
-    assert rolled == {"active": versions[1], "serving": versions[1], "refused": None}
+    assert rolled == {"scenario": "default", "active": versions[1], "serving": versions[1], "refused": None}
     to_base = httpx.post(f"{url}/admin/adapters/base/activate", headers=ADMIN).json()
     assert to_base["serving"] == "base"
     nothing = httpx.post(f"{url}/admin/adapters/rollback", headers=ADMIN)

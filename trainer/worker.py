@@ -1,14 +1,16 @@
 """`r3 train`: the worker that turns recorded failures into new adapter versions.
 
-    wait ── until enough new replayable failures arrived, the interval passed, or an admin asked
-    round (owned by this worker, which marks it alive every R3_TRAIN_HEARTBEAT_S):
+    wait ── until a scenario is due: an admin asked, enough new replayable failures arrived, or the
+            interval passed (`next_scenario`: which goes next)
+    round of one scenario, on its episodes alone, with its training overrides (owned by this worker,
+    which marks it alive every R3_TRAIN_HEARTBEAT_S):
         select   untrained first-attempt failures (the database is the source of truth; the Redis
                  stream only wakes the worker); set aside any episode that cannot be run again as a
                  task (recorded with the reason, for the admin); deduplicate, split by prompt hash
                  into train and held-out (held-out prompts are never trained on), balance task kinds
         train    GRPO with reflection-only credit, from the active adapter (trainer.grpo); a round
                  whose rollouts carried no signal (no step changed the adapter) ends here, saying so
-        register the candidate as a new version (r3-vN, files + sha256)
+        register the candidate as a new version of the scenario's lineage (r3-vN, <scenario>-vN; files + sha256)
         gate     candidate vs active on all held-out failures and a regression set (trainer.gate)
         decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers
         commit   mark the episodes used, finish the round row, then XACK the stream entries
@@ -45,7 +47,9 @@ from r3.engines import create_engine
 from r3.reflect_retry import verifier_runtime
 from r3.settings import Settings
 from r3.store.errors import DatabaseUnavailable
+from r3.store.models import DEFAULT_SCENARIO
 from r3.store.rounds import NO_SIGNAL
+from r3.store.scenarios import scenario_settings
 from r3.store.store import Store, open_store
 from trainer.data import (
     balance,
@@ -70,6 +74,39 @@ class RoundOutcome:
     candidate: str | None
     promoted: bool
     report: dict[str, Any]
+    scenario: str = DEFAULT_SCENARIO
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A scenario's claim on the next round, as `next_scenario` weighs it."""
+
+    scenario: str
+    requested: bool  # an admin asked for a round of it
+    new_failures: int  # replayable first-attempt failures no round has used
+    min_failures: int  # its R3_TRAIN_MIN_FAILURES
+    waited_s: float  # since its last round (or since this worker started)
+    interval_s: float  # its R3_TRAIN_INTERVAL_S
+
+
+def next_scenario(waiting: list[Waiting]) -> tuple[str, str] | None:
+    """Which scenario's round runs next, and why ("admin", "interval", "failures"); None: none is due.
+
+    A scenario is due when an admin asked for a round of it, when it has at least its
+    `R3_TRAIN_MIN_FAILURES` new failures, or when it has any and its `R3_TRAIN_INTERVAL_S` has passed
+    since its last round. Among the due ones an admin's request goes first (oldest request first: the
+    order given); then a scenario that has waited its interval (the longest wait first), so that a
+    quiet scenario waits at most about one interval plus one round of each busier one; then the one
+    with the most new failures (what most traffic is failing at now)."""
+    if requested := [w for w in waiting if w.requested]:
+        return requested[0].scenario, "admin"
+    overdue = [w for w in waiting if w.new_failures and w.waited_s >= w.interval_s]
+    if overdue:
+        return max(overdue, key=lambda w: w.waited_s - w.interval_s).scenario, "interval"
+    full = [w for w in waiting if w.new_failures >= w.min_failures]
+    if full:
+        return max(full, key=lambda w: w.new_failures).scenario, "failures"
+    return None
 
 
 def grpo_settings(settings: Settings) -> GRPOSettings:
@@ -157,7 +194,8 @@ class TrainerWorker:
         self.store, self.registry, self.rounds = store, store.registry, store.rounds
         # Without Redis (the embedded default) there is no stream: the database is polled.
         self.stream = store.consumer()
-        self._last_round = time.monotonic()
+        self._started = time.monotonic()
+        self._last_round: dict[str, float] = {}  # scenario -> when its last round ended (monotonic)
         # Who runs this worker's rounds, as the rounds table shows it.
         self.owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
 
@@ -169,40 +207,50 @@ class TrainerWorker:
     async def run_forever(self, poll_s: float = 5.0) -> None:
         await self.stream.claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
         while True:
-            reason = await self._due()
-            if reason:
-                await self.run_round(requested_by=reason)
+            due = await self._due()
+            if due is not None:
+                scenario, reason = due
+                await self.run_round(requested_by=reason, scenario=scenario)
             else:
                 await self.stream.read(poll_s)
 
-    async def _due(self) -> str | None:
-        if await self.rounds.requested():
-            return "admin"
-        waiting = await self.rounds.count_untrained_failures()
-        if waiting >= self.settings.train_min_failures:
-            return "failures"
-        if waiting and time.monotonic() - self._last_round >= self.settings.train_interval_s:
-            return "interval"
-        return None
+    async def _due(self) -> tuple[str, str] | None:
+        """The next scenario to train and why (`next_scenario`), from the store; None: none is due."""
+        requested = await self.rounds.requested()
+        counts = await self.rounds.untrained_failures_by_scenario()
+        now, waiting = time.monotonic(), []
+        for scenario in [*requested, *(s for s in counts if s not in requested)]:
+            settings = await self._settings_of(scenario)
+            waiting.append(Waiting(scenario, scenario in requested, counts.get(scenario, 0),
+                                   settings.train_min_failures, now - self._last_round.get(scenario, self._started),
+                                   settings.train_interval_s))
+        return next_scenario(waiting)
+
+    async def _settings_of(self, scenario: str) -> Settings:
+        """The settings a round of `scenario` runs with: this worker's, with the scenario's overrides."""
+        found = await self.store.scenarios.get(scenario)
+        return scenario_settings(self.settings, found.training) if found is not None else self.settings
 
     # ------------------------------------------------------------------ one round
 
-    async def run_round(self, requested_by: str = "admin") -> RoundOutcome:
+    async def run_round(self, requested_by: str = "admin", scenario: str = DEFAULT_SCENARIO) -> RoundOutcome:
+        """One round of `scenario`, on its episodes alone, with its training overrides."""
         while await self.stream.read(0):  # every entry announced so far is covered by this round
             pass
         acknowledged = list(self.stream.received)
+        settings = await self._settings_of(scenario)
         # Rounds whose trainer died are failed here (`start`), whatever started this one.
-        round_id = await self.rounds.start(requested_by, self.owner, self.settings.train_stale_after_s)
+        round_id = await self.rounds.start(requested_by, self.owner, settings.train_stale_after_s, scenario)
         heartbeat = asyncio.create_task(self._heartbeat(round_id), name=f"round-{round_id}-heartbeat")
         try:
-            outcome = await self._round(round_id)
+            outcome = await self._round(round_id, scenario, settings)
         except Exception as error:
             log.exception("training round %d failed", round_id)
             await self.rounds.fail(round_id, str(error))  # and the version it registered, if any
             raise
         finally:
             heartbeat.cancel()
-        self._last_round = time.monotonic()
+        self._last_round[scenario] = time.monotonic()
         await self.stream.acknowledge(acknowledged)
         return outcome
 
@@ -220,11 +268,10 @@ class TrainerWorker:
                           "it cannot be finished", round_id)
                 return
 
-    async def _round(self, round_id: int) -> RoundOutcome:
-        settings = self.settings
-        untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures)
-        every_failure = await self.rounds.failures(2000)
-        passed = await self.rounds.first_attempt_passes(settings.gate_regression_size)
+    async def _round(self, round_id: int, scenario: str, settings: Settings) -> RoundOutcome:
+        untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures, scenario)
+        every_failure = await self.rounds.failures(2000, scenario)
+        passed = await self.rounds.first_attempt_passes(settings.gate_regression_size, scenario)
         new_failures, refused_new = runnable(failures_from_episodes(untrained))
         all_failures, refused_all = runnable(failures_from_episodes(every_failure))
         successes, refused_passes = runnable(first_attempt_successes(passed))
@@ -239,17 +286,17 @@ class TrainerWorker:
         _, heldout = split(prompts, settings.train_heldout_fraction)
         counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes),
                   "set_aside": len(set_aside)}
-        log.info("round %d: %s", round_id, counts)
-        short = self._too_few(len(train), len(heldout), len(prompts))
+        log.info("round %d (scenario %s): %s", round_id, scenario, counts)
+        short = self._too_few(len(train), len(heldout), len(prompts), settings)
         if short is not None:
             skipped = {**counts, "skipped": short}
             await self.rounds.finish(round_id, skipped)
-            return RoundOutcome(round_id, None, False, skipped)
+            return RoundOutcome(round_id, None, False, skipped, scenario)
 
         # TRL (and with it vLLM) is loaded only now that there is something to train.
         from trainer.grpo import train_round
 
-        active = await self.registry.active()
+        active = await self.registry.active(scenario)
         order = RoundOrder(bundled_model.resolve(settings), active.path if active else None, train,
                            grpo_settings(settings))
         self.launch.send(order)
@@ -257,13 +304,13 @@ class TrainerWorker:
             report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
                                              Path(scratch) / "adapter", order.settings, verifier_runtime(settings))
             if not any(step.updated for step in report.step_logs):
-                return await self._without_signal(round_id, counts, report, train, new_heldout)
+                return await self._without_signal(round_id, counts, report, train, new_heldout, scenario)
             candidate = await self.registry.register(
                 Path(scratch) / "adapter", active.name if active else None,
-                {"training": _summary(report.to_dict())}, [f.episode_id for f in train])
+                {"training": _summary(report.to_dict())}, [f.episode_id for f in train], scenario)
             await self.rounds.registered(round_id, candidate.name)
 
-        decision = await self._gate(candidate.name, candidate.path, active, heldout, successes)
+        decision = await self._gate(candidate.name, candidate.path, active, heldout, successes, settings)
         await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
                                             promote=decision.promote)
         await self.rounds.mark_used(candidate.name, trained=[f.episode_id for f in train],
@@ -273,9 +320,9 @@ class TrainerWorker:
         await self.rounds.finish(round_id, summary, candidate=candidate.name, promoted=decision.promote)
         log.info("round %d: %s %s (%s)", round_id, candidate.name,
                  "promoted" if decision.promote else "rejected", decision.reason)
-        return RoundOutcome(round_id, candidate.name, decision.promote, summary)
+        return RoundOutcome(round_id, candidate.name, decision.promote, summary, scenario)
 
-    def _too_few(self, train: int, heldout: int, prompts: int) -> str | None:
+    def _too_few(self, train: int, heldout: int, prompts: int, settings: Settings) -> str | None:
         """Why a round with `train` failures to train on and `heldout` held out (of `prompts` distinct
         failed prompts) cannot run, naming each number that is short and what would raise it; None
         when it can."""
@@ -285,13 +332,14 @@ class TrainerWorker:
                          "training process): failures come from requests whose verifier said no and that kept "
                          "their text, and each is trained on once")
         if not heldout:
-            fraction = self.settings.train_heldout_fraction
+            fraction = settings.train_heldout_fraction
             short.append(f"none of the {prompts} distinct failed prompts is held out for the gate, at least 1 "
                          f"needed: R3_TRAIN_HELDOUT_FRACTION={fraction:g} holds out about 1 prompt in "
                          f"{round(1 / fraction):d}, so record failures on more prompts, or raise it")
         return f"too few failures: {'; and '.join(short)}" if short else None
 
-    async def _without_signal(self, round_id: int, counts: dict[str, Any], report, train, new_heldout) -> RoundOutcome:
+    async def _without_signal(self, round_id: int, counts: dict[str, Any], report, train, new_heldout,
+                              scenario: str) -> RoundOutcome:
         """End a round whose rollouts carried no signal: no step changed the adapter, so there is no
         candidate to register or gate. Its failures are not picked again (`NO_SIGNAL`)."""
         rewards = report.reward_mean
@@ -304,26 +352,26 @@ class TrainerWorker:
                                     held_out=[f.episode_id for f in new_heldout])
         await self.rounds.finish(round_id, summary)
         log.info("round %d: %s", round_id, summary["skipped"])
-        return RoundOutcome(round_id, None, False, summary)
+        return RoundOutcome(round_id, None, False, summary, scenario)
 
-    async def _gate(self, candidate: str, candidate_path: Path, active, heldout, successes):
+    async def _gate(self, candidate: str, candidate_path: Path, active, heldout, successes, settings: Settings):
         # The serving engine on the trainer's device (R3_ENGINE, R3_DEVICE, R3_DTYPE), with none of
         # the server's own adapters.
-        gate_settings = self.settings.model_copy(update={"lora_modules": {}, "served_model_name": "gate"})
+        gate_settings = settings.model_copy(update={"lora_modules": {}, "served_model_name": "gate"})
         engine = await create_engine(gate_settings)
         try:
             await engine.load_adapter(candidate, candidate_path)
             if active is not None:
                 await engine.load_adapter(active.name, active.path)
-            runtime = verifier_runtime(self.settings)
-            sampling = {"reflection_max_tokens": self.settings.reflection_max_tokens,
-                        "samples": self.settings.gate_samples, "temperature": self.settings.gate_temperature}
+            runtime = verifier_runtime(settings)
+            sampling = {"reflection_max_tokens": settings.reflection_max_tokens,
+                        "samples": settings.gate_samples, "temperature": settings.gate_temperature}
             candidate_result = await evaluate_adapter(engine, candidate, heldout, successes, runtime, **sampling)
             active_result = await evaluate_adapter(engine, active.name if active else None, heldout, successes, runtime,
                                            **sampling)
         finally:
             await engine.close()
-        return decide(candidate_result, active_result, self.settings.gate_alpha, self.settings.gate_tolerance)
+        return decide(candidate_result, active_result, settings.gate_alpha, settings.gate_tolerance)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class KeyInfo:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    default_scenario: str | None = None  # what `model: "r3"` means for this key's requests (None: `default`)
 
 
 class ApiKeys:
@@ -59,9 +60,27 @@ class ApiKeys:
 
     async def tenant_of(self, key: str) -> str | None:
         """The tenant a database key belongs to, or None if it is unknown or revoked."""
+        found = await self.caller(key)
+        return found.tenant if found is not None else None
+
+    async def caller(self, key: str) -> KeyInfo | None:
+        """The live database key `key` is (its tenant and default scenario), or None if it is unknown
+        or revoked."""
         async with self.sessions() as session:
             row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
-        return row.id if row is not None and row.revoked_at is None else None
+        return _info(row) if row is not None and row.revoked_at is None else None
+
+    async def set_default_scenario(self, name_or_tenant: str, scenario: str | None) -> KeyInfo:
+        """Make `scenario` (None: `default`) what `model: "r3"` means for the live key with this name
+        or tenant. Raises `LookupError` when no live key has it; the database refuses a scenario that
+        does not exist (an `IntegrityError`: check it first)."""
+        async with self.sessions.begin() as session:
+            row = await session.scalar(select(ApiKey).where(
+                or_(ApiKey.name == name_or_tenant, ApiKey.id == name_or_tenant), ApiKey.revoked_at.is_(None)))
+            if row is None:
+                raise LookupError(f"no live key is named {name_or_tenant!r} or has that tenant id")
+            row.default_scenario = scenario
+            return _info(row)
 
     async def any_created(self) -> bool:
         """Whether a key was ever created, revoked ones included: a server that had keys stays closed."""
@@ -72,7 +91,7 @@ class ApiKeys:
         """Every key ever created, oldest first, revoked ones included."""
         async with self.sessions() as session:
             rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
-            return [KeyInfo(row.id, row.name, row.created_at, row.revoked_at) for row in rows]
+            return [_info(row) for row in rows]
 
     async def revoke(self, name_or_tenant: str) -> KeyInfo:
         """Revoke the live key with this name (or tenant id); servers refuse it from their next request.
@@ -84,4 +103,8 @@ class ApiKeys:
                 raise LookupError(f"no live key is named {name_or_tenant!r} or has that tenant id; `r3 keys list` "
                                   "shows them")
             row.revoked_at = datetime.now(UTC)
-            return KeyInfo(row.id, row.name, row.created_at, row.revoked_at)
+            return _info(row)
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, row.default_scenario)

@@ -109,8 +109,12 @@ def stats_columns() -> tuple[ColumnElement[Any], ...]:
 
 
 async def version_stats(sessions: async_sessionmaker[AsyncSession], since: datetime | None = None,
-                        until: datetime | None = None) -> dict[str, VersionStats]:
+                        until: datetime | None = None, scenario: str | None = None) -> dict[str, VersionStats]:
+    """Each version's numbers over episodes created in [since, until) (of `scenario`, or of all; the
+    base model's, under "base", are its scenario's alone only with `scenario`)."""
     query = select(EpisodeRow.adapter, *stats_columns()).group_by(EpisodeRow.adapter)
+    if scenario is not None:
+        query = query.where(EpisodeRow.scenario == scenario)
     if since is not None:
         query = query.where(EpisodeRow.created_at >= since)
     if until is not None:

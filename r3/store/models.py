@@ -35,6 +35,21 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: Json, list[Any]: Json, datetime: Timestamp}
 
 
+DEFAULT_SCENARIO = "default"  # the lineage every server had before scenarios: `r3`, `r3-vN`, `r3@vN`
+
+
+class Scenario(Base):
+    """A workload with its own adapter lineage (`<name>-vN`), active version, training rounds, gate and
+    stats, on the one base model. `training` overrides global training settings for it (`r3.scenarios`)."""
+
+    __tablename__ = "scenarios"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    training: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -43,6 +58,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the key; the key itself is never kept
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # The scenario this key's requests serve when their `model` names none (`r3` or the served model id).
+    default_scenario: Mapped[str | None] = mapped_column(ForeignKey("scenarios.name"))
 
 
 class VersionStatus(StrEnum):
@@ -53,7 +70,7 @@ class VersionStatus(StrEnum):
 
     PENDING = "pending"
     CANDIDATE = "candidate"
-    ACTIVE = "active"  # at most one: the unique index below
+    ACTIVE = "active"  # at most one per scenario: the unique index below
     REJECTED = "rejected"
     RETIRED = "retired"
     FAILED = "failed"
@@ -62,8 +79,9 @@ class VersionStatus(StrEnum):
 class AdapterVersion(Base):
     __tablename__ = "adapter_versions"
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # r3-vN, never reused
-    number: Mapped[int] = mapped_column(Integer, unique=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # r3-vN or <scenario>-vN, never reused
+    scenario: Mapped[str] = mapped_column(ForeignKey("scenarios.name"), server_default=DEFAULT_SCENARIO)
+    number: Mapped[int] = mapped_column(Integer)  # N of the name: counted per scenario
     parent: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"))
     status: Mapped[str] = mapped_column(String(16))  # a `VersionStatus` value
     path: Mapped[str] = mapped_column(Text)
@@ -74,8 +92,9 @@ class AdapterVersion(Base):
     promoted_at: Mapped[datetime | None]
 
     __table_args__ = (
-        # At most one active version: promotion flips it in one transaction.
-        Index("one_active_adapter", "status", unique=True,
+        Index("adapter_version_numbers", "scenario", "number", unique=True),
+        # At most one active version per scenario: promotion flips it in one transaction.
+        Index("one_active_adapter", "scenario", unique=True,
               postgresql_where=text(f"status = '{VersionStatus.ACTIVE}'"),
               sqlite_where=text(f"status = '{VersionStatus.ACTIVE}'")),
     )
@@ -87,6 +106,8 @@ class EpisodeRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     created_at: Mapped[datetime]
     tenant: Mapped[str | None] = mapped_column(String(40), index=True)
+    scenario: Mapped[str] = mapped_column(String(40), server_default=DEFAULT_SCENARIO)
+    category: Mapped[str | None] = mapped_column(Text)  # the client's `metadata.category`: a task family
     model: Mapped[str] = mapped_column(String(200))
     adapter: Mapped[str | None] = mapped_column(String(64), index=True)
     task_kind: Mapped[str] = mapped_column(String(32))
@@ -116,8 +137,8 @@ class EpisodeRow(Base):
 
     __table_args__ = (
         Index("episodes_created", "created_at"),
-        # The trainer's query: recent replayable first-attempt failures not yet trained on.
-        Index("episodes_untrained_failures", "created_at",
+        # The trainer's query: a scenario's recent replayable first-attempt failures not yet trained on.
+        Index("episodes_untrained_failures", "scenario", "created_at",
               postgresql_where=text("replayable AND first_success = false AND trained_in IS NULL"),
               sqlite_where=text("replayable AND first_success = 0 AND trained_in IS NULL")),
         Index("episodes_unannounced", "created_at",
@@ -161,6 +182,7 @@ class TrainingRound(Base):
     __tablename__ = "training_rounds"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scenario: Mapped[str] = mapped_column(String(40), server_default=DEFAULT_SCENARIO)  # trained on its episodes only
     status: Mapped[str] = mapped_column(String(16))  # a `rounds.RoundStatus` value
     requested_by: Mapped[str] = mapped_column(String(64))  # "admin", "cli", or why the trainer started it
     requested_at: Mapped[datetime]
@@ -198,6 +220,7 @@ class AdminAction(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(64))
+    scenario: Mapped[str | None] = mapped_column(String(40))  # the lineage it changed (None: none, e.g. a logout)
     action: Mapped[str] = mapped_column(String(32))
     from_version: Mapped[str | None] = mapped_column(String(64))
     to_version: Mapped[str | None] = mapped_column(String(64))

@@ -33,7 +33,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.episodes import Episode
-from r3.store.models import AdapterVersion, EpisodeRow, SetAsideEpisode, TrainingRound, VersionStatus
+from r3.store.models import DEFAULT_SCENARIO, AdapterVersion, EpisodeRow, SetAsideEpisode, TrainingRound, VersionStatus
 from r3.store.sql import episode_of
 
 # `trained_in` of a failure held out for the gate: judged on in every round, never trained on.
@@ -73,11 +73,13 @@ class Round:
     error: str | None  # why it failed
     owner: str | None = None  # the trainer that ran it
     heartbeat_at: datetime | None = None  # when its trainer last said it was alive
+    scenario: str = DEFAULT_SCENARIO  # whose episodes it trains on and whose lineage it extends
 
     @classmethod
     def of(cls, row: TrainingRound) -> Round:
         return cls(row.id, RoundStatus(row.status), row.requested_by, row.requested_at, row.started_at,
-                   row.finished_at, row.candidate, row.promoted, row.report, row.error, row.owner, row.heartbeat_at)
+                   row.finished_at, row.candidate, row.promoted, row.report, row.error, row.owner, row.heartbeat_at,
+                   row.scenario)
 
 
 @dataclass(frozen=True)
@@ -91,17 +93,17 @@ class SetAside:
     at: datetime
 
 
-def _replayable(first_success: bool) -> Select:
-    """Episodes the trainer can use: a verifier it can run again, the text kept, this first verdict,
-    not set aside."""
+def _replayable(first_success: bool, scenario: str) -> Select:
+    """`scenario`'s episodes the trainer can use: a verifier it can run again, the text kept, this
+    first verdict, not set aside."""
     set_aside = select(SetAsideEpisode.episode_id).where(SetAsideEpisode.episode_id == EpisodeRow.id).exists()
-    return select(EpisodeRow).where(EpisodeRow.replayable, EpisodeRow.store_text,
+    return select(EpisodeRow).where(EpisodeRow.scenario == scenario, EpisodeRow.replayable, EpisodeRow.store_text,
                                     EpisodeRow.first_success.is_(first_success), ~set_aside)
 
 
-def _untrained_failures() -> Select:
+def _untrained_failures(scenario: str) -> Select:
     # Matches the partial index `episodes_untrained_failures`.
-    return _replayable(False).where(EpisodeRow.trained_in.is_(None))
+    return _replayable(False, scenario).where(EpisodeRow.trained_in.is_(None))
 
 
 class TrainingRounds:
@@ -115,27 +117,31 @@ class TrainingRounds:
 
     # ------------------------------------------------------------------ rounds
 
-    async def request(self, requested_by: str = "admin") -> tuple[Round, bool]:
-        """Ask for a round: (the newest pending round, False) if one is requested or running, else
-        (a new requested round, True). Repeated asking never queues rounds behind one another; a
-        running round whose trainer is gone is failed first (`fail_abandoned`), so it is not the answer."""
+    async def request(self, requested_by: str = "admin", scenario: str = DEFAULT_SCENARIO) -> tuple[Round, bool]:
+        """Ask for a round of `scenario`: (its newest pending round, False) if one is requested or
+        running, else (a new requested round, True). Repeated asking never queues rounds behind one
+        another; a running round whose trainer is gone is failed first (`fail_abandoned`), so it is not
+        the answer."""
         async with self.sessions.begin() as session:
             await _fail_abandoned(session)
-            pending = await session.scalar(select(TrainingRound).where(TrainingRound.status.in_(PENDING))
+            pending = await session.scalar(select(TrainingRound).where(TrainingRound.status.in_(PENDING),
+                                                                       TrainingRound.scenario == scenario)
                                            .order_by(TrainingRound.id.desc()).limit(1))
             if pending is not None:
                 return Round.of(pending), False
-            row = TrainingRound(status=RoundStatus.REQUESTED, requested_by=requested_by,
+            row = TrainingRound(status=RoundStatus.REQUESTED, requested_by=requested_by, scenario=scenario,
                                 requested_at=datetime.now(UTC))
             session.add(row)
             await session.flush()
             return Round.of(row), True
 
-    async def recent(self, limit: int) -> list[Round]:
-        """The `limit` newest rounds, newest first."""
+    async def recent(self, limit: int, scenario: str | None = None) -> list[Round]:
+        """The `limit` newest rounds (of `scenario`, or of all), newest first."""
+        query = select(TrainingRound).order_by(TrainingRound.id.desc()).limit(limit)
+        if scenario is not None:
+            query = query.where(TrainingRound.scenario == scenario)
         async with self.sessions() as session:
-            rows = await session.scalars(select(TrainingRound).order_by(TrainingRound.id.desc()).limit(limit))
-            return [Round.of(row) for row in rows]
+            return [Round.of(row) for row in await session.scalars(query)]
 
     async def count_by_status(self) -> dict[RoundStatus, int]:
         """How many rounds are in each status; every status is a key (0 when none)."""
@@ -144,23 +150,27 @@ class TrainingRounds:
                 select(TrainingRound.status, func.count()).group_by(TrainingRound.status))).all())
         return {status: counts.get(status, 0) for status in RoundStatus}
 
-    async def requested(self) -> bool:
-        """Whether a round was asked for and has not started."""
+    async def requested(self) -> list[str]:
+        """The scenarios for which a round was asked for and has not started, oldest request first."""
         async with self.sessions() as session:
-            return await session.scalar(select(func.count()).select_from(TrainingRound)
-                                        .where(TrainingRound.status == RoundStatus.REQUESTED)) > 0
+            rows = await session.execute(select(TrainingRound.scenario, func.min(TrainingRound.id))
+                                         .where(TrainingRound.status == RoundStatus.REQUESTED)
+                                         .group_by(TrainingRound.scenario))
+            return [scenario for scenario, _ in sorted(rows.all(), key=lambda row: row[1])]
 
-    async def start(self, requested_by: str, owner: str, stale_after_s: float) -> int:
-        """Make the oldest requested round running, or, when none was requested, a new running round
-        `requested_by` asked for now; returns its id. `owner` runs it and marks it alive (`heartbeat`)
-        at least every `stale_after_s` seconds, or it is presumed dead. Rounds whose trainer is gone
-        are failed first (`fail_abandoned`)."""
+    async def start(self, requested_by: str, owner: str, stale_after_s: float,
+                    scenario: str = DEFAULT_SCENARIO) -> int:
+        """Make `scenario`'s oldest requested round running, or, when none was requested, a new running
+        round `requested_by` asked for now; returns its id. `owner` runs it and marks it alive
+        (`heartbeat`) at least every `stale_after_s` seconds, or it is presumed dead. Rounds whose
+        trainer is gone are failed first (`fail_abandoned`)."""
         async with self.sessions.begin() as session:
             await _fail_abandoned(session)
-            row = await session.scalar(select(TrainingRound).where(TrainingRound.status == RoundStatus.REQUESTED)
+            row = await session.scalar(select(TrainingRound).where(TrainingRound.status == RoundStatus.REQUESTED,
+                                                                   TrainingRound.scenario == scenario)
                                        .order_by(TrainingRound.id).limit(1))
             if row is None:
-                row = TrainingRound(status=RoundStatus.REQUESTED, requested_by=requested_by,
+                row = TrainingRound(status=RoundStatus.REQUESTED, requested_by=requested_by, scenario=scenario,
                                     requested_at=datetime.now(UTC))
                 session.add(row)
             now = datetime.now(UTC)
@@ -216,24 +226,35 @@ class TrainingRounds:
 
     # ------------------------------------------------------------------ the episodes a round uses
 
-    async def count_untrained_failures(self) -> int:
-        """How many replayable first-attempt failures (text kept) no committed round has used."""
+    async def count_untrained_failures(self, scenario: str = DEFAULT_SCENARIO) -> int:
+        """How many of `scenario`'s replayable first-attempt failures (text kept) no committed round has used."""
         async with self.sessions() as session:
-            return await session.scalar(select(func.count()).select_from(_untrained_failures().subquery()))
+            return await session.scalar(select(func.count()).select_from(_untrained_failures(scenario).subquery()))
 
-    async def untrained_failures(self, limit: int) -> list[Episode]:
-        """The `limit` newest replayable first-attempt failures (text kept) no committed round used."""
-        return await self._episodes(_untrained_failures(), limit)
+    async def untrained_failures_by_scenario(self) -> dict[str, int]:
+        """`count_untrained_failures` of every scenario that has any."""
+        set_aside = select(SetAsideEpisode.episode_id).where(SetAsideEpisode.episode_id == EpisodeRow.id).exists()
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(EpisodeRow.scenario, func.count())
+                .where(EpisodeRow.replayable, EpisodeRow.store_text, EpisodeRow.first_success.is_(False),
+                       EpisodeRow.trained_in.is_(None), ~set_aside)
+                .group_by(EpisodeRow.scenario))
+            return dict(rows.all())
 
-    async def failures(self, limit: int) -> list[Episode]:
-        """The `limit` newest replayable first-attempt failures (text kept), used or not: the gate's
-        held-out set is drawn from all of them."""
-        return await self._episodes(_replayable(False), limit)
+    async def untrained_failures(self, limit: int, scenario: str = DEFAULT_SCENARIO) -> list[Episode]:
+        """`scenario`'s `limit` newest replayable first-attempt failures (text kept) no committed round used."""
+        return await self._episodes(_untrained_failures(scenario), limit)
 
-    async def first_attempt_passes(self, limit: int) -> list[Episode]:
-        """The `limit` newest replayable episodes (text kept) whose first attempt passed: the gate's
-        regression set."""
-        return await self._episodes(_replayable(True), limit)
+    async def failures(self, limit: int, scenario: str = DEFAULT_SCENARIO) -> list[Episode]:
+        """`scenario`'s `limit` newest replayable first-attempt failures (text kept), used or not: the
+        gate's held-out set is drawn from all of them."""
+        return await self._episodes(_replayable(False, scenario), limit)
+
+    async def first_attempt_passes(self, limit: int, scenario: str = DEFAULT_SCENARIO) -> list[Episode]:
+        """`scenario`'s `limit` newest replayable episodes (text kept) whose first attempt passed: the
+        gate's regression (retained) set."""
+        return await self._episodes(_replayable(True, scenario), limit)
 
     async def _episodes(self, query: Select, limit: int) -> list[Episode]:
         async with self.sessions() as session:

@@ -35,7 +35,7 @@ def unannounced_query(limit: int) -> Select:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The columns that can hold text (token ids and logprobs are numbers: walking them would cost more
 # than the rest of the row).
-_EPISODE_TEXT = ("id", "tenant", "model", "adapter", "task_kind", "verifier", "messages", "tools", "tool_choice",
+_EPISODE_TEXT = ("id", "tenant", "scenario", "category", "model", "adapter", "task_kind", "verifier", "messages", "tools", "tool_choice",
                  "sampling")
 _ATTEMPT_TEXT = ("completion_id", "finish_reason", "content", "tool_calls", "reflection", "detail",
                  "feedback_detail")
@@ -78,7 +78,8 @@ def _seconds(moment: datetime) -> float:
 def episode_row(episode: Episode) -> dict[str, Any]:
     first, latest = (episode.attempts[0], episode.attempts[-1]) if episode.attempts else (None, None)
     return dict(
-        id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, model=episode.model,
+        id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, scenario=episode.scenario,
+        category=episode.category, model=episode.model,
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
         replayable=episode.replayable, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
@@ -119,7 +120,8 @@ def episode_of(row: EpisodeRow) -> Episode:
         for a in row.attempts
     ]
     return Episode(
-        id=row.id, tenant=row.tenant, model=row.model, adapter=row.adapter, task_kind=row.task_kind,
+        id=row.id, tenant=row.tenant, scenario=row.scenario, category=row.category, model=row.model,
+        adapter=row.adapter, task_kind=row.task_kind,
         verifier=row.verifier, store_text=row.store_text, messages=row.messages, tools=row.tools,
         tool_choice=row.tool_choice, sampling=row.sampling, attempts=attempts, created_at=_seconds(row.created_at),
         revision=row.revision,
@@ -134,6 +136,7 @@ class EpisodeFilter:
     adapter: str | None = None
     task_kind: str | None = None
     tenant: str | None = None
+    scenario: str | None = None
 
 
 @cache
@@ -214,6 +217,8 @@ class SqlEpisodeStore:
             query = query.where(EpisodeRow.task_kind == where.task_kind)
         if where.tenant is not None:
             query = query.where(EpisodeRow.tenant == where.tenant)
+        if where.scenario is not None:
+            query = query.where(EpisodeRow.scenario == where.scenario)
         if after is not None:
             created, episode_id = after
             query = query.where((EpisodeRow.created_at < created)

@@ -20,6 +20,7 @@ from r3.store import database
 from r3.store.keys import ApiKeys
 from r3.store.registry import AdapterRegistry
 from r3.store.rounds import TrainingRounds
+from r3.store.scenarios import Scenarios
 from r3.store.sql import SqlEpisodeStore
 from r3.store.stream import EpisodeConsumer, NoEpisodeStream, RedisEpisodeConsumer, RedisEpisodeStream
 
@@ -40,13 +41,14 @@ class Store:
 
     `episodes`: the episodes in the database (the server puts its `EpisodeLog` in front);
     `registry`: adapter versions, their events and the admin audit log; `rounds`: training rounds
-    and the trainer's queries; `keys`: API keys; `stream`: the Redis episode stream's producer, None
+    and the trainer's queries; `scenarios`: the workloads, each with its lineage; `keys`: API keys; `stream`: the Redis episode stream's producer, None
     without Redis (the embedded default)."""
 
     database: Database
     episodes: SqlEpisodeStore
     registry: AdapterRegistry
     rounds: TrainingRounds
+    scenarios: Scenarios
     keys: ApiKeys
     stream: RedisEpisodeStream | None
     redis_url: str | None
@@ -73,7 +75,8 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     try:
         await database.make_ready(engine, url)
         yield Store(database=Database(url, engine, sessions), episodes=SqlEpisodeStore(sessions), registry=registry,
-                    rounds=TrainingRounds(sessions), keys=ApiKeys(sessions), stream=stream,
+                    rounds=TrainingRounds(sessions), scenarios=Scenarios(sessions), keys=ApiKeys(sessions),
+                    stream=stream,
                     redis_url=settings.redis_url)
     finally:
         await registry.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, StrictBool, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Discriminator, Field, StrictBool, Tag, field_validator, model_validator
 
 from r3.engines.base import SamplingParams
 from r3.reflect_retry import ChatTask
@@ -274,6 +274,20 @@ class ReflectOptions(RequestPart):
     max_retries: int = Field(1, ge=0, le=3, description="Reflect-and-retry rounds after a failed attempt; 0 only judges.")
 
 
+def _openai_metadata(value: dict[str, str]) -> dict[str, str]:
+    """OpenAI's limits on `metadata` (its API reference): at most 16 pairs, keys of at most 64
+    characters, values of at most 512."""
+    if len(value) > 16:
+        raise ValueError(f"at most 16 metadata pairs, not {len(value)}")
+    for key, text in value.items():
+        if len(key) > 64 or len(text) > 512:
+            raise ValueError(f"metadata keys are at most 64 characters and values at most 512 ({shown(key)})")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_openai_metadata)]
+
+
 class ChatCompletionRequest(WithStops):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -295,8 +309,10 @@ class ChatCompletionRequest(WithStops):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
+    metadata: Metadata | None = Field(None, description="Up to 16 pairs, as OpenAI takes them; `category` names "
+                                                        "the request's task family, which the gate checks for "
+                                                        "forgetting on its own.")
     # Accepted, no effect: what they ask for is OpenAI's own service (or output R3 cannot make).
-    metadata: dict[str, str] | None = None
     service_tier: str | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from server.auth import CheckedRoute, tenant
+from server.auth import CheckedRoute, caller_scenario, tenant
 from server.chat.protocol import ChatCompletion, ChatCompletionRequest
 from server.chat.serving import OpenAIServingChat
 from server.deps import ServicesDep
@@ -23,7 +23,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     asks for is checked before its answer (or its stream) starts; its work stops if the client hangs up."""
     ignore_unknown_fields(request, body, services.settings.strict_request_fields)
     serving = OpenAIServingChat(services)
-    checked = await unless_disconnected(request, serving.prepare(body, caller))
+    checked = await unless_disconnected(request, serving.prepare(body, caller, caller_scenario(request)))
     if body.stream:
         return await streamed(request, serving.stream(checked))
     return await unless_disconnected(request, serving.full(checked))

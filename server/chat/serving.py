@@ -28,6 +28,7 @@ from r3.structured_output import GrammarTimeout, grammar_problem, grammar_tag, g
 from server.chat.protocol import ChatCompletion, ChatCompletionRequest
 from server.chat.responses import chat_completion, r3_info, usage_of
 from server.chat.sse import ChoiceChunks, Wire
+from server.adapters import Served
 from server.deps import Services
 from server.errors import APIError, clipped, param_path
 from server.openai.serving import all_of, logit_bias_pairs, token_bytes
@@ -47,6 +48,7 @@ class ChatRequest:
     tenant: str | None
     choices: list[ChatTask]
     vocabulary: Sequence[bytes]  # the bytes of each token id, for logprobs (empty without them)
+    scenario: str | None = None  # the caller's default scenario (its API key's), which `r3` means
 
     @property
     def verified(self) -> bool:
@@ -62,21 +64,23 @@ class OpenAIServingChat:
         self.reflector: Reflector = services.reflector
         self.engine: Engine = services.reflector.engine
 
-    async def prepare(self, body: ChatCompletionRequest, tenant: str | None) -> ChatRequest:
+    async def prepare(self, body: ChatCompletionRequest, tenant: str | None,
+                      scenario: str | None = None) -> ChatRequest:
         """Checks everything the request asks for before any generation starts. Raises `UnknownModel`
         (404) for a model this server does not serve, and `APIError` (400) for what the request asks
         wrongly, and when it does not fit the context."""
-        self.services.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
+        self.services.adapters.resolve(body.model, scenario)  # an unknown model is a 404 before anything starts
         task = await self._task(body)
         vocabulary = await token_bytes(self.engine) if body.logprobs else ()
-        return ChatRequest(body, tenant, _choice_tasks(task, body.n), vocabulary)
+        return ChatRequest(body, tenant, _choice_tasks(task, body.n), vocabulary, scenario)
 
     async def full(self, request: ChatRequest) -> ChatCompletion:
         """The whole response: every choice made (reflected on and retried while its verifier says no)
         and recorded."""
         body = request.body
-        async with self.services.adapters.pin(body.model) as adapter:  # every attempt on the version it started with
-            runs = self._runs(request, adapter)
+        # every attempt on the version it started with
+        async with self.services.adapters.pin(body.model, request.scenario) as served:
+            runs = self._runs(request, served)
             async with self._recording(runs):
                 await all_of(self.reflector.run(run) for run in runs)
         first, *others = runs
@@ -87,8 +91,8 @@ class OpenAIServingChat:
         """The response as SSE chunks (`server.chat.sse`), then, with `include_usage`, the usage chunk.
         Plain inference streams as the engine generates; a verified answer is judged (reflected on
         and retried) before anything is sent, and each choice's final answer then goes out whole."""
-        async with self.services.adapters.pin(request.body.model) as adapter:
-            runs = self._runs(request, adapter)
+        async with self.services.adapters.pin(request.body.model, request.scenario) as served:
+            runs = self._runs(request, served)
             if request.verified:
                 async with self._recording(runs):
                     await all_of(self.reflector.run(run) for run in runs)
@@ -108,8 +112,12 @@ class OpenAIServingChat:
             if wire.include_usage:
                 yield wire.event([], usage=usage_of(*(run.turns for run in runs)))
 
-    def _runs(self, request: ChatRequest, adapter: str | None) -> list[Run]:
-        return [Reflector.start(replace(task, adapter=adapter), request.tenant) for task in request.choices]
+    def _runs(self, request: ChatRequest, served: Served) -> list[Run]:
+        runs = [Reflector.start(replace(task, adapter=served.adapter), request.tenant) for task in request.choices]
+        category = (request.body.metadata or {}).get("category")
+        for run in runs:
+            run.episode.scenario, run.episode.category = served.scenario, category
+        return runs
 
     @asynccontextmanager
     async def _recording(self, runs: list[Run]) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from server.auth import CheckedRoute
+from server.auth import CheckedRoute, caller_scenario
 from server.completions.protocol import Completion, CompletionRequest
 from server.completions.serving import OpenAIServingCompletion
 from server.deps import ServicesDep
@@ -24,7 +24,7 @@ async def create_completion(body: CompletionRequest, request: Request,
     Everything the request asks for is checked before its answer (or its stream) starts."""
     ignore_unknown_fields(request, body, services.settings.strict_request_fields)
     serving = OpenAIServingCompletion(services)
-    checked = await serving.prepare(body)
+    checked = await serving.prepare(body, caller_scenario(request))
     if body.stream:
         return await streamed(request, serving.stream(checked))
     return await unless_disconnected(request, serving.full(checked))

@@ -34,6 +34,7 @@ class CompletionJobs:
     body: CompletionRequest
     jobs: list[_Job]
     answer: _Answer
+    scenario: str | None = None  # the caller's default scenario (its API key's), which `r3` means
 
 
 class OpenAIServingCompletion:
@@ -44,21 +45,21 @@ class OpenAIServingCompletion:
         self.services = services
         self.engine: Engine = services.engine
 
-    async def prepare(self, body: CompletionRequest) -> CompletionJobs:
+    async def prepare(self, body: CompletionRequest, scenario: str | None = None) -> CompletionJobs:
         """Checks everything the request asks for before any generation starts. Raises `UnknownModel`
         (404) for a model this server does not serve, `APIError` (400) for a prompt that is not text or
         token ids of this vocabulary, or that leaves no room for `max_tokens` in the context."""
-        self.services.adapters.resolve(body.model)  # an unknown model is a 404 before anything starts
+        self.services.adapters.resolve(body.model, scenario)  # an unknown model is a 404 before anything starts
         jobs = await asyncio.to_thread(_jobs, self.engine, body)
         vocabulary = await token_bytes(self.engine) if body.logprobs is not None else ()
         answer = _Answer(body, completion_id().replace("chatcmpl-", "cmpl-", 1), now(), vocabulary)
-        return CompletionJobs(body, jobs, answer)
+        return CompletionJobs(body, jobs, answer, scenario)
 
     async def full(self, request: CompletionJobs) -> Completion:
         """The whole response: every choice made."""
         body, jobs, answer = request.body, request.jobs, request.answer
-        async with self.services.adapters.pin(body.model) as adapter:
-            made = await all_of(_make(self.engine, job, adapter) for job in jobs)
+        async with self.services.adapters.pin(body.model, request.scenario) as served:
+            made = await all_of(_make(self.engine, job, served.adapter) for job in jobs)
         return Completion(id=answer.id, created=answer.created, model=body.model,
                           choices=[answer.choice(job, result, whole=True) for job, result in zip(jobs, made)],
                           usage=answer.usage(jobs, made))
@@ -80,8 +81,9 @@ class OpenAIServingCompletion:
                 yield event([answer.piece(job, chunk, echo=first)])
                 first = False
 
-        async with self.services.adapters.pin(body.model) as adapter:
-            async for chunk in interleaved([choice_events(job, result, adapter) for job, result in zip(jobs, made)]):
+        async with self.services.adapters.pin(body.model, request.scenario) as served:
+            async for chunk in interleaved([choice_events(job, result, served.adapter)
+                                            for job, result in zip(jobs, made)]):
                 yield chunk
         if include_usage:
             yield event([], answer.usage(jobs, made))

@@ -1,4 +1,5 @@
-"""`/admin/*`: adapter versions, activation and rollback, training rounds, live numbers, the audit log.
+"""`/admin/*`: scenarios, adapter versions, activation and rollback, training rounds, live numbers, the
+audit log. Routes about one lineage take `?scenario=` (default `default`, the lineage `r3`).
 
 Activation, rollback, training rounds and the audit log are `server.admin_service.AdminService`'s,
 which the dashboard calls too; these routes hand it the request's arguments."""
@@ -12,22 +13,28 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from r3.store.live_stats import VersionStats, version_stats
+from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import Version
 from server.admin_protocol import (
     Activation,
     AdapterList,
     AdminActionList,
+    ScenarioConfigure,
+    ScenarioCreate,
+    ScenarioList,
+    ScenarioOut,
     SetAsideList,
     StatsReport,
     TrainingRequested,
     TrainingState,
 )
 from server.auth import CheckedRoute, admin
-from server.deps import AdaptersDep, AdminDep, EpisodeLogDep, StoreDep
+from server.deps import AdaptersDep, AdminDep, EpisodeLogDep, SettingsDep, StoreDep
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], route_class=CheckedRoute)
 
 MAX_STATS_WINDOW_S = 366 * 24 * 3600.0  # the longest window /admin/stats looks back: a year
+Scenario = Query(DEFAULT_SCENARIO, description="the scenario whose lineage this is about")
 
 
 _RATES_AND_MEANS = ("first_attempt_success", "second_attempt_success", "success", "first_attempt_score",
@@ -47,39 +54,65 @@ def _version_out(version: Version, live: VersionStats | None) -> dict[str, Any]:
             "episodes_used": len(version.episodes_used), "live": _stats_out(live)}
 
 
+@router.get("/scenarios", response_model=ScenarioList)
+async def list_scenarios(service: AdminDep) -> ScenarioList:
+    """Every scenario: its lineage's `model` name, the version this server serves in it, its training overrides."""
+    return await service.list_scenarios()
+
+
+@router.post("/scenarios", response_model=ScenarioOut)
+async def create_scenario(body: ScenarioCreate, service: AdminDep, settings: SettingsDep) -> ScenarioOut:
+    """A new scenario: its own lineage (`<name>-v1`, …), served as `model: "<name>"` on the base model
+    until its first version is promoted. 409 when the name is taken."""
+    return await service.create_scenario(body.name, body.description, body.training, settings)
+
+
+@router.patch("/scenarios/{name}", response_model=ScenarioOut)
+async def configure_scenario(name: str, body: ScenarioConfigure, service: AdminDep,
+                             settings: SettingsDep) -> ScenarioOut:
+    """Replace a scenario's training overrides (and description); its next round uses them."""
+    return await service.configure_scenario(name, body.training, body.description, settings)
+
+
 @router.get("/adapters", response_model=AdapterList)
-async def list_adapters(store: StoreDep, adapters: AdaptersDep) -> dict[str, Any]:
+async def list_adapters(store: StoreDep, adapters: AdaptersDep, service: AdminDep,
+                        scenario: str = Scenario) -> dict[str, Any]:
+    await service.scenario(scenario)
     live = await version_stats(store.database.sessions)
-    return {"object": "list", "active": adapters.active,
-            "data": [_version_out(v, live.get(v.name)) for v in await store.registry.versions()],
+    return {"object": "list", "scenario": scenario, "active": adapters.actives.get(scenario),
+            "data": [_version_out(v, live.get(v.name)) for v in await store.registry.versions(scenario)],
             "base": _stats_out(live.get("base"))}
 
 
 @router.post("/adapters/rollback", response_model=Activation)
-async def rollback(service: AdminDep) -> Activation:
-    """Back to the active version's parent (the base model when it has none)."""
-    return await service.rollback()
+async def rollback(service: AdminDep, scenario: str = Scenario) -> Activation:
+    """Back to the scenario's active version's parent (the base model when it has none)."""
+    return await service.rollback(scenario)
 
 
 @router.post("/adapters/{name}/activate", response_model=Activation)
-async def activate(name: str, service: AdminDep) -> Activation:
-    """Make any recorded version active ("base" serves no adapter): rollback and roll-forward."""
-    return await service.activate(None if name == "base" else name, reason="activated by an admin")
+async def activate(name: str, service: AdminDep, scenario: str | None = Query(
+        None, description='the scenario: needed for "base"; a version names its own')) -> Activation:
+    """Make any recorded version active in its scenario ("base" serves no adapter): rollback and roll-forward."""
+    return await service.activate(None if name == "base" else name, reason="activated by an admin",
+                                  scenario=scenario)
 
 
 @router.post("/train", response_model=TrainingRequested)
-async def request_training(service: AdminDep) -> TrainingRequested:
-    """Ask the trainer for a round now; it picks the request up on its next check.
+async def request_training(service: AdminDep, scenario: str = Scenario) -> TrainingRequested:
+    """Ask the trainer for a round of the scenario now; it picks the request up on its next check.
 
-    Answers `{"round", "status", "new"}`. While a round is already requested or running, asking
-    again adds none: the answer is that round (`"new": false`), so repeated clicks or retried calls
-    never queue rounds behind one another."""
-    return await service.request_training()  # GET /admin/train's current
+    Answers `{"round", "scenario", "status", "new"}`. While a round of the scenario is already
+    requested or running, asking again adds none: the answer is that round (`"new": false`), so
+    repeated clicks or retried calls never queue rounds behind one another."""
+    return await service.request_training(scenario)  # GET /admin/train's current
 
 
 @router.get("/train", response_model=TrainingState)
-async def training_state(service: AdminDep, limit: int = Query(5, ge=1, le=100)) -> TrainingState:
-    return await service.training_state(limit)
+async def training_state(service: AdminDep, limit: int = Query(5, ge=1, le=100),
+                         scenario: str | None = Query(None, description="one scenario's rounds; all by default")
+                         ) -> TrainingState:
+    return await service.training_state(limit, scenario)
 
 
 @router.get("/train/set-aside", response_model=SetAsideList)
@@ -105,5 +138,7 @@ async def live_stats(store: StoreDep, adapters: AdaptersDep, log: EpisodeLogDep,
 
 
 @router.get("/actions", response_model=AdminActionList)
-async def admin_actions(service: AdminDep, limit: int = Query(100, ge=1, le=1000)) -> AdminActionList:
-    return await service.actions(limit)
+async def admin_actions(service: AdminDep, limit: int = Query(100, ge=1, le=1000),
+                        scenario: str | None = Query(None, description="one scenario's entries; all by default")
+                        ) -> AdminActionList:
+    return await service.actions(limit, scenario)

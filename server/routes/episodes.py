@@ -19,7 +19,8 @@ router = APIRouter(route_class=CheckedRoute)
 
 def episode_out(episode: Episode) -> EpisodeOut:
     return EpisodeOut(
-        id=episode.id, created_at=episode.created_at, model=episode.model, adapter=episode.adapter or "base",
+        id=episode.id, created_at=episode.created_at, model=episode.model, scenario=episode.scenario,
+        category=episode.category, adapter=episode.adapter or "base",
         task_kind=episode.task_kind, verifier=episode.verifier, store=episode.store_text, messages=episode.messages,
         tools=episode.tools, outcome=episode.outcome, score=episode.latest.graded if episode.attempts else None,
         attempts=[AttemptOut(
@@ -57,11 +58,12 @@ async def list_episodes(
     adapter: str | None = Query(None, description='"base" for the base model, or an adapter name'),
     task_kind: str | None = None,
     tenant_id: str | None = Query(None, alias="tenant"),
+    scenario: str | None = None,
     limit: int = Query(50, ge=1, le=500),
     after: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> EpisodePage:
     where = EpisodeFilter(since=since, until=until, outcome=outcome, task_kind=task_kind, tenant=tenant_id,
-                          adapter=adapter)
+                          adapter=adapter, scenario=scenario)
     episodes = await episodes_store.list(where, limit, decode_cursor(after) if after else None)
     cursor = encode_cursor(episodes[-1]) if len(episodes) == limit else None
     return EpisodePage(data=[episode_out(e) for e in episodes], next_cursor=cursor)

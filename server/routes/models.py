@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from r3.engines.base import Engine
-from r3.store.models import VersionStatus
+from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import AdapterRegistry, model_name, version_of
 from server.adapters import AdapterManager
 from server.auth import CheckedRoute
@@ -23,8 +23,9 @@ router = APIRouter(route_class=CheckedRoute)
 @router.head("/v1/models", include_in_schema=False)  # load balancers probe with HEAD
 async def list_models(engine: EngineDep, adapters: AdaptersDep, registry: RegistryDep,
                       started: StartedDep) -> ModelList:
-    """Every name a request may use: the served id and `r3` (the active adapter version on the
-    base), `base`, each `R3_LORA_MODULES` adapter, and each recorded version as `r3@vN`."""
+    """Every name a request may use: the served id and `r3` (the default scenario's active adapter
+    version on the base), each other scenario by its name (its active version), `base`, each
+    `R3_LORA_MODULES` adapter, and each recorded version as `r3@vN` (`<scenario>@vN`)."""
     return ModelList(data=await _cards(engine, adapters, registry, started))
 
 
@@ -48,12 +49,16 @@ async def _cards(engine: Engine, adapters: AdapterManager, registry: AdapterRegi
     active_parent = engine.model_id if adapters.active else None
     cards = [ModelCard(id=alias, created=started, root=active_root, parent=active_parent)
              for alias in dict.fromkeys((engine.model_id, "r3"))]  # the served id may be "r3" itself
+    for scenario, active in sorted(adapters.actives.items()):
+        if scenario != DEFAULT_SCENARIO:
+            cards.append(ModelCard(id=scenario, created=started, root=str(loaded.get(active, engine.model_id)),
+                                   parent=engine.model_id if active else None))
     cards.append(ModelCard(id="base", created=started, root=engine.model_id))
     cards += [ModelCard(id=name, created=started, root=str(loaded[name]), parent=engine.model_id)
               for name in sorted(adapters.static_adapters)]
     # Any recorded version can be pinned (loaded on demand), not only the loaded ones.
     cards += [ModelCard(id=model_name(v.name), created=_unix(v.created_at), root=str(v.path), parent=engine.model_id)
-              for v in await registry.versions() if v.status != VersionStatus.PENDING]
+              for v in await registry.versions(None) if v.servable]
     return cards
 
 

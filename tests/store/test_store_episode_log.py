@@ -508,3 +508,14 @@ async def test_feedback_during_a_database_outage_is_kept(crashable_postgres: Pri
         await log.close()
     finally:
         await engine.dispose()
+
+
+def test_an_episode_journaled_before_verdicts_had_scores_reads_back_with_its_verdicts_score() -> None:
+    """A journal written by the release before scores: each judged attempt's score is its verdict's."""
+    episode = make_episode(attempts=3)
+    for record, success in zip(episode.attempts, (False, True, None)):
+        record.success, record.score = success, None
+    data = json.loads(json.dumps(episode_to_dict(episode)))
+    for record in data["attempts"]:
+        del record["score"]
+    assert [a.score for a in episode_from_dict(data).attempts] == [0.0, 1.0, None]

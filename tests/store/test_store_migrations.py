@@ -122,3 +122,36 @@ def test_scores_are_given_to_the_verdicts_a_previous_release_recorded(url: str) 
         "SELECT first_score, outcome_score FROM episodes"))
     assert attempts == [(1, 0.0, None, 0), (2, None, None, 0), (3, 0.0, 1.0, 0)]
     assert episodes == [(0.0, 1.0)]
+
+
+def test_the_lineage_before_scenarios_becomes_the_default_scenario(url: str) -> None:
+    """Migration 0004 on a database written by the release before it: its versions keep their names
+    and stay active, in the scenario `default`; its episodes and rounds are the default scenario's."""
+    run_in_thread(database.migrate, url, "0003")
+
+    async def execute(*statements: str) -> list[list[tuple]]:
+        engine = database.create_engine(url)
+        try:
+            async with engine.begin() as connection:
+                results = [await connection.exec_driver_sql(statement) for statement in statements]
+                return [[tuple(row) for row in result.all()] if result.returns_rows else [] for result in results]
+        finally:
+            await engine.dispose()
+
+    versions = ("INSERT INTO adapter_versions (name, number, parent, status, path, sha256, metrics, episodes_used,"
+                " created_at) VALUES ")
+    run(lambda: execute(
+        versions + "('r3-v1', 1, NULL, 'retired', '/a/r3-v1', 'x', '{}', '[]', '2026-12-01 00:00:00+00')",
+        versions + "('r3-v2', 2, 'r3-v1', 'active', '/a/r3-v2', 'y', '{}', '[]', '2026-12-02 00:00:00+00')",
+        "INSERT INTO episodes (id, created_at, model, task_kind, replayable, store_text, sampling, revision,"
+        " attempt_count, first_success, outcome) VALUES ('ep_a', '2026-12-01 00:00:00+00', 'r3', 'generic',"
+        " true, true, '{}', 1, 1, false, false)",
+        "INSERT INTO training_rounds (status, requested_by, requested_at, report) VALUES"
+        " ('finished', 'admin', '2026-12-01 00:00:00+00', '{}')"))
+    run_in_thread(database.migrate, url)
+    versions_after, episodes, rounds, scenarios = run(lambda: execute(
+        "SELECT name, scenario, number, status FROM adapter_versions ORDER BY number",
+        "SELECT id, scenario, category FROM episodes", "SELECT scenario FROM training_rounds",
+        "SELECT name FROM scenarios"))
+    assert versions_after == [("r3-v1", "default", 1, "retired"), ("r3-v2", "default", 2, "active")]
+    assert episodes == [("ep_a", "default", None)] and rounds == [("default",)] and scenarios == [("default",)]

@@ -146,7 +146,7 @@ async def test_the_gate_runs_on_the_engine_factorys_engine_without_the_servers_a
     worker.settings = worker.settings.model_copy(update={"engine": "vllm", "device": "cpu", "dtype": "bfloat16",
                                                          "lora_modules": {"static": lora_path}})
     with pytest.raises(RuntimeError, match="no engine"):
-        await worker._gate("r3-v1", lora_path, None, [], [])
+        await worker._gate("r3-v1", lora_path, None, [], [], worker.settings)
     (gate,) = made
     assert (gate.engine, gate.device, gate.dtype, gate.lora_modules) == ("vllm", "cpu", "bfloat16", {})
 
