@@ -11,7 +11,9 @@
         train    GRPO with reflection-only credit, from the active adapter (trainer.grpo); a round
                  whose rollouts carried no signal (no step changed the adapter) ends here, saying so
         register the candidate as a new version of the scenario's lineage (r3-vN, <scenario>-vN; files + sha256)
-        gate     candidate vs active on all held-out failures and a regression set (trainer.gate)
+        gate     candidate vs active on all held-out failures and the retained set: first attempts that
+                 passed, stratified by task family, each family checked for forgetting; and, with
+                 R3_GATE_PROBE_FILE, a multiple-choice probe against the base model (trainer.gate, trainer.probe)
         decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers
         commit   mark the episodes used, finish the round row, then XACK the stream entries
 
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from r3 import bundled_model
 from r3.engines import create_engine
 from r3.reflect_retry import verifier_runtime
-from r3.settings import Settings
+from r3.settings import ConfigurationError, Settings
 from r3.store.errors import DatabaseUnavailable
 from r3.store.models import DEFAULT_SCENARIO
 from r3.store.rounds import NO_SIGNAL
@@ -56,11 +58,13 @@ from trainer.data import (
     dedupe,
     failures_from_episodes,
     first_attempt_successes,
+    retained_set,
     runnable,
     split,
 )
 from trainer.distributed import Launch, RoundOrder, follow
 from trainer.gate import decide, evaluate_adapter
+from trainer.probe import ProbeError, ProbeItem, read_probe, run_probe
 
 if TYPE_CHECKING:  # trainer.grpo imports TRL (and vLLM): only a round with something to train loads it
     from trainer.grpo import GRPOSettings
@@ -196,6 +200,11 @@ class TrainerWorker:
         self.stream = store.consumer()
         self._started = time.monotonic()
         self._last_round: dict[str, float] = {}  # scenario -> when its last round ended (monotonic)
+        # Read at the start, so a bad probe file stops the trainer at once rather than its first gate.
+        try:
+            self.probe: list[ProbeItem] | None = read_probe(settings.gate_probe_file) if settings.gate_probe_file else None
+        except ProbeError as error:
+            raise ConfigurationError(f"R3_GATE_PROBE_FILE: {error}") from None
         # Who runs this worker's rounds, as the rounds table shows it.
         self.owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
 
@@ -271,10 +280,12 @@ class TrainerWorker:
     async def _round(self, round_id: int, scenario: str, settings: Settings) -> RoundOutcome:
         untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures, scenario)
         every_failure = await self.rounds.failures(2000, scenario)
-        passed = await self.rounds.first_attempt_passes(settings.gate_regression_size, scenario)
+        # More than the retained set's size, so that rare families still have items to draw.
+        passed = await self.rounds.first_attempt_passes(4 * settings.gate_regression_size, scenario)
         new_failures, refused_new = runnable(failures_from_episodes(untrained))
         all_failures, refused_all = runnable(failures_from_episodes(every_failure))
         successes, refused_passes = runnable(first_attempt_successes(passed))
+        successes = retained_set(successes, settings.gate_regression_size)
         set_aside = {**refused_new, **refused_all, **refused_passes}
         if set_aside:
             log.warning("round %d sets aside %d episodes it cannot run again (GET /admin/train/set-aside): %s",
@@ -369,9 +380,11 @@ class TrainerWorker:
             candidate_result = await evaluate_adapter(engine, candidate, heldout, successes, runtime, **sampling)
             active_result = await evaluate_adapter(engine, active.name if active else None, heldout, successes, runtime,
                                            **sampling)
+            probe = (await run_probe(engine, self.probe, candidate, settings.gate_probe_max_drop)
+                     if self.probe else None)
         finally:
             await engine.close()
-        return decide(candidate_result, active_result, settings.gate_alpha, settings.gate_tolerance)
+        return decide(candidate_result, active_result, settings.gate_alpha, settings.gate_tolerance, probe=probe)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -248,3 +248,16 @@ def test_a_round_on_the_cpu_is_sized_for_minutes_where_the_settings_say_nothing(
     chosen = sized_for_device(Settings(_env_file=None, device="cpu", train_max_steps=50, gate_samples=8))
     assert (chosen.train_max_steps, chosen.gate_samples) == (50, 8)  # what a user sets stands
     assert chosen.train_max_failures == CPU_ROUND["train_max_failures"]
+
+
+async def test_a_bad_probe_file_stops_the_trainer_naming_the_setting(tmp_path: Path) -> None:
+    from r3.settings import ConfigurationError
+    from r3.store.store import open_store
+    from trainer.worker import TrainerWorker
+
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text('{"question": "2 + 2?", "choices": ["4", "5"], "answer": 0}\n{"question": "no choices"}\n')
+    settings = Settings(data_dir=tmp_path, database_url=None, redis_url=None, gate_probe_file=probe)
+    async with open_store(settings) as store:
+        with pytest.raises(ConfigurationError, match="R3_GATE_PROBE_FILE: .*line 2"):
+            TrainerWorker(settings, store)
