@@ -51,6 +51,26 @@ def test_keys_create_migrates_the_embedded_database_and_refuses_a_name_twice(tmp
     assert r3(tmp_path, "keys", "create", "--name", "bob").returncode == 0
 
 
+def test_the_scenario_commands_of_the_training_guide(tmp_path: Path) -> None:
+    """The guide's `r3 scenarios` and `r3 keys ... --scenario` calls, and their refusals in a line."""
+    created = r3(tmp_path, "scenarios", "create", "sql", "--description", "SQL writer",
+                 "--set", "train_num_generations=8")
+    assert created.returncode == 0, created.stderr[-2000:]
+    listed = r3(tmp_path, "scenarios", "list")
+    assert "sql" in listed.stdout and '{"train_num_generations": 8}' in listed.stdout
+    assert r3(tmp_path, "keys", "create", "--name", "sql-team", "--scenario", "sql").returncode == 0
+    row = next(line for line in r3(tmp_path, "keys", "list").stdout.splitlines() if "sql-team" in line)
+    assert [cell.strip() for cell in row.split("│")][3] == "sql"  # name, tenant, scenario
+    for args, said in ((("scenarios", "create", "sql-v2"), "ends like a version name"),
+                       (("scenarios", "configure", "sql", "--set", "train_num_generations=1"),
+                        "train_num_generations: Input should be greater than or equal to 2"),
+                       (("scenarios", "configure", "nope"), "no scenario named 'nope'"),
+                       (("keys", "create", "--name", "x", "--scenario", "nope"), "no scenario named 'nope'")):
+        refused = r3(tmp_path, *args)
+        assert refused.returncode == 1 and said in " ".join(refused.stderr.split()), refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+
+
 def test_help_loads_neither_torch_nor_the_server_nor_the_trainer() -> None:
     """Each command imports what it runs when it runs, so `r3 --help` answers at once."""
     code = ("import sys; from r3.cli.main import app; "
