@@ -1,7 +1,9 @@
 """The operator's dashboard over HTTP, against a real server and store: login and its cookie, CSRF on
 every action, each page's numbers, activation, rollback, training requests, episode filters and
-pages, the overview's speed with ten thousand episodes; and the Prometheus and Grafana files of the
-production stack. (tests/test_dashboard_browser.py drives the same pages in Chromium.)"""
+pages, the overview's speed with ten thousand episodes; each page per scenario (its selector, each
+scenario's data under it alone, actions on the scenario selected, an unknown one a 404 page), the
+gate's task families and probe; and the Prometheus and Grafana files of the production stack.
+(tests/test_dashboard_browser.py drives the same pages in Chromium.)"""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from dashboard_support import GATE, made_up_episodes, served_store, write_episodes
+from dashboard_support import (GATE, OTHER, OTHER_EPISODES, OTHER_NAMES, made_up_episodes, served_store,
+                               write_episodes)
 
 from r3.episodes import ABANDONED, AttemptRecord, Episode, Feedback, new_episode_id
-from r3.store.live_stats import VersionStats
+from r3.store.live_stats import VersionStats, version_stats
 from r3.store.models import VersionStatus
 from r3.store.registry import Version
 from r3.store.store import open_store
@@ -179,7 +182,7 @@ def test_overview_fits_its_window_to_a_young_install_and_names_the_trainer(stack
     """The stack's episodes span 50 minutes: the overview opens on the 1h window, not a fixed 24h in which
     they would be a sliver; the trainer card says none runs beside this server (an embedded app)."""
     page = browser.get("/dashboard").text
-    assert '<a href="/dashboard?window=1h" aria-current="page">1h</a>' in page
+    assert '<a href="/dashboard?scenario=default&amp;window=1h" aria-current="page">1h</a>' in page
     assert "no trainer runs beside this server (R3_TRAINER=off)" in page
     assert 'aria-current="page">24h<' in browser.get("/dashboard", params={"window": "24h"}).text
 
@@ -273,7 +276,7 @@ def test_versions_page_shows_lineage_gate_intervals_live_numbers_and_audit(stack
     assert "60.0% (12/20, 95% CI 38.7–78.1%)" in page  # the candidate's held-out rescues, Wilson interval
     assert "p = 0.0195" in page and "fell by 0.100 (more than 0.05)" in page
     assert page.index(f'id="version-{child}"') < page.index(f'id="version-{rejected}"')
-    assert f'action="/dashboard/versions/{rejected}/activate"' in page  # any version can be activated
+    assert f'action="/dashboard/versions/{rejected}/activate?scenario=default"' in page  # any version can be activated
     assert f"Roll back to {parent}" in page
     assert "passed the evaluation gate" in page  # the audit log: the trainer's promotions
     # Live numbers: each rate beside its mean score, which for the made-up pass/fail episodes is the rate.
@@ -288,7 +291,7 @@ def test_activate_and_roll_back_from_the_dashboard(stack, browser: httpx.Client)
     token = csrf_of(browser.get("/dashboard/versions").text)
     try:
         done = browser.post(f"/dashboard/versions/{parent}/activate", data={"csrf": token})
-        assert done.status_code == 303 and done.headers["location"] == "/dashboard/versions"
+        assert done.status_code == 303 and done.headers["location"] == "/dashboard/versions?scenario=default"
         assert _active_name(app) == parent and app.state.adapters.active == parent
         page = browser.get("/dashboard/versions").text
         assert f"{parent} is active, this server serves {parent}." in page  # the one-shot notice
@@ -315,7 +318,7 @@ def test_training_page_shows_rounds_and_starts_one(stack, browser: httpx.Client)
     started = browser.post("/dashboard/training", data={"csrf": csrf_of(page)})
     assert started.status_code == 303
     page = browser.get("/dashboard/training").text
-    requested = re.search(r"Round (\d+) requested", page)
+    requested = re.search(r"Round (\d+) of scenario default requested", page)
     assert requested and "is requested." in page
     assert 'id="start-round" disabled' in page
     # A second click (another tab, a double submit) adds no round: it is told of the pending one.
@@ -328,7 +331,7 @@ def test_training_page_shows_rounds_and_starts_one(stack, browser: httpx.Client)
 def test_episodes_filter_page_and_open(stack, browser: httpx.Client) -> None:
     _, _, (parent, _, _) = stack
     listed = browser.get("/dashboard/episodes", params={"outcome": "fail", "version": parent}).text
-    rows = re.findall(r'<a href="/dashboard/episodes/(ep_[0-9a-f]+)">', listed)
+    rows = re.findall(r'<a href="/dashboard/episodes/(ep_[0-9a-f]+)\?scenario=default">', listed)
     assert rows and all(f"<td>{parent}</td>" in listed for _ in rows)
     assert 'class="outcome-pass"' not in listed
 
@@ -372,6 +375,180 @@ def _plotted_requests(browser: httpx.Client) -> int:
     plot = json.loads(re.search(r'<script type="application/json" id="plot-requests">(.*?)</script>', page.text,
                                 re.S).group(1))
     return sum(v or 0 for d in plot["datasets"] for v in d["data"])
+
+# ------------------------------------------------------------------ scenarios
+
+PAGES = ["/dashboard", "/dashboard/versions", "/dashboard/training", "/dashboard/episodes"]
+
+
+def _selector(page: str) -> tuple[list[str], str]:
+    """(the header selector's scenarios, the one selected)."""
+    form = re.search(r'<form method="get" action="[^"]*" class="scenario".*?</form>', page, re.S).group(0)
+    options = re.findall(r'<option value="([^"]+)"( selected)?', form)
+    return [name for name, _ in options], next(name for name, chosen in options if chosen)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_has_a_scenario_selector_and_its_links_keep_the_scenario(browser: httpx.Client,
+                                                                             path: str) -> None:
+    page = browser.get(path)
+    assert page.status_code == 200 and _selector(page.text) == (["default", OTHER], "default")
+    other = browser.get(path, params={"scenario": OTHER}).text
+    assert _selector(other) == (["default", OTHER], OTHER)
+    for section in PAGES:  # the navigation stays in the scenario
+        assert f'href="{section}?scenario={OTHER}"' in other
+    assert f'action="{path}"' in other  # the selector switches this page to another scenario
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/dashboard/episodes/ep_x"])
+def test_an_unknown_scenario_is_a_404_page(browser: httpx.Client, path: str) -> None:
+    page = browser.get(path, params={"scenario": "<nope>"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "There is no scenario &lt;nope&gt;." in page.text  # escaped, not markup
+    assert _selector(page.text)[0] == ["default", OTHER]  # from where the operator can pick one
+
+
+@pytest.mark.parametrize("action", ["/dashboard/versions/rollback", "/dashboard/versions/base/activate",
+                                    "/dashboard/training"])
+def test_an_action_on_an_unknown_scenario_is_a_404_and_does_nothing(stack, browser: httpx.Client, action: str) -> None:
+    app = stack[0]
+    token = csrf_of(browser.get("/dashboard").text)
+    before = (_active_name(app), _active_name(app, OTHER))
+    answer = browser.post(action, params={"scenario": "nope"}, data={"csrf": token})
+    assert answer.status_code == 404 and "There is no scenario" in answer.text
+    assert (_active_name(app), _active_name(app, OTHER)) == before
+    assert "nope" not in browser.get("/dashboard/training").text
+
+
+def _plotted(page: str) -> dict[str, int]:
+    """Requests per version in the overview's requests plot."""
+    plot = json.loads(re.search(r'<script type="application/json" id="plot-requests">(.*?)</script>', page,
+                                re.S).group(1))
+    return {d["label"]: sum(v or 0 for v in d["data"]) for d in plot["datasets"]}
+
+
+def test_the_overview_of_a_scenario_counts_its_episodes_alone(stack, browser: httpx.Client) -> None:
+    app, _, (parent, child, _) = stack
+    other = browser.get("/dashboard", params={"scenario": OTHER, "window": "24h"}).text
+    assert f'id="active-version">{OTHER_NAMES[0]}<' in other and f'<code>model: "{OTHER}"</code>' in other
+    plotted = _plotted(other)
+    assert set(plotted) == {"base", OTHER_NAMES[0]} and sum(plotted.values()) == OTHER_EPISODES
+    assert set(re.findall(r'<tr id="totals-([^"]+)">', other)) == {"base", OTHER_NAMES[0]}
+    assert sum(int(_cells(other, f'id="totals-{v}"')[1]) for v in plotted) == OTHER_EPISODES
+    assert f"{OTHER_NAMES[1]} rejected" in other  # its trainer card: its own last round
+
+    default = browser.get("/dashboard", params={"window": "24h"}).text
+    assert f'id="active-version">{child}<' in default and OTHER_NAMES[0] not in default
+    # The two overviews split the episodes between them: each of them is counted once, in its scenario.
+    everything = asyncio.run(_requests_since(app, WINDOWS["24h"].start(datetime.now(UTC))))
+    assert sum(_plotted(default).values()) + OTHER_EPISODES == everything
+
+
+def test_the_versions_page_of_a_scenario_shows_its_lineage_and_audit_alone(stack, browser: httpx.Client) -> None:
+    _, _, (parent, child, rejected) = stack
+    other = browser.get("/dashboard/versions", params={"scenario": OTHER}).text
+    assert re.findall(r'<tr id="version-([^"]+)"', other) == OTHER_NAMES
+    assert f'id="active-version">{OTHER_NAMES[0]}<' in other and "Roll back to base" in other
+    assert f'action="/dashboard/versions/{OTHER_NAMES[1]}/activate?scenario={OTHER}"' in other
+    assert f'action="/dashboard/versions/rollback?scenario={OTHER}"' in other
+    assert "r3-v" not in other  # neither the default lineage nor its audit entries
+    audit = other[other.index("Audit log"):]
+    assert f"<td>{OTHER_NAMES[0]}</td>" in audit and "passed the evaluation gate" in audit
+
+    default = browser.get("/dashboard/versions").text
+    assert re.findall(r'<tr id="version-([^"]+)"', default) == [parent, child, rejected]
+    assert f"{OTHER}-v" not in default
+
+
+def test_the_versions_page_shows_the_gates_task_families_and_probe(browser: httpx.Client) -> None:
+    promoted, refused = OTHER_NAMES
+    page = browser.get("/dashboard/versions", params={"scenario": OTHER}).text
+    # family, items, candidate and active mean first-attempt scores, the fall, items worse · better,
+    # the Holm-adjusted p-value, refused
+    assert _cells(page, f'id="family-{refused}-sql_exec"') == [
+        "sql_exec", "10", "0.200", "0.900", "+0.700", "7 · 0", "0.00781", "refused"]
+    assert re.search(rf'<tr id="family-{refused}-sql_exec" class="refused">', page)
+    assert _cells(page, f'id="family-{refused}-string_check"') == [
+        "string_check", "4", "0.750", "0.750", "+0.000", "0 · 0", "1", ""]
+    assert _cells(page, f'id="family-{promoted}-sql_exec"')[4:7] == ["+0.000", "1 · 1", "0.75"]
+    assert 'class="refused"' not in page[page.index(f'id="gate-{promoted}"'):page.index(f'id="version-{refused}"')]
+    assert "fell in task family &#39;sql_exec&#39; by 0.700" in page  # the gate's reason
+
+    probe = " ".join(re.sub(r"<[^>]+>", " ", re.search(
+        rf'<p class="probe refused" id="probe-{refused}">(.*?)</p>', page, re.S).group(1)).split())
+    assert ("accuracy 50.0% (25/50, 95% CI 36.6–63.4%) vs the base model's 64.0% (32/50, 95% CI 50.1–75.9%); "
+            "fall +0.140, allowed 0.05 · refused") in probe
+    assert "acc_norm 54.0% vs 66.0%, acc_bytes 60.0% vs 62.0%" in probe
+    assert re.search(rf'<p class="probe" id="probe-{promoted}">', page)  # passed: not highlighted
+    # A version judged before families and probes has neither.
+    assert 'id="gate-r3-' not in browser.get("/dashboard/versions").text
+
+
+def test_actions_act_on_the_selected_scenario(stack, browser: httpx.Client) -> None:
+    app, _, (parent, child, _) = stack
+    token = csrf_of(browser.get("/dashboard/versions", params={"scenario": OTHER}).text)
+    default_before = _active_name(app)
+    try:
+        rolled = browser.post("/dashboard/versions/rollback", params={"scenario": OTHER}, data={"csrf": token})
+        assert rolled.status_code == 303 and rolled.headers["location"] == f"/dashboard/versions?scenario={OTHER}"
+        assert _active_name(app, OTHER) is None and _active_name(app) == default_before
+        assert app.state.adapters.actives[OTHER] is None
+        page = browser.get(rolled.headers["location"]).text
+        assert "Rolled back: base is active, this server serves base." in page
+        assert f"rollback from {OTHER_NAMES[0]}" in page
+        assert f"rollback from {OTHER_NAMES[0]}" not in browser.get("/dashboard/versions").text
+
+        browser.post(f"/dashboard/versions/{OTHER_NAMES[0]}/activate", params={"scenario": OTHER},
+                     data={"csrf": token})
+        assert _active_name(app, OTHER) == OTHER_NAMES[0] and _active_name(app) == default_before
+        # A version of another scenario is not this one's to activate.
+        browser.post(f"/dashboard/versions/{parent}/activate", params={"scenario": OTHER}, data={"csrf": token})
+        assert _active_name(app, OTHER) == OTHER_NAMES[0] and _active_name(app) == default_before
+        assert (f"Activation refused: no complete adapter version named &#39;{parent}&#39; in scenario"
+                in browser.get("/dashboard/versions", params={"scenario": OTHER}).text)
+    finally:
+        browser.post(f"/dashboard/versions/{OTHER_NAMES[0]}/activate", params={"scenario": OTHER},
+                     data={"csrf": token})
+    assert _active_name(app, OTHER) == OTHER_NAMES[0]
+
+
+def test_training_rounds_of_a_scenario_and_a_round_asked_for_it(browser: httpx.Client) -> None:
+    page = browser.get("/dashboard/training", params={"scenario": OTHER}).text
+    own = re.findall(r'<article class="round" id="round-(\d+)"', page)
+    assert len(own) == len(OTHER_NAMES) and f"{OTHER_NAMES[1]} rejected" in page and "r3-v" not in page
+    started = browser.post("/dashboard/training", params={"scenario": OTHER}, data={"csrf": csrf_of(page)})
+    assert started.status_code == 303 and started.headers["location"] == f"/dashboard/training?scenario={OTHER}"
+    page = browser.get(started.headers["location"]).text
+    asked = re.search(rf"Round (\d+) of scenario {OTHER} requested", page).group(1)
+    assert f'id="round-{asked}"' in page and 'id="start-round" disabled' in page
+    default = browser.get("/dashboard/training").text
+    assert f'id="round-{asked}"' not in default and not any(f'id="round-{r}"' in default for r in own)
+
+
+def test_the_episodes_of_a_scenario_are_listed_under_it_alone(browser: httpx.Client) -> None:
+    listed = browser.get("/dashboard/episodes", params={"scenario": OTHER}).text
+    ids = re.findall(rf'<a href="/dashboard/episodes/(ep_[0-9a-f]+)\?scenario={OTHER}">', listed)
+    assert len(ids) == OTHER_EPISODES and listed.count("<td>sql-tenant</td>") == OTHER_EPISODES
+    versions = listed[listed.index('name="version"'):listed.index('name="task_kind"')]
+    assert re.findall(r"<option[^>]*>([^<]+)</option>", versions) == ["any", "base", *OTHER_NAMES]
+    assert f'<input type="hidden" name="scenario" value="{OTHER}">' in listed  # the filters stay in it
+    failed = browser.get("/dashboard/episodes", params={"scenario": OTHER, "outcome": "fail"}).text
+    assert 0 < failed.count("<td>sql-tenant</td>") < OTHER_EPISODES and "outcome-pass" not in failed
+
+    # The other scenario's are the newest episodes: without the filter they would top this list.
+    default = browser.get("/dashboard/episodes").text
+    assert "sql-tenant" not in default and not set(ids) & set(re.findall(r"episodes/(ep_[0-9a-f]+)", default))
+
+    # An episode's page is of its own scenario, whichever the link said.
+    episode = browser.get(f"/dashboard/episodes/{ids[0]}", params={"scenario": "default"}).text
+    assert 'id="scenario-name">sql<' in episode and "category sql_exec" in episode
+    assert _selector(episode)[1] == OTHER and 'action="/dashboard/episodes"' in episode
+
+
+async def _requests_since(app, since: datetime) -> int:
+    """Every episode since `since`, of every scenario (through a store of our own: see `_active_name`)."""
+    async with open_store(app.state.settings) as store:
+        return sum(s.requests for s in (await version_stats(store.database.sessions, since=since)).values())
 
 
 # ------------------------------------------------------------------ the pieces
@@ -470,12 +647,12 @@ def test_grafana_is_provisioned_with_a_dashboard_over_r3_metrics() -> None:
     assert len(ids) == len(set(ids))
 
 
-def _active_name(app) -> str | None:
-    """The registry's active version, read through a store of our own: the server's connection pool
-    belongs to its event loop, in its thread."""
+def _active_name(app, scenario: str = "default") -> str | None:
+    """The registry's active version of `scenario`, read through a store of our own: the server's
+    connection pool belongs to its event loop, in its thread."""
     async def read() -> str | None:
         async with open_store(app.state.settings) as store:
-            version = await store.registry.active()
+            version = await store.registry.active(scenario)
             return version.name if version else None
 
     return asyncio.run(read())

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's package, driven by Playwright) logs in,
 sees the overview's plots drawn, opens an episode, rolls a version back and sees the active version
-change, and the server then serves the parent.
+change, and the server then serves the parent; then switches the scenario selector and sees the
+other scenario's lineage, its gate's task families and probe, and its overview.
 
 Screenshots of each page go to a temporary folder, or to the folder `R3_SCREENSHOTS_DIR` names
 (`R3_SCREENSHOTS_DIR=docs` refreshes the README's).
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dashboard_support import served_store
+from dashboard_support import OTHER, OTHER_NAMES, served_store
 
 pytestmark = pytest.mark.browser  # the suite's tiers: tests/conftest.py
 
@@ -120,5 +121,22 @@ def test_an_operator_logs_in_reads_the_overview_opens_an_episode_and_rolls_back(
     answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
         "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
     assert answer.status_code == 200 and answer.json()["r3"]["adapter"] == parent
+
+    # The scenario selector: choosing the other scenario shows its lineage (the default one's is gone),
+    # with the family that refused its second version highlighted, and the pages stay in it.
+    assert page.input_value("#scenario") == "default"
+    page.select_option("#scenario", OTHER)  # sent on change, no button to press
+    page.wait_for_url(f"**/dashboard/versions?scenario={OTHER}")
+    assert page.inner_text("#active-version") == OTHER_NAMES[0]
+    assert [page.get_attribute(row, "id") for row in ("tr[id^=version-] >> nth=0", "tr[id^=version-] >> nth=1")] \
+        == [f"version-{name}" for name in OTHER_NAMES]
+    assert page.locator(f"#version-{parent}").count() == 0
+    refused = page.locator(f"#family-{OTHER_NAMES[1]}-sql_exec")
+    assert "refused" in refused.inner_text() and refused.get_attribute("class") == "refused"
+    assert page.locator(f"#probe-{OTHER_NAMES[1]}.refused").is_visible()
+    page.screenshot(path=shots / "dashboard-versions-scenario.png", full_page=True)
+    page.click("nav >> text=Overview")
+    page.wait_for_url(f"**/dashboard?scenario={OTHER}")
+    assert page.inner_text("#active-version") == OTHER_NAMES[0] and page.input_value("#scenario") == OTHER
 
     assert not page.problems, page.problems

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -303,11 +303,14 @@ class AdapterRegistry:
         await self.publish(await self.get(name) if name is not None else None, scenario)
         return True
 
-    async def actions(self, limit: int = 100, scenario: str | None = None) -> list[AdminAction]:
-        """The latest audit entries, newest first; with `scenario`, that scenario's only."""
+    async def actions(self, limit: int = 100, scenario: str | None = None,
+                      unscoped: bool = False) -> list[AdminAction]:
+        """The latest audit entries, newest first; with `scenario`, that scenario's only, and with
+        `unscoped` too the entries of no scenario (a dashboard logout)."""
         query = select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)
         if scenario is not None:
-            query = query.where(AdminAction.scenario == scenario)
+            mine = AdminAction.scenario == scenario
+            query = query.where(or_(mine, AdminAction.scenario.is_(None)) if unscoped else mine)
         async with self.sessions() as session:
             return list(await session.scalars(query))
 

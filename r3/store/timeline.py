@@ -58,12 +58,15 @@ def _bucket(since: datetime, bucket_s: float) -> ColumnElement[int]:
 
 
 async def timeline(sessions: async_sessionmaker[AsyncSession], since: datetime, bucket_s: float,
-                   buckets: int) -> list[TimelinePoint]:
-    """Per version, the episodes of each of `buckets` buckets of `bucket_s` seconds from `since`
-    (an aware datetime); buckets without episodes are left out. Ordered by bucket, then version."""
+                   buckets: int, scenario: str | None = None) -> list[TimelinePoint]:
+    """Per version, the episodes (of `scenario`, or of all) of each of `buckets` buckets of `bucket_s`
+    seconds from `since` (an aware datetime); buckets without episodes are left out. Ordered by
+    bucket, then version."""
     since = since.astimezone(UTC)  # SQLite keeps timestamps as UTC text without an offset
     until = datetime.fromtimestamp(since.timestamp() + bucket_s * buckets, since.tzinfo)
     window = (EpisodeRow.created_at >= since) & (EpisodeRow.created_at < until)
+    if scenario is not None:
+        window &= EpisodeRow.scenario == scenario
     bucket = _bucket(since, bucket_s).label("bucket")
     counts = (select(bucket, EpisodeRow.adapter, *stats_columns()).where(window)
               .group_by(bucket, EpisodeRow.adapter))
@@ -79,8 +82,12 @@ async def timeline(sessions: async_sessionmaker[AsyncSession], since: datetime, 
     return sorted(points, key=lambda p: (p.bucket, p.stats.version))
 
 
-async def first_episode_at(sessions: async_sessionmaker[AsyncSession]) -> datetime | None:
-    """When the oldest episode was created (aware, UTC), or None when there is none."""
+async def first_episode_at(sessions: async_sessionmaker[AsyncSession],
+                           scenario: str | None = None) -> datetime | None:
+    """When the oldest episode (of `scenario`, or of all) was created (aware, UTC), or None when there is none."""
+    query = select(func.min(EpisodeRow.created_at))
+    if scenario is not None:
+        query = query.where(EpisodeRow.scenario == scenario)
     async with sessions() as session:
-        first = await session.scalar(select(func.min(EpisodeRow.created_at)))
+        first = await session.scalar(query)
     return None if first is None else first if first.tzinfo else first.replace(tzinfo=UTC)  # SQLite's are naive

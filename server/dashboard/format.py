@@ -1,12 +1,14 @@
-"""How the dashboard's templates write numbers, times and JSON (Jinja filters)."""
+"""How the dashboard's templates write numbers, times, JSON (Jinja filters) and links (`href`)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from jinja2 import Environment
+from jinja2 import Environment, pass_context
+from jinja2.runtime import Context
 
 from r3.episodes import ABANDONED, AttemptRecord, Episode
 from server.dashboard.lineage import Rate
@@ -65,10 +67,26 @@ def attempt_verdict(attempt: AttemptRecord, with_feedback: bool = False) -> str:
     return "unjudged" if attempt.unjudged else verdict(attempt.success)
 
 
+def signed(value: float | None, digits: int = 3) -> str:
+    """A change, with its sign: "+0.125", "-0.040"; "—" for none."""
+    return "—" if value is None else f"{value:+.{digits}f}"
+
+
+@pass_context
+def href(context: Context, path: str, **params: Any) -> str:
+    """`path` with the page's scenario (the template's `scenario`) and `params` (empty ones left out)
+    as its query: every link of a page stays in its scenario."""
+    query = {"scenario": context.get("scenario"), **params}
+    query = {name: value for name, value in query.items() if value not in (None, "")}
+    return f"{path}?{urlencode(query)}" if query else path
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
 def install_filters(environment: Environment) -> None:
-    environment.filters.update(when=when, percent=percent, rate=rate, number=number, score=score, verdict=verdict,
-                               outcome=outcome, attempt_verdict=attempt_verdict, pretty_json=pretty_json)
+    environment.filters.update(when=when, percent=percent, rate=rate, number=number, score=score, signed=signed,
+                               verdict=verdict, outcome=outcome, attempt_verdict=attempt_verdict,
+                               pretty_json=pretty_json)
+    environment.globals.update(href=href)

@@ -1,5 +1,6 @@
 """Adapter versions as the Versions page shows them: in lineage order (each parent above its
-children), with the gate's numbers turned into rates with 95% intervals."""
+children), with the gate's numbers turned into rates with 95% intervals, its check of each task
+family and its general-capability probe (`trainer.gate.decide`'s numbers)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,52 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class FamilyCheck:
+    """The gate's check of one task family's first attempts on the regression set (the rows of
+    `trainer.gate.family_checks`)."""
+
+    family: str  # the verifier type, or the client's metadata.category
+    n: int  # items judged for both adapters
+    unjudged: int
+    candidate: float | None  # mean first-attempt score on those items, in [0, 1] (None: no items)
+    active: float | None
+    drop: float | None  # active − candidate
+    candidate_better: int  # items on which the candidate's first attempt scored higher
+    active_better: int
+    p_adjusted: float | None  # the one-sided sign test's p-value, Holm-adjusted across the families
+    refused: bool  # fell beyond the tolerance, significantly: the candidate was refused for it
+
+    @classmethod
+    def of(cls, family: str, row: dict[str, Any]) -> FamilyCheck:
+        return cls(family, row.get("n", 0), row.get("unjudged", 0), row.get("candidate"), row.get("active"),
+                   row.get("drop"), row.get("candidate_better", 0), row.get("active_better", 0),
+                   row.get("p_adjusted"), bool(row.get("refused")))
+
+
+@dataclass(frozen=True)
+class ProbeNumbers:
+    """The candidate against the base model on the operator's multiple-choice probe
+    (`trainer.probe.run_probe`): accuracies scored as lm-evaluation-harness scores multiple_choice."""
+
+    candidate: Rate  # acc, with its Wilson interval (the probe's own candidate_ci95)
+    base: Rate
+    drop: float  # base acc − candidate acc
+    max_drop: float  # R3_GATE_PROBE_MAX_DROP
+    refused: bool
+    candidate_metrics: dict[str, float]  # acc, acc_norm (by characters), acc_bytes
+    base_metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, probe: dict[str, Any] | None) -> ProbeNumbers | None:
+        """From the `probe` numbers the gate records (None: no probe was run)."""
+        if not probe or not probe.get("n"):
+            return None
+        return cls(Rate.of(probe["candidate_acc"], probe["n"]), Rate.of(probe["base_acc"], probe["n"]),
+                   probe["drop"], probe["max_drop"], bool(probe.get("refused")),
+                   probe.get("candidate") or {}, probe.get("base") or {})
+
+
+@dataclass(frozen=True)
 class GateNumbers:
     """The gate's comparison of a candidate with the version active when it was judged."""
 
@@ -46,6 +93,8 @@ class GateNumbers:
     active_first: Rate | None
     first_attempt_drop: float | None
     tolerance: float | None
+    families: list[FamilyCheck]  # by family name; empty for a version judged before families were checked
+    probe: ProbeNumbers | None
 
     @classmethod
     def of(cls, gate: dict[str, Any] | None) -> GateNumbers | None:
@@ -57,7 +106,9 @@ class GateNumbers:
                    Rate.of(gate.get("active_second_attempt"), heldout), gate.get("p_value"), gate.get("alpha"),
                    Rate.of(gate.get("candidate_first_attempt"), regression),
                    Rate.of(gate.get("active_first_attempt"), regression), gate.get("first_attempt_drop"),
-                   gate.get("tolerance"))
+                   gate.get("tolerance"),
+                   [FamilyCheck.of(name, row) for name, row in sorted((gate.get("families") or {}).items())],
+                   ProbeNumbers.of(gate.get("probe")))
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
 """The dashboard's pages and actions, under `/dashboard`.
 
 Pages (GET) need a session; actions (POST) need a session and its CSRF token (see `session`).
-The numbers come from the same places as the admin API's: the registry and live stats of
-`r3.store`, the admin API's own service (`server.admin_service`, as the typed dependency `AdminDep`)
-for activation, rollback, training rounds and the audit log (so a click does exactly what the API
-call does), and `r3.store.timeline` for the plots. After an action
-the browser is redirected (POST, redirect, GET) with a one-shot notice in a cookie.
+Every page and action is of one scenario (`r3.store.scenarios`), the one its `?scenario=` names
+(`default` without it; an unknown one is a 404 page): each link and form carries it on, and the
+header's selector switches it. The numbers come from the same places as the admin API's: the
+registry (versions, the audit log) and live stats of `r3.store`, the admin API's own service
+(`server.admin_service`, as the typed dependency `AdminDep`) for activation, rollback and training
+rounds (so a click does exactly what the API call does), and `r3.store.timeline` for the plots.
+After an action the browser is redirected (POST, redirect, GET) with a one-shot notice in a cookie.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote
+from typing import Annotated, Any
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,6 +25,9 @@ from starlette.datastructures import FormData
 
 from r3.reflection import REFLECTION_TEMPLATES
 from r3.store.live_stats import version_stats
+from r3.store.models import DEFAULT_SCENARIO
+from r3.store.registry import lineage as model_of
+from r3.store.scenarios import ScenarioInfo
 from r3.store.sql import EpisodeFilter
 from r3.store.timeline import first_episode_at, timeline
 from server.admin_protocol import Activation
@@ -50,19 +56,55 @@ PAGE_HEADERS = {
 }
 
 
-def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A page, with the session's CSRF token and the pending notice (which it then clears)."""
+@dataclass(frozen=True)
+class Scope:
+    """The scenario a page shows and every scenario (`default` first), for the header's selector."""
+
+    scenario: str
+    scenarios: list[ScenarioInfo]
+
+
+class UnknownScenario(Exception):
+    """A `?scenario=` that names no scenario: a 404 page (`unknown_scenario`)."""
+
+    def __init__(self, name: str, scenarios: list[ScenarioInfo]) -> None:
+        super().__init__(name)
+        self.name, self.scenarios = name, scenarios
+
+
+async def page_scope(store: StoreDep, scenario: str = Query(DEFAULT_SCENARIO)) -> Scope:
+    """FastAPI dependency: the scenario the request's `?scenario=` names (raises `UnknownScenario`)."""
+    scenarios = await store.scenarios.list_all()
+    if not any(s.name == scenario for s in scenarios):
+        raise UnknownScenario(scenario, scenarios)
+    return Scope(scenario, scenarios)
+
+
+ScopeDep = Annotated[Scope, Depends(page_scope)]
+
+
+def _page(request: Request, name: str, scope: Scope | None = None, status: int = 200,
+          **context: Any) -> HTMLResponse:
+    """A page of `scope`'s scenario, with the session's CSRF token and the pending notice (which it
+    then clears)."""
     notice = request.cookies.get(NOTICE_COOKIE)
     response = templates.TemplateResponse(request, name, {
-        "csrf": session.csrf_token(request), "notice": unquote(notice) if notice else None, **context,
+        "csrf": session.csrf_token(request), "notice": unquote(notice) if notice else None,
+        "scenario": scope.scenario if scope else None, "scenarios": scope.scenarios if scope else [], **context,
     }, status_code=status, headers=PAGE_HEADERS)
     if notice:
         response.delete_cookie(NOTICE_COOKIE, path=session.PATH)
     return response
 
 
-def _back(request: Request, to: str, notice: str) -> RedirectResponse:
-    response = RedirectResponse(f"{session.PATH}{to}", status_code=303)
+async def unknown_scenario(request: Request, error: UnknownScenario) -> HTMLResponse:
+    """The answer to `UnknownScenario`: a 404 page whose selector offers the scenarios there are."""
+    return _page(request, "missing.html", Scope(DEFAULT_SCENARIO, error.scenarios), status=404,
+                 what=f"scenario {clipped(error.name)}")
+
+
+def _back(request: Request, to: str, scenario: str, notice: str) -> RedirectResponse:
+    response = RedirectResponse(f"{session.PATH}{to}?{urlencode({'scenario': scenario})}", status_code=303)
     session.set_cookie(request, response, NOTICE_COOKIE, quote(notice), max_age=60)
     return response
 
@@ -110,33 +152,34 @@ async def logout(registry: RegistryDep, _: FormData = Depends(session.checked_fo
 
 
 @router.get("", dependencies=[Depends(session.required)])
-async def overview(request: Request, service: AdminDep, store: StoreDep, adapters: AdaptersDep,
+async def overview(request: Request, scope: ScopeDep, service: AdminDep, store: StoreDep, adapters: AdaptersDep,
                    log: EpisodeLogDep, window: str | None = Query(None)) -> HTMLResponse:
-    now = datetime.now(UTC)
-    sessions = store.database.sessions
-    span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(sessions), now)
+    now, scenario, sessions = datetime.now(UTC), scope.scenario, store.database.sessions
+    span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(sessions, scenario), now)
     since = span.start(now)
-    points = await timeline(sessions, since, span.bucket_s, span.buckets)
-    recorded = await store.registry.active()
-    return _page(request, "overview.html", window=span, windows=list(charts.WINDOWS),
+    points = await timeline(sessions, since, span.bucket_s, span.buckets, scenario)
+    recorded = await store.registry.active(scenario)
+    return _page(request, "overview.html", scope, window=span, windows=list(charts.WINDOWS),
                  plots=charts.overview_charts(points, span, since),
-                 totals=sorted((await version_stats(sessions, since=since)).values(),
+                 totals=sorted((await version_stats(sessions, since=since, scenario=scenario)).values(),
                                key=lambda s: s.version),
-                 active=recorded.name if recorded else "base", serving=adapters.active or "base",
-                 backlog=log.backlog, rejected=log.rejected,
-                 trainer=await service.training_state(limit=5))
+                 active=recorded.name if recorded else "base", serving=adapters.actives.get(scenario) or "base",
+                 model=model_of(scenario), backlog=log.backlog, rejected=log.rejected,
+                 trainer=await service.training_state(limit=5, scenario=scenario))
 
 
 # ------------------------------------------------------------------ versions
 
 
 @router.get("/versions", dependencies=[Depends(session.required)])
-async def versions(request: Request, service: AdminDep, store: StoreDep, adapters: AdaptersDep) -> HTMLResponse:
-    recorded = await store.registry.active()
-    rows = lineage(await store.registry.versions(), await version_stats(store.database.sessions))
-    return _page(request, "versions.html", rows=rows, active=recorded,
-                 serving=adapters.active or "base", refused=adapters.refused,
-                 actions=(await service.actions(ACTIONS_SHOWN)).data)
+async def versions(request: Request, scope: ScopeDep, store: StoreDep, adapters: AdaptersDep) -> HTMLResponse:
+    scenario = scope.scenario
+    rows = lineage(await store.registry.versions(scenario),
+                   await version_stats(store.database.sessions, scenario=scenario))
+    return _page(request, "versions.html", scope, rows=rows, active=await store.registry.active(scenario),
+                 serving=adapters.actives.get(scenario) or "base", refused=adapters.refused,
+                 # its own entries, and those of no scenario (logouts), which concern every scenario
+                 actions=await store.registry.actions(ACTIONS_SHOWN, scenario, unscoped=True))
 
 
 def _served(done: Activation) -> str:
@@ -146,43 +189,44 @@ def _served(done: Activation) -> str:
 
 
 @router.post("/versions/rollback")
-async def rollback(request: Request, service: AdminDep,
-                   _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def rollback(request: Request, service: AdminDep, _: FormData = Depends(session.checked_form),
+                   scope: Scope = Depends(page_scope)) -> RedirectResponse:
     try:
-        done = await service.rollback()
+        done = await service.rollback(scope.scenario)
     except APIError as error:
-        return _back(request, "/versions", f"Rollback refused: {error.message}")
-    return _back(request, "/versions", f"Rolled back: {_served(done)}")
+        return _back(request, "/versions", scope.scenario, f"Rollback refused: {error.message}")
+    return _back(request, "/versions", scope.scenario, f"Rolled back: {_served(done)}")
 
 
 @router.post("/versions/{name}/activate")
-async def activate(name: str, request: Request, service: AdminDep,
-                   _: FormData = Depends(session.checked_form)) -> RedirectResponse:
+async def activate(name: str, request: Request, service: AdminDep, _: FormData = Depends(session.checked_form),
+                   scope: Scope = Depends(page_scope)) -> RedirectResponse:
     try:
-        done = await service.activate(None if name == "base" else name, reason="activated from the dashboard")
+        done = await service.activate(None if name == "base" else name, reason="activated from the dashboard",
+                                      scenario=scope.scenario)
     except APIError as error:
-        return _back(request, "/versions", f"Activation refused: {error.message}")
-    return _back(request, "/versions", _served(done))
+        return _back(request, "/versions", scope.scenario, f"Activation refused: {error.message}")
+    return _back(request, "/versions", scope.scenario, _served(done))
 
 
 # ------------------------------------------------------------------ training
 
 
 @router.get("/training", dependencies=[Depends(session.required)])
-async def training(request: Request, service: AdminDep) -> HTMLResponse:
-    state = await service.training_state(limit=ROUNDS_SHOWN)
+async def training(request: Request, scope: ScopeDep, service: AdminDep) -> HTMLResponse:
+    state = await service.training_state(limit=ROUNDS_SHOWN, scenario=scope.scenario)
     round_charts = {r.round: charts.round_chart((r.report or {}).get("training") or {}) for r in state.rounds}
-    return _page(request, "training.html", rounds=state.rounds, round_charts=round_charts, current=state.current,
-                 trainer=state.trainer)
+    return _page(request, "training.html", scope, rounds=state.rounds, round_charts=round_charts,
+                 current=state.current, trainer=state.trainer)
 
 
 @router.post("/training")
-async def start_round(request: Request, service: AdminDep,
-                      _: FormData = Depends(session.checked_form)) -> RedirectResponse:
-    asked = await service.request_training()
+async def start_round(request: Request, service: AdminDep, _: FormData = Depends(session.checked_form),
+                      scope: Scope = Depends(page_scope)) -> RedirectResponse:
+    asked = await service.request_training(scope.scenario)
     said = (f"Round {asked.round} is already {asked.status}; no other was requested." if not asked.new
-            else f"Round {asked.round} requested.")
-    return _back(request, "/training", f"{said} Trainer: {asked.trainer.detail}.")
+            else f"Round {asked.round} of scenario {asked.scenario} requested.")
+    return _back(request, "/training", scope.scenario, f"{said} Trainer: {asked.trainer.detail}.")
 
 
 # ------------------------------------------------------------------ episodes
@@ -201,7 +245,8 @@ def _moment(text: str | None, errors: list[str], name: str) -> datetime | None:
 
 
 @router.get("/episodes", dependencies=[Depends(session.required)])
-async def episodes(request: Request, store: EpisodesDep, registry: RegistryDep, outcome: str = "", version: str = "",
+async def episodes(request: Request, scope: ScopeDep, store: EpisodesDep, registry: RegistryDep, outcome: str = "",
+                   version: str = "",
                    task_kind: str = "", tenant: str = "", since: str = "", until: str = "",
                    after: str = "") -> HTMLResponse:
     errors: list[str] = []
@@ -213,19 +258,20 @@ async def episodes(request: Request, store: EpisodesDep, registry: RegistryDep, 
             errors.append("after: not a page of this list (the first page is shown)")
     where = EpisodeFilter(since=_moment(since, errors, "since"), until=_moment(until, errors, "until"),
                           outcome={"pass": True, "fail": False}.get(outcome), adapter=version or None,
-                          task_kind=task_kind or None, tenant=tenant or None)
+                          task_kind=task_kind or None, tenant=tenant or None, scenario=scope.scenario)
     page = await store.list(where, EPISODES_PER_PAGE, cursor)
-    filters = {"outcome": outcome, "version": version, "task_kind": task_kind, "tenant": tenant, "since": since,
-               "until": until}
+    filters = {"scenario": scope.scenario, "outcome": outcome, "version": version, "task_kind": task_kind,
+               "tenant": tenant, "since": since, "until": until}
     next_cursor = encode_cursor(page[-1]) if len(page) == EPISODES_PER_PAGE else None
-    return _page(request, "episodes.html", episodes=page, filters=filters, errors=errors, next_cursor=next_cursor,
-                 versions=["base", *(v.name for v in await registry.versions())],
+    return _page(request, "episodes.html", scope, episodes=page, filters=filters, errors=errors,
+                 next_cursor=next_cursor, versions=["base", *(v.name for v in await registry.versions(scope.scenario))],
                  task_kinds=sorted(REFLECTION_TEMPLATES))
 
 
 @router.get("/episodes/{episode_id}", dependencies=[Depends(session.required)])
-async def episode(request: Request, episode_id: str, store: EpisodesDep) -> HTMLResponse:
+async def episode(request: Request, episode_id: str, scope: ScopeDep, store: EpisodesDep) -> HTMLResponse:
     found = await store.get_any(episode_id)
     if found is None:
-        return _page(request, "missing.html", status=404, what=f"episode {clipped(episode_id)}")
-    return _page(request, "episode.html", episode=found)
+        return _page(request, "missing.html", scope, status=404, what=f"episode {clipped(episode_id)}")
+    # Its own scenario's, whichever the link said: the selector and the links go on in that one.
+    return _page(request, "episode.html", Scope(found.scenario, scope.scenarios), episode=found)

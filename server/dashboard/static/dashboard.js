@@ -1,5 +1,6 @@
 // R3's dashboard: draws each <canvas data-plot="ID"> with Chart.js from the JSON in <script id="ID">
-// (the server computed every number), and asks before sending a form that has data-confirm.
+// (the server computed every number), asks before sending a form that has data-confirm, and sends a
+// form that has data-autosubmit (the scenario selector) as soon as one of its fields changes.
 "use strict";
 
 function axes(spec) {
@@ -35,6 +36,9 @@ document.addEventListener("DOMContentLoaded", () => {
     form.addEventListener("submit", (event) => {
       if (!window.confirm(form.dataset.confirm)) event.preventDefault();
     });
+  }
+  for (const form of document.querySelectorAll("form[data-autosubmit]")) {
+    form.addEventListener("change", () => form.requestSubmit());
   }
   for (const canvas of document.querySelectorAll("canvas[data-plot]")) draw(canvas);
 });
