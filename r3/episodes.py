@@ -94,6 +94,7 @@ class Episode:
     attempts: list[AttemptRecord] = field(default_factory=list)
     scenario: str = "default"  # the workload it served (`r3.store.scenarios`): whose lineage learns from it
     category: str | None = None  # the client's task family (`metadata.category`), for the gate's retained set
+    canary: bool | None = None  # served by its scenario's live canary (True) or beside it (False); else None
     created_at: float = field(default_factory=time.time)
     revision: int = 0  # raised by every save, so an older copy can never overwrite a newer one
 

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int = Field(512, ge=1, description="Completion limit when a request names none.")
     max_loras: int = Field(4, ge=1, description="vllm: adapters in one batch (active, pinned and the one being swapped in).")
+    max_resident_adapters: int = Field(
+        16, ge=1, description="Adapters held in memory at once (transformers: in the model; vllm: max_cpu_loras, at "
+        "least R3_MAX_LORAS); more may be registered, the least recently used one no running request uses "
+        "leaving first, and a request for one that left waits while it is loaded again.")
     max_lora_rank: int = Field(64, ge=1, description="vllm: the largest LoRA rank it can load.")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse the KV cache of shared prompt prefixes (retries).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
@@ -175,6 +179,21 @@ class Settings(BaseSettings):
     gate_probe_max_drop: float = Field(
         0.02, ge=0, le=1, description="How far the candidate's accuracy on R3_GATE_PROBE_FILE may fall below the "
         "base model's before the gate refuses it (in [0, 1]; one item is 1/items).")
+    canary_fraction: float = Field(
+        0.0, ge=0, lt=1, description="A candidate the gate accepts first serves this share of its scenario's "
+        "unpinned requests as a live canary, until a sequential test on live outcomes promotes or aborts it "
+        "(r3/canary.py). 0: promoted at once.")
+    canary_margin: float = Field(0.02, ge=0, le=1, description="How much lower than the current version's the "
+                                 "canary's first-attempt score and rescue rate may be, and it still be promoted.")
+    canary_alpha: float = Field(0.05, gt=0, lt=1, description="The canary test's error rate, however often it is "
+                                "looked at: a canary worse than the margin is promoted at most this often.")
+    canary_min_episodes: int = Field(30, ge=1, description="Judged episodes of each outcome on each side before "
+                                     "the canary test decides.")
+    canary_max_episodes: int = Field(10_000, ge=1, description="Canary episodes after which an undecided canary "
+                                     "gives up, keeping the current version.")
+    canary_max_s: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds after which an undecided canary gives "
+                                "up, keeping the current version.")
+    canary_check_s: float = Field(30.0, gt=0, description="How often servers run the canary test.")
 
     # --- storage ---
     data_dir: Path = Field(default_factory=lambda: _xdg_dir("XDG_DATA_HOME", ".local/share"))

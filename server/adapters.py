@@ -14,7 +14,10 @@ reason, logged once and not tried again: serving stays on what it has, and the n
 activated is taken. No failure of one sync stops the polling or the listening.
 
 Every scenario (`r3.store.scenarios`) has its own active version, swapped, pinned, drained and
-unloaded exactly so; the engine serves the versions of all of them side by side.
+unloaded exactly so; the engine serves the versions of all of them side by side. A scenario with a
+live canary (`r3.store.canaries`) serves its canary version to a share of the requests that name
+the scenario without pinning a version, chosen by their request id (`r3.canary.in_canary`), so every
+replica splits alike.
 
 Model names a request may use:
     the served model id, or "r3"   the active version of the caller's scenario: its API key's default
@@ -37,6 +40,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from r3.canary import in_canary
 from r3.engines.base import Engine, EngineError
 from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import (
@@ -57,10 +61,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Served:
     """What a request's `model` names: the scenario it serves (its episode's) and the adapter (None:
-    the base model)."""
+    the base model); `canary`: True when its scenario's live canary serves it, False when the current
+    version does while a canary runs, None otherwise (no canary, or a pinned version)."""
 
     scenario: str
     adapter: str | None
+    canary: bool | None = None
+
+
+@dataclass(frozen=True)
+class LiveCanary:
+    version: str
+    fraction: float
 
 
 class AdapterManager:
@@ -70,6 +82,7 @@ class AdapterManager:
         self.redis_url, self.poll_s, self.grace_s = redis_url, poll_s, grace_s
         self.static_adapters = static_adapters  # R3_LORA_MODULES: loaded at start, never swapped out
         self.actives: dict[str, str | None] = {DEFAULT_SCENARIO: None}  # scenario -> the version it serves
+        self.canaries: dict[str, LiveCanary] = {}  # scenario -> its running canary, loaded
         self.refused: dict[str, str] = {}  # version name -> why it cannot be served
         self.on_swap: Callable[[], None] = lambda: None  # e.g. a metrics counter
         self._in_use: Counter[str] = Counter()
@@ -97,30 +110,39 @@ class AdapterManager:
 
     # ------------------------------------------------------------------ requests
 
-    def resolve(self, model: str, scenario: str | None = None) -> Served:
+    def resolve(self, model: str, scenario: str | None = None, request_id: str | None = None) -> Served:
         """The scenario and adapter a request's `model` names now; `scenario` is the caller's default
-        (its API key's), which `r3` and the served id mean. Raises `UnknownModel` for a name that is
-        none of those in the module's list (an unknown scenario included)."""
+        (its API key's), which `r3` and the served id mean; `request_id` places an unpinned request on
+        its scenario's canary or not. Raises `UnknownModel` for a name that is none of those in the
+        module's list (an unknown scenario included)."""
         default = scenario if scenario in self.actives else DEFAULT_SCENARIO
         if model in (self.engine.model_id, DEFAULT_LINEAGE):
-            return Served(default, self.actives[default])
+            return self._unpinned(default, request_id)
         if model == "base":
             return Served(default, None)
         if model in self.static_adapters:
             return Served(default, model)
         if model in self.actives:
-            return Served(model, self.actives[model])
+            return self._unpinned(model, request_id)
         if (version := version_of(model)) is not None:
             lineage = version.rsplit("-v", 1)[0]
             if scenario_of_lineage(lineage) in self.actives:
                 return Served(scenario_of_lineage(lineage), version)
         raise UnknownModel(model)
 
+    def _unpinned(self, scenario: str, request_id: str | None) -> Served:
+        canary = self.canaries.get(scenario)
+        if canary is None:
+            return Served(scenario, self.actives[scenario])
+        if request_id is not None and in_canary(request_id, canary.fraction):
+            return Served(scenario, canary.version, canary=True)
+        return Served(scenario, self.actives[scenario], canary=False)
+
     @asynccontextmanager
-    async def pin(self, model: str, scenario: str | None = None) -> AsyncIterator[Served]:
+    async def pin(self, model: str, scenario: str | None = None, request_id: str | None = None) -> AsyncIterator[Served]:
         """What `model` names (`resolve`), its adapter held loaded until the block ends (all of a
         request's attempts)."""
-        served = self.resolve(model, scenario)
+        served = self.resolve(model, scenario, request_id)
         adapter = served.adapter
         if adapter is None:
             yield served
@@ -157,6 +179,7 @@ class AdapterManager:
             try:
                 scenarios = await self.registry.scenario_names()
                 versions = await self.registry.actives()
+                canaries = await self.registry.running_canaries()
             except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
                 log.warning("could not read the active adapter versions (%s); serving %s", error,
                             self._serving())
@@ -164,7 +187,29 @@ class AdapterManager:
             for scenario in scenarios:
                 self.actives.setdefault(scenario, None)
                 await self._swap_to(scenario, versions.get(scenario))
+            await self._follow_canaries(canaries)
             await self._unload_idle()
+
+    async def _follow_canaries(self, running: dict[str, tuple[Version, float]]) -> None:
+        """Serve each scenario's running canary (loading its version first), and stop serving ended ones."""
+        for scenario in set(self.canaries) - set(running):
+            ended = self.canaries.pop(scenario)
+            self._retired_at.setdefault(ended.version, time.monotonic())
+            log.info("scenario %s: the canary %s ended", scenario, ended.version)
+        for scenario, (version, fraction) in running.items():
+            if (scenario in self.canaries and self.canaries[scenario].version == version.name) \
+                    or version.name in self.refused:
+                continue
+            if version.name not in self.engine.adapters():
+                try:
+                    await self._load(version)
+                except (EngineError, ValueError, OSError) as error:
+                    self.refused[version.name] = str(error)
+                    log.error("refusing canary version %s: %s", version.name, error)
+                    continue
+            self._retired_at.pop(version.name, None)
+            self.canaries[scenario] = LiveCanary(version.name, fraction)
+            log.info("scenario %s: canary %s serves %g of its unpinned requests", scenario, version.name, fraction)
 
     def _serving(self) -> str:
         return ", ".join(f"{scenario}: {name or 'base'}" for scenario, name in self.actives.items())
@@ -197,7 +242,8 @@ class AdapterManager:
     async def _unload_idle(self) -> None:
         now = time.monotonic()
         for name, since in list(self._retired_at.items()):
-            if name not in self.actives.values() and not self._in_use[name] and now - since >= self.grace_s:
+            serving = {*self.actives.values(), *(canary.version for canary in self.canaries.values())}
+            if name not in serving and not self._in_use[name] and now - since >= self.grace_s:
                 del self._retired_at[name]
                 if name in self.engine.adapters():
                     try:

@@ -235,3 +235,38 @@ class ScenarioCreate(ClientInput):
 class ScenarioConfigure(ClientInput):
     description: str | None = Field(None, max_length=4000)
     training: dict[str, Any] = Field(description="Replaces the scenario's training overrides.")
+
+
+# ---------------------------------------------------------------- live canaries
+
+
+class CanaryComparison(BaseModel):
+    """One outcome, canary against current (`r3.canary.Comparison`)."""
+
+    measure: Literal["first_attempt_score", "rescue_rate"]
+    canary_n: int
+    canary_mean: float
+    current_n: int
+    current_mean: float
+    difference: float
+    low: float  # the difference's always-valid confidence interval now
+    high: float
+    worse_statistic: float  # log Λ(0): at or above `boundary` (and a negative difference), the canary is worse
+    not_worse_statistic: float  # log Λ(−margin): at or above `boundary`, it is not worse than the margin
+    boundary: float  # log(2 / alpha)
+    worse: bool
+    not_worse: bool
+
+
+class CanaryOut(BaseModel):
+    scenario: str
+    version: str  # the canary
+    baseline: str  # the version it is compared with ("base": the base model)
+    fraction: float  # its share of the scenario's unpinned requests
+    state: str  # running, promoted, aborted, gave_up, superseded
+    started_at: Timestamp
+    decided_at: Timestamp | None
+    decided_by: str | None
+    decision: str | None  # the test's decision now (running) or when it ended
+    reason: str | None
+    comparisons: list[CanaryComparison]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from r3.settings import Settings
-from r3.store.models import DEFAULT_SCENARIO
+from r3.store.models import DEFAULT_SCENARIO, CanaryState
 from r3.store.registry import lineage
 from r3.store.rounds import ENDED, PENDING, Round
 from r3.store.scenarios import ScenarioError, ScenarioExists, ScenarioInfo
@@ -23,6 +23,7 @@ from server.admin_protocol import (
     Activation,
     AdminActionList,
     AdminActionOut,
+    CanaryOut,
     ScenarioList,
     ScenarioOut,
     SetAsideEpisodeOut,
@@ -32,6 +33,7 @@ from server.admin_protocol import (
     TrainingRoundOut,
     TrainingState,
 )
+from server.canary import CanaryWatch
 from server.errors import APIError, shown
 from server.metrics import Metrics
 
@@ -47,11 +49,12 @@ def no_trainer_here() -> TrainerStatus:
 
 class AdminService:
     def __init__(self, store: Store, adapters: AdapterManager, metrics: Metrics,
-                 trainer: Callable[[], TrainerStatus] = no_trainer_here) -> None:
-        self.registry, self.rounds, self.scenarios = store.registry, store.rounds, store.scenarios
+                 trainer: Callable[[], TrainerStatus] = no_trainer_here, canary_watch: CanaryWatch | None = None) -> None:
+        self.store, self.registry, self.rounds, self.scenarios = store, store.registry, store.rounds, store.scenarios
         self.adapters = adapters
         self.metrics = metrics
         self.trainer = trainer  # the trainer's status now (`r3 serve`'s supervisor, or none here)
+        self.canary_watch = canary_watch or CanaryWatch(store, Settings())  # runs the canary test on demand
 
     # ------------------------------------------------------------ adapter versions
 
@@ -136,6 +139,44 @@ class AdminService:
         return ScenarioOut(name=scenario.name, description=scenario.description, training=scenario.training,
                            created_at=scenario.created_at, active=self.adapters.actives.get(scenario.name),
                            model=lineage(scenario.name))
+
+    # ------------------------------------------------------------ live canaries
+
+    async def canary(self, scenario: str) -> CanaryOut:
+        """`scenario`'s running canary with the test's numbers now, else its last one as it ended; 404
+        when it never had one."""
+        await self.scenario(scenario)
+        found = await self.store.canaries.latest(scenario)
+        if found is None:
+            raise APIError(404, f"scenario {shown(scenario)} has had no live canary (R3_CANARY_FRACTION starts one "
+                                "when the gate accepts a candidate)", type="not_found_error", param="scenario",
+                           code="no_canary")
+        numbers = ((await self.canary_watch.verdict(found)).numbers() if found.state == CanaryState.RUNNING
+                   else found.numbers)
+        return CanaryOut(scenario=scenario, version=found.version, baseline=found.baseline or "base",
+                         fraction=found.fraction, state=found.state, started_at=found.started_at,
+                         decided_at=found.decided_at, decided_by=found.decided_by,
+                         decision=numbers.get("decision"), reason=found.reason or numbers.get("reason"),
+                         comparisons=numbers.get("comparisons", []))
+
+    async def end_canary(self, scenario: str, promote: bool) -> CanaryOut:
+        """Promote or abort `scenario`'s running canary now, as the admin; 409 when none runs."""
+        await self.scenario(scenario)
+        running = next((c for c in await self.store.canaries.running() if c.scenario == scenario), None)
+        if running is None:
+            raise APIError(409, f"no canary runs in scenario {shown(scenario)}", type="conflict_error",
+                           param="scenario")
+        numbers = (await self.canary_watch.verdict(running)).numbers()
+        if promote:
+            done = await self.store.canaries.promote(running.id, ACTOR, "promoted by an admin", numbers)
+        else:
+            done = await self.store.canaries.end(running.id, CanaryState.ABORTED, ACTOR, "aborted by an admin",
+                                                 numbers)
+        if not done:
+            raise APIError(409, "the canary ended meanwhile (its test decided, or the current version changed)",
+                           type="conflict_error", param="scenario")
+        await self.adapters.sync()
+        return await self.canary(scenario)
 
     # ------------------------------------------------------------ training rounds
 

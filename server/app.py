@@ -25,6 +25,7 @@ from server.admin_service import no_trainer_here
 from server.auth import Authenticator, tenant
 from server.deps import recordable
 from server.auto_rollback import AutoRollback
+from server.canary import CanaryWatch
 from server.errors import BodySizeLimit, IgnoredFieldsHeader, install_error_handlers
 from server.metrics import Metrics
 from server.request_id import RequestId
@@ -64,15 +65,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             watchdog = AutoRollback(store, settings.auto_rollback_min_episodes, settings.auto_rollback_alpha,
                                     settings.auto_rollback_check_s)
             rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
+            canary_watch = CanaryWatch(store, settings, on_decision=adapters.sync)
+            canaries = asyncio.create_task(canary_watch.run_forever())
             reflector = Reflector(served, verifier_runtime(settings, served), settings.reflection_max_tokens)
             state = app.state
             state.store, state.episode_log, state.auth, state.engine = store, log, auth, served
-            state.adapters, state.reflector = adapters, reflector
+            state.adapters, state.reflector, state.canary_watch = adapters, reflector, canary_watch
             state.started = int(time.time())
             try:
                 yield
             finally:
                 rollbacks.cancel()
+                canaries.cancel()
                 await adapters.close()
                 if engine is None:
                     await served.close()

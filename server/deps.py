@@ -81,7 +81,7 @@ def get_services(request: Request) -> Services:
 def get_admin(request: Request) -> AdminService:
     """The admin's operations (activation, rollback, training rounds, the audit log), over this app's services."""
     return AdminService(store=get_store(request), adapters=get_adapters(request), metrics=get_metrics(request),
-                        trainer=request.app.state.trainer_status)
+                        trainer=request.app.state.trainer_status, canary_watch=request.app.state.canary_watch)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -25,6 +25,7 @@ class RequestId:
             return
         sent = dict(scope["headers"]).get(HEADER, b"")
         request_id = sent if _USABLE.fullmatch(sent) else uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()  # request.state.request_id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

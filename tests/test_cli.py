@@ -123,3 +123,32 @@ def test_the_progress_bar_follows_a_round_from_the_grpo_log_records() -> None:
     finally:
         bar.close()
     assert bar.progress is None
+
+
+def test_canary_status_and_abort_from_the_command_line(tmp_path: Path) -> None:
+    import asyncio
+
+    from r3.settings import Settings
+    from r3.store.store import open_store
+
+    files = tmp_path / "trained"
+    files.mkdir()
+    (files / "adapter_config.json").write_text("{}")
+
+    async def start() -> str:
+        async with open_store(Settings(data_dir=tmp_path, database_url=None, redis_url=None)) as store:
+            version = await store.registry.register(files, None, {}, [])
+            await store.canaries.start(version.name, 0.25)
+            return version.name
+
+    version = asyncio.run(start())
+    status = r3(tmp_path, "canary", "status")
+    assert status.returncode == 0, status.stderr[-2000:]
+    said = " ".join((status.stderr + status.stdout).split())  # what it says on stderr, the table on stdout
+    assert f"canary {version} vs base, 0.25 of unpinned requests, running" in said
+    assert "first_attempt_score" in said and "decision: continue" in said
+    assert r3(tmp_path, "canary", "abort").returncode == 0
+    again = r3(tmp_path, "canary", "abort")
+    assert again.returncode == 1 and "no canary runs in scenario 'default'" in again.stderr
+    ended = r3(tmp_path, "canary", "status")
+    assert "aborted (cli: aborted from the command line)" in " ".join((ended.stderr + ended.stdout).split())

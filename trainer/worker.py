@@ -14,7 +14,9 @@
         gate     candidate vs active on all held-out failures and the retained set: first attempts that
                  passed, stratified by task family, each family checked for forgetting; and, with
                  R3_GATE_PROBE_FILE, a multiple-choice probe against the base model (trainer.gate, trainer.probe)
-        decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers
+        decide   promote (one transaction + pub/sub event) or reject; either way keep the numbers. With
+                 R3_CANARY_FRACTION, an accepted candidate first serves that share of the scenario's
+                 traffic as a live canary, which the servers' sequential test promotes or aborts
         commit   mark the episodes used, finish the round row, then XACK the stream entries
 
 Stream entries are acknowledged only after the round that covered them is committed; a worker
@@ -322,15 +324,18 @@ class TrainerWorker:
             await self.rounds.registered(round_id, candidate.name)
 
         decision = await self._gate(candidate.name, candidate.path, active, heldout, successes, settings)
+        canary = decision.promote and settings.canary_fraction > 0
         await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
-                                            promote=decision.promote)
+                                            promote=decision.promote, activate=not canary)
+        if canary:
+            await self.store.canaries.start(candidate.name, settings.canary_fraction)
         await self.rounds.mark_used(candidate.name, trained=[f.episode_id for f in train],
                                     held_out=[f.episode_id for f in new_heldout])
         summary = {**counts, "candidate": candidate.name, "promoted": decision.promote, "reason": decision.reason,
-                   "gate": decision.numbers, "training": _summary(report.to_dict())}
+                   "canary": canary, "gate": decision.numbers, "training": _summary(report.to_dict())}
         await self.rounds.finish(round_id, summary, candidate=candidate.name, promoted=decision.promote)
         log.info("round %d: %s %s (%s)", round_id, candidate.name,
-                 "promoted" if decision.promote else "rejected", decision.reason)
+                 "a live canary" if canary else "promoted" if decision.promote else "rejected", decision.reason)
         return RoundOutcome(round_id, candidate.name, decision.promote, summary, scenario)
 
     def _too_few(self, train: int, heldout: int, prompts: int, settings: Settings) -> str | None:

@@ -1,5 +1,5 @@
 """The `r3` command's tree: `r3 serve | train | migrate | replay`, `r3 model …`, `r3 keys …`, `r3 scenarios …`,
-`r3 bench …`.
+`r3 canary …`, `r3 bench …`.
 
 `main()` is the `r3` program: a mistake in the settings or the environment (`ConfigurationError`)
 is said in a line or two naming the `R3_*` variable; `--verbose` adds the traceback."""
@@ -11,7 +11,7 @@ from importlib.metadata import version
 
 import typer
 
-from r3.cli import bench, model, replay, scenarios, serve, store, train
+from r3.cli import bench, canary, model, replay, scenarios, serve, store, train
 from r3.cli.console import HELP, fail
 from r3.settings import ConfigurationError
 
@@ -20,6 +20,7 @@ app = typer.Typer(help="R3: an OpenAI-compatible server that reflects, retries a
 app.add_typer(model.app, name="model")
 app.add_typer(store.keys_app, name="keys")
 app.add_typer(scenarios.app, name="scenarios")
+app.add_typer(canary.app, name="canary")
 app.add_typer(bench.app, name="bench")
 app.command()(store.migrate)
 app.command()(train.train)

@@ -64,12 +64,14 @@ class ApiKey(Base):
 
 class VersionStatus(StrEnum):
     """The status of an adapter version, stored as its string: `pending` while its files are written,
-    then `candidate`, then `active` (promoted) or `rejected` (the gate said no); an active version
-    becomes `retired` when another replaces it; `failed`: its files could not be written, or its
-    round failed before deciding it."""
+    then `candidate`, then `active` (promoted) or `rejected` (the gate said no, or its canary was
+    aborted or gave up); with a live canary, a candidate the gate accepted is `canary` until its
+    canary decides; an active version becomes `retired` when another replaces it; `failed`: its files
+    could not be written, or its round failed before deciding it."""
 
     PENDING = "pending"
     CANDIDATE = "candidate"
+    CANARY = "canary"  # serving a share of its scenario's traffic (`Canary`)
     ACTIVE = "active"  # at most one per scenario: the unique index below
     REJECTED = "rejected"
     RETIRED = "retired"
@@ -108,6 +110,9 @@ class EpisodeRow(Base):
     tenant: Mapped[str | None] = mapped_column(String(40), index=True)
     scenario: Mapped[str] = mapped_column(String(40), server_default=DEFAULT_SCENARIO)
     category: Mapped[str | None] = mapped_column(Text)  # the client's `metadata.category`: a task family
+    # Which side of its scenario's live canary served it: True the canary, False the current version;
+    # None when no canary ran, or the request pinned its version.
+    canary: Mapped[bool | None] = mapped_column(Boolean)
     model: Mapped[str] = mapped_column(String(200))
     adapter: Mapped[str | None] = mapped_column(String(64), index=True)
     task_kind: Mapped[str] = mapped_column(String(32))
@@ -225,3 +230,36 @@ class AdminAction(Base):
     from_version: Mapped[str | None] = mapped_column(String(64))
     to_version: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+class CanaryState(StrEnum):
+    RUNNING = "running"
+    PROMOTED = "promoted"  # its version is active
+    ABORTED = "aborted"  # worse than the current version, or an admin stopped it: its version rejected
+    GAVE_UP = "gave_up"  # undecided within its limits: the current version kept, its version rejected
+    SUPERSEDED = "superseded"  # a newer candidate's canary replaced it
+
+
+class Canary(Base):
+    """A candidate serving a share of its scenario's unpinned traffic beside the current version until
+    a sequential test on live outcomes decides (`r3.canary`). Its counts are the episodes' (`EpisodeRow.canary`)."""
+
+    __tablename__ = "canaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scenario: Mapped[str] = mapped_column(ForeignKey("scenarios.name"))
+    version: Mapped[str] = mapped_column(ForeignKey("adapter_versions.name"))
+    baseline: Mapped[str | None] = mapped_column(String(64))  # the version it is compared with (None: the base model)
+    fraction: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # a `CanaryState` value
+    started_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(64))  # "canary" (the test), "admin", "trainer"
+    reason: Mapped[str | None] = mapped_column(Text)
+    numbers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the test's last numbers (`r3.canary.Verdict`)
+
+    __table_args__ = (
+        Index("one_running_canary", "scenario", unique=True,
+              postgresql_where=text(f"state = '{CanaryState.RUNNING}'"),
+              sqlite_where=text(f"state = '{CanaryState.RUNNING}'")),
+    )

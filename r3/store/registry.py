@@ -38,7 +38,15 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from r3.store.models import DEFAULT_SCENARIO, AdapterVersion, AdminAction, Scenario, VersionStatus
+from r3.store.models import (
+    DEFAULT_SCENARIO,
+    AdapterVersion,
+    AdminAction,
+    Canary,
+    CanaryState,
+    Scenario,
+    VersionStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +253,14 @@ class AdapterRegistry:
             rows = await session.scalars(select(AdapterVersion).where(AdapterVersion.status == VersionStatus.ACTIVE))
             return {row.scenario: Version.of(row) for row in rows}
 
+    async def running_canaries(self) -> dict[str, tuple[Version, float]]:
+        """Each scenario's running live canary (`r3.store.canaries`): its version and traffic share."""
+        async with self.sessions() as session:
+            rows = await session.execute(select(AdapterVersion, Canary.fraction)
+                                         .join(Canary, Canary.version == AdapterVersion.name)
+                                         .where(Canary.state == CanaryState.RUNNING))
+            return {version.scenario: (Version.of(version), fraction) for version, fraction in rows.all()}
+
     async def scenario_names(self) -> list[str]:
         """Every scenario's name (`r3.store.scenarios`): the lineages a server serves."""
         async with self.sessions() as session:
@@ -258,14 +274,16 @@ class AdapterRegistry:
         async with self.sessions() as session:
             return [Version.of(row) for row in await session.scalars(query)]
 
-    async def record_decision(self, name: str, metrics: dict[str, Any], promote: bool) -> Version:
-        """The gate's verdict on a candidate: its numbers, then active (promoted) or rejected."""
+    async def record_decision(self, name: str, metrics: dict[str, Any], promote: bool, activate: bool = True) -> Version:
+        """The gate's verdict on a candidate: its numbers, then active (promoted) or rejected. With
+        `activate` false a promoted candidate stays a candidate (its live canary decides:
+        `r3.store.canaries.Canaries.start`)."""
         async with self.sessions.begin() as session:
             row = await session.get(AdapterVersion, name)
             row.metrics = {**row.metrics, **metrics}
             if not promote:
                 row.status = VersionStatus.REJECTED
-        if promote:
+        if promote and activate:
             await self.activate(name, actor="trainer", reason="passed the evaluation gate")
         return await self.get(name)
 

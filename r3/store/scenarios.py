@@ -1,8 +1,9 @@
 """Scenarios: the workloads one server serves, each with its own adapter lineage (`r3.store.registry`).
 
-A scenario has a name, a description and training overrides: settings of the trainer and the gate
-(`R3_TRAIN_*`, `R3_GATE_*`, by their field names, e.g. `{"train_num_generations": 8}`) that replace
-the global ones for its rounds (`scenario_settings`). The auto-rollback watches every scenario with
+A scenario has a name, a description and training overrides: settings of the trainer, the gate and
+the live canary (`R3_TRAIN_*`, `R3_GATE_*`, `R3_CANARY_*`, by their field names, e.g.
+`{"train_num_generations": 8}`) that replace the global ones for its rounds and canaries
+(`scenario_settings`). The auto-rollback watches every scenario with
 the global `R3_AUTO_ROLLBACK_*`.
 The scenario `default` always exists: it is the lineage every server had before scenarios.
 
@@ -29,7 +30,7 @@ MAX_NAME_CHARS = 40
 _NAME = re.compile(r"[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 _LOOKS_LIKE_A_VERSION = re.compile(r".*-v[0-9]+")
 RESERVED_NAMES = frozenset({"r3", "base"})  # models every server answers to
-TRAINING_PREFIXES = ("train_", "gate_")
+TRAINING_PREFIXES = ("train_", "gate_", "canary_")
 
 
 class ScenarioError(ValueError):
@@ -65,7 +66,7 @@ def scenario_settings(settings: Settings, training: dict[str, Any]) -> Settings:
     for key in training:
         if not key.startswith(TRAINING_PREFIXES) or key not in Settings.model_fields:
             raise ScenarioError(f"{key!r} is not a training setting a scenario may override "
-                                f"(the R3_TRAIN_* and R3_GATE_* settings, by field name)",
+                                f"(the R3_TRAIN_*, R3_GATE_* and R3_CANARY_* settings, by field name)",
                                 "training")
     try:
         return type(settings).model_validate({**settings.model_dump(), **training})

@@ -79,7 +79,7 @@ def episode_row(episode: Episode) -> dict[str, Any]:
     first, latest = (episode.attempts[0], episode.attempts[-1]) if episode.attempts else (None, None)
     return dict(
         id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, scenario=episode.scenario,
-        category=episode.category, model=episode.model,
+        category=episode.category, canary=episode.canary, model=episode.model,
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
         replayable=episode.replayable, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
@@ -120,7 +120,7 @@ def episode_of(row: EpisodeRow) -> Episode:
         for a in row.attempts
     ]
     return Episode(
-        id=row.id, tenant=row.tenant, scenario=row.scenario, category=row.category, model=row.model,
+        id=row.id, tenant=row.tenant, scenario=row.scenario, category=row.category, canary=row.canary, model=row.model,
         adapter=row.adapter, task_kind=row.task_kind,
         verifier=row.verifier, store_text=row.store_text, messages=row.messages, tools=row.tools,
         tool_choice=row.tool_choice, sampling=row.sampling, attempts=attempts, created_at=_seconds(row.created_at),

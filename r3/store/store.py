@@ -19,6 +19,7 @@ from r3.settings import Settings
 from r3.store import database
 from r3.store.keys import ApiKeys
 from r3.store.registry import AdapterRegistry
+from r3.store.canaries import Canaries
 from r3.store.rounds import TrainingRounds
 from r3.store.scenarios import Scenarios
 from r3.store.sql import SqlEpisodeStore
@@ -41,7 +42,7 @@ class Store:
 
     `episodes`: the episodes in the database (the server puts its `EpisodeLog` in front);
     `registry`: adapter versions, their events and the admin audit log; `rounds`: training rounds
-    and the trainer's queries; `scenarios`: the workloads, each with its lineage; `keys`: API keys; `stream`: the Redis episode stream's producer, None
+    and the trainer's queries; `scenarios`: the workloads, each with its lineage; `canaries`: live canaries; `keys`: API keys; `stream`: the Redis episode stream's producer, None
     without Redis (the embedded default)."""
 
     database: Database
@@ -49,6 +50,7 @@ class Store:
     registry: AdapterRegistry
     rounds: TrainingRounds
     scenarios: Scenarios
+    canaries: Canaries
     keys: ApiKeys
     stream: RedisEpisodeStream | None
     redis_url: str | None
@@ -75,7 +77,8 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     try:
         await database.make_ready(engine, url)
         yield Store(database=Database(url, engine, sessions), episodes=SqlEpisodeStore(sessions), registry=registry,
-                    rounds=TrainingRounds(sessions), scenarios=Scenarios(sessions), keys=ApiKeys(sessions),
+                    rounds=TrainingRounds(sessions), scenarios=Scenarios(sessions),
+                    canaries=Canaries(sessions, registry, Scenarios(sessions)), keys=ApiKeys(sessions),
                     stream=stream,
                     redis_url=settings.redis_url)
     finally:

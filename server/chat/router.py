@@ -23,7 +23,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     asks for is checked before its answer (or its stream) starts; its work stops if the client hangs up."""
     ignore_unknown_fields(request, body, services.settings.strict_request_fields)
     serving = OpenAIServingChat(services)
-    checked = await unless_disconnected(request, serving.prepare(body, caller, caller_scenario(request)))
+    checked = await unless_disconnected(request, serving.prepare(body, caller, caller_scenario(request),
+                                                                 request.state.request_id))
     if body.stream:
         return await streamed(request, serving.stream(checked))
     return await unless_disconnected(request, serving.full(checked))

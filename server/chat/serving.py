@@ -49,6 +49,7 @@ class ChatRequest:
     choices: list[ChatTask]
     vocabulary: Sequence[bytes]  # the bytes of each token id, for logprobs (empty without them)
     scenario: str | None = None  # the caller's default scenario (its API key's), which `r3` means
+    request_id: str | None = None  # x-request-id: places an unpinned request on its scenario's canary or not
 
     @property
     def verified(self) -> bool:
@@ -65,21 +66,21 @@ class OpenAIServingChat:
         self.engine: Engine = services.reflector.engine
 
     async def prepare(self, body: ChatCompletionRequest, tenant: str | None,
-                      scenario: str | None = None) -> ChatRequest:
+                      scenario: str | None = None, request_id: str | None = None) -> ChatRequest:
         """Checks everything the request asks for before any generation starts. Raises `UnknownModel`
         (404) for a model this server does not serve, and `APIError` (400) for what the request asks
         wrongly, and when it does not fit the context."""
         self.services.adapters.resolve(body.model, scenario)  # an unknown model is a 404 before anything starts
         task = await self._task(body)
         vocabulary = await token_bytes(self.engine) if body.logprobs else ()
-        return ChatRequest(body, tenant, _choice_tasks(task, body.n), vocabulary, scenario)
+        return ChatRequest(body, tenant, _choice_tasks(task, body.n), vocabulary, scenario, request_id)
 
     async def full(self, request: ChatRequest) -> ChatCompletion:
         """The whole response: every choice made (reflected on and retried while its verifier says no)
         and recorded."""
         body = request.body
         # every attempt on the version it started with
-        async with self.services.adapters.pin(body.model, request.scenario) as served:
+        async with self.services.adapters.pin(body.model, request.scenario, request.request_id) as served:
             runs = self._runs(request, served)
             async with self._recording(runs):
                 await all_of(self.reflector.run(run) for run in runs)
@@ -91,7 +92,7 @@ class OpenAIServingChat:
         """The response as SSE chunks (`server.chat.sse`), then, with `include_usage`, the usage chunk.
         Plain inference streams as the engine generates; a verified answer is judged (reflected on
         and retried) before anything is sent, and each choice's final answer then goes out whole."""
-        async with self.services.adapters.pin(request.body.model, request.scenario) as served:
+        async with self.services.adapters.pin(request.body.model, request.scenario, request.request_id) as served:
             runs = self._runs(request, served)
             if request.verified:
                 async with self._recording(runs):
@@ -116,7 +117,7 @@ class OpenAIServingChat:
         runs = [Reflector.start(replace(task, adapter=served.adapter), request.tenant) for task in request.choices]
         category = (request.body.metadata or {}).get("category")
         for run in runs:
-            run.episode.scenario, run.episode.category = served.scenario, category
+            run.episode.scenario, run.episode.category, run.episode.canary = served.scenario, category, served.canary
         return runs
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ from server.admin_protocol import (
     Activation,
     AdapterList,
     AdminActionList,
+    CanaryOut,
     ScenarioConfigure,
     ScenarioCreate,
     ScenarioList,
@@ -96,6 +97,25 @@ async def activate(name: str, service: AdminDep, scenario: str | None = Query(
     """Make any recorded version active in its scenario ("base" serves no adapter): rollback and roll-forward."""
     return await service.activate(None if name == "base" else name, reason="activated by an admin",
                                   scenario=scenario)
+
+
+@router.get("/canary", response_model=CanaryOut)
+async def canary(service: AdminDep, scenario: str = Scenario) -> CanaryOut:
+    """The scenario's live canary: its version, share and state; each outcome's counts, means and the
+    difference's always-valid interval; the test's statistics against their boundary; its decision."""
+    return await service.canary(scenario)
+
+
+@router.post("/canary/promote", response_model=CanaryOut)
+async def promote_canary(service: AdminDep, scenario: str = Scenario) -> CanaryOut:
+    """Promote the scenario's running canary now, whatever its test says (recorded in the audit log)."""
+    return await service.end_canary(scenario, promote=True)
+
+
+@router.post("/canary/abort", response_model=CanaryOut)
+async def abort_canary(service: AdminDep, scenario: str = Scenario) -> CanaryOut:
+    """Abort the scenario's running canary now: its version is rejected, the current one kept."""
+    return await service.end_canary(scenario, promote=False)
 
 
 @router.post("/train", response_model=TrainingRequested)
