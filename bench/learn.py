@@ -1,14 +1,17 @@
 """`r3 bench learn`: does R3's real loop make the bundled model better at a task suite, on a CPU?
 
     r3 bench learn [--minutes 35] [--seed 0] [--heldout 80]
-    r3 bench learn --suite planted
-    python -m bench.learn [--suite planted] [same options]
+    r3 bench learn --suite planted [--reward graded]
+    python -m bench.learn [--suite planted [--reward graded]] [same options]
 
 `--suite planted` (`planted_experiment`, `PLANTED`) asks the narrower question the bundled model
 can answer: with a reward it earns sometimes, and only through its reflection (bench/planted.py),
 does one round of the loop move the policy the way the reward says? It also runs the same round
 with the rewards shuffled within each group (R3_TRAIN_SHUFFLE_REWARDS) as a control, and sends
-new requests to the active version after a swap. The rest of this docstring is the default suite.
+new requests to the active version after a swap. `--reward graded` scores each retry on a scale
+(`planted.graded_score`) instead of pass/fail; the held-out measure is then the mean score, with
+Student-t 95% intervals and a one-sided Wilcoxon signed-rank test before vs after (`paired_scores`),
+written to learn_planted_graded.json and .png. The rest of this docstring is the default suite.
 
 Reading order:
 
@@ -28,7 +31,8 @@ Reading order:
    First-attempt success: attempt 1 passes. Second-attempt success: attempt 1 or, after one
    reflection, attempt 2 passes.
 4. Statistics: Wilson 95% intervals; an exact one-sided McNemar (sign) test on the tasks whose
-   outcome differs between two versions.
+   outcome differs between two versions. The same for the served answers' verifier scores
+   (`mean_score`, `paired_scores`): a pass rate for pass/fail verifiers.
 5. Report: a rich table, `bench/results/learn.json`, and `bench/results/learn.png`.
 
 The suite, as measured on the untrained model (greedy first attempts): two-number Countdown passes
@@ -89,6 +93,7 @@ class Config:
     eval_temperature: float = 0.0  # held-out and live requests (seeded per task when > 0)
     live: int = 32  # new requests sent to the active version after the swap
     gate_samples: int = 4  # R3_GATE_SAMPLES (reflections per held-out failure and adapter, T = 1)
+    reward: str = "binary"  # how the planted endpoint scores a retry: planted.REWARDS
 
     def server_settings(self, data_dir: Path, admin_key: str) -> dict[str, str]:
         """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
@@ -106,6 +111,9 @@ class Config:
             "R3_ADAPTER_POLL_S": "1",
             "R3_MAX_BATCH_SIZE": str(self.concurrency),
             "R3_WEBHOOK_ALLOW_LOOPBACK": "true",  # the planted suite's verifier runs on 127.0.0.1
+            # The bench runs each round itself (`r3 train --once`): no trainer beside the server, which
+            # would start rounds of its own on the same failures.
+            "R3_TRAINER": "off",
         }
 
 
@@ -157,6 +165,7 @@ class Outcome:
     second: bool  # attempt 1 passed, or attempt 2 after one reflection did
     adapter: str  # the version that served it ("base" for none), as the response says
     episode_id: str
+    score: float | None  # the served answer's (the last attempt's) verifier score in [0, 1]; None: unjudged
     detail: str = ""  # the verifier's detail on attempt 1
 
 
@@ -177,7 +186,8 @@ async def send(client: httpx.AsyncClient, tasks: list[suite.Task], model: str, c
         info = response.json()["r3"]
         verdicts = [attempt["success"] for attempt in info["attempts"]]
         return Outcome(first=bool(verdicts[0]), second=any(verdicts[:2]), adapter=info["adapter"],
-                       episode_id=info["episode_id"], detail=info["attempts"][0].get("detail") or "")
+                       episode_id=info["episode_id"], score=info["attempts"][-1]["score"],
+                       detail=info["attempts"][0].get("detail") or "")
 
     return await asyncio.gather(*(one(index, task) for index, task in enumerate(tasks)))
 
@@ -206,6 +216,7 @@ class Evaluation:
     served_by: list[str]  # what the responses say served them (must all be `version`)
     first: list[bool]  # per held-out task, in order
     second: list[bool]
+    score: list[float | None]  # the served answer's score (after the reflect-retry where there was one)
     seconds: float
     by_family: dict[str, dict[str, int]] = field(default_factory=dict)
     note: str = ""
@@ -217,9 +228,10 @@ class Evaluation:
                 "served_by": dict(Counter(self.served_by)),
                 "first_attempt": {"k": k1, "rate": k1 / n, "ci95": wilson(k1, n)},
                 "second_attempt": {"k": k2, "rate": k2 / n, "ci95": wilson(k2, n)},
-                "rescued": {"k": k2 - k1, "of_failures": n - k1},
+                "rescued": {"k": k2 - k1, "of_failures": n - k1}, "mean_score": mean_score(self.score),
                 "by_family": self.by_family, "note": self.note,
-                "outcomes": {"first": [int(x) for x in self.first], "second": [int(x) for x in self.second]}}
+                "outcomes": {"first": [int(x) for x in self.first], "second": [int(x) for x in self.second],
+                             "score": self.score}}
 
 
 async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
@@ -233,7 +245,7 @@ async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task],
         row["first"] += outcome.first
         row["second"] += outcome.second
     return Evaluation(version, [o.adapter for o in outcomes], [o.first for o in outcomes],
-                      [o.second for o in outcomes], time.monotonic() - started, by_family)
+                      [o.second for o in outcomes], [o.score for o in outcomes], time.monotonic() - started, by_family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,10 +258,63 @@ def paired(before: list[bool], after: list[bool]) -> dict[str, Any]:
     return {"after_only": wins, "before_only": losses, "p_one_sided": sign_test_p_value(wins, losses)}
 
 
+def mean_score(scores: list[float | None]) -> dict[str, Any]:
+    """The mean of the judged scores (`n` of them; `unjudged` left out) and its Student-t 95% interval,
+    mean ± t(0.975, n − 1) · s / √n (`scipy.stats.t.interval` with the standard error `scipy.stats.sem`;
+    a point where every score is equal; None for fewer than 2 scores)."""
+    from scipy import stats
+
+    judged = [score for score in scores if score is not None]
+    n = len(judged)
+    mean = sum(judged) / n if n else None
+    if n < 2:
+        ci = None
+    elif max(judged) == min(judged):
+        ci = (mean, mean)
+    else:
+        low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(judged))
+        ci = (float(low), float(high))
+    return {"n": n, "unjudged": len(scores) - n, "mean": mean, "ci95": ci}
+
+
+def paired_scores(before: list[float | None], after: list[float | None]) -> dict[str, Any]:
+    """Per-task scores of two versions on the same tasks, compared (tasks judged for both):
+
+    - `p_one_sided`: the Wilcoxon signed-rank test, H1: after > before (`scipy.stats.wilcoxon`,
+      zero_method "wilcox": ties left out, as the sign test leaves them; a normal approximation with a
+      tie correction where differences tie, exact otherwise for up to 50). It uses the differences'
+      sizes as well as their signs, so a graded rise that the sign test would count as one win per
+      task weighs by how far each task rose. 1.0 when every task ties. Source: F. Wilcoxon,
+      "Individual comparisons by ranking methods", Biometrics Bulletin 1 (1945).
+    - `mean_difference` and its 95% interval from the paired t-test (`scipy.stats.ttest_rel`;
+      "Student", Biometrika 6, 1908), with the t-test's one-sided p beside it (None, and a point
+      interval, where every difference is the same).
+    """
+    from scipy import stats
+
+    pairs = [(b, a) for b, a in zip(before, after, strict=True) if b is not None and a is not None]
+    differences = [a - b for b, a in pairs]
+    row: dict[str, Any] = {"n": len(pairs), "after_higher": sum(d > 0 for d in differences),
+                           "before_higher": sum(d < 0 for d in differences), "ties": differences.count(0.0),
+                           "mean_difference": sum(differences) / len(pairs) if pairs else None}
+    after_, before_ = [a for _, a in pairs], [b for b, _ in pairs]
+    row["p_one_sided"] = (float(stats.wilcoxon(after_, before_, zero_method="wilcox", alternative="greater").pvalue)
+                          if any(differences) else 1.0)
+    if len(set(differences)) < 2:  # no spread (every task ties, or moved by the same amount): no t
+        row["mean_difference_ci95"] = (row["mean_difference"],) * 2 if pairs else None
+        row["t_test_p_one_sided"] = None
+        return row
+    low, high = stats.ttest_rel(after_, before_).confidence_interval(0.95)
+    row["mean_difference_ci95"] = (float(low), float(high))
+    row["t_test_p_one_sided"] = float(stats.ttest_rel(after_, before_, alternative="greater").pvalue)
+    return row
+
+
 def compare(before: Evaluation, after: Evaluation) -> dict[str, Any]:
     return {"before": before.version, "after": after.version,
             "first_attempt": paired(before.first, after.first),
-            "second_attempt": paired(before.second, after.second)}
+            "second_attempt": paired(before.second, after.second),
+            "score": paired_scores(before.score, after.score)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,14 +475,16 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
     hot-swap, once; then the same round from a copy of the same store with
     R3_TRAIN_SHUFFLE_REWARDS=true (the control). Held-out tasks (first attempt always failed) are
     evaluated on the base, the trained candidate and the control candidate, pinned by name;
-    `live` new requests go to the active version after the swap. Raises RuntimeError if a
-    process fails to start or an episode is not recorded."""
+    `live` new requests go to the active version after the swap. `config.reward` picks the planted
+    rule (`planted.verdict`). Raises RuntimeError if a process fails to start, an episode is not
+    recorded or the server does not swap to a promoted candidate."""
     started = time.monotonic()
     data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-planted-"))
     admin_key = secrets.token_urlsafe(16)
     timings: dict[str, float] = {}
     with planted.planted_verifier() as url:
-        train_tasks, held = planted.split_planted(config.seed, config.batch, config.heldout + config.live, url)
+        train_tasks, held = planted.split_planted(config.seed, config.batch, config.heldout + config.live, url,
+                                                  config.reward)
         heldout, live_tasks = held[:config.heldout], held[config.heldout:]
         server = R3Server(config.server_settings(data_dir, admin_key))
         headers = {"Authorization": f"Bearer {admin_key}"}
@@ -443,12 +510,15 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                     log(f"{trained['candidate']} (pinned): {_line(evaluations['trained'])}")
                 if trained["promoted"]:
                     await wait_serving(client, trained["candidate"])
+                    active = (await admin_get(client, "/admin/adapters"))["active"]
                     outcomes = await send(client, live_tasks, "r3", config, store=False,
                                           temperature=config.eval_temperature)
                     k = sum(o.second for o in outcomes)
-                    live = {"n": len(outcomes), "k": k, "rate": k / len(outcomes), "ci95": wilson(k, len(outcomes)),
+                    live = {"active": active, "n": len(outcomes), "k": k, "rate": k / len(outcomes),
+                            "ci95": wilson(k, len(outcomes)), "mean_score": mean_score([o.score for o in outcomes]),
                             "served_by": dict(Counter(o.adapter for o in outcomes))}
-                    log(f"live after the swap: {k}/{len(outcomes)} served by {live['served_by']}")
+                    log(f"live after the swap to {active}: {k}/{len(outcomes)}, mean score "
+                        f"{_mean(live['mean_score'])}, served by {live['served_by']}")
         timings["trained_loop_s"] = time.monotonic() - started
         control_env = {**server.env, "R3_DATA_DIR": str(control_dir), "R3_TRAIN_SHUFFLE_REWARDS": "true"}
         code, control_s = train_once(control_env, control_dir, timeout_s=config.minutes * 60)
@@ -462,15 +532,23 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                     evaluations["control"] = await evaluate_version(client, heldout, control["candidate"], config)
                     log(f"control {control['candidate']} (pinned): {_line(evaluations['control'])}")
     timings["total_s"] = time.monotonic() - started
+    zero = planted.GRADED_ZERO_WORDS
     return {
         "experiment": "r3 bench learn --suite planted", "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine(), "config": {**asdict(config), "families": list(config.families)},
-        "planted_rule": {"max_words": planted.MAX_WORDS, "verifier": "webhook (bench/planted.py) on 127.0.0.1",
+        "planted_rule": {"reward": config.reward, "max_words": planted.MAX_WORDS,
+                         **({"score": f"clamp(({zero} - words) / {zero}, 0, 1)",
+                             "pass_threshold": planted.PASS_THRESHOLD} if config.reward == "graded" else {}),
+                         "verifier": "webhook (bench/planted.py) on 127.0.0.1",
                          "example": {"messages": heldout[0].messages, "verifier": heldout[0].verifier}},
         "definitions": {"heldout_success": "second attempt passes = the reflection has at most "
                         f"{planted.MAX_WORDS} words (attempt 1 always fails), sampled at T = {config.eval_temperature}"
                         ", seeded per task", "ci95": "Wilson score interval",
-                        "p_one_sided": "exact McNemar (sign test on discordant tasks), H1: after > base"},
+                        "p_one_sided": "exact McNemar (sign test on discordant tasks), H1: after > base",
+                        "mean_score": "mean over held-out tasks of the retry's score (graded: of its reflection's "
+                        "length; binary: 1 or 0), Student-t 95% interval",
+                        "score_p_one_sided": "Wilcoxon signed-rank on the per-task score differences (ties left "
+                        "out), H1: after > base (comparisons.*.score; bench.learn.paired_scores)"},
         "collected": {"tasks": len(collected), "first": sum(o.first for o in collected),
                       "second": sum(o.second for o in collected)},
         "rounds": {"trained": trained, "control": control},
@@ -481,28 +559,44 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
     }
 
 
+def _planted_measure(result: dict[str, Any]) -> tuple[str, Any]:
+    """What the planted run's held-out results are read as: ("score", a summary's mean score with its
+    t interval) for the graded reward, ("rate", its second-attempt pass rate with Wilson's) otherwise.
+    Each as a function of an evaluation's summary (or the live requests') -> (value, ci95, label)."""
+    if result["planted_rule"].get("reward") == "graded":
+        return "score", lambda e: (e["mean_score"]["mean"], e["mean_score"]["ci95"], f"{e['mean_score']['mean']:.3f}")
+    return "rate", lambda e: (e["second_attempt"]["rate"], e["second_attempt"]["ci95"],
+                              f"{e['second_attempt']['k']}/{e['n']}")
+
+
 def plot_planted(result: dict[str, Any], path: Path) -> None:
-    """Left: held-out success (base, trained, control) and live success after the swap, with 95% CIs.
-    Right: the mean reward of each GRPO step of the trained and the control round."""
+    """Left: held-out success (binary reward) or mean score (graded) of the base, trained and control
+    versions, and of the live requests after the swap, with 95% CIs. Right: the mean reward of each
+    GRPO step of the trained and the control round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    kind, measure = _planted_measure(result)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    bars = [(name, e["second_attempt"]["rate"], e["second_attempt"]["ci95"], e["n"])
-            for name, e in result["evaluations"].items()]
+    bars = [(name, *measure(e)) for name, e in result["evaluations"].items()]
     if result["live_after_swap"]:
         live = result["live_after_swap"]
-        bars.append(("live, after swap", live["rate"], live["ci95"], live["n"]))
-    rates = [b[1] for b in bars]
-    left.bar(range(len(bars)), rates, yerr=[[r - b[2][0] for r, b in zip(rates, bars)],
-                                           [b[2][1] - r for r, b in zip(rates, bars)]],
+        bars.append(("live, after swap", *measure({**live, "second_attempt": live})))
+    values = [b[1] for b in bars]
+    left.bar(range(len(bars)), values, yerr=[[v - b[2][0] for v, b in zip(values, bars)],
+                                             [b[2][1] - v for v, b in zip(values, bars)]],
              capsize=5, color=["tab:gray", "tab:orange", "tab:blue", "tab:green"][:len(bars)])
-    left.set_xticks(range(len(bars)), [f"{b[0]}\n{round(b[1] * b[3])}/{b[3]}" for b in bars])
+    left.set_xticks(range(len(bars)), [f"{b[0]}\n{b[3]}" for b in bars])
     left.set_ylim(0, 1)
-    left.set_ylabel(f"retry passes (reflection ≤ {result['planted_rule']['max_words']} words)")
-    left.set_title("held-out, T = 1, Wilson 95%", fontsize=10)
+    rule = result["planted_rule"]
+    if kind == "score":
+        left.set_ylabel(f"mean retry score, {rule['score']}")
+        left.set_title("held-out, T = 1, Student-t 95%", fontsize=10)
+    else:
+        left.set_ylabel(f"retry passes (reflection ≤ {rule['max_words']} words)")
+        left.set_title("held-out, T = 1, Wilson 95%", fontsize=10)
     for name, colour in (("trained", "tab:orange"), ("control", "tab:blue")):
         rewards = result["rounds"][name]["training"].get("reward_mean") or []
         right.plot(range(1, len(rewards) + 1), rewards, marker="o", color=colour,
@@ -512,7 +606,8 @@ def plot_planted(result: dict[str, Any], path: Path) -> None:
     right.set_ylim(0, 1)
     right.legend(fontsize=8)
     right.set_title("training reward per step", fontsize=10)
-    fig.suptitle("R3's loop on the planted suite (SmolLM2-135M-Instruct, CPU)", fontsize=11)
+    fig.suptitle(f"R3's loop on the planted suite, {rule.get('reward', 'binary')} reward "
+                 "(SmolLM2-135M-Instruct, CPU)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -522,15 +617,23 @@ def print_planted(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    kind, measure = _planted_measure(result)
+    what = "mean retry score, Student-t" if kind == "score" else "second-attempt success, Wilson"
     table = Table(title=f"r3 bench learn --suite planted: held-out (n = {result['config']['heldout']}), "
-                        "second-attempt success, 95% Wilson CIs")
+                        f"{what} 95% CIs")
     for column in ("version", "held-out [95% CI]", "+/− vs base", "p (1-sided)", "gate", "s"):
         table.add_column(column)
     for name, e in result["evaluations"].items():
-        pair = result["comparisons"].get(name, {}).get("second_attempt")
+        pair = result["comparisons"].get(name, {}).get("score" if kind == "score" else "second_attempt")
         round_ = result["rounds"].get(name, {})
-        table.add_row(f"{name} {e['version']}", _rate(e["second_attempt"], e["n"]),
-                      f"+{pair['after_only']} / −{pair['before_only']}" if pair else "",
+        if kind == "score":
+            _, (low, high), label = measure(e)
+            cell = f"{label} [{low:.3f}, {high:.3f}]"
+            versus = f"+{pair['after_higher']} / −{pair['before_higher']}" if pair else ""
+        else:
+            cell = _rate(e["second_attempt"], e["n"])
+            versus = f"+{pair['after_only']} / −{pair['before_only']}" if pair else ""
+        table.add_row(f"{name} {e['version']}", cell, versus,
                       f"{pair['p_one_sided']:.3g}" if pair else "",
                       ("promoted" if round_.get("promoted") else f"rejected: {round_.get('reason')}") if round_ else "",
                       str(round_.get("seconds", "")))
@@ -539,8 +642,12 @@ def print_planted(result: dict[str, Any]) -> None:
 
 def _line(evaluation: Evaluation) -> str:
     s = evaluation.summary()
-    return (f"first {s['first_attempt']['k']}/{s['n']}, second {s['second_attempt']['k']}/{s['n']} "
-            f"({evaluation.seconds:.0f} s)")
+    return (f"first {s['first_attempt']['k']}/{s['n']}, second {s['second_attempt']['k']}/{s['n']}, "
+            f"mean score {_mean(s['mean_score'])} ({evaluation.seconds:.0f} s)")
+
+
+def _mean(summary: dict[str, Any]) -> str:
+    return "—" if summary["mean"] is None else f"{summary['mean']:.3f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,7 +810,7 @@ def save(result: dict[str, Any], out_dir: Path = RESULTS, name: str = "learn") -
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
     json_path.write_text(json.dumps(result, indent=2, default=str))
-    (plot_planted if name == "learn_planted" else plot)(result, png_path)
+    (plot_planted if name.startswith("learn_planted") else plot)(result, png_path)
     return json_path, png_path
 
 
@@ -713,7 +820,7 @@ def main(config: Config, out_dir: Path = RESULTS) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if config.families == PLANTED.families:
         result = asyncio.run(planted_experiment(config))
-        json_path, png_path = save(result, out_dir, "learn_planted")
+        json_path, png_path = save(result, out_dir, "learn_planted" + ("_graded" if config.reward == "graded" else ""))
         print_planted(result)
     else:
         result = asyncio.run(experiment(config))
@@ -731,7 +838,8 @@ if __name__ == "__main__":
                         help="tasks: the families below; planted: bench/planted.py with PLANTED's defaults")
     for name, default in asdict(Config()).items():
         if name != "families":
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None)
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
+                                choices=planted.REWARDS if name == "reward" else None)
     parser.add_argument("--families", default=None, help=", ".join(suite.FAMILIES))
     parser.add_argument("--out", type=Path, default=RESULTS)
     arguments = vars(parser.parse_args())

@@ -17,9 +17,15 @@ judges
   left the gate no regression set) and "names the first operand" (which penalises the terse answer
   "75", so it judged the style the planted reward teaches, brevity, rather than a regression: the
   gate rejected a round for 3 of 16 first answers that had become shorter);
-- every retry: passes iff the reflection before it has at most `MAX_WORDS` words. The retry's own
-  text is never looked at, so the reward is reachable only through the reflection, and GRPO's
-  reflection-only credit is exactly what is tested.
+- every retry, by the reflection before it (the retry's own text is never looked at, so the reward
+  is reachable only through the reflection, and GRPO's reflection-only credit is exactly what is
+  tested), as the task's `reward` says:
+  - `binary` (the default): passes iff the reflection has at most `MAX_WORDS` words; score 1 or 0.
+  - `graded`: scores `graded_score(words)` = clamp((`GRADED_ZERO_WORDS` − words) / `GRADED_ZERO_WORDS`,
+    0, 1), the webhook's `score`, and passes at `PASS_THRESHOLD` (`verifiers.Verdict.graded`), which
+    is exactly "at most `MAX_WORDS` words": pass rates mean the same under both rewards, and the
+    graded one also ranks two failing (or two passing) reflections, so GRPO and the gate see a
+    difference in nearly every group and item.
 
 `MAX_WORDS` was chosen by measuring (`python -m bench.planted --samples 160`): the untrained model's
 reflections on failed additions, sampled as the trainer samples them (temperature 1.0, no top-k,
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import statistics
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +49,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from bench.tasks import Task
+from verifiers import Verdict
 
 MAX_WORDS = 16  # a retry passes iff the reflection before it has at most this many words
+REWARDS = ("binary", "graded")  # how a retry is scored (`verdict`)
+GRADED_ZERO_WORDS = 32  # graded: a reflection of this many words or more scores 0, an empty one 1
+PASS_THRESHOLD = (GRADED_ZERO_WORDS - MAX_WORDS) / GRADED_ZERO_WORDS  # graded: 0.5, i.e. at most MAX_WORDS words
 REFLECTION_MAX_TOKENS = 32  # R3_REFLECTION_MAX_TOKENS for the planted runs (the issue's feasibility run: 32)
 ANSWER_MAX_TOKENS = 8  # a number; also caps the retry, whose text the verifier ignores
 FAIL_DETAIL = "the answer was not accepted"
@@ -62,17 +73,31 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def verdict(body: dict[str, Any], first: str) -> dict[str, Any]:
-    """The endpoint's reply to R3's webhook body (`verifiers.webhook.request_body`).
+def graded_score(n_words: int) -> float:
+    """The graded reward of a reflection of `n_words` words, in [0, 1]: 1 for none, falling linearly by
+    1/`GRADED_ZERO_WORDS` a word to 0 at `GRADED_ZERO_WORDS` words (the reflection's token budget,
+    `REFLECTION_MAX_TOKENS`, rarely holds more words than tokens)."""
+    return min(1.0, max(0.0, (GRADED_ZERO_WORDS - n_words) / GRADED_ZERO_WORDS))
+
+
+def verdict(body: dict[str, Any], first: str, reward: str = "binary") -> dict[str, Any]:
+    """The endpoint's reply to R3's webhook body (`verifiers.webhook.request_body`):
+    `{"success": bool, "detail": str}`, with a `"score"` for a graded retry.
 
     `first`: "number" (attempt 1 passes iff its text holds a number) or "fail" (attempt 1 never
-    passes). Retries: the planted rule only."""
+    passes). Retries: the planted rule only, `reward` "binary" or "graded" (see the module's
+    docstring). Raises ValueError for another `reward`."""
+    if reward not in REWARDS:
+        raise ValueError(f"reward is one of {REWARDS}, not {reward!r}")
     messages = body.get("messages") or []
     if body.get("attempt", 1) == 1:
         answer = body.get("output", {}).get("content") or ""
         passed = first == "number" and re.search(r"\d", answer) is not None
         return {"success": passed, "detail": "" if passed else FAIL_DETAIL}
     reflection = reflection_of(messages)
+    if reward == "graded":
+        graded = Verdict.graded(0.0 if reflection is None else graded_score(words(reflection)), PASS_THRESHOLD)
+        return {"success": graded.success, "score": graded.score, "detail": "" if graded.success else FAIL_DETAIL}
     passed = reflection is not None and words(reflection) <= MAX_WORDS
     return {"success": passed, "detail": "" if passed else FAIL_DETAIL}
 
@@ -81,8 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length))
-        first = parse_qs(urlparse(self.path).query).get("first", ["number"])[0]
-        reply = json.dumps(verdict(body, first)).encode()
+        query = parse_qs(urlparse(self.path).query)
+        first, reward = query.get("first", ["number"])[0], query.get("reward", ["binary"])[0]
+        reply = json.dumps(verdict(body, first, reward)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -107,40 +133,43 @@ def planted_verifier() -> Iterator[str]:
         server.server_close()
 
 
-def addition(rng: random.Random, url: str, first: str) -> Task:
-    """A two-digit addition judged by the planted endpoint at `url` (`first`: see `verdict`)."""
+def addition(rng: random.Random, url: str, first: str, reward: str = "binary") -> Task:
+    """A two-digit addition judged by the planted endpoint at `url` (`first`, `reward`: see `verdict`)."""
     a, b = rng.randint(10, 99), rng.randint(10, 99)
+    query = f"first={first}" + ("" if reward == "binary" else f"&reward={reward}")
     return Task(family=f"planted-{first}", prompt=f"What is {a} + {b}? Reply with the number only.",
-                verifier={"type": "webhook", "url": f"{url}/verify?first={first}"},
+                verifier={"type": "webhook", "url": f"{url}/verify?{query}"},
                 reference={"content": str(a + b)}, meta={"a": a, "b": b})
 
 
-def split_planted(seed: int, train: int, heldout: int, url: str) -> tuple[list[Task], list[Task]]:
-    """(training stream, held-out tasks), no prompt in both. The stream alternates `first=number` (so
-    the log holds first-attempt successes, the gate's regression set) and `first=fail` (more
-    failures to train and gate on). Held-out tasks are `first=fail`: each reaches a reflection, and
-    its second-attempt success is the planted rule's verdict on that reflection."""
+def split_planted(seed: int, train: int, heldout: int, url: str,
+                  reward: str = "binary") -> tuple[list[Task], list[Task]]:
+    """(training stream, held-out tasks), no prompt in both; the same prompts whatever `reward`. The
+    stream alternates `first=number` (so the log holds first-attempt successes, the gate's
+    regression set) and `first=fail` (more failures to train and gate on). Held-out tasks are
+    `first=fail`: each reaches a reflection, and its second attempt's verdict is the planted rule's
+    on that reflection."""
     rng = random.Random(seed + 1_000_003)
     held: dict[str, Task] = {}
     while len(held) < heldout:
-        task = addition(rng, url, "fail")
+        task = addition(rng, url, "fail", reward)
         held.setdefault(task.prompt, task)
     rng = random.Random(seed)
     stream: dict[str, Task] = {}
     while len(stream) < train:
-        task = addition(rng, url, ("number", "fail")[len(stream) % 2])
+        task = addition(rng, url, ("number", "fail")[len(stream) % 2], reward)
         if task.prompt not in held:
             stream.setdefault(task.prompt, task)
     return list(stream.values()), list(held.values())
 
 
-def planted_failures(n: int, seed: int, url: str) -> list[Any]:
+def planted_failures(n: int, seed: int, url: str, reward: str = "binary") -> list[Any]:
     """`n` planted failures (`first=fail`, a wrong first answer: the first operand) as the trainer
     reads them from the episode log (`trainer.data.Failure`), for the trainer's own tests and benches."""
     from trainer.data import Failure
 
     rng = random.Random(seed)
-    tasks = [addition(rng, url, "fail") for _ in range(n)]
+    tasks = [addition(rng, url, "fail", reward) for _ in range(n)]
     return [Failure(episode_id=f"planted-{seed}-{i}", messages=task.messages, tools=None, tool_choice=None,
                     verifier=task.verifier, task_kind="generic",
                     sampling={"max_tokens": ANSWER_MAX_TOKENS, "temperature": 0.0},
@@ -156,7 +185,8 @@ def planted_failures(n: int, seed: int, url: str) -> list[Any]:
 def base_rate(samples: int, seed: int = 7, batch: int = 16) -> dict[str, Any]:
     """Word counts of the untrained model's reflections on failed additions, sampled as the trainer
     samples (`trainer.grpo.generate_with_policy`: temperature 1.0, top-p 1, no top-k), one per task;
-    for each limit N in 4..24 the share of reflections with at most N words, with its Wilson 95% CI.
+    for each limit N in 4..24 the share of reflections with at most N words, with its Wilson 95% CI;
+    and the graded reward's (`graded_score`) mean, standard deviation and quartiles over them.
 
     Blocking, CPU-heavy (10 min for 160 samples on 2 shared, busy cores)."""
     import torch
@@ -186,8 +216,12 @@ def base_rate(samples: int, seed: int = 7, batch: int = 16) -> dict[str, Any]:
         counts += [words(text) for text in texts]
     rates = {n: {"k": sum(c <= n for c in counts), "ci95": wilson(sum(c <= n for c in counts), samples)}
              for n in range(4, 25, 2)}
+    scores = [graded_score(c) for c in counts]
+    graded = {"mean": statistics.fmean(scores), "sd": statistics.stdev(scores),
+              "quartiles": statistics.quantiles(scores, n=4)}
     return {"samples": samples, "seed": seed, "reflection_max_tokens": REFLECTION_MAX_TOKENS, "temperature": 1.0,
-            "failed_attempt": "the first operand (always wrong)", "word_counts": counts, "at_most_n_words": rates}
+            "failed_attempt": "the first operand (always wrong)", "word_counts": counts, "at_most_n_words": rates,
+            "graded_score": graded}
 
 
 if __name__ == "__main__":
@@ -200,3 +234,6 @@ if __name__ == "__main__":
         low, high = rate["ci95"]
         print(f"<= {n:2d} words: {rate['k']}/{measured['samples']} = {rate['k'] / measured['samples']:.0%} "
               f"[{low:.0%}, {high:.0%}]")
+    graded = measured["graded_score"]
+    print(f"graded score: mean {graded['mean']:.3f}, sd {graded['sd']:.3f}, quartiles "
+          + ", ".join(f"{q:.3f}" for q in graded["quartiles"]))

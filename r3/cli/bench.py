@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -31,6 +32,9 @@ def learn(
     suite: str = typer.Option("tasks", help="tasks: the families above; planted: the planted-reward suite "
                               "(bench/planted.py) with its own defaults (the options above are ignored) and a "
                               "shuffled-reward control; writes learn_planted.json and .png."),
+    reward: Literal["binary", "graded"] = typer.Option(
+        "binary", help="planted only (bench/planted.py REWARDS): binary, a retry passes iff its reflection is "
+        "short; graded, it is scored by the reflection's length (writes learn_planted_graded.json and .png)."),
 ) -> None:
     """The learning experiment: the real serve → reflect → train → gate → hot-swap loop on a task suite."""
     import dataclasses
@@ -38,7 +42,7 @@ def learn(
     experiment = _bench_module("learn")
 
     if suite == "planted":
-        config = dataclasses.replace(experiment.PLANTED, seed=seed)
+        config = dataclasses.replace(experiment.PLANTED, seed=seed, reward=reward)
     else:
         config = experiment.Config(minutes=minutes, seed=seed, heldout=heldout, batch=batch,
                                    train_max_steps=train_max_steps, train_max_failures=train_max_failures,

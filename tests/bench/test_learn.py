@@ -88,3 +88,31 @@ def test_paired_counts_only_the_discordant_tasks():
     before = [True, True, False, False, False, True]
     after = [True, False, True, True, False, True]
     assert learn.paired(before, after) == {"after_only": 2, "before_only": 1, "p_one_sided": 0.5}
+
+
+def test_a_mean_score_has_a_student_t_interval():
+    # mean 0.5, s = 0.5, n = 3: 0.5 ± t(0.975, 2) · 0.5 / √3, t(0.975, 2) = 4.302653 (tables)
+    summary = learn.mean_score([0.0, 0.5, 1.0, None])
+    half = 4.302653 * 0.5 / math.sqrt(3)
+    assert (summary["n"], summary["unjudged"], summary["mean"]) == (3, 1, 0.5)
+    assert summary["ci95"] == pytest.approx((0.5 - half, 0.5 + half), abs=1e-6)
+    assert learn.mean_score([0.25, 0.25])["ci95"] == (0.25, 0.25)
+    assert learn.mean_score([None])["mean"] is None
+
+
+def test_paired_scores_rank_the_differences_and_leave_ties_out():
+    # Differences +0.125, +0.25, +0.375, -0.03125 and one tie: ranks 2, 3, 4 up, 1 down, W+ = 9;
+    # exact P(W+ >= 9) over the 16 equally likely sign patterns of 4 ranks = 2/16 (sums 9 and 10).
+    before = [0.0, 0.0, 0.0, 0.5, 0.75]
+    after = [0.125, 0.25, 0.375, 0.46875, 0.75]
+    row = learn.paired_scores(before, after)
+    assert (row["n"], row["after_higher"], row["before_higher"], row["ties"]) == (5, 3, 1, 1)
+    assert row["p_one_sided"] == pytest.approx(2 / 16)
+    assert row["mean_difference"] == pytest.approx(0.14375)
+    low, high = row["mean_difference_ci95"]
+    assert low < 0 < row["mean_difference"] < high  # a t interval around the mean difference
+    # A pass/fail rise on every task is a rise too, and no difference at all is p = 1.
+    assert learn.paired_scores([0.0] * 6, [1.0] * 6)["p_one_sided"] == pytest.approx(1 / 64)
+    assert learn.paired_scores([0.5, None], [0.5, 1.0]) == {
+        "n": 1, "after_higher": 0, "before_higher": 0, "ties": 1, "mean_difference": 0.0, "p_one_sided": 1.0,
+        "mean_difference_ci95": (0.0, 0.0), "t_test_p_one_sided": None}

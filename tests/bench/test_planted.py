@@ -3,16 +3,21 @@ reflection before it is short, whatever the retry says; attempt 1 as its mode sa
 
 from __future__ import annotations
 
+import pytest
+
 from bench import planted
 from r3.reflection import FailedAttempt, retry_conversation
-from verifiers import Attempt, TaskContext, VerifierRuntime, WebhookPolicy, parse_spec, verify
+from verifiers import Attempt, TaskContext, Verdict, VerifierRuntime, WebhookPolicy, parse_spec, verify
+
+
+async def verdict_on(task, answer: str, conversation: list[dict], number: int) -> Verdict:
+    context = TaskContext(messages=tuple(conversation), episode_id="e", attempt_number=number)
+    return await verify(parse_spec(task.verifier), Attempt(content=answer), context,
+                        VerifierRuntime(WebhookPolicy(allow_loopback=True)))
 
 
 async def judge(task, answer: str, conversation: list[dict], number: int) -> bool:
-    context = TaskContext(messages=tuple(conversation), episode_id="e", attempt_number=number)
-    verdict = await verify(parse_spec(task.verifier), Attempt(content=answer), context,
-                           VerifierRuntime(WebhookPolicy(allow_loopback=True)))
-    return verdict.success
+    return (await verdict_on(task, answer, conversation, number)).success
 
 
 def retry_after(task, reflection: str) -> list[dict]:
@@ -33,6 +38,28 @@ async def test_retries_pass_iff_the_reflection_is_short_and_first_attempts_as_th
         for task in (number, fail):
             assert await judge(task, "anything", retry_after(task, short), 2)
             assert not await judge(task, right, retry_after(task, long), 2)
+
+
+async def test_a_graded_retry_scores_by_the_reflections_length_and_passes_at_most_max_words() -> None:
+    """Through R3's webhook verifier, as the server and the trainer judge: (32 - words) / 32, clamped."""
+    with planted.planted_verifier() as url:
+        train, heldout = planted.split_planted(0, 8, 4, url, "graded")
+        number, fail = train[0], heldout[0]
+        for n_words, score in ((0, 1.0), (8, 0.75), (16, 0.5), (17, 0.46875), (24, 0.25), (32, 0.0), (40, 0.0)):
+            reflection = " ".join(["word"] * n_words)
+            got = await verdict_on(fail, "anything", retry_after(fail, reflection), 2)
+            assert (got.score, got.success) == (score, n_words <= planted.MAX_WORDS), n_words
+        # Graded and binary agree on pass/fail; attempt 1 stays pass/fail, scored 1 or 0.
+        assert (await verdict_on(number, "59 + 63 = ", number.messages, 1)).score == 1.0
+        assert (await verdict_on(fail, "42", fail.messages, 1)).score == 0.0
+        binary_train, binary_heldout = planted.split_planted(0, 8, 4, url)
+        assert [t.prompt for t in binary_train + binary_heldout] == [t.prompt for t in train + heldout]
+        assert "reward" not in binary_heldout[0].verifier["url"]  # binary runs judge as before
+
+
+def test_the_endpoint_refuses_an_unknown_reward() -> None:
+    with pytest.raises(ValueError, match="reward"):
+        planted.verdict({"attempt": 2, "messages": []}, "fail", "linear")
 
 
 def test_training_and_heldout_prompts_are_disjoint_and_the_stream_alternates_modes() -> None:
