@@ -13,6 +13,7 @@ import typer
 
 from r3.cli import bench, canary, model, replay, scenarios, serve, store, train
 from r3.cli.console import HELP, fail
+from r3.cli.export import export
 from r3.settings import ConfigurationError
 
 app = typer.Typer(help="R3: an OpenAI-compatible server that reflects, retries and learns.", no_args_is_help=True,
@@ -26,6 +27,7 @@ app.command()(store.migrate)
 app.command()(train.train)
 app.command()(serve.serve)
 app.command()(replay.replay)
+app.command()(export)
 
 
 def _print_version(asked: bool) -> None:

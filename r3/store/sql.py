@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, Select, select, text, update
+from sqlalchemy import Insert, Select, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -139,6 +139,27 @@ class EpisodeFilter:
     scenario: str | None = None
 
 
+def _filtered(query: Select, where: EpisodeFilter) -> Select:
+    """`query` narrowed to the episodes `where` admits (`since` inclusive, `until` exclusive; adapter
+    "base": the base model's)."""
+    if where.since is not None:
+        query = query.where(EpisodeRow.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(EpisodeRow.created_at < where.until)
+    if where.outcome is not None:
+        query = query.where(EpisodeRow.outcome.is_(where.outcome))
+    if where.adapter is not None:
+        base = where.adapter == "base"
+        query = query.where(EpisodeRow.adapter.is_(None) if base else EpisodeRow.adapter == where.adapter)
+    if where.task_kind is not None:
+        query = query.where(EpisodeRow.task_kind == where.task_kind)
+    if where.tenant is not None:
+        query = query.where(EpisodeRow.tenant == where.tenant)
+    if where.scenario is not None:
+        query = query.where(EpisodeRow.scenario == where.scenario)
+    return query
+
+
 @cache
 def _upserts(dialect: str) -> tuple[Insert, Insert]:
     """INSERT ... ON CONFLICT DO UPDATE for episodes and attempts, built once per dialect."""
@@ -204,27 +225,18 @@ class SqlEpisodeStore:
     async def list(self, where: EpisodeFilter, limit: int, after: tuple[datetime, str] | None = None) -> list[Episode]:
         """Newest first; `after` is the (created_at, id) of the last episode of the previous page."""
         query: Select = select(EpisodeRow).order_by(EpisodeRow.created_at.desc(), EpisodeRow.id.desc()).limit(limit)
-        if where.since is not None:
-            query = query.where(EpisodeRow.created_at >= where.since)
-        if where.until is not None:
-            query = query.where(EpisodeRow.created_at < where.until)
-        if where.outcome is not None:
-            query = query.where(EpisodeRow.outcome.is_(where.outcome))
-        if where.adapter is not None:
-            base = where.adapter == "base"
-            query = query.where(EpisodeRow.adapter.is_(None) if base else EpisodeRow.adapter == where.adapter)
-        if where.task_kind is not None:
-            query = query.where(EpisodeRow.task_kind == where.task_kind)
-        if where.tenant is not None:
-            query = query.where(EpisodeRow.tenant == where.tenant)
-        if where.scenario is not None:
-            query = query.where(EpisodeRow.scenario == where.scenario)
+        query = _filtered(query, where)
         if after is not None:
             created, episode_id = after
             query = query.where((EpisodeRow.created_at < created)
                                 | ((EpisodeRow.created_at == created) & (EpisodeRow.id < episode_id)))
         async with self.sessions() as session:
             return [episode_of(row) for row in await session.scalars(query)]
+
+    async def count(self, where: EpisodeFilter) -> int:
+        """How many episodes `list` pages through for `where`."""
+        async with self.sessions() as session:
+            return await session.scalar(_filtered(select(func.count()).select_from(EpisodeRow), where))
 
     async def ping(self) -> None:
         """Raise unless the database answers (tells "the database is down" from "it refused this row")."""
