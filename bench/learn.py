@@ -74,7 +74,7 @@ from r3.store.registry import model_name
 
 @dataclass(frozen=True)
 class Config:
-    minutes: float = 35.0  # the whole experiment: baseline, rounds and their evaluations
+    minutes: float = 35.0  # the whole experiment: baseline, rounds and their evaluations (planted: any one wait)
     seed: int = 0
     heldout: int = 80  # held-out tasks, evaluated on every version
     batch: int = 48  # training tasks sent through the API before each round
@@ -479,6 +479,9 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
     rule (`planted.verdict`). Raises RuntimeError if a process fails to start, an episode is not
     recorded or the server does not swap to a promoted candidate."""
     started = time.monotonic()
+    # How long to wait for any one thing (a request, a round, a swap): `minutes`, which is sized for a
+    # quiet machine and stretches on a shared, loaded one; nothing here waits longer than it must.
+    patience = config.minutes * 60
     data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-planted-"))
     admin_key = secrets.token_urlsafe(16)
     timings: dict[str, float] = {}
@@ -490,16 +493,16 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {admin_key}"}
         log(f"data dir {data_dir}; verifier {url}; {len(heldout)} held-out, {len(train_tasks)} training tasks")
         with server as base_url:
-            async with httpx.AsyncClient(base_url=base_url, timeout=1800, headers=headers) as client:
+            async with httpx.AsyncClient(base_url=base_url, timeout=patience, headers=headers) as client:
                 base = await evaluate_version(client, heldout, "base", config)
                 log(f"before training: {_line(base)}")
                 collected = await send(client, train_tasks, "r3", config, store=True)
-                await wait_recorded(client, [o.episode_id for o in collected])
+                await wait_recorded(client, [o.episode_id for o in collected], patience)
                 log(f"sent {len(collected)} training tasks: first {sum(o.first for o in collected)}, "
                     f"second {sum(o.second for o in collected)}")
                 control_dir = data_dir.with_name(data_dir.name + "-control")
                 snapshot(data_dir, control_dir)
-                code, train_s = train_once(server.env, data_dir, timeout_s=config.minutes * 60)
+                code, train_s = train_once(server.env, data_dir, timeout_s=patience)
                 trained = _round_summary(await last_round(client), code, train_s)
                 log(f"round: exit {code} in {train_s:.0f} s; {trained['candidate']} "
                     f"{'promoted' if trained['promoted'] else 'not promoted'}: {trained['reason']}")
@@ -509,7 +512,7 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                     evaluations["trained"] = await evaluate_version(client, heldout, trained["candidate"], config)
                     log(f"{trained['candidate']} (pinned): {_line(evaluations['trained'])}")
                 if trained["promoted"]:
-                    await wait_serving(client, trained["candidate"])
+                    await wait_serving(client, trained["candidate"], patience)
                     active = (await admin_get(client, "/admin/adapters"))["active"]
                     outcomes = await send(client, live_tasks, "r3", config, store=False,
                                           temperature=config.eval_temperature)
@@ -521,10 +524,10 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                         f"{_mean(live['mean_score'])}, served by {live['served_by']}")
         timings["trained_loop_s"] = time.monotonic() - started
         control_env = {**server.env, "R3_DATA_DIR": str(control_dir), "R3_TRAIN_SHUFFLE_REWARDS": "true"}
-        code, control_s = train_once(control_env, control_dir, timeout_s=config.minutes * 60)
+        code, control_s = train_once(control_env, control_dir, timeout_s=patience)
         control_server = R3Server({k: v for k, v in control_env.items() if k.startswith("R3_") and k != "R3_PORT"})
         with control_server as control_url:
-            async with httpx.AsyncClient(base_url=control_url, timeout=1800, headers=headers) as client:
+            async with httpx.AsyncClient(base_url=control_url, timeout=patience, headers=headers) as client:
                 control = _round_summary(await last_round(client), code, control_s)
                 log(f"control round: exit {code} in {control_s:.0f} s; {control['candidate']} "
                     f"{'promoted' if control['promoted'] else 'not promoted'}: {control['reason']}")
