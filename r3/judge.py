@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import httpx
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -39,6 +41,7 @@ from r3.chat_format import render_prompt
 from r3.engines import create_engine
 from r3.engines.base import Engine, EngineError, SamplingParams
 from r3.settings import Settings
+from r3.telemetry import judge_call
 from verifiers.base import JudgeUsage
 from verifiers.runtime import JudgeFailed, JudgeReply, JudgeSampling, ModelJudge
 from verifiers.webhook import RETRY_BACKOFF_S, WebhookPolicy, is_loopback, webhook_client
@@ -145,12 +148,15 @@ class HttpJudge:
     def model_problem(self, model: str) -> str | None:
         return None  # the judge's server knows its models: an unknown one is its 4xx, an unjudged attempt
 
+    @judge_call(SpanKind.CLIENT)
     async def complete(self, model: str, messages: list[dict[str, Any]], json_schema: dict[str, Any],
                        sampling: JudgeSampling) -> JudgeReply:
         body = {"model": model, "messages": messages,
                 "response_format": {"type": "json_schema", "json_schema": json_schema},
                 **{name: value for name, value in vars(sampling).items() if value is not None}}
         content = json.dumps(body).encode()
+        headers = dict(self._headers)
+        propagate.inject(headers)  # the trace goes on in a judge that traces (W3C traceparent)
         calls = 0
         retrying = AsyncRetrying(sleep=self._sleep, stop=stop_after_attempt(self.max_attempts),
                                  wait=wait_exponential(multiplier=RETRY_BACKOFF_S),
@@ -160,16 +166,16 @@ class HttpJudge:
                 async for attempt in retrying:
                     with attempt:
                         calls += 1
-                        return await self._post(client, content, calls)
+                        return await self._post(client, content, headers, calls)
             except _Retryable as problem:
                 raise JudgeFailed(f"judge error: {problem} after {calls} attempts", JudgeUsage(calls)) from None
         raise AssertionError("unreachable: tenacity returns or raises")
 
-    async def _post(self, client: httpx.AsyncClient, content: bytes, calls: int) -> JudgeReply:
+    async def _post(self, client: httpx.AsyncClient, content: bytes, headers: dict[str, str], calls: int) -> JudgeReply:
         """One try: the judge's reply. Raises `_Retryable` for what another try may fix, else `JudgeFailed`."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                status, reply = await _read(client, self.url, content, self._headers)
+                status, reply = await _read(client, self.url, content, headers)
         except TimeoutError:
             raise JudgeFailed(f"judge error: no reply within {self.timeout_s:g} s", JudgeUsage(calls)) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
@@ -238,6 +244,7 @@ class EngineJudge:
     def model_problem(self, model: str) -> str | None:
         return _in_process_model_problem(model, self.adapters)
 
+    @judge_call(SpanKind.INTERNAL)
     async def complete(self, model: str, messages: list[dict[str, Any]], json_schema: dict[str, Any],
                        sampling: JudgeSampling) -> JudgeReply:
         problem = self.model_problem(model)

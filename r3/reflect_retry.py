@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
+from r3 import telemetry
 from r3.chat_format import ChatPrompt, ParsedOutput, parse_tool_calls, render_prompt, with_call_ids
 from r3.engines.base import (
     Engine,
@@ -126,15 +129,26 @@ class Generation:
     tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "length"
     prompt_length: int = 0  # in tokens, as the engine's first chunk reports it
+    first_token_s: float | None = None  # seconds from the start to the first token (None: none yet)
+    span: trace.Span = trace.INVALID_SPAN  # its r3.engine.generate span, ended by `follow`
 
     async def follow(self, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-        """`chunks`, passed on and kept as they come (cancelling the reader cancels the engine's request)."""
-        async for chunk in chunks:
-            self.text += chunk.text
-            self.tokens += chunk.tokens
-            self.finish_reason = chunk.finish_reason or self.finish_reason
-            self.prompt_length = chunk.prompt_length or self.prompt_length
-            yield chunk
+        """`chunks`, passed on and kept as they come (cancelling the reader cancels the engine's request).
+        When they end, so does the generation's span, with its usage and time to first token."""
+        with telemetry.ended(self.span):
+            try:
+                async for chunk in chunks:
+                    if self.first_token_s is None and chunk.tokens:
+                        self.first_token_s = time.perf_counter() - self.started
+                    self.text += chunk.text
+                    self.tokens += chunk.tokens
+                    self.finish_reason = chunk.finish_reason or self.finish_reason
+                    self.prompt_length = chunk.prompt_length or self.prompt_length
+                    yield chunk
+            finally:  # what was made, however it ended
+                self.span.set_attributes(telemetry.generation_usage(self.prompt_length, len(self.tokens),
+                                                                    self.first_token_s))
+            self.span.set_attribute(telemetry.FINISH_REASONS, [self.finish_reason])
 
 
 @dataclass
@@ -309,7 +323,11 @@ class ReflectRetry:
         attempt = Attempt(content=answer.content, tool_calls=tuple(answer.tool_calls))
         context = TaskContext(tools=tuple(task.tools or ()), tool_choice=task.tool_choice,
                               messages=tuple(conversation), episode_id=episode_id, attempt_number=number)
-        return await verify(task.verifier, attempt, context, self.verifier_runtime)
+        with telemetry.tracer.start_as_current_span("r3.verify", attributes={
+                telemetry.EVALUATION_NAME: task.verifier.type}) as span:
+            verdict = await verify(task.verifier, attempt, context, self.verifier_runtime)
+            telemetry.record_verdict(span, verdict)
+        return verdict
 
 
 @dataclass
@@ -347,12 +365,15 @@ class Reflector:
         which it keeps as they pass. An attempt samples as `ReflectRetry.attempt_params`; a reflection
         as `ReflectRetry.reflection_params` of `params` (default: the task's). The engine shortens
         max_tokens to what the context leaves, and raises `PromptTooLongError` when nothing is left."""
-        generation = Generation(prompt, reflecting)
+        params = (self.core.reflection_params(params or task.params) if reflecting
+                  else self.core.attempt_params(task))
+        generation_id = completion_id()
+        span = telemetry.tracer.start_span("r3.engine.generate", attributes=telemetry.generation_attributes(
+            task.model, task.adapter, params, generation_id, reflecting))
+        generation = Generation(prompt, reflecting, generation_id, span=span)
         if run is not None:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
-        params = (self.core.reflection_params(params or task.params) if reflecting
-                  else self.core.attempt_params(task))
         return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter))
 
     async def generate(self, task: ChatTask, prompt: ChatPrompt, reflecting: bool = False, run: Run | None = None,
@@ -396,12 +417,18 @@ class Reflector:
         the verifier says no and retries are left). When it ends, `run.turns` and `run.episode` hold
         everything made. Cancelling the reader cancels the engine's request (`abandon` records it)."""
         task, episode = run.task, run.episode
-        generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
-        yield AttemptStarted(generation)
-        async for chunk in chunks:
-            yield Chunk(chunk)
-        run.turns = [self.finish(task, generation)]
-        verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
+        attempt = telemetry.tracer.start_span("r3.attempt", attributes=telemetry.attempt_attributes(
+            episode.id, task.adapter, 1))
+        # Current only where nothing is yielded: the reader may take each event in a task of its own.
+        with telemetry.ended(attempt):
+            with telemetry.within(attempt):
+                generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
+            yield AttemptStarted(generation)
+            async for chunk in chunks:
+                yield Chunk(chunk)
+            run.turns = [self.finish(task, generation)]
+            with telemetry.within(attempt):
+                verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
         episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
         yield Judged(1, run.turns[0], verdict, None)
         failures: list[FailedAttempt] = []
@@ -430,12 +457,15 @@ class Reflector:
         """Reflect on the last failure (still without its reflection), retry as attempt `number`,
         judge the retry. The reflection samples as `reflection_params` say (default: as the task).
         Raises `PromptTooLongError` when the conversation outgrew the context."""
-        reflection = await self.generate(task, self.core.reflection_prompt(task, failures), reflecting=True,
-                                         run=run, params=reflection_params)
+        attributes = telemetry.attempt_attributes(episode_id, task.adapter, number)
+        with telemetry.tracer.start_as_current_span("r3.reflection", attributes=attributes):
+            reflection = await self.generate(task, self.core.reflection_prompt(task, failures), reflecting=True,
+                                             run=run, params=reflection_params)
         reflected = [*failures[:-1], replace(failures[-1], reflection=reflection.text)]
         conversation, prompt = self.core.retry_prompt(task, reflected)
-        retry = await self.generate(task, prompt, run=run)
-        return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
+        with telemetry.tracer.start_as_current_span("r3.attempt", attributes=attributes):
+            retry = await self.generate(task, prompt, run=run)
+            return reflection, retry, await self.judge(task, retry, conversation, episode_id, number)
 
     async def retry_after_feedback(self, task: ChatTask, episode: Episode) -> tuple[AttemptRecord, list[Generated]]:
         """One reflect-retry round on an episode whose latest attempt the client reported failed."""

@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         False, description="A request field the server does not know is a 400 naming it; off: ignored, as vLLM "
         "does, and named in the X-R3-Ignored-Fields header and a logged warning.")
 
+    # --- tracing ---
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="Turns tracing on: each request and each training round is an OpenTelemetry trace, "
+        "exported by OTLP to this collector (its base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: "
+        "http://otel-collector:4317 over gRPC, or :4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf). Unset: "
+        "off, unless the standard OTEL_* variables turn it on (r3/telemetry.py).")
+
     @property
     def adapters_path(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from r3 import telemetry
 from r3.engines import create_engine
 from r3.engines.base import Engine
 from r3.reflect_retry import Reflector, verifier_runtime
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     async def lifespan(app: FastAPI):
         """Builds each service once and keeps it in `app.state`, where routes get it through the typed
         dependencies of `server.deps` (and the dashboard reads it)."""
+        telemetry.configure_tracing(settings, "r3-server")  # off unless the settings ask for it
         async with open_store(settings) as store:
             # The log puts a journal and the stream in front of the database: what the API records through.
             log = EpisodeLog(store.episodes, store.stream or NoEpisodeStream(),
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app_metrics = Metrics()
     app.state.settings, app.state.metrics = settings, app_metrics
     install_error_handlers(app)
+    telemetry.instrument_app(app, settings)  # a server span per request, when tracing is on
     app.add_middleware(IgnoredFieldsHeader)  # names what the unknown-field policy ignored, on any response
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestId)  # outermost: every response, errors and 413s included, carries x-request-id

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from r3 import bundled_model
+from r3 import bundled_model, telemetry
 from r3.engines import create_engine
 from r3.reflect_retry import verifier_runtime
 from r3.settings import ConfigurationError, Settings
@@ -166,6 +166,7 @@ def run_trainer(settings: Settings, once: bool = False) -> RoundOutcome | None:
     if not launch.is_main:
         follow(launch, settings)
         return None
+    telemetry.configure_tracing(settings, "r3-trainer")  # off unless the settings ask for it
     return asyncio.run(_lead(settings, launch, once))
 
 
@@ -244,6 +245,7 @@ class TrainerWorker:
 
     # ------------------------------------------------------------------ one round
 
+    @telemetry.tracer.start_as_current_span("r3.training_round")
     async def run_round(self, requested_by: str = "admin", scenario: str = DEFAULT_SCENARIO) -> RoundOutcome:
         """One round of `scenario`, on its episodes alone, with its training overrides."""
         while await self.stream.read(0):  # every entry announced so far is covered by this round
@@ -252,6 +254,7 @@ class TrainerWorker:
         settings = await self._settings_of(scenario)
         # Rounds whose trainer died are failed here (`start`), whatever started this one.
         round_id = await self.rounds.start(requested_by, self.owner, settings.train_stale_after_s, scenario)
+        telemetry.describe_round(round_id=round_id, scenario=scenario, requested_by=requested_by)
         heartbeat = asyncio.create_task(self._heartbeat(round_id), name=f"round-{round_id}-heartbeat")
         try:
             outcome = await self._round(round_id, scenario, settings)
@@ -263,6 +266,8 @@ class TrainerWorker:
             heartbeat.cancel()
         self._last_round[scenario] = time.monotonic()
         await self.stream.acknowledge(acknowledged)
+        telemetry.describe_round(candidate=outcome.candidate, promoted=outcome.promoted,
+                                 skipped=outcome.report.get("skipped"))
         return outcome
 
     async def _heartbeat(self, round_id: int) -> None:
@@ -280,27 +285,29 @@ class TrainerWorker:
                 return
 
     async def _round(self, round_id: int, scenario: str, settings: Settings) -> RoundOutcome:
-        untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures, scenario)
-        every_failure = await self.rounds.failures(2000, scenario)
-        # More than the retained set's size, so that rare families still have items to draw.
-        passed = await self.rounds.first_attempt_passes(4 * settings.gate_regression_size, scenario)
-        new_failures, refused_new = runnable(failures_from_episodes(untrained))
-        all_failures, refused_all = runnable(failures_from_episodes(every_failure))
-        successes, refused_passes = runnable(first_attempt_successes(passed))
-        successes = retained_set(successes, settings.gate_regression_size)
-        set_aside = {**refused_new, **refused_all, **refused_passes}
-        if set_aside:
-            log.warning("round %d sets aside %d episodes it cannot run again (GET /admin/train/set-aside): %s",
-                        round_id, len(set_aside), set_aside)
-            await self.rounds.set_aside(round_id, set_aside)
-        train, new_heldout = split(dedupe(new_failures), settings.train_heldout_fraction)
-        train = balance(train)[: settings.train_max_failures]
-        prompts = dedupe(all_failures)
-        _, heldout = split(prompts, settings.train_heldout_fraction)
-        counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes),
-                  "set_aside": len(set_aside)}
-        log.info("round %d (scenario %s): %s", round_id, scenario, counts)
-        short = self._too_few(len(train), len(heldout), len(prompts), settings)
+        with telemetry.tracer.start_as_current_span("r3.select") as select:
+            untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures, scenario)
+            every_failure = await self.rounds.failures(2000, scenario)
+            # More than the retained set's size, so that rare families still have items to draw.
+            passed = await self.rounds.first_attempt_passes(4 * settings.gate_regression_size, scenario)
+            new_failures, refused_new = runnable(failures_from_episodes(untrained))
+            all_failures, refused_all = runnable(failures_from_episodes(every_failure))
+            successes, refused_passes = runnable(first_attempt_successes(passed))
+            successes = retained_set(successes, settings.gate_regression_size)
+            set_aside = {**refused_new, **refused_all, **refused_passes}
+            if set_aside:
+                log.warning("round %d sets aside %d episodes it cannot run again (GET /admin/train/set-aside): %s",
+                            round_id, len(set_aside), set_aside)
+                await self.rounds.set_aside(round_id, set_aside)
+            train, new_heldout = split(dedupe(new_failures), settings.train_heldout_fraction)
+            train = balance(train)[: settings.train_max_failures]
+            prompts = dedupe(all_failures)
+            _, heldout = split(prompts, settings.train_heldout_fraction)
+            counts = {"train": len(train), "heldout": len(heldout), "regression": len(successes),
+                      "set_aside": len(set_aside)}
+            log.info("round %d (scenario %s): %s", round_id, scenario, counts)
+            short = self._too_few(len(train), len(heldout), len(prompts), settings)
+            select.set_attributes({f"r3.round.{name}": n for name, n in counts.items()})
         if short is not None:
             skipped = {**counts, "skipped": short}
             await self.rounds.finish(round_id, skipped)
@@ -314,21 +321,26 @@ class TrainerWorker:
                            grpo_settings(settings))
         self.launch.send(order)
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
-            report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
-                                             Path(scratch) / "adapter", order.settings, verifier_runtime(settings))
+            with telemetry.tracer.start_as_current_span("r3.train"):
+                report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
+                                                 Path(scratch) / "adapter", order.settings,
+                                                 verifier_runtime(settings))
             if not any(step.updated for step in report.step_logs):
                 return await self._without_signal(round_id, counts, report, train, new_heldout, scenario)
-            candidate = await self.registry.register(
-                Path(scratch) / "adapter", active.name if active else None,
-                {"training": _summary(report.to_dict())}, [f.episode_id for f in train], scenario)
-            await self.rounds.registered(round_id, candidate.name)
+            with telemetry.tracer.start_as_current_span("r3.register"):
+                candidate = await self.registry.register(
+                    Path(scratch) / "adapter", active.name if active else None,
+                    {"training": _summary(report.to_dict())}, [f.episode_id for f in train], scenario)
+                await self.rounds.registered(round_id, candidate.name)
 
         decision = await self._gate(candidate.name, candidate.path, active, heldout, successes, settings)
-        canary = decision.promote and settings.canary_fraction > 0
-        await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
-                                            promote=decision.promote, activate=not canary)
-        if canary:
-            await self.store.canaries.start(candidate.name, settings.canary_fraction)
+        with telemetry.tracer.start_as_current_span("r3.decide", attributes={
+                telemetry.PROMOTED: decision.promote, "r3.decision.reason": decision.reason}):
+            canary = decision.promote and settings.canary_fraction > 0
+            await self.registry.record_decision(candidate.name, {"gate": decision.numbers, "reason": decision.reason},
+                                                promote=decision.promote, activate=not canary)
+            if canary:
+                await self.store.canaries.start(candidate.name, settings.canary_fraction)
         await self.rounds.mark_used(candidate.name, trained=[f.episode_id for f in train],
                                     held_out=[f.episode_id for f in new_heldout])
         summary = {**counts, "candidate": candidate.name, "promoted": decision.promote, "reason": decision.reason,
@@ -370,6 +382,7 @@ class TrainerWorker:
         log.info("round %d: %s", round_id, summary["skipped"])
         return RoundOutcome(round_id, None, False, summary, scenario)
 
+    @telemetry.tracer.start_as_current_span("r3.gate")
     async def _gate(self, candidate: str, candidate_path: Path, active, heldout, successes, settings: Settings):
         # The serving engine on the trainer's device (R3_ENGINE, R3_DEVICE, R3_DTYPE), with none of
         # the server's own adapters.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import httpx
+from opentelemetry import propagate, trace
 from pydantic import BaseModel, Field, StrictBool, ValidationError, field_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -42,6 +43,8 @@ MAX_URL_CHARS = 2048
 MAX_HEADERS = 16
 MAX_REPLY_BYTES = 64 * 1024
 RETRY_BACKOFF_S = 0.1  # the wait after the first failed try, doubled after each further one
+
+_tracer = trace.get_tracer("verifiers")  # the API's: a no-op until the process installs a tracer provider
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")  # printable ASCII: no CR/LF injection
@@ -148,19 +151,26 @@ class WebhookSpec(SpecBase):
 
     async def _post_once(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str],
                          policy: WebhookPolicy) -> Verdict:
-        """One POST: the verdict, or a failed verdict; raises `_Retryable` for what another try may fix."""
-        try:
-            async with asyncio.timeout(policy.timeout_s):
-                status, reply = await _send(client, self.url, body, headers)
-        except TimeoutError:
-            return Verdict(False, f"webhook error: no reply within {policy.timeout_s:g} s")
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
-            raise _Retryable(f"connection failed ({type(error).__name__})") from error
-        except httpx.HTTPError as error:
-            return Verdict(False, f"webhook error: {type(error).__name__}: {error}")
-        if status >= 500:
-            raise _Retryable(f"HTTP {status}")
-        return _verdict(status, reply)
+        """One POST: the verdict, or a failed verdict; raises `_Retryable` for what another try may fix.
+        Each POST is an HTTP client span (OpenTelemetry's HTTP semantic conventions), whose trace goes on
+        at the endpoint if it traces too (W3C `traceparent`)."""
+        attributes = _span_attributes(self.url)
+        with _tracer.start_as_current_span("POST", kind=trace.SpanKind.CLIENT, attributes=attributes) as span:
+            headers = {**headers}
+            propagate.inject(headers)
+            try:
+                async with asyncio.timeout(policy.timeout_s):
+                    status, reply = await _send(client, self.url, body, headers)
+            except TimeoutError:
+                return _failed(span, "timeout", f"webhook error: no reply within {policy.timeout_s:g} s")
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
+                raise _Retryable(f"connection failed ({type(error).__name__})") from error
+            except httpx.HTTPError as error:
+                return _failed(span, type(error).__name__, f"webhook error: {type(error).__name__}: {error}")
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                raise _Retryable(f"HTTP {status}")
+            return _verdict(status, reply)
 
 
 def webhook_client() -> httpx.AsyncClient:
@@ -171,6 +181,22 @@ def webhook_client() -> httpx.AsyncClient:
 
 class _Retryable(Exception):
     """A refused or dropped connection, or a 5xx: worth another try."""
+
+
+def _span_attributes(url: str) -> dict[str, str | int]:
+    """A webhook POST's span attributes: its server, and its URL without credentials or query (which may
+    carry secrets)."""
+    parsed = httpx.URL(url)
+    return {"http.request.method": "POST", "server.address": parsed.host,
+            "server.port": parsed.port or (443 if parsed.scheme == "https" else 80),
+            "url.full": str(parsed.copy_with(userinfo=b"", query=None))}
+
+
+def _failed(span: trace.Span, error_type: str, detail: str) -> Verdict:
+    """A failed verdict for a POST that got no reply, said on its span too."""
+    span.set_attribute("error.type", error_type)
+    span.set_status(trace.StatusCode.ERROR, detail)
+    return Verdict(False, detail)
 
 
 def request_body(attempt: Attempt, context: TaskContext) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import ValidationError
 
+from r3 import telemetry
 from r3.chat_format import ChatPrompt
 from r3.engines.base import Engine
 from r3.reflect_retry import ChatTask, Chunk, Generation, Reflector, Run, RunEvent
@@ -118,6 +119,7 @@ class OpenAIServingChat:
         category = (request.body.metadata or {}).get("category")
         for run in runs:
             run.episode.scenario, run.episode.category, run.episode.canary = served.scenario, category, served.canary
+        telemetry.describe_request(runs[0].episode, request.body.model)
         return runs
 
     @asynccontextmanager
