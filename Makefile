@@ -58,6 +58,7 @@ bench: install-dev
 	$(BIN)/python bench/episode_log.py
 	$(BIN)/python bench/hot_swap.py
 	$(BIN)/python bench/rescue.py
+	$(BIN)/python bench/canary.py
 	$(BIN)/r3 bench learn
 
 clean:

@@ -166,12 +166,15 @@ class AdminService:
         if running is None:
             raise APIError(409, f"no canary runs in scenario {shown(scenario)}", type="conflict_error",
                            param="scenario")
-        numbers = (await self.canary_watch.verdict(running)).numbers()
+        verdict = await self.canary_watch.verdict(running)
+        numbers = verdict.numbers()
+        # The audit log's reason carries the test's numbers then, as the test's own decisions do.
+        said = f"the test said {verdict.decision.value}: {verdict.reason}"
         if promote:
-            done = await self.store.canaries.promote(running.id, ACTOR, "promoted by an admin", numbers)
+            done = await self.store.canaries.promote(running.id, ACTOR, f"promoted by an admin; {said}", numbers)
         else:
-            done = await self.store.canaries.end(running.id, CanaryState.ABORTED, ACTOR, "aborted by an admin",
-                                                 numbers)
+            done = await self.store.canaries.end(running.id, CanaryState.ABORTED, ACTOR,
+                                                 f"aborted by an admin; {said}", numbers)
         if not done:
             raise APIError(409, "the canary ended meanwhile (its test decided, or the current version changed)",
                            type="conflict_error", param="scenario")

@@ -2,13 +2,16 @@
 every action, each page's numbers, activation, rollback, training requests, episode filters and
 pages, the overview's speed with ten thousand episodes; each page per scenario (its selector, each
 scenario's data under it alone, actions on the scenario selected, an unknown one a 404 page), the
-gate's task families and probe; and the Prometheus and Grafana files of the production stack.
-(tests/test_dashboard_browser.py drives the same pages in Chromium.)"""
+gate's task families and probe; the live canary's panel (its numbers, exactly as the test works
+them from the episodes written, and its promote and abort buttons, on a scripted server of its
+own); and the Prometheus and Grafana files of the production stack. (tests/test_dashboard_browser.py
+drives the same pages in Chromium.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from contextlib import closing
@@ -20,12 +23,16 @@ import pytest
 import yaml
 from dashboard_support import (GATE, OTHER, OTHER_EPISODES, OTHER_NAMES, made_up_episodes, served_store,
                                write_episodes)
+from support import ScriptedEngine, ThreadedServer
 
+from r3.canary import Arm, CanaryCounts, CanaryDecision, CanaryPolicy, Comparison, decide
 from r3.episodes import ABANDONED, AttemptRecord, Episode, Feedback, new_episode_id
+from r3.settings import Settings
 from r3.store.live_stats import VersionStats, version_stats
 from r3.store.models import VersionStatus
 from r3.store.registry import Version
 from r3.store.store import open_store
+from server.app import create_app
 from server.dashboard.charts import WINDOWS, fitting_window, overview_charts
 from server.dashboard.lineage import GateNumbers, Rate, lineage
 from server.metrics import Metrics
@@ -129,7 +136,8 @@ def test_without_an_admin_key_the_dashboard_is_off(stack) -> None:
 
 
 @pytest.mark.parametrize("action", ["/dashboard/versions/rollback", "/dashboard/versions/base/activate",
-                                    "/dashboard/training", "/dashboard/logout"])
+                                    "/dashboard/training", "/dashboard/canary/promote", "/dashboard/canary/abort",
+                                    "/dashboard/logout"])
 def test_every_action_needs_the_session_and_its_csrf_token(stack, browser: httpx.Client, action: str) -> None:
     app, url, _ = stack
     before = _active_name(app)
@@ -409,7 +417,7 @@ def test_an_unknown_scenario_is_a_404_page(browser: httpx.Client, path: str) -> 
 
 
 @pytest.mark.parametrize("action", ["/dashboard/versions/rollback", "/dashboard/versions/base/activate",
-                                    "/dashboard/training"])
+                                    "/dashboard/training", "/dashboard/canary/promote"])
 def test_an_action_on_an_unknown_scenario_is_a_404_and_does_nothing(stack, browser: httpx.Client, action: str) -> None:
     app = stack[0]
     token = csrf_of(browser.get("/dashboard").text)
@@ -662,3 +670,153 @@ async def _write_directly(app, episodes) -> None:
     """Bulk-write through a store of our own (see `_active_name`)."""
     async with open_store(app.state.settings) as store:
         await write_episodes(store.episodes, episodes)
+
+
+# ------------------------------------------------------------------ live canary
+
+CANARY_FRACTION = 0.25
+# (episodes, first attempts passed, of the failures rescued) of each side: with min episodes 5 both
+# outcomes are compared, and the test goes on (far too few for either boundary).
+CANARY_SIDE, CURRENT_SIDE = (20, 15, 2), (40, 24, 4)
+
+
+@pytest.fixture
+def canary_world(tmp_path: Path):
+    """(app, url, settings) of a server on a scripted engine (no model) over its own embedded SQLite:
+    r3-v1 active in the default scenario, r3-v2 its running canary on a quarter of the traffic, and
+    each side's judged episodes as CANARY_SIDE and CURRENT_SIDE say; also a pinned and an unjudged
+    episode, which the test does not count. Its canary watch never runs by itself."""
+    settings = Settings(data_dir=tmp_path, models_dir=tmp_path, database_url=None, redis_url=None,
+                        admin_key=ADMIN_KEY, canary_min_episodes=5, canary_check_s=3600, adapter_poll_s=3600)
+    files = tmp_path / "trained"
+    files.mkdir()
+    (files / "adapter_config.json").write_text("{}")
+
+    async def prepare() -> None:
+        async with open_store(settings) as store:
+            v1 = await store.registry.register(files, None, {}, [])
+            await store.registry.activate(v1.name, actor="test")
+            v2 = await store.registry.register(files, v1.name, {}, [])
+            await store.canaries.start(v2.name, CANARY_FRACTION)
+            episodes = [*_side_episodes(v2.name, True, *CANARY_SIDE), *_side_episodes(v1.name, False, *CURRENT_SIDE),
+                        *_side_episodes(v1.name, None, 1, 0, 0),  # pinned to r3-v1: no side
+                        *_side_episodes(v2.name, True, 1, 0, 0, judged=False)]  # the judge gave no verdict
+            await write_episodes(store.episodes, episodes)
+
+    asyncio.run(prepare())
+    app = create_app(settings, engine=ScriptedEngine(lambda prompt, adapter: "right"))
+    with ThreadedServer(app) as url:
+        yield app, url, settings
+
+
+def _side_episodes(adapter: str, canary: bool | None, n: int, passed: int, rescued: int,
+                   judged: bool = True) -> list[Episode]:
+    """`n` episodes served by `adapter` on `canary`'s side: `passed` first attempts pass (score 1), the
+    others fail (score 0) and are retried, the first `rescued` of the retries passing."""
+    def attempt(number: int, success: bool | None) -> AttemptRecord:
+        return AttemptRecord(number=number, completion_id=f"chatcmpl-{new_episode_id()[3:]}", finish_reason="stop",
+                             prompt_tokens=10, completion_tokens=2, latency_s=0.1, content="answer", success=success,
+                             score=None if success is None else float(success))
+
+    episodes = []
+    for i in range(n):
+        first = attempt(1, i < passed if judged else None)
+        attempts = [first] if first.success is not False else [first, attempt(2, i - passed < rescued)]
+        episodes.append(Episode(id=new_episode_id(), tenant=None, model="r3", adapter=adapter, task_kind="generic",
+                                verifier={"type": "exact", "expected": "right"}, store_text=False, messages=None,
+                                tools=None, tool_choice=None, attempts=attempts, canary=canary, revision=1))
+    return episodes
+
+
+def _expected(measure: str) -> Comparison:
+    """The test's comparison on the counts the fixture wrote, worked by r3.canary from them."""
+    def arms(n: int, passed: int, rescued: int) -> tuple[Arm, Arm]:
+        return Arm(n, passed, passed), Arm(n - passed, rescued, rescued)
+
+    (canary_first, canary_rescue), (current_first, current_rescue) = arms(*CANARY_SIDE), arms(*CURRENT_SIDE)
+    counts = CanaryCounts(canary_first, current_first, canary_rescue, current_rescue)
+    verdict = decide(counts, CanaryPolicy(min_episodes=5), elapsed_s=1)
+    assert verdict.decision is CanaryDecision.CONTINUE
+    return next(c for c in verdict.comparisons if c.measure == measure)
+
+
+def test_the_canary_panel_shows_its_counts_means_intervals_and_statistics(canary_world) -> None:
+    _, url, _ = canary_world
+    with closing(logged_in(url)) as client:
+        page = client.get("/dashboard/versions").text
+        overview = client.get("/dashboard").text
+    for shown in (page, overview):
+        flat = " ".join(shown.split())
+        assert 'id="canary-version">r3-v2<' in shown and 'id="canary-baseline">r3-v1<' in shown
+        assert 'id="canary-fraction">25.0%<' in shown and 'id="canary-state" class="canary-state">running<' in shown
+        assert "the test now: <strong>continue</strong>" in flat
+        assert 'id="canary-promote"' in shown and 'id="canary-abort"' in shown
+    # outcome, canary mean (n), current mean (n), difference [always-valid interval] and its coverage,
+    # log Λ(0), log Λ(−margin), the boundary log(2/α), where the test stands
+    first, rescue = _expected("first_attempt_score"), _expected("rescue_rate")
+    assert (first.canary_n, first.current_n, rescue.canary_n, rescue.current_n) == (20, 40, 5, 16)
+    for c, label, means in ((first, "first-attempt score", ["0.750 (20)", "0.600 (40)"]),
+                            (rescue, "rescue rate (of failed first attempts)", ["0.400 (5)", "0.250 (16)"])):
+        assert _cells(page, f'id="canary-{c.measure}"') == [
+            label, *means, f"+0.150 [{c.low:+.3f}, {c.high:+.3f}] 97.5%", f"{c.worse_statistic:.2f}",
+            f"{c.not_worse_statistic:.2f}", f"{math.log(2 / 0.05):.2f}", "undecided"]
+    chart = json.loads(re.search(r'<script type="application/json" id="plot-canary">(.*?)</script>', page,
+                                 re.S).group(1))
+    assert chart["type"] == "bar"
+    assert chart["labels"] == ["first-attempt score", "rescue rate (of failed first attempts)"]
+    worse, not_worse, boundary = chart["datasets"]
+    assert worse["data"] == [round(first.worse_statistic, 3), round(rescue.worse_statistic, 3)]
+    assert not_worse["data"] == [round(first.not_worse_statistic, 3), round(rescue.not_worse_statistic, 3)]
+    assert not_worse["label"] == "log Λ(−0.02): not worse than the margin?"
+    assert boundary["type"] == "line" and boundary["data"] == [round(math.log(40), 3)] * 2
+
+
+def test_promote_now_activates_the_canary_and_says_so_with_its_numbers(canary_world) -> None:
+    app, url, _ = canary_world
+    with closing(logged_in(url)) as client:
+        token = csrf_of(client.get("/dashboard/versions").text)
+        done = client.post("/dashboard/canary/promote", data={"csrf": token})
+        assert done.status_code == 303 and done.headers["location"] == "/dashboard/versions?scenario=default"
+        assert _active_name(app) == "r3-v2" and app.state.adapters.actives["default"] == "r3-v2"
+        page = client.get(done.headers["location"]).text
+        flat = " ".join(page.split())
+        assert "Canary r3-v2 promoted: it is active, this server serves r3-v2." in flat
+        assert 'id="canary-state" class="canary-state">promoted<' in page and 'id="canary-promote"' not in page
+        first = _expected("first_attempt_score")
+        said = (f"promoted by an admin; the test said continue: first_attempt_score 0.750 (n=20) vs 0.600 (n=40), "
+                f"difference +0.150 in [{first.low:+.3f}, {first.high:+.3f}]")
+        assert "by admin at" in flat and said in flat  # the panel, ended
+        audit = flat[flat.index("Audit log"):]
+        assert f"<td>admin</td><td>canary_promoted</td><td>r3-v1</td> <td>r3-v2</td><td>{said}" in audit
+        # Ended: a second press (another tab) is told so and changes nothing.
+        again = client.post("/dashboard/canary/promote", data={"csrf": token})
+        assert again.status_code == 303 and _active_name(app) == "r3-v2"
+        assert "Promotion refused: no canary runs in scenario" in client.get("/dashboard/versions").text
+
+
+def test_abort_now_rejects_the_canary_and_keeps_the_current_version(canary_world) -> None:
+    app, url, settings = canary_world
+    with closing(logged_in(url)) as client:
+        token = csrf_of(client.get("/dashboard").text)
+        done = client.post("/dashboard/canary/abort", data={"csrf": token})
+        assert done.status_code == 303
+        assert _active_name(app) == "r3-v1" and app.state.adapters.actives["default"] == "r3-v1"
+        assert asyncio.run(_status(settings, "r3-v2")) == VersionStatus.REJECTED
+        page = " ".join(client.get(done.headers["location"]).text.split())
+        assert "Canary r3-v2 aborted: r3-v1 stays active, this server serves r3-v1." in page
+        assert 'class="canary-state">aborted<' in page and "aborted by an admin; the test said continue:" in page
+        assert "<td>admin</td><td>canary_aborted</td><td>r3-v1</td> <td>r3-v2</td>" in page
+        assert 'class="canary-state">aborted<' in client.get("/dashboard").text  # the overview too
+
+
+def test_no_canary_no_panel(browser: httpx.Client) -> None:
+    for path in ("/dashboard", "/dashboard/versions"):
+        assert 'id="canary"' not in browser.get(path).text
+    token = csrf_of(browser.get("/dashboard").text)
+    assert browser.post("/dashboard/canary/abort", data={"csrf": token}).status_code == 303
+    assert "Abort refused: no canary runs in scenario" in browser.get("/dashboard/versions").text
+
+
+async def _status(settings: Settings, name: str) -> str:
+    async with open_store(settings) as store:
+        return (await store.registry.get(name)).status

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: headless Chromium (Debian's package, driven by Playwright) logs in,
 sees the overview's plots drawn, opens an episode, rolls a version back and sees the active version
 change, and the server then serves the parent; then switches the scenario selector and sees the
-other scenario's lineage, its gate's task families and probe, and its overview.
+other scenario's lineage, its gate's task families and probe, and its overview; there a live canary's
+panel, with its statistics drawn against the boundary, and aborts it.
 
 Screenshots of each page go to a temporary folder, or to the folder `R3_SCREENSHOTS_DIR` names
 (`R3_SCREENSHOTS_DIR=docs` refreshes the README's).
@@ -9,13 +10,19 @@ Screenshots of each page go to a temporary folder, or to the folder `R3_SCREENSH
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from dashboard_support import OTHER, OTHER_NAMES, served_store
+from dashboard_support import OTHER, OTHER_NAMES, made_up_episodes, served_store, write_episodes
+from support import make_lora
+
+from r3.store.store import open_store
 
 pytestmark = pytest.mark.browser  # the suite's tiers: tests/conftest.py
 
@@ -71,7 +78,8 @@ def drawn_pixels(page: sync_api.Page, selector: str) -> list[int]:
     })""")
 
 
-def test_an_operator_logs_in_reads_the_overview_opens_an_episode_and_rolls_back(stack, page, shots: Path) -> None:
+def test_an_operator_logs_in_reads_the_overview_opens_an_episode_and_rolls_back(stack, page, shots: Path,
+                                                                               model_path: Path, tmp_path: Path) -> None:
     app, url, (parent, child, _) = stack
 
     page.goto(f"{url}/dashboard")
@@ -139,4 +147,39 @@ def test_an_operator_logs_in_reads_the_overview_opens_an_episode_and_rolls_back(
     page.wait_for_url(f"**/dashboard?scenario={OTHER}")
     assert page.inner_text("#active-version") == OTHER_NAMES[0] and page.input_value("#scenario") == OTHER
 
+    # A live canary in that scenario: its panel on the overview, the test's statistics drawn as bars
+    # against the boundary; "Abort now" (confirmed) rejects it and the active version stays.
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        canary = pool.submit(asyncio.run, _start_canary(app.state.settings, model_path, tmp_path)).result()
+    page.reload()
+    page.wait_for_selector("#canary canvas[data-drawn=true]")
+    assert page.inner_text("#canary-version") == canary and page.inner_text("#canary-state") == "running"
+    assert drawn_pixels(page, "#canary canvas")[0] > 1000
+    page.locator("#canary").screenshot(path=shots / "dashboard-canary.png")
+    dialogs.clear()
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+    page.click("#canary-abort")
+    page.wait_for_selector("#canary-state:text-is('aborted')")
+    assert dialogs and f"Abort the canary {canary} now" in dialogs[0]
+    assert f"Canary {canary} aborted: {OTHER_NAMES[0]} stays active" in page.inner_text("p.notice")
+    assert page.inner_text("#active-version") == OTHER_NAMES[0]
+
     assert not page.problems, page.problems
+
+
+async def _start_canary(settings, model_path: Path, tmp_path: Path) -> str:
+    """A candidate of the scenario OTHER as its running canary on a quarter of the traffic, with 200 of
+    its episodes since (a quarter on the canary's side); its name."""
+    async with open_store(settings) as store:
+        candidate = await store.registry.register(make_lora(model_path, tmp_path / "canary", seed=9), OTHER_NAMES[0],
+                                                  {}, [], scenario=OTHER)
+        await store.canaries.start(candidate.name, 0.25)
+        # Its first attempts pass 70% of the time (the made-up versions' 50% to 90%), the current one's 50%:
+        # bars the chart shows, far from the boundary (the server's own watch may run the test meanwhile).
+        now = time.time()
+        current = made_up_episodes(150, [OTHER_NAMES[0]], now, now + 1, seed=5)
+        canary = made_up_episodes(50, [candidate.name] * 5, now, now + 1, seed=6)
+        for episode in [*current, *canary]:
+            episode.scenario, episode.canary = OTHER, episode.adapter == candidate.name
+        await write_episodes(store.episodes, [*current, *canary])
+        return candidate.name

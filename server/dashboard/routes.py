@@ -5,8 +5,9 @@ Every page and action is of one scenario (`r3.store.scenarios`), the one its `?s
 (`default` without it; an unknown one is a 404 page): each link and form carries it on, and the
 header's selector switches it. The numbers come from the same places as the admin API's: the
 registry (versions, the audit log) and live stats of `r3.store`, the admin API's own service
-(`server.admin_service`, as the typed dependency `AdminDep`) for activation, rollback and training
-rounds (so a click does exactly what the API call does), and `r3.store.timeline` for the plots.
+(`server.admin_service`, as the typed dependency `AdminDep`) for activation, rollback, training
+rounds and the live canary (its numbers, promoting or aborting it: so a click does exactly what the
+API call does), and `r3.store.timeline` for the plots.
 After an action the browser is redirected (POST, redirect, GET) with a one-shot notice in a cookie.
 """
 
@@ -24,17 +25,22 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
 from r3.reflection import REFLECTION_TEMPLATES
+from r3.settings import Settings
+from r3.store.canaries import policy
 from r3.store.live_stats import version_stats
 from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import lineage as model_of
-from r3.store.scenarios import ScenarioInfo
+from r3.store.scenarios import ScenarioInfo, scenario_settings
 from r3.store.sql import EpisodeFilter
 from r3.store.timeline import first_episode_at, timeline
 from server.admin_protocol import Activation
+from server.admin_service import AdminService
 from server.dashboard import charts, session
+from server.dashboard.canary import CanaryPanel
 from server.dashboard.format import install_filters
 from server.dashboard.lineage import lineage
-from server.deps import AdaptersDep, AdminDep, AuthDep, EpisodeLogDep, EpisodesDep, RegistryDep, StoreDep
+from server.deps import (AdaptersDep, AdminDep, AuthDep, EpisodeLogDep, EpisodesDep, RegistryDep, SettingsDep,
+                         StoreDep)
 from server.errors import APIError, clipped
 from server.routes.episodes import decode_cursor, encode_cursor
 
@@ -153,7 +159,7 @@ async def logout(registry: RegistryDep, _: FormData = Depends(session.checked_fo
 
 @router.get("", dependencies=[Depends(session.required)])
 async def overview(request: Request, scope: ScopeDep, service: AdminDep, store: StoreDep, adapters: AdaptersDep,
-                   log: EpisodeLogDep, window: str | None = Query(None)) -> HTMLResponse:
+                   log: EpisodeLogDep, settings: SettingsDep, window: str | None = Query(None)) -> HTMLResponse:
     now, scenario, sessions = datetime.now(UTC), scope.scenario, store.database.sessions
     span = charts.WINDOWS.get(window or "") or charts.fitting_window(await first_episode_at(sessions, scenario), now)
     since = span.start(now)
@@ -165,21 +171,24 @@ async def overview(request: Request, scope: ScopeDep, service: AdminDep, store: 
                                key=lambda s: s.version),
                  active=recorded.name if recorded else "base", serving=adapters.actives.get(scenario) or "base",
                  model=model_of(scenario), backlog=log.backlog, rejected=log.rejected,
-                 trainer=await service.training_state(limit=5, scenario=scenario))
+                 trainer=await service.training_state(limit=5, scenario=scenario),
+                 canary=await canary_panel(service, scope, settings))
 
 
 # ------------------------------------------------------------------ versions
 
 
 @router.get("/versions", dependencies=[Depends(session.required)])
-async def versions(request: Request, scope: ScopeDep, store: StoreDep, adapters: AdaptersDep) -> HTMLResponse:
+async def versions(request: Request, scope: ScopeDep, store: StoreDep, adapters: AdaptersDep, service: AdminDep,
+                   settings: SettingsDep) -> HTMLResponse:
     scenario = scope.scenario
     rows = lineage(await store.registry.versions(scenario),
                    await version_stats(store.database.sessions, scenario=scenario))
     return _page(request, "versions.html", scope, rows=rows, active=await store.registry.active(scenario),
                  serving=adapters.actives.get(scenario) or "base", refused=adapters.refused,
                  # its own entries, and those of no scenario (logouts), which concern every scenario
-                 actions=await store.registry.actions(ACTIONS_SHOWN, scenario, unscoped=True))
+                 actions=await store.registry.actions(ACTIONS_SHOWN, scenario, unscoped=True),
+                 canary=await canary_panel(service, scope, settings))
 
 
 def _served(done: Activation) -> str:
@@ -207,6 +216,49 @@ async def activate(name: str, request: Request, service: AdminDep, _: FormData =
     except APIError as error:
         return _back(request, "/versions", scope.scenario, f"Activation refused: {error.message}")
     return _back(request, "/versions", scope.scenario, _served(done))
+
+
+# ------------------------------------------------------------------ live canary
+
+
+async def canary_panel(service: AdminService, scope: Scope, settings: Settings) -> CanaryPanel | None:
+    """The scope's live canary (its running one, else its last), as `/admin/canary` answers; None when
+    it never had one."""
+    try:
+        found = await service.canary(scope.scenario)
+    except APIError as error:
+        if error.code == "no_canary":
+            return None
+        raise
+    if found.state != "running":
+        return CanaryPanel.of(found, None)
+    training = next(s.training for s in scope.scenarios if s.name == scope.scenario)
+    return CanaryPanel.of(found, policy(scenario_settings(settings, training)))
+
+
+async def _end_canary(request: Request, service: AdminService, scenario: str, promote: bool) -> RedirectResponse:
+    """Promote or abort the scenario's running canary as `POST /admin/canary/promote|abort` does; back
+    to the versions page, whose audit log shows it."""
+    try:
+        ended = await service.end_canary(scenario, promote)
+    except APIError as error:
+        return _back(request, "/versions", scenario, f"{'Promotion' if promote else 'Abort'} refused: {error.message}")
+    serving = service.adapters.actives.get(scenario) or "base"
+    said = (f"Canary {ended.version} promoted: it is active" if promote
+            else f"Canary {ended.version} aborted: {ended.baseline} stays active")
+    return _back(request, "/versions", scenario, f"{said}, this server serves {serving}.")
+
+
+@router.post("/canary/promote")
+async def promote_canary(request: Request, service: AdminDep, _: FormData = Depends(session.checked_form),
+                         scope: Scope = Depends(page_scope)) -> RedirectResponse:
+    return await _end_canary(request, service, scope.scenario, promote=True)
+
+
+@router.post("/canary/abort")
+async def abort_canary(request: Request, service: AdminDep, _: FormData = Depends(session.checked_form),
+                       scope: Scope = Depends(page_scope)) -> RedirectResponse:
+    return await _end_canary(request, service, scope.scenario, promote=False)
 
 
 # ------------------------------------------------------------------ training

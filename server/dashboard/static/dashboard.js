@@ -18,8 +18,8 @@ function axes(spec) {
 function draw(canvas) {
   const spec = JSON.parse(document.getElementById(canvas.dataset.plot).textContent);
   new Chart(canvas, {
-    type: "line",
-    data: { labels: spec.labels, datasets: spec.datasets.map((d) => ({ ...d, pointRadius: 2, spanGaps: false })) },
+    type: spec.type || "line",  // or "bar" (the canary's statistics), a dataset of its own type in it (the boundary)
+    data: { labels: spec.labels, datasets: spec.datasets.map((d) => ({ pointRadius: 2, spanGaps: false, ...d })) },
     options: {
       animation: false,  // drawn at once: what a screenshot or a test sees is the final plot
       maintainAspectRatio: false,
