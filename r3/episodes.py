@@ -95,6 +95,11 @@ class Episode:
     scenario: str = "default"  # the workload it served (`r3.store.scenarios`): whose lineage learns from it
     category: str | None = None  # the client's task family (`metadata.category`), for the gate's retained set
     canary: bool | None = None  # served by its scenario's live canary (True) or beside it (False); else None
+    # A request made through OpenAI's Responses API (`POST /v1/responses`): what it asked beyond its task
+    # (`instructions`, `previous_response_id`, `metadata`, `text`, ...) and its usage, as JSON, which
+    # `GET /v1/responses/{id}` answers with and a later request's `previous_response_id` continues from
+    # (`server.responses`); None for a chat completion.
+    responses_api: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     revision: int = 0  # raised by every save, so an older copy can never overwrite a newer one
 

@@ -32,6 +32,7 @@ from server.metrics import Metrics
 from server.request_id import RequestId
 from server.chat import router as chat
 from server.completions import router as completions
+from server.responses import router as responses
 from server.routes import admin, episodes, feedback, health, metrics, models
 
 
@@ -107,4 +108,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.include_router(feedback.router, dependencies=recording)
     app.include_router(completions.router, dependencies=recording,  # the legacy POST /v1/completions
                        responses=COMPLETION_RESPONSES)
+    app.include_router(responses.router)  # POST records (tenant, recordable); GET reads the caller's own
     return app

@@ -106,6 +106,29 @@ async def test_openai_models_retrieve(client) -> None:
         await client.models.retrieve("no-such-model")
 
 
+# ------------------------------------------------------------------ the openai SDK: the Responses API
+
+
+async def test_openai_responses_create_with_a_forced_function(client) -> None:
+    tool = {"type": "function", "name": "GetWeather", "parameters": GetWeather.model_json_schema(), "strict": True}
+    response = await client.responses.create(model=MODEL, input=ASK_WEATHER, temperature=0, tools=[tool],
+                                             tool_choice={"type": "function", "name": "GetWeather"})
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "GetWeather" and call.call_id
+    assert isinstance(GetWeather.model_validate_json(call.arguments), GetWeather)
+    assert response.status == "completed" and response.usage.output_tokens > 0
+
+
+async def test_openai_responses_stream_with_a_text_format(client) -> None:
+    """`text_format` (a `text.format` json_schema) holds the streamed answer to the model's schema."""
+    async with client.responses.stream(model=MODEL, input=ASK_CITY, text_format=City, temperature=0) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") > 1  # the text arrives in pieces
+    assert isinstance(final.output_parsed, City)
+
+
 # ------------------------------------------------------------------ LangChain
 
 
@@ -182,6 +205,17 @@ async def test_openai_agents_output_type(client) -> None:
     agents.set_tracing_disabled(True)  # no traces to OpenAI's servers
     agent = agents.Agent(name="geographer", instructions="Answer with a city.", output_type=City,
                          model=agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
+                         model_settings=agents.ModelSettings(temperature=0))
+    result = await agents.Runner.run(agent, ASK_CITY)
+    assert isinstance(result.final_output, City)
+
+
+async def test_openai_agents_with_its_default_responses_model(client) -> None:
+    """openai-agents' default model for OpenAI is `OpenAIResponsesModel`: the Responses API."""
+    agents = pytest.importorskip("agents", reason="openai-agents is not installed")
+    agents.set_tracing_disabled(True)  # no traces to OpenAI's servers
+    agent = agents.Agent(name="geographer", instructions="Answer with a city.", output_type=City,
+                         model=agents.OpenAIResponsesModel(model=MODEL, openai_client=client),
                          model_settings=agents.ModelSettings(temperature=0))
     result = await agents.Runner.run(agent, ASK_CITY)
     assert isinstance(result.final_output, City)

@@ -113,6 +113,8 @@ class EpisodeRow(Base):
     # Which side of its scenario's live canary served it: True the canary, False the current version;
     # None when no canary ran, or the request pinned its version.
     canary: Mapped[bool | None] = mapped_column(Boolean)
+    # A Responses API request's own fields and usage (`Episode.responses_api`); NULL for a chat completion.
+    responses_api: Mapped[dict[str, Any] | None]
     model: Mapped[str] = mapped_column(String(200))
     adapter: Mapped[str | None] = mapped_column(String(64), index=True)
     task_kind: Mapped[str] = mapped_column(String(32))

@@ -36,7 +36,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # The columns that can hold text (token ids and logprobs are numbers: walking them would cost more
 # than the rest of the row).
 _EPISODE_TEXT = ("id", "tenant", "scenario", "category", "model", "adapter", "task_kind", "verifier", "messages", "tools", "tool_choice",
-                 "sampling")
+                 "sampling", "responses_api")
 _ATTEMPT_TEXT = ("completion_id", "finish_reason", "content", "tool_calls", "reflection", "detail",
                  "feedback_detail")
 
@@ -79,7 +79,7 @@ def episode_row(episode: Episode) -> dict[str, Any]:
     first, latest = (episode.attempts[0], episode.attempts[-1]) if episode.attempts else (None, None)
     return dict(
         id=episode.id, created_at=_time(episode.created_at), tenant=episode.tenant, scenario=episode.scenario,
-        category=episode.category, canary=episode.canary, model=episode.model,
+        category=episode.category, canary=episode.canary, responses_api=episode.responses_api, model=episode.model,
         adapter=episode.adapter, task_kind=episode.task_kind, verifier=episode.verifier,
         replayable=episode.replayable, store_text=episode.store_text, messages=episode.messages,
         tools=episode.tools, tool_choice=episode.tool_choice, sampling=episode.sampling,
@@ -121,7 +121,7 @@ def episode_of(row: EpisodeRow) -> Episode:
     ]
     return Episode(
         id=row.id, tenant=row.tenant, scenario=row.scenario, category=row.category, canary=row.canary, model=row.model,
-        adapter=row.adapter, task_kind=row.task_kind,
+        adapter=row.adapter, task_kind=row.task_kind, responses_api=row.responses_api,
         verifier=row.verifier, store_text=row.store_text, messages=row.messages, tools=row.tools,
         tool_choice=row.tool_choice, sampling=row.sampling, attempts=attempts, created_at=_seconds(row.created_at),
         revision=row.revision,

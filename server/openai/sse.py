@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -22,17 +22,19 @@ from server.protocol import ErrorDetail, ErrorResponse
 log = logging.getLogger(__name__)
 
 
-async def streamed(request: Request, events: AsyncIterator[str]) -> StreamingResponse:
+async def streamed(request: Request, events: AsyncIterator[str],
+                   framing: Callable[[AsyncIterator[str]], AsyncIterator[str]] | None = None) -> StreamingResponse:
     """The response streaming `events` as server-sent events, its first event made before it is
     returned (while the client is followed: if it hangs up, `events` is cancelled and `ClientGone`
     raised). Whatever fails until then (an adapter version that cannot be loaded, a verified answer's
     generation, ...) raises here, before the 200 and its headers are sent, so a stream fails with the
-    status and error object the unstreamed request gets."""
+    status and error object the unstreamed request gets. `framing` ends the stream and tells a later
+    failure in it: `sse_stream`'s (the completions APIs'), or a surface's own (the Responses API's)."""
     async def first_event() -> str | None:
         return await anext(events, None)
 
     first = await unless_disconnected(request, first_event())
-    return StreamingResponse(sse_stream(_resumed(first, events)), media_type="text/event-stream")
+    return StreamingResponse((framing or sse_stream)(_resumed(first, events)), media_type="text/event-stream")
 
 
 async def _resumed(first: str | None, events: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -54,12 +56,17 @@ async def sse_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
 
 
 def _error_event(error: Exception) -> str:
-    if isinstance(error, APIError | EngineError):
-        message = str(error)
-    else:
-        log.error("a stream failed", exc_info=error)
-        message = "internal server error"
+    message = failure_message(error)
     return f"data: {ErrorResponse(error=ErrorDetail(message=message, type='server_error')).model_dump_json()}\n\n"
+
+
+def failure_message(error: Exception) -> str:
+    """What a client is told of `error`, which ended its stream after the 200: what went wrong with
+    the request or the engine, or (anything else, logged with its traceback) "internal server error"."""
+    if isinstance(error, APIError | EngineError):
+        return str(error)
+    log.error("a stream failed", exc_info=error)
+    return "internal server error"
 
 
 async def interleaved(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
