@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 
@@ -146,6 +146,14 @@ class Settings(BaseSettings):
     train_shuffle_rewards: bool = Field(False, description="Control experiment only: shuffle the rewards within "
                                         "each group, so no reflection is credited for its own retry (r3 bench "
                                         "learn's control; nothing should be learned).")
+    train_report_to: Annotated[list[Literal["tensorboard", "mlflow", "wandb", "trackio"]], NoDecode] = Field(
+        default_factory=list, description="Experiment trackers each training round reports to, one run per round "
+        "named <scenario>-round-<id> (trainer/tracking.py): any of tensorboard, mlflow, wandb, trackio, "
+        "comma-separated or as a JSON list; none by default. Each needs its package (pip install tensorboard, "
+        "mlflow-skinny, wandb or trackio); MLflow and wandb read their own variables (MLFLOW_TRACKING_URI, "
+        "MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_MODE, ...).")
+    train_tracking_dir: Path | None = Field(
+        None, description="Where TensorBoard runs go, a folder per round; defaults to <data dir>/runs.")
     train_claim_idle_s: float = Field(60.0, gt=0, description="Stream entries a dead worker left this long are taken over.")
     train_heartbeat_s: float = Field(10.0, gt=0, description="How often the trainer running a round marks it alive.")
     train_stale_after_s: float = Field(
@@ -242,6 +250,22 @@ class Settings(BaseSettings):
     def _a_database_r3_can_open(cls, url: str | None) -> str | None:
         """Checked before anything opens it: a URL, of Postgres or SQLite, a SQLite file by its absolute
         path (the trainer beside the server, or a command run elsewhere, must open the same file)."""
+    @property
+    def tracking_path(self) -> Path:
+        return self.train_tracking_dir or self.data_dir / "runs"
+
+    @field_validator("train_report_to", mode="before")
+    @classmethod
+    def _trackers_as_a_list(cls, value: Any) -> Any:
+        """`tensorboard,mlflow` as transformers' `--report_to` takes it, or a JSON list; `none` or empty: none."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)
+        return [] if value.strip() in ("", "none") else [name.strip() for name in value.split(",")]
+
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 

@@ -67,9 +67,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from accelerate import PartialState
@@ -92,6 +93,9 @@ from r3.engines.device import Placement, placement
 from r3.reflect_retry import ChatTask, ReflectRetry, recorded_params, recorded_task
 from trainer.data import Failure
 from verifiers import JudgeUsage, Verdict, VerifierRuntime
+
+if TYPE_CHECKING:
+    from trainer.tracking import RoundRun
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +427,9 @@ class SkipStepsWithoutSignal(TrainerCallback):
     the rollouts of every process, with TRL's KL) into `steps`.
 
     Each step's log record carries its `StepLog` as `record.grpo_step`, and the round's first record its
-    planned number of steps as `record.grpo_round_steps`, for a progress display.
+    planned number of steps as `record.grpo_round_steps`, for a progress display. Its numbers also join
+    the step's logs, as `r3/<field>` beside TRL's, for the reporting callbacks after this one
+    (`trainer.tracking`).
 
     Under DDP every process sees the same all-reduced gradient, so each must take the same decision:
     it is made on the rollouts of all processes (`gather_object`, a collective that every process
@@ -477,6 +483,9 @@ class SkipStepsWithoutSignal(TrainerCallback):
         )
         self.steps.append(step)
         log.info("grpo step %s", json.dumps(asdict(step)), extra={"grpo_step": step})
+        # TRL logs the step and the KL itself.
+        logs.update({f"r3/{name}": float(value) for name, value in asdict(step).items()
+                     if name not in ("step", "kl") and value is not None})
 
     def _step_batches(self) -> list[RolloutBatch]:
         return self.rollout.batches[self._first_batch:]
@@ -507,8 +516,10 @@ def vllm_args(settings: GRPOSettings) -> dict[str, Any]:
     return args
 
 
-def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int, where: Placement) -> GRPOConfig:
-    """TRL's config for a round in which each process trains on `prompts_per_step` failures a step."""
+def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int, where: Placement,
+                tracking: RoundRun | None = None) -> GRPOConfig:
+    """TRL's config for a round in which each process trains on `prompts_per_step` failures a step
+    (`tracking`: the round's run, which names it for the reporting callbacks)."""
     sequences_per_step = prompts_per_step * settings.num_generations
     if sequences_per_step % settings.gradient_accumulation_steps:
         raise ValueError(f"{sequences_per_step} sequences a step do not split into "
@@ -539,7 +550,10 @@ def grpo_config(settings: GRPOSettings, output_dir: Path, prompts_per_step: int,
         ddp_find_unused_parameters=False,
         logging_steps=1,
         save_strategy="no",
+        # The round's run adds its trackers' callbacks itself (`build_trainer`): TensorBoard's with a writer
+        # on the run's folder, where report_to would write into the scratch output_dir.
         report_to="none",
+        **(tracking.trainer_args() if tracking is not None else {}),
         disable_tqdm=True,  # the per-step logs are the progress
     )
 
@@ -555,9 +569,10 @@ def lora_config(settings: GRPOSettings, start_adapter: Path | None) -> LoraConfi
 
 
 def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequence[Failure], output_dir: Path,
-                  settings: GRPOSettings, verifier_runtime: VerifierRuntime,
-                  generate: Generate = generate_with_policy) -> tuple[GRPOTrainer, ReflectionRollout, SkipStepsWithoutSignal]:
-    """The trainer for a round, its rollout and its step control (`generate` is the policy's sampler).
+                  settings: GRPOSettings, verifier_runtime: VerifierRuntime, generate: Generate = generate_with_policy,
+                  tracking: RoundRun | None = None) -> tuple[GRPOTrainer, ReflectionRollout, SkipStepsWithoutSignal]:
+    """The trainer for a round, its rollout and its step control (`generate` is the policy's sampler;
+    `tracking`: the round's run in the experiment trackers, reported to by the main process alone).
 
     Raises ValueError when the failures cannot give every process at least one prompt a step, or
     when `settings.device` is cuda and there is no GPU."""
@@ -576,12 +591,13 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=retry_score,
-        args=grpo_config(settings, output_dir, prompts_per_step, where),
+        args=grpo_config(settings, output_dir, prompts_per_step, where, tracking),
         train_dataset=Dataset.from_dict({"prompt": list(rollout.failures)}),
         processing_class=tokenizer,
         peft_config=lora_config(settings, start_adapter),
         rollout_func=rollout,
-        callbacks=[monitor],
+        # The monitor first: the trackers' callbacks then report its numbers of each step too.
+        callbacks=[monitor, *(tracking.callbacks() if tracking is not None else [])],
     )
     trainer.remove_callback(PrinterCallback)  # the step logs replace its raw dicts
     if start_adapter is not None:
@@ -594,19 +610,23 @@ def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequenc
 
 
 def train_round(model_path: str, start_adapter: Path | None, failures: list[Failure], output_dir: Path,
-                settings: GRPOSettings, verifier_runtime: VerifierRuntime) -> RoundReport:
+                settings: GRPOSettings, verifier_runtime: VerifierRuntime,
+                tracking: RoundRun | None = None) -> RoundReport:
     """Train a new adapter on `failures`, starting from `start_adapter` (None: a fresh LoRA), and
     save it to `output_dir` (peft format, loadable by `TransformersEngine.load_adapter`; written by
     the main process only). Under `accelerate launch` every process calls it, with the same
-    arguments; the report counts the rollouts of all of them.
+    arguments but `tracking` (the round's started run, `trainer.tracking`: the main process's alone);
+    the report counts the rollouts of all of them.
 
     Blocking and CPU/GPU-heavy; call it from a worker thread or process, not from an event loop.
     """
-    trainer, rollout, monitor = build_trainer(model_path, start_adapter, failures, output_dir, settings, verifier_runtime)
+    trainer, rollout, monitor = build_trainer(model_path, start_adapter, failures, output_dir, settings,
+                                              verifier_runtime, tracking=tracking)
     processes = trainer.accelerator.num_processes
     try:
         started = time.perf_counter()
-        trainer.train()
+        with tracking.training() if tracking is not None else nullcontext():
+            trainer.train()
         seconds = time.perf_counter() - started
         save_adapter(trainer, output_dir)
     finally:

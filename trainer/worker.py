@@ -67,6 +67,7 @@ from trainer.data import (
 from trainer.distributed import Launch, RoundOrder, follow
 from trainer.gate import decide, evaluate_adapter
 from trainer.probe import ProbeError, ProbeItem, read_probe, run_probe
+from trainer.tracking import RoundRun, require
 
 if TYPE_CHECKING:  # trainer.grpo imports TRL (and vLLM): only a round with something to train loads it
     from trainer.grpo import GRPOSettings
@@ -208,6 +209,7 @@ class TrainerWorker:
             self.probe: list[ProbeItem] | None = read_probe(settings.gate_probe_file) if settings.gate_probe_file else None
         except ProbeError as error:
             raise ConfigurationError(f"R3_GATE_PROBE_FILE: {error}") from None
+        require(settings.train_report_to)  # a tracker without its package stops the trainer now, not a round
         # Who runs this worker's rounds, as the rounds table shows it.
         self.owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
 
@@ -256,11 +258,14 @@ class TrainerWorker:
         round_id = await self.rounds.start(requested_by, self.owner, settings.train_stale_after_s, scenario)
         telemetry.describe_round(round_id=round_id, scenario=scenario, requested_by=requested_by)
         heartbeat = asyncio.create_task(self._heartbeat(round_id), name=f"round-{round_id}-heartbeat")
+        # Its trackers' runs open only once the round has something to train.
+        run = RoundRun(settings.train_report_to, settings.tracking_path, scenario, round_id)
         try:
-            outcome = await self._round(round_id, scenario, settings)
+            outcome = await self._round(round_id, scenario, settings, run)
         except Exception as error:
             log.exception("training round %d failed", round_id)
             await self.rounds.fail(round_id, str(error))  # and the version it registered, if any
+            await asyncio.to_thread(run.fail)
             raise
         finally:
             heartbeat.cancel()
@@ -284,7 +289,7 @@ class TrainerWorker:
                           "it cannot be finished", round_id)
                 return
 
-    async def _round(self, round_id: int, scenario: str, settings: Settings) -> RoundOutcome:
+    async def _round(self, round_id: int, scenario: str, settings: Settings, run: RoundRun) -> RoundOutcome:
         with telemetry.tracer.start_as_current_span("r3.select") as select:
             untrained = await self.rounds.untrained_failures(4 * settings.train_max_failures, scenario)
             every_failure = await self.rounds.failures(2000, scenario)
@@ -320,18 +325,20 @@ class TrainerWorker:
         order = RoundOrder(bundled_model.resolve(settings), active.path if active else None, train,
                            grpo_settings(settings))
         self.launch.send(order)
+        await asyncio.to_thread(run.start)
         with tempfile.TemporaryDirectory(prefix="r3-round-") as scratch:
             with telemetry.tracer.start_as_current_span("r3.train"):
                 report = await asyncio.to_thread(train_round, order.model_path, order.start_adapter, order.failures,
                                                  Path(scratch) / "adapter", order.settings,
-                                                 verifier_runtime(settings))
+                                                 verifier_runtime(settings), run)
             if not any(step.updated for step in report.step_logs):
-                return await self._without_signal(round_id, counts, report, train, new_heldout, scenario)
+                return await self._without_signal(round_id, counts, report, train, new_heldout, scenario, run)
             with telemetry.tracer.start_as_current_span("r3.register"):
                 candidate = await self.registry.register(
                     Path(scratch) / "adapter", active.name if active else None,
-                    {"training": _summary(report.to_dict())}, [f.episode_id for f in train], scenario)
+                    {"training": _summary(report.to_dict()), **run.record()}, [f.episode_id for f in train], scenario)
                 await self.rounds.registered(round_id, candidate.name)
+            await asyncio.to_thread(run.link, candidate.name)
 
         decision = await self._gate(candidate.name, candidate.path, active, heldout, successes, settings)
         with telemetry.tracer.start_as_current_span("r3.decide", attributes={
@@ -344,7 +351,8 @@ class TrainerWorker:
         await self.rounds.mark_used(candidate.name, trained=[f.episode_id for f in train],
                                     held_out=[f.episode_id for f in new_heldout])
         summary = {**counts, "candidate": candidate.name, "promoted": decision.promote, "reason": decision.reason,
-                   "canary": canary, "gate": decision.numbers, "training": _summary(report.to_dict())}
+                   "canary": canary, "gate": decision.numbers, "training": _summary(report.to_dict()), **run.record()}
+        await asyncio.to_thread(run.finish, summary)
         await self.rounds.finish(round_id, summary, candidate=candidate.name, promoted=decision.promote)
         log.info("round %d: %s %s (%s)", round_id, candidate.name,
                  "a live canary" if canary else "promoted" if decision.promote else "rejected", decision.reason)
@@ -367,7 +375,7 @@ class TrainerWorker:
         return f"too few failures: {'; and '.join(short)}" if short else None
 
     async def _without_signal(self, round_id: int, counts: dict[str, Any], report, train, new_heldout,
-                              scenario: str) -> RoundOutcome:
+                              scenario: str, run: RoundRun) -> RoundOutcome:
         """End a round whose rollouts carried no signal: no step changed the adapter, so there is no
         candidate to register or gate. Its failures are not picked again (`NO_SIGNAL`)."""
         rewards = report.reward_mean
@@ -375,9 +383,11 @@ class TrainerWorker:
                    else "the retries after each failure's reflections all passed or all failed")
         summary = {**counts, "training": _summary(report.to_dict()), "skipped": (
             f"no signal: in all {report.groups} groups of {report.steps} steps {outcome}, whatever was reflected, "
-            "so no step changed the adapter; no candidate was made or gated. These failures are not picked again")}
+            "so no step changed the adapter; no candidate was made or gated. These failures are not picked again"),
+            **run.record()}
         await self.rounds.mark_used(NO_SIGNAL, trained=[f.episode_id for f in train],
                                     held_out=[f.episode_id for f in new_heldout])
+        await asyncio.to_thread(run.finish, summary)
         await self.rounds.finish(round_id, summary)
         log.info("round %d: %s", round_id, summary["skipped"])
         return RoundOutcome(round_id, None, False, summary, scenario)
