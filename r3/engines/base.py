@@ -148,12 +148,16 @@ class Engine(Protocol):
         """The completion as it is generated; stopping iteration early cancels the request."""
         ...
 
-    async def load_adapter(self, name: str, path: Path) -> None: ...
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Register adapter `name` from folder `path` (EngineError if it cannot be served). Any number may
+        be registered; the engine holds at most `R3_MAX_RESIDENT_ADAPTERS` in memory, evicting the least
+        recently used one no running request uses, and loads an evicted one again when a request asks for it."""
+        ...
 
     async def unload_adapter(self, name: str) -> None: ...
 
     def adapters(self) -> dict[str, Path]:
-        """Loaded adapters by name."""
+        """Registered adapters by name, resident in memory or not: each is served."""
         ...
 
     def encode(self, prompt: str) -> list[int]:

@@ -18,7 +18,16 @@ decoding batch) while the engine goes on with the rest.
 
 Adapters are chosen per row: peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for
 no adapter) apply each row's LoRA only to that row, so requests for different adapters and the
-base share a batch without seeing each other's weights.
+base share a batch without seeing each other's weights. Any number of adapters may be registered
+(`load_adapter`), but at most `max_resident_adapters` are in the model at once (`r3.engines.residency`):
+a row whose adapter is not waits, at admission, while its adapter takes the place of the least recently
+used one that no running row uses. An adapter whose layers are configured as the evicted one's (rank,
+alpha, target modules: every version the trainer makes) has its weights copied into the evicted one's
+peft adapter, a "slot"; another is loaded by peft anew, whose cost grows with the adapters already in
+the model, and the batch waits meanwhile, as it does for any adapter load (BENCHMARKS.md, "Many
+adapters in one batch"). When every resident adapter is in use by a running row, the row waits for one
+to be free, and the adapter rows after it wait behind it (first come, first served: later rows could
+otherwise keep every slot busy for ever); base rows never wait.
 
 On a GPU (`device="cuda"`) the weights are loaded straight onto it and every tensor of a step
 stays there: the inputs are made on it and each request samples with a generator of its own on it.
@@ -27,6 +36,8 @@ stays there: the inputs are made on it and each request samples with a generator
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import queue
 import random
@@ -35,14 +46,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from r3.engines.adapter_check import AdapterChecker
+from r3.engines.adapter_check import CONFIG_FILE, WEIGHTS_FILE, AdapterChecker
 from r3.engines.constrained import Grammars, RowGrammar
+from r3.engines.residency import Residency
 from r3.structured_output import GrammarTimeout, grammar_work
 from r3.engines.base import (
     EngineError,
@@ -103,12 +117,14 @@ class TransformersEngine:
         max_model_len: int | None = None,
         device: str = "cpu",
         max_num_batched_tokens: int = 512,
+        max_resident_adapters: int = 16,
     ) -> None:
         """`model_path` loaded on `device` ("cpu", "cuda" or "cuda:N") in `dtype` ("float32",
         "bfloat16", "float16"); `r3.engines.create_engine` passes `R3_DEVICE` and `R3_DTYPE` resolved.
         A step's forward passes take at most `max_num_batched_tokens` tokens in all (one per decoding
         row, the rest for prompt chunks); ValueError if that is under `max_batch_size`, which would leave
-        a full batch's newcomer no room to prefill."""
+        a full batch's newcomer no room to prefill. At most `max_resident_adapters` (≥ 1, else
+        ValueError) registered adapters are in the model at once, the least recently used leaving first."""
         if max_num_batched_tokens < max_batch_size:
             raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_batch_size "
                              f"({max_batch_size})")
@@ -126,10 +142,14 @@ class TransformersEngine:
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens
         self._eos_ids = self._stop_token_ids()
-        self._adapters: dict[str, Path] = {}
+        self._adapters: dict[str, Path] = {}  # registered, resident or not
+        self._residency = Residency(max_resident_adapters)  # those in the model
+        self._slots: dict[str, _Slot] = {}  # each resident adapter's place in the model
+        self._slot_ids = itertools.count()
         self._adapter_checker = AdapterChecker(model_path)
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
-        self._running: list[_Sequence] = []  # decoding or being prefilled
+        self._parked: list[_Sequence] = []  # admitted, waiting for their adapter to be resident, oldest first
+        self._running: list[_Sequence] = []  # decoding, being prefilled or parked
         self._lock = threading.Lock()  # the model: one forward pass or one adapter change at a time
         self._closed = False
         self._thread = threading.Thread(target=self._schedule, name="r3-engine", daemon=True)
@@ -153,7 +173,12 @@ class TransformersEngine:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def adapters(self) -> dict[str, Path]:
+        """Registered adapters by name, whether or not they are resident now."""
         return dict(self._adapters)
+
+    def resident_adapters(self) -> tuple[str, ...]:
+        """The adapters in the model now, least recently used (the next to be evicted) first."""
+        return self._residency.order
 
     async def load_adapter(self, name: str, path: Path) -> None:
         if name == BASE or not name:
@@ -248,38 +273,102 @@ class TransformersEngine:
     # ------------------------------------------------------------------ adapters (engine thread pool)
 
     def _load_adapter(self, name: str, path: Path) -> None:
-        from peft import PeftModel
-
+        """Register `name`, and load it into the model now if there is room or an adapter no request
+        uses or waits for to evict (else at its first request)."""
         self._adapter_checker.check(name, path)
         with self._lock:
-            try:
-                if isinstance(self._model, PeftModel):
-                    self._model.load_adapter(str(path), adapter_name=name)
-                else:
-                    self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
-            except (ValueError, RuntimeError, KeyError, OSError, SafetensorError) as error:  # the files may change after the check
-                raise EngineError(f"cannot load adapter {name!r} from {path}: {error}") from error
-            self._model.eval()
+            resident = self._make_resident(name, path, busy=self._adapters_asked_for())
             self._adapters[name] = path
-        log.info("loaded adapter %s from %s", name, path)
+        if not resident:
+            log.info("registered adapter %s from %s; every resident adapter is in use, so it loads at its first "
+                     "request", name, path)
 
     def _unload_adapter(self, name: str) -> None:
         with self._lock:
-            in_use = any(s.adapter == name for s in self._running) or any(
-                s is not None and s.adapter == name for s in list(self._waiting.queue)
-            )
-            if in_use:
+            if name in self._adapters_asked_for():
                 raise EngineError(f"adapter {name!r} is in use by a running request")
             del self._adapters[name]
-            if self._adapters:
-                self._model.delete_adapter(name)
-                # peft (0.21.2) takes the next active adapter from the first LoRA layer it meets; if that
-                # layer held only the deleted one (adapters on different modules), the model keeps
-                # pointing at it and every forward raises KeyError. Rows name their adapter anyway.
-                self._model.set_adapter(next(iter(self._adapters)))
-            else:  # the last one: drop peft's wrapper, leaving the untouched base model
-                self._model = self._model.unload()
+            if name in self._residency:
+                self._evict(name)
         log.info("unloaded adapter %s", name)
+
+    def _adapters_asked_for(self) -> set[str]:
+        """The adapters of the requests running, parked or queued."""
+        queued = [s for s in list(self._waiting.queue) if s is not None]
+        return {s.adapter for s in self._running + queued}
+
+    def _make_resident(self, name: str, path: Path, busy: set[str], wanted: set[str] = frozenset()) -> bool:
+        """Make `name` resident (loaded from `path` unless it is) and the most recently used, in the place
+        of the least recently used adapter not in `busy` (preferring one not in `wanted`) if the model holds
+        as many as it may; False, changing nothing, when every resident one is busy. Raises EngineError
+        when `path` cannot be loaded. Called under the model lock."""
+        if name not in self._residency:
+            replacing = None
+            if self._residency.full:
+                replacing = self._residency.victim(busy, wanted)
+                if replacing is None:
+                    return False
+            self._load_into_model(name, path, replacing)
+        self._residency.use(name)
+        return True
+
+    def _load_into_model(self, name: str, path: Path, replacing: str | None) -> None:
+        """Put adapter `name`, from `path`, in the model, in the place of resident adapter `replacing`
+        (None: beside the others). If both have the same layers (`_layers_config`), `name` takes over
+        `replacing`'s slot: its weights are copied into the slot's tensors, in milliseconds, where peft's
+        `load_adapter` builds an adapter's layers anew, walking every module of the model and of each
+        adapter already in it (seconds with a dozen adapters in the bundled model, on the CPU)."""
+        config = _layers_config(path)
+        slot = self._slots.get(replacing) if replacing is not None else None
+        if slot is not None and slot.config == config and slot.fits(weights := self._read_weights(name, path)):
+            slot.take(weights)
+            self._residency.drop(replacing)
+            self._slots[name] = self._slots.pop(replacing)
+            log.info("loaded adapter %s from %s in place of %s", name, path, replacing)
+            return
+        if replacing is not None:
+            self._evict(replacing)
+        self._slots[name] = self._new_slot(name, path, config)
+        log.info("loaded adapter %s from %s", name, path)
+
+    def _read_weights(self, name: str, path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(path / WEIGHTS_FILE, device=str(self.device))
+        except (OSError, SafetensorError) as error:  # the files may change after the check
+            raise EngineError(f"cannot load adapter {name!r} from {path}: {error}") from error
+
+    def _new_slot(self, name: str, path: Path, config: dict[str, Any]) -> _Slot:
+        """A new peft adapter in the model holding adapter `name` from `path`."""
+        from peft import PeftModel
+
+        slot = f"r3-slot-{next(self._slot_ids)}"  # a hyphen: no module's name has one
+        try:
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(str(path), adapter_name=slot)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=slot)
+        except (ValueError, RuntimeError, KeyError, OSError, SafetensorError) as error:  # the files may change after the check
+            raise EngineError(f"cannot load adapter {name!r} from {path}: {error}") from error
+        self._model.eval()
+        # Each of its tensors by its name in an adapter's weights file: the slot's name is one part of its own.
+        weights = {".".join(part for part in key.split(".") if part != slot): tensor
+                   for key, tensor in self._model.named_parameters() if slot in key.split(".")}
+        return _Slot(slot, config, weights)
+
+    def _evict(self, name: str) -> None:
+        """Delete resident adapter `name`'s slot from the model (it stays registered unless the caller forgets it)."""
+        self._residency.drop(name)
+        slot = self._slots.pop(name)
+        if self._slots:
+            # Another adapter made the active one first (rows name their adapter anyway): deleting the
+            # active one, peft (0.21.2) warns, and takes the next from the first LoRA layer it meets; if
+            # that layer held only the deleted one (adapters on different modules), the model keeps
+            # pointing at it and every forward raises KeyError.
+            self._model.set_adapter(next(iter(self._slots.values())).name)
+            self._model.delete_adapter(slot.name)
+        else:  # the last one: drop peft's wrapper, leaving the untouched base model
+            self._model = self._model.unload()
+        log.info("evicted adapter %s from the model", name)
 
     # ------------------------------------------------------------------ the scheduler thread
 
@@ -287,16 +376,21 @@ class TransformersEngine:
         batch: _Batch | None = None  # the decoding rows
         prefilling: list[_Batch] = []  # prompts part-way into their own KV cache, one row each, oldest first
         while not self._closed:
-            admitted = self._admit(block=batch is None and not prefilling)
-            with self._lock, torch.inference_mode():
-                prefilling += [_Batch.empty(s, self.device) for s in self._with_loaded_adapters(admitted)]
-                budget = self.max_num_batched_tokens - (len(batch.sequences) if batch else 0)
-                if batch is not None:
-                    batch = self._step(batch.sequences, partial(self._decode, batch))
-                prefilling, prefilled = self._prefill_chunks(prefilling, budget)
-                for part in prefilled:
-                    batch = _merged(batch, part)
-                self._running = (batch.sequences if batch else []) + [p.sequences[0] for p in prefilling]
+            admitted = self._admit(block=batch is None and not prefilling and not self._parked)
+            with self._lock:
+                # Outside inference mode: an adapter loaded in it has inference tensors, which peft's next
+                # load (setting requires_grad on every adapter's weights) cannot touch.
+                busy = {s.adapter for s in (batch.sequences if batch else [])} | {p.sequences[0].adapter for p in prefilling}
+                ready, self._parked = self._with_resident_adapters(self._parked + admitted, busy)
+                with torch.inference_mode():
+                    prefilling += [_Batch.empty(s, self.device) for s in ready]
+                    budget = self.max_num_batched_tokens - (len(batch.sequences) if batch else 0)
+                    if batch is not None:
+                        batch = self._step(batch.sequences, partial(self._decode, batch))
+                    prefilling, prefilled = self._prefill_chunks(prefilling, budget)
+                    for part in prefilled:
+                        batch = _merged(batch, part)
+                self._running = (batch.sequences if batch else []) + [p.sequences[0] for p in prefilling] + self._parked
         for sequence in self._running + self._drain_waiting():
             sequence.fail(EngineError("the engine shut down"))
 
@@ -324,16 +418,42 @@ class TransformersEngine:
                 admitted.append(sequence)
         return admitted
 
-    def _with_loaded_adapters(self, sequences: list[_Sequence]) -> list[_Sequence]:
-        """Those of `sequences` whose adapter is loaded; the others (unloaded since they were queued)
-        fail with UnknownAdapterError. Called under the model lock, so no unload can follow."""
-        kept = []
+    def _with_resident_adapters(self, sequences: list[_Sequence], busy: set[str]) -> tuple[list[_Sequence], list[_Sequence]]:
+        """`sequences` (oldest first) as (those that may start now, those parked until their adapter can
+        be resident). Each adapter row's adapter is made resident (`_make_resident`), never evicting one
+        a running row uses (`busy`, or one starting now); the first row that finds every resident adapter
+        busy is parked, and every adapter row after it too (first come, first served). Base rows never
+        wait. Cancelled rows are dropped; a row whose adapter was unregistered since it was queued fails
+        with UnknownAdapterError, one whose adapter cannot be loaded again with EngineError. Called
+        under the model lock, so no unregistering can follow."""
+        ready: list[_Sequence] = []
+        parked: list[_Sequence] = []
+        busy = set(busy)
+        wanted = {s.adapter for s in sequences} | self._adapters_asked_for()
         for sequence in sequences:
-            if sequence.adapter == BASE or sequence.adapter in self._adapters:
-                kept.append(sequence)
+            adapter = sequence.adapter
+            if sequence.cancelled:
+                continue
+            if adapter == BASE:
+                ready.append(sequence)
+            elif adapter not in self._adapters:
+                sequence.fail(UnknownAdapterError(f"adapter {adapter!r} was unloaded"))
+            elif parked:
+                parked.append(sequence)
             else:
-                sequence.fail(UnknownAdapterError(f"adapter {sequence.adapter!r} was unloaded"))
-        return kept
+                try:
+                    if adapter not in self._residency:  # its files are read again: check them again
+                        self._adapter_checker.check(adapter, self._adapters[adapter])
+                    resident = self._make_resident(adapter, self._adapters[adapter], busy, wanted)
+                except EngineError as error:
+                    sequence.fail(error)
+                    continue
+                if resident:
+                    busy.add(adapter)
+                    ready.append(sequence)
+                else:
+                    parked.append(sequence)
+        return ready, parked
 
     def _drain_waiting(self) -> list[_Sequence]:
         """The queued sequences, taken off the queue (at shutdown, to tell them)."""
@@ -351,7 +471,8 @@ class TransformersEngine:
         """The float32 logits after the last position ([rows, vocab]), or after each one ([rows, width,
         vocab]); the LM head runs on those positions alone (each is a vocabulary of floats: 200 KB on the
         bundled model)."""
-        extra = {"adapter_names": [s.adapter for s in batch.sequences]} if self._adapters else {}
+        extra = {"adapter_names": [self._slots[s.adapter].name if s.adapter != BASE else BASE
+                                   for s in batch.sequences]} if self._slots else {}
         output = self._model(
             input_ids=input_ids,
             attention_mask=batch.attention_mask,
@@ -493,6 +614,46 @@ class TransformersEngine:
         sequence.emitted_chars, sequence.emitted_tokens = ready, tokens
         sequence.prompt_tokens = None
         sequence.send(chunk)
+
+
+@dataclass
+class _Slot:
+    """A peft adapter in the model, `name`, holding one registered adapter at a time. Another adapter whose
+    layers have the same config (`_layers_config`) takes its place by having its weights copied into the
+    slot's tensors (`weights`: by their names in an adapter's weights file)."""
+
+    name: str
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+
+    def fits(self, weights: dict[str, torch.Tensor]) -> bool:
+        """Whether `weights` (an adapter's weights file) are exactly this slot's tensors, name and shape."""
+        return weights.keys() == self.weights.keys() and all(t.shape == self.weights[k].shape for k, t in weights.items())
+
+    def take(self, weights: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, tensor in weights.items():
+                self.weights[key].copy_(tensor)
+
+
+# adapter_config.json's fields that say where an adapter came from or how its weights began, not what its
+# layers are: two adapters that differ in these alone have layers of the same shapes and scaling.
+_ORIGIN_FIELDS = ("base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode",
+                  "init_lora_weights")
+
+
+def _layers_config(path: Path) -> dict[str, Any]:
+    """Adapter `path`'s LoRA config less `_ORIGIN_FIELDS`, its target modules as a sorted list: equal for
+    two adapters whose layers are alike. Raises EngineError when it cannot be read."""
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:  # the files may change after the check
+        raise EngineError(f"cannot read {path / CONFIG_FILE}: {error}") from error
+    for name in _ORIGIN_FIELDS:
+        config.pop(name, None)
+    if isinstance(config.get("target_modules"), list):  # peft saves a set, in no fixed order
+        config["target_modules"] = sorted(config["target_modules"])
+    return config
 
 
 @dataclass

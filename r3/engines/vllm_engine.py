@@ -8,6 +8,13 @@ LoRA, and structured decoding. What this module adds is the translation to R3's 
   token ids, so both engines see the same tokens for the same text.
 - Each adapter version gets a `LoRARequest` with its own integer id, never reused: vLLM keys its
   prefix cache and its loaded weights by that id, so a reused id could serve stale output.
+- Residency is vLLM's own: a step's rows use at most `max_loras` adapters (its scheduler leaves a
+  request whose adapter finds every slot taken waiting for the next step), and its worker keeps
+  `max_cpu_loras` adapters in memory, least recently used evicted first (`LRUCacheWorkerLoRAManager`),
+  loading an evicted one again from its `LoRARequest`'s folder when a request asks for it. R3 sets
+  `max_cpu_loras` to `R3_MAX_RESIDENT_ADAPTERS`; `add_lora` loads an adapter in (so a folder vLLM
+  cannot read is refused then, not at a request) and every adapter added stays registered here, served
+  whether resident or not; a request for one whose weights file has since gone is refused here.
 - An adapter's folder is checked before `add_lora` (`r3.engines.adapter_check`: readable, whole,
   shaped for this model), and an unknown adapter is refused before a request is sent: vLLM's
   worker dies on a folder it cannot load, taking every request with it, and it serves an adapter
@@ -95,6 +102,7 @@ class VllmEngine:
         max_model_len: int | None = None,
         max_batch_size: int = 8,
         max_loras: int = 4,
+        max_resident_adapters: int = 16,
         max_lora_rank: int = 64,
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.85,
@@ -107,7 +115,12 @@ class VllmEngine:
         vLLM runs where its build runs, and a mismatch is an EngineError rather than a surprise.
         Past one GPU, `tensor_parallel_size` × `pipeline_parallel_size` GPUs serve the model, with
         workers started by `distributed_executor_backend` ("mp" on one node, "ray" across nodes;
-        None lets vLLM choose)."""
+        None lets vLLM choose). A batch uses at most `max_loras` adapters, and vLLM keeps at most
+        `max_resident_adapters` of those added in memory (`max_cpu_loras`); ValueError if that is
+        fewer than `max_loras`, as vLLM requires."""
+        if max_resident_adapters < max_loras:
+            raise ValueError(f"max_resident_adapters ({max_resident_adapters}) must be at least max_loras ({max_loras}): "
+                             "the adapters in a batch are resident")
         # vLLM on a CPU reads its KV cache size from the environment only.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gb))
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -122,7 +135,8 @@ class VllmEngine:
         if _needs_identity_lora():
             identity_lora = tempfile.TemporaryDirectory(prefix="r3-identity-lora-")
             _write_identity_lora(Path(identity_lora.name), checker.module_shapes)
-            max_loras += 1  # its own slot, so it never takes one from the adapters
+            max_loras += 1  # its own slot, so it never takes one from the adapters, and its own place in memory
+            max_resident_adapters += 1
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=model_id,
@@ -131,6 +145,7 @@ class VllmEngine:
             max_num_seqs=max_batch_size,
             enable_lora=True,
             max_loras=max_loras,
+            max_cpu_loras=max_resident_adapters,
             max_lora_rank=max_lora_rank,
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -234,6 +249,9 @@ class VllmEngine:
             raise EngineError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
             raise UnknownAdapterError(f"no adapter named {adapter!r} is loaded")
+        if adapter is not None and not (self._paths[adapter] / WEIGHTS_FILE).is_file():
+            # vLLM may have evicted it and would read it again: a worker that cannot, dies.
+            raise EngineError(f"adapter {adapter!r}'s weights are gone from {self._paths[adapter]}")
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
