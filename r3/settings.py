@@ -250,22 +250,6 @@ class Settings(BaseSettings):
     def _a_database_r3_can_open(cls, url: str | None) -> str | None:
         """Checked before anything opens it: a URL, of Postgres or SQLite, a SQLite file by its absolute
         path (the trainer beside the server, or a command run elsewhere, must open the same file)."""
-    @property
-    def tracking_path(self) -> Path:
-        return self.train_tracking_dir or self.data_dir / "runs"
-
-    @field_validator("train_report_to", mode="before")
-    @classmethod
-    def _trackers_as_a_list(cls, value: Any) -> Any:
-        """`tensorboard,mlflow` as transformers' `--report_to` takes it, or a JSON list; `none` or empty: none."""
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            import json
-
-            return json.loads(value)
-        return [] if value.strip() in ("", "none") else [name.strip() for name in value.split(",")]
-
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -285,6 +269,22 @@ class Settings(BaseSettings):
                 f"sqlite:////{(parsed.database or 'var/lib/r3/r3.db').lstrip('/')} (four slashes: an absolute "
                 "path), or unset it for the embedded SQLite in R3_DATA_DIR")
         return url
+
+    @property
+    def tracking_path(self) -> Path:
+        return self.train_tracking_dir or self.data_dir / "runs"
+
+    @field_validator("train_report_to", mode="before")
+    @classmethod
+    def _trackers_as_a_list(cls, value: Any) -> Any:
+        """`tensorboard,mlflow` as transformers' `--report_to` takes it, or a JSON list; `none` or empty: none."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)
+        return [] if value.strip() in ("", "none") else [name.strip() for name in value.split(",")]
 
     @model_validator(mode="after")
     def _settings_agree(self) -> Settings:
