@@ -42,7 +42,7 @@ run starts or during training fails the round, before anything is registered.
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -60,22 +60,29 @@ log = logging.getLogger(__name__)
 # The experiment (MLflow) or project (wandb, trackio) a run goes to where the tracker's own variable names none.
 PROJECT = "r3"
 
-# tracker -> (the module it imports, what to pip install)
-PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
-            "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
+# tracker -> (the distributions that provide it, what to pip install)
+PACKAGES = {"tensorboard": (("tensorboard",), "tensorboard"), "mlflow": (("mlflow", "mlflow-skinny"), "mlflow-skinny"),
+            "wandb": (("wandb",), "wandb"), "trackio": (("trackio",), "trackio")}
 
 
 def require(report_to: Sequence[str]) -> None:
-    """Check that every tracker in `report_to` (`R3_TRAIN_REPORT_TO`) can be imported. Raises
-    `ConfigurationError` naming the setting and the pip command for the first that cannot."""
+    """Check that every tracker in `report_to` (`R3_TRAIN_REPORT_TO`) is installed (by its distribution's
+    metadata: nothing is imported by a computed name). Raises `ConfigurationError` naming the setting and
+    the pip command for the first that is not."""
     for tracker in report_to:
-        module, package = PACKAGES[tracker]
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
+        distributions, package = PACKAGES[tracker]
+        if not any(_installed(name) for name in distributions):
             raise ConfigurationError(
-                f"R3_TRAIN_REPORT_TO names {tracker}, but {module} cannot be imported ({error}). Fix: "
-                f"pip install {package}, or take {tracker} out of R3_TRAIN_REPORT_TO") from None
+                f"R3_TRAIN_REPORT_TO names {tracker}, but it is not installed. Fix: pip install {package}, "
+                f"or take {tracker} out of R3_TRAIN_REPORT_TO")
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # MLflow's rule for a metric's name (transformers' MLflowCallback cleans TRL's the same way); every tracker

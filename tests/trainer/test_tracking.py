@@ -14,6 +14,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from r3.settings import ConfigurationError, Settings, load_settings
 from r3.store.store import open_store
+from trainer import tracking
 from trainer.tracking import RoundRun, round_metrics
 from trainer.worker import TrainerWorker
 
@@ -185,7 +186,8 @@ def test_tensorboard_runs_go_under_the_data_dir_unless_told(tmp_path: Path) -> N
 
 async def test_a_tracker_whose_package_is_missing_stops_the_trainer_naming_the_setting_and_the_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails, as where it is not installed
+    # wandb as where it is not installed (tensorboard is, in the dev extra)
+    monkeypatch.setitem(tracking.PACKAGES, "wandb", (("no-such-distribution-r3",), "wandb"))
     settings = Settings(_env_file=None, data_dir=tmp_path, train_report_to=["tensorboard", "wandb"])
     async with open_store(settings) as store:
         with pytest.raises(ConfigurationError, match=r"R3_TRAIN_REPORT_TO names wandb.*Fix: pip install wandb"):
