@@ -94,21 +94,23 @@ def test_the_server_refuses_a_database_behind_the_code(url: str) -> None:
     run(check)
 
 
+async def execute(url: str, *statements: str) -> list[list[tuple]]:
+    """Run `statements` on the database at `url` in one transaction; each one's rows (none for a write)."""
+    engine = database.create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            results = [await connection.exec_driver_sql(statement) for statement in statements]
+            return [[tuple(row) for row in result.all()] if result.returns_rows else [] for result in results]
+    finally:
+        await engine.dispose()
+
+
 def test_scores_are_given_to_the_verdicts_a_previous_release_recorded(url: str) -> None:
     """Migration 0003 on a database written by the release before it: every judged attempt and
     episode gets the score its verdict means, unjudged ones none, the client's feedback its own."""
     run_in_thread(database.migrate, url, "0002")
 
-    async def execute(*statements: str) -> list[list[tuple]]:
-        engine = database.create_engine(url)
-        try:
-            async with engine.begin() as connection:
-                results = [await connection.exec_driver_sql(statement) for statement in statements]
-                return [[tuple(row) for row in result.all()] if result.returns_rows else [] for result in results]
-        finally:
-            await engine.dispose()
-
-    run(lambda: execute(
+    run(lambda: execute(url, 
         "INSERT INTO episodes (id, created_at, model, task_kind, replayable, store_text, sampling, revision,"
         " attempt_count, first_success, outcome) VALUES ('ep_a', '2026-12-01 00:00:00+00', 'r3', 'generic',"
         " false, true, '{}', 1, 3, false, true)",
@@ -117,7 +119,7 @@ def test_scores_are_given_to_the_verdicts_a_previous_release_recorded(url: str) 
           f" ('ep_a', {number}, 'c{number}', 'stop', 1, 1, 0.1, 0, {success}, {feedback})"
           for number, success, feedback in ((1, "false", "NULL"), (2, "NULL", "NULL"), (3, "false", "true")))))
     run_in_thread(database.migrate, url)
-    attempts, episodes = run(lambda: execute(
+    attempts, episodes = run(lambda: execute(url, 
         "SELECT number, score, feedback_score, judge_calls FROM attempts ORDER BY number",
         "SELECT first_score, outcome_score FROM episodes"))
     assert attempts == [(1, 0.0, None, 0), (2, None, None, 0), (3, 0.0, 1.0, 0)]
@@ -129,18 +131,9 @@ def test_the_lineage_before_scenarios_becomes_the_default_scenario(url: str) -> 
     and stay active, in the scenario `default`; its episodes and rounds are the default scenario's."""
     run_in_thread(database.migrate, url, "0003")
 
-    async def execute(*statements: str) -> list[list[tuple]]:
-        engine = database.create_engine(url)
-        try:
-            async with engine.begin() as connection:
-                results = [await connection.exec_driver_sql(statement) for statement in statements]
-                return [[tuple(row) for row in result.all()] if result.returns_rows else [] for result in results]
-        finally:
-            await engine.dispose()
-
     versions = ("INSERT INTO adapter_versions (name, number, parent, status, path, sha256, metrics, episodes_used,"
                 " created_at) VALUES ")
-    run(lambda: execute(
+    run(lambda: execute(url, 
         versions + "('r3-v1', 1, NULL, 'retired', '/a/r3-v1', 'x', '{}', '[]', '2026-12-01 00:00:00+00')",
         versions + "('r3-v2', 2, 'r3-v1', 'active', '/a/r3-v2', 'y', '{}', '[]', '2026-12-02 00:00:00+00')",
         "INSERT INTO episodes (id, created_at, model, task_kind, replayable, store_text, sampling, revision,"
@@ -149,7 +142,7 @@ def test_the_lineage_before_scenarios_becomes_the_default_scenario(url: str) -> 
         "INSERT INTO training_rounds (status, requested_by, requested_at, report) VALUES"
         " ('finished', 'admin', '2026-12-01 00:00:00+00', '{}')"))
     run_in_thread(database.migrate, url)
-    versions_after, episodes, rounds, scenarios = run(lambda: execute(
+    versions_after, episodes, rounds, scenarios = run(lambda: execute(url, 
         "SELECT name, scenario, number, status FROM adapter_versions ORDER BY number",
         "SELECT id, scenario, category FROM episodes", "SELECT scenario FROM training_rounds",
         "SELECT name FROM scenarios"))
