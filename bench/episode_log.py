@@ -2,6 +2,7 @@
 
     python bench/episode_log.py [--episodes 20000] [--requests 200]
         [--database postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/0]
+    python bench/episode_log.py --writers 4 [--episodes 20000]
 
 1. Throughput: record N synthetic two-attempt episodes as fast as the caller can, and time until
    every one is in Postgres and announced on the Redis stream (a fresh database and stream key).
@@ -9,6 +10,13 @@
    episodes go nowhere; requests alternate between them, one at a time, max_tokens=1 so the model's
    time does not drown the difference. Reports p50/p99 of each and their ratio.
 Writes bench/results/episode_log.json and .png.
+
+With `--writers W`: W processes, as W servers would be, each with its own store and episode log
+(and journal), record N episodes each into one fresh Postgres database and one stream, starting
+together; the throughput is all W×N episodes over the time from the start until the last process's
+are in the database and on the stream. Then the count check: every episode stored, announced, and
+counted once in the rollups. In the same run, first, one such process alone (N episodes): the
+ratio says how far W writers scale on this machine. Writes bench/results/episode_log_writers.json.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -169,13 +178,96 @@ def draw(rate, latency, result: dict) -> None:
     latency.legend()
 
 
+async def write_share(url: str, redis_url: str, key: str, count: int, start: multiprocessing.Barrier) -> dict:
+    """One writer process's part: `count` episodes through an episode log of its own, from the
+    moment every writer is ready (`start`) until all are in the database and on the stream."""
+    stream = RedisEpisodeStream(redis_url, key=key)
+    try:
+        async with open_store(Settings(database_url=url)) as store:
+            with tempfile.TemporaryDirectory() as journal_dir:
+                log = EpisodeLog(store.episodes, stream, Journal(Path(journal_dir)))
+                await log.start()
+                episodes = [synthetic_episode() for _ in range(count)]
+                await asyncio.to_thread(start.wait)
+                started, cpu = time.time(), time.process_time()
+                for number, episode in enumerate(episodes):
+                    log.record(episode)
+                    if number % 100 == 0:
+                        await asyncio.sleep(0)  # a server records between requests, not in one burst
+                await log.flush()
+                ended, cpu = time.time(), time.process_time() - cpu
+                await log.close()
+                return {"started": started, "ended": ended, "cpu_s": cpu, "rejected": log.rejected}
+    finally:
+        await stream.close()
+
+
+def _writer(url: str, redis_url: str, key: str, count: int, start: multiprocessing.Barrier, results) -> None:
+    results.put(asyncio.run(write_share(url, redis_url, key, count, start)))
+
+
+async def _counts(url: str) -> dict:
+    async with open_store(Settings(database_url=url)) as store, store.database.engine.connect() as connection:
+        stored = (await connection.exec_driver_sql("SELECT count(*) FROM episodes")).scalar()
+        announced = (await connection.exec_driver_sql("SELECT count(*) FROM episodes WHERE announced")).scalar()
+        counted = (await connection.exec_driver_sql(
+            "SELECT coalesce(sum(requests), 0) FROM episode_rollups WHERE bucket_s = 86400")).scalar()
+    return {"stored": stored, "announced": announced, "rollup_requests": counted}
+
+
+def writers(admin_url: str, redis_url: str, processes: int, count: int) -> dict:
+    """W writer processes into one database and one stream; the total throughput and the count check."""
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    url = asyncio.run(fresh_database(admin_url))
+    database.migrate(database.database_url(Settings(database_url=url)))
+    key = f"r3:bench:{uuid.uuid4().hex[:8]}"
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_writer, args=(url, redis_url, key, count, start, results))
+               for _ in range(processes)]
+    try:
+        for worker in workers:
+            worker.start()
+        shares = [results.get(timeout=1800) for _ in workers]
+        for worker in workers:
+            worker.join()
+        on_stream = redis.from_url(redis_url).xlen(key)
+        counts = asyncio.run(_counts(url))
+    finally:
+        redis.from_url(redis_url).delete(key)
+        asyncio.run(drop_database(admin_url, url))
+    seconds = max(s["ended"] for s in shares) - min(s["started"] for s in shares)
+    total = processes * count
+    return {"writers": processes, "episodes_each": count, "episodes": total, "seconds": round(seconds, 3),
+            "episodes_per_s": round(total / seconds), "on_stream": on_stream, **counts,
+            "rejected": sum(s["rejected"] for s in shares), "lost": total - counts["stored"],
+            "per_writer_episodes_per_s": [round(count / (s["ended"] - s["started"])) for s in shares],
+            # CPU time the writer processes spent per episode (recording, journal, batches, stream), Postgres' not included
+            "writer_cpu_ms_per_episode": round(sum(s["cpu_s"] for s in shares) / total * 1000, 3),
+            "load_before": load_before, "load_after": [round(value, 2) for value in os.getloadavg()]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--episodes", type=int, default=20_000)
+    parser.add_argument("--episodes", type=int, default=20_000, help="per writer, with --writers")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--writers", type=int, default=0, help="writer processes into one database (0: the single-log run)")
     parser.add_argument("--database", default=os.environ.get("R3_BENCH_DATABASE", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis", default=os.environ.get("R3_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.writers:
+        runs = [writers(args.database, args.redis, count, args.episodes) for count in (1, args.writers)]
+        for run in runs:
+            print(f"{run['writers']} writers: {run['episodes_per_s']} episodes/s in all into Postgres + Redis "
+                  f"({run['episodes']} recorded, {run['stored']} stored, {run['announced']} announced, "
+                  f"{run['on_stream']} on the stream, {run['rollup_requests']} in the rollups, "
+                  f"{run['lost']} lost; per writer {run['per_writer_episodes_per_s']}; writers' CPU "
+                  f"{run['writer_cpu_ms_per_episode']} ms an episode); load {run['load_before']} -> {run['load_after']}")
+        ratio = round(runs[1]["episodes_per_s"] / runs[0]["episodes_per_s"], 2)
+        print(f"{args.writers} writers / 1 writer: {ratio}")
+        (RESULTS / "episode_log_writers.json").write_text(json.dumps({"runs": runs, "ratio": ratio}, indent=2))
+        return
     result = {"throughput": asyncio.run(throughput(args.database, args.redis, args.episodes)),
               "latency": latency(args.requests)}
     t, lat = result["throughput"], result["latency"]
@@ -184,7 +276,6 @@ def main() -> None:
     print(f"request latency, logging on / off: p50 {lat['on']['p50_ms']} / {lat['off']['p50_ms']} ms "
           f"(ratio {lat['p50_ratio_on_off']}), p99 {lat['on']['p99_ms']} / {lat['off']['p99_ms']} ms "
           f"(ratio {lat['p99_ratio_on_off']})")
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "episode_log.json").write_text(json.dumps(result, indent=2))
     plot(result, RESULTS / "episode_log.png")
 

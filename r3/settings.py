@@ -214,6 +214,11 @@ class Settings(BaseSettings):
     journal_reserve_bytes: int = Field(
         16 * 1024 * 1024, ge=0, description="Free space the episode journal's disk keeps: with less, a request "
         "that records an episode gets a 503 (Retry-After) before it generates, and /health says not ready.")
+    episode_retention_days: float | None = Field(
+        None, gt=0, description="Episodes older than this many days are deleted, in batches, by every server at its "
+        "start and hourly; kept whatever their age: those a training round used or set aside, a running canary's, "
+        "and each scenario's newest failures and passes its next round draws on (r3/store/retention.py). The "
+        "dashboard and /admin/stats then count the episodes kept. Unset: episodes are kept forever.")
 
     # --- the trainer beside the server ---
     trainer: bool = Field(True, description="`r3 serve` also runs `r3 train` in a process of its own, restarted "

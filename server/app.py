@@ -17,6 +17,7 @@ from r3.reflect_retry import Reflector, verifier_runtime
 from r3.settings import Settings, get_settings
 from r3.store.episode_log import EpisodeLog
 from r3.store.journal import Journal
+from r3.store.retention import EpisodeRetention
 from r3.store.store import open_store
 from r3.store.stream import NoEpisodeStream
 from server import dashboard
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             rollbacks = asyncio.create_task(watchdog.run_forever(app_metrics.rollbacks.inc))
             canary_watch = CanaryWatch(store, settings, on_decision=adapters.sync)
             canaries = asyncio.create_task(canary_watch.run_forever())
+            retention = (asyncio.create_task(EpisodeRetention(store, settings).run_forever())
+                         if settings.episode_retention_days else None)
             reflector = Reflector(served, verifier_runtime(settings, served), settings.reflection_max_tokens)
             state = app.state
             state.store, state.episode_log, state.auth, state.engine = store, log, auth, served
@@ -80,6 +83,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             finally:
                 rollbacks.cancel()
                 canaries.cancel()
+                if retention is not None:
+                    retention.cancel()
                 await adapters.close()
                 if engine is None:
                     await served.close()

@@ -1,23 +1,33 @@
 """How each adapter version is doing with real traffic, from the episodes it served.
 
-Counted in SQL, one grouped pass over `episodes` (`stats_columns`), so the numbers cost about the
-same over a year of episodes as over an hour. Pass rates and mean scores stand side by side: a
-verdict is a score in [0, 1] (`verifiers.Verdict.score`: 1.0 or 0.0 from a pass/fail check, graded
-by an OpenAI-style grader or a model judge), and a client's feedback, where given, overrides both
-(`AttemptRecord.passed`, `AttemptRecord.graded`). Scores are kept as sums and counts, not means, so
-that buckets and windows add up.
+Pass rates and mean scores stand side by side: a verdict is a score in [0, 1]
+(`verifiers.Verdict.score`: 1.0 or 0.0 from a pass/fail check, graded by an OpenAI-style grader or
+a model judge), and a client's feedback, where given, overrides both (`AttemptRecord.passed`,
+`AttemptRecord.graded`). Scores are kept as sums and counts, not means, so that buckets and windows
+add up.
+
+What an episode adds is defined once, in SQL (`stats_columns`). Writes keep those sums per scenario,
+adapter and minute, hour and day (`EpisodeRollup`, maintained by `r3.store.rollups`), so a window
+is read as whole days, hours and minutes from the rollups (`covering`) plus, where it starts or
+ends inside a minute, one grouped pass over those partial minutes' episodes (`counted`): the cost
+follows the window's length in buckets, not the number of episodes (a year: at most 365 days, 46
+hours and 118 minutes of rows per version).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Integer, case, func, select
+from sqlalchemy import ColumnElement, Float, Integer, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from r3.store.models import EpisodeRow
+from r3.store.models import ROLLUP_WIDTHS, EpisodeRollup, EpisodeRow
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,13 @@ class VersionStats:
 
     @classmethod
     def of(cls, version: str | None, numbers: tuple[Any, ...]) -> VersionStats:
-        """From `version` (None: the base model) and a row of `stats_columns()`; SQL's NULL sum of no
-        rows is 0."""
+        """From `version` (None or `models.BASE_ADAPTER`: the base model) and a row of `stats_columns()` or
+        `rollup_columns()`; SQL's NULL sum of no rows is 0."""
         return cls(version or "base", *(number or 0 for number in numbers))
+
+    def plus(self, other: VersionStats) -> VersionStats:
+        """The numbers of both sets of episodes (of one version) together."""
+        return VersionStats(self.version, *(a + b for a, b in zip(astuple(self)[1:], astuple(other)[1:])))
 
     @property
     def first_attempt_success(self) -> float | None:
@@ -108,17 +122,101 @@ def stats_columns() -> tuple[ColumnElement[Any], ...]:
     )
 
 
-async def version_stats(sessions: async_sessionmaker[AsyncSession], since: datetime | None = None,
-                        until: datetime | None = None, scenario: str | None = None) -> dict[str, VersionStats]:
-    """Each version's numbers over episodes created in [since, until) (of `scenario`, or of all; the
-    base model's, under "base", are its scenario's alone only with `scenario`)."""
-    query = select(EpisodeRow.adapter, *stats_columns()).group_by(EpisodeRow.adapter)
+def rollup_columns() -> tuple[ColumnElement[Any], ...]:
+    """`stats_columns`' numbers added up over `EpisodeRollup` rows, in the same order."""
+    r = EpisodeRollup
+    return (func.sum(r.requests), func.sum(r.judged), func.sum(r.first_successes), func.sum(r.reflected),
+            func.sum(r.rescued), func.sum(r.successes), func.sum(r.unjudged), func.sum(r.first_scored),
+            func.sum(r.first_score_total), func.sum(r.retries_scored), func.sum(r.retry_score_total),
+            func.sum(r.scored), func.sum(r.score_total))
+
+
+def microseconds(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact, unlike `timestamp()`)."""
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def moment(us: int) -> datetime:
+    return EPOCH + us * _MICROSECOND
+
+
+Span = tuple[int | None, int | None]  # [start, end) in Unix microseconds; None: unbounded
+
+
+def covering(start: int | None, end: int | None,
+             widths: Sequence[int] = ROLLUP_WIDTHS) -> tuple[list[tuple[int, int | None, int | None]], list[Span]]:
+    """[start, end) (Unix microseconds; None: unbounded) as (whole buckets: `(width_s, first start,
+    end)` per width, starts in seconds, the widest in the middle; the spans left at the ends, each
+    shorter than the narrowest width). Every moment of [start, end) is in exactly one of them."""
+    if start is not None and end is not None and start >= end:
+        return [], []
+    if not widths:
+        return [], [(start, end)]
+    width_us = widths[-1] * 1_000_000
+    first = None if start is None else -(-start // width_us) * width_us  # rounded up to the width
+    last = None if end is None else end // width_us * width_us  # rounded down
+    if first is not None and last is not None and first >= last:
+        return covering(start, end, widths[:-1])
+    wholes = [(widths[-1], None if first is None else first // 1_000_000, None if last is None else last // 1_000_000)]
+    spans: list[Span] = []
+    for part in ([] if start is None else [(start, first)]) + ([] if end is None else [(last, end)]):
+        part_wholes, part_spans = covering(*part, widths[:-1])
+        wholes += part_wholes
+        spans += part_spans
+    return wholes, spans
+
+
+def in_buckets(width: int, first: int | None, end: int | None) -> ColumnElement[bool]:
+    """The rollup rows of `width` seconds starting in [first, end) (Unix seconds; None: unbounded)."""
+    condition = EpisodeRollup.bucket_s == width
+    if first is not None:
+        condition &= EpisodeRollup.bucket_start >= first
+    if end is not None:
+        condition &= EpisodeRollup.bucket_start < end
+    return condition
+
+
+def in_spans(spans: Sequence[Span]) -> ColumnElement[bool]:
+    """The episodes created in any of `spans`."""
+    def within(start: int | None, end: int | None) -> ColumnElement[bool]:
+        bounds = ([] if start is None else [EpisodeRow.created_at >= moment(start)]) + (
+            [] if end is None else [EpisodeRow.created_at < moment(end)])
+        return and_(*bounds)
+
+    return or_(*(within(*span) for span in spans))
+
+
+async def counted(session: AsyncSession, spans: Sequence[Span], scenario: str | None) -> dict[str, VersionStats]:
+    """Each version's numbers counted over the episodes themselves, those created in `spans` (of
+    `scenario`, or of all): one grouped pass (`stats_columns`)."""
+    query = select(EpisodeRow.adapter, *stats_columns()).where(in_spans(spans)).group_by(EpisodeRow.adapter)
     if scenario is not None:
         query = query.where(EpisodeRow.scenario == scenario)
-    if since is not None:
-        query = query.where(EpisodeRow.created_at >= since)
-    if until is not None:
-        query = query.where(EpisodeRow.created_at < until)
-    async with sessions() as session:
-        rows = (await session.execute(query)).all()
+    rows = (await session.execute(query)).all()
     return {(adapter or "base"): VersionStats.of(adapter, tuple(numbers)) for adapter, *numbers in rows}
+
+
+async def version_stats(sessions: async_sessionmaker[AsyncSession], since: datetime | None = None,
+                        until: datetime | None = None, scenario: str | None = None) -> dict[str, VersionStats]:
+    """Each version's numbers over episodes created in [since, until) (aware datetimes; None:
+    unbounded), of `scenario` or of all (the base model's, under "base", are its scenario's alone
+    only with `scenario`): the same numbers as one grouped pass over those episodes (`counted`),
+    read from the rollups where the window covers whole buckets (`covering`). A version with no
+    episodes there is left out."""
+    wholes, spans = covering(None if since is None else microseconds(since),
+                             None if until is None else microseconds(until))
+    found: dict[str, VersionStats] = {}
+    async with sessions() as session:
+        if wholes:
+            query = (select(EpisodeRollup.adapter, *rollup_columns())
+                     .where(or_(*(in_buckets(*whole) for whole in wholes)))
+                     .group_by(EpisodeRollup.adapter).having(func.sum(EpisodeRollup.requests) > 0))
+            if scenario is not None:
+                query = query.where(EpisodeRollup.scenario == scenario)
+            for adapter, *numbers in await session.execute(query):
+                stats = VersionStats.of(adapter, tuple(numbers))
+                found[stats.version] = stats
+        if spans:
+            for version, stats in (await counted(session, spans, scenario)).items():
+                found[version] = found[version].plus(stats) if version in found else stats
+    return found

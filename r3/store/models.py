@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -144,12 +145,54 @@ class EpisodeRow(Base):
 
     __table_args__ = (
         Index("episodes_created", "created_at"),
+        # A scenario's episodes by time: its first episode (the overview's window), the partial
+        # minutes at a stats window's ends (`r3.store.live_stats`), a canary's episodes, retention.
+        Index("episodes_scenario_created", "scenario", "created_at"),
         # The trainer's query: a scenario's recent replayable first-attempt failures not yet trained on.
         Index("episodes_untrained_failures", "scenario", "created_at",
               postgresql_where=text("replayable AND first_success = false AND trained_in IS NULL"),
               sqlite_where=text("replayable AND first_success = 0 AND trained_in IS NULL")),
         Index("episodes_unannounced", "created_at",
               postgresql_where=text("NOT announced"), sqlite_where=text("NOT announced")),
+    )
+
+
+# The widths of the buckets `EpisodeRollup` keeps, in seconds: a minute, an hour, a day. Every episode
+# is in one bucket of each; a window is read as whole days, then hours, then minutes at its ends.
+ROLLUP_WIDTHS = (60, 3600, 86400)
+BASE_ADAPTER = ""  # `EpisodeRollup.adapter` of the base model's episodes (a key column cannot be NULL)
+
+
+class EpisodeRollup(Base):
+    """The live numbers (`r3.store.live_stats.VersionStats`) of the episodes of one scenario and
+    adapter created in one time bucket, kept as sums and counts so that buckets add up. Maintained
+    by every write of episodes in the same transaction (`r3.store.rollups`): what the dashboard's
+    overview, `/admin/stats` and the auto-rollback read instead of scanning `episodes`."""
+
+    __tablename__ = "episode_rollups"
+
+    scenario: Mapped[str] = mapped_column(String(40), primary_key=True)
+    bucket_s: Mapped[int] = mapped_column(Integer, primary_key=True)  # one of ROLLUP_WIDTHS
+    bucket_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Unix seconds, a multiple of bucket_s
+    adapter: Mapped[str] = mapped_column(String(64), primary_key=True)  # BASE_ADAPTER: the base model
+    requests: Mapped[int] = mapped_column(Integer)
+    judged: Mapped[int] = mapped_column(Integer)
+    first_successes: Mapped[int] = mapped_column(Integer)
+    reflected: Mapped[int] = mapped_column(Integer)
+    rescued: Mapped[int] = mapped_column(Integer)
+    successes: Mapped[int] = mapped_column(Integer)
+    unjudged: Mapped[int] = mapped_column(Integer)
+    first_scored: Mapped[int] = mapped_column(Integer)
+    first_score_total: Mapped[float] = mapped_column(Float)
+    retries_scored: Mapped[int] = mapped_column(Integer)
+    retry_score_total: Mapped[float] = mapped_column(Float)
+    scored: Mapped[int] = mapped_column(Integer)
+    score_total: Mapped[float] = mapped_column(Float)
+    latency_s: Mapped[float] = mapped_column(Float)  # the episodes' attempts' generation time, added up
+
+    __table_args__ = (
+        # Windows over every scenario (`/admin/stats`); one scenario's are the primary key's prefix.
+        Index("episode_rollups_buckets", "bucket_s", "bucket_start"),
     )
 
 

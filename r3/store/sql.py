@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from r3.episodes import AttemptRecord, Episode, Feedback
+from r3.store import rollups
 from r3.store.models import AttemptRow, EpisodeRow
 
 # Columns the server owns; `announced` and `trained_in` belong to the stream and the trainer.
@@ -161,9 +162,11 @@ def _filtered(query: Select, where: EpisodeFilter) -> Select:
 
 
 @cache
-def _upserts(dialect: str) -> tuple[Insert, Insert]:
-    """INSERT ... ON CONFLICT DO UPDATE for episodes and attempts, built once per dialect."""
+def _upserts(dialect: str) -> tuple[Insert, Insert, Insert]:
+    """For episodes an INSERT that skips those already stored and an INSERT ... ON CONFLICT DO UPDATE,
+    for attempts the latter; built once per dialect."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    new_episodes = insert(EpisodeRow.__table__).on_conflict_do_nothing(index_elements=["id"]).returning(EpisodeRow.id)
     episodes = insert(EpisodeRow.__table__)
     episodes = episodes.on_conflict_do_update(
         index_elements=["id"], set_={c: episodes.excluded[c] for c in _EPISODE_UPDATES},
@@ -172,7 +175,7 @@ def _upserts(dialect: str) -> tuple[Insert, Insert]:
     attempts = attempts.on_conflict_do_update(
         index_elements=["episode_id", "number"], set_={c: attempts.excluded[c] for c in _ATTEMPT_UPDATES},
         where=attempts.excluded.feedback_success.is_not(None) & AttemptRow.__table__.c.feedback_success.is_(None))
-    return episodes, attempts
+    return new_episodes, episodes, attempts
 
 
 class SqlEpisodeStore:
@@ -180,27 +183,41 @@ class SqlEpisodeStore:
         self.sessions = sessions
 
     async def write(self, episodes: Sequence[Episode]) -> None:
-        """Insert or update episodes with all their attempts, in one transaction.
+        """Insert or update episodes with all their attempts, and the rollups by what that changed
+        (`r3.store.rollups`), in one transaction.
 
         Idempotent, and a copy older than the stored one (a lower `revision`) changes nothing, so
-        replaying a journal after newer writes is harmless.
+        replaying a journal after newer writes is harmless. New episodes are inserted first; those
+        already stored (another revision, or written by another server meanwhile) are locked and
+        tallied before they are updated. Rows are taken in id order, so two writers never wait on
+        each other in a cycle.
         """
         latest: dict[str, Episode] = {}
         for episode in episodes:
             if episode.id not in latest or episode.revision >= latest[episode.id].revision:
                 latest[episode.id] = episode
+        ids = sorted(latest)
         async with self.sessions.begin() as session:
             dialect = session.bind.dialect.name
             postgres = dialect == "postgresql"
-            episode_rows = [_storable_row(episode_row(e), _EPISODE_TEXT, postgres) for e in latest.values()]
-            attempt_rows = [_storable_row(attempt_row(e.id, a), _ATTEMPT_TEXT, postgres)
-                            for e in latest.values() for a in e.attempts]
-            episodes_upsert, attempts_upsert = _upserts(dialect)
+            episode_rows = [_storable_row(episode_row(latest[i]), _EPISODE_TEXT, postgres) for i in ids]
+            attempt_rows = [_storable_row(attempt_row(i, a), _ATTEMPT_TEXT, postgres)
+                            for i in ids for a in latest[i].attempts]
+            new_episodes, episodes_upsert, attempts_upsert = _upserts(dialect)
             connection = await session.connection()
-            # executemany with one cached statement: a multi-row VALUES would be compiled anew per batch.
-            await connection.execute(episodes_upsert, episode_rows)
+            inserted = set((await connection.execute(new_episodes, episode_rows)).scalars())
+            stored = [row for row in episode_rows if row["id"] not in inserted]
+            before = {}
+            if stored:
+                stored_ids = [row["id"] for row in stored]
+                await connection.execute(select(EpisodeRow.id).where(EpisodeRow.id.in_(stored_ids))
+                                         .order_by(EpisodeRow.id).with_for_update())
+                before = await rollups.tally(connection, stored_ids)
+                # executemany with one cached statement: a multi-row VALUES would be compiled anew per batch.
+                await connection.execute(episodes_upsert, stored)
             if attempt_rows:
                 await connection.execute(attempts_upsert, attempt_rows)
+            await rollups.apply(connection, before, await rollups.tally(connection, ids))
 
     async def get(self, episode_id: str, tenant: str | None) -> Episode | None:
         async with self.sessions() as session:
@@ -248,5 +265,9 @@ class SqlEpisodeStore:
             return list(await session.scalars(unannounced_query(limit)))
 
     async def mark_announced(self, episode_ids: Sequence[str]) -> None:
+        # Rows locked in id order, as `write` locks them: several servers catching up on the same
+        # unannounced episodes at once wait on one another rather than deadlock.
+        locked = (select(EpisodeRow.id).where(EpisodeRow.id.in_(episode_ids)).order_by(EpisodeRow.id)
+                  .with_for_update().scalar_subquery())
         async with self.sessions.begin() as session:
-            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_(episode_ids)).values(announced=True))
+            await session.execute(update(EpisodeRow).where(EpisodeRow.id.in_(locked)).values(announced=True))

@@ -1,0 +1,117 @@
+"""Keeping the rollups (`models.EpisodeRollup`) equal to the episodes they count.
+
+An episode changes after it is first written: a retry's attempts are added, a client's feedback
+arrives later (a new revision), retention deletes it. Each change moves the rollups by the
+difference it makes, in the transaction that makes it: the changed episodes are tallied with their
+rows locked, before and after (`tally`: `live_stats.stats_columns` grouped by scenario, adapter and
+minute, with their attempts' generation time), and `apply` adds after − before to the minute, hour
+and day rows each minute falls in. Tallying in SQL keeps one definition of what an episode counts
+for; adding the difference makes a rewrite of the same revision (a journal replay) change nothing,
+and an episode whose verdict a client's feedback flipped move from one count to the other.
+
+Why in the writer's transaction rather than a trigger: the store writes episodes in batches (one
+tally before, one after and one upsert of a few rollup rows per batch of up to 500 episodes, where a
+row trigger would update the same rollup row once per episode), and it works alike on SQLite and
+Postgres. The rollup rows every batch touches (the current minute, hour and day) are locked from
+the batch's last statement to its commit only, and always in key order, so writers on several
+servers queue on them briefly and never in a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+
+from sqlalchemy import BigInteger, ColumnElement, Insert, String, any_, bindparam, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
+
+from r3.store.live_stats import stats_columns
+from r3.store.models import BASE_ADAPTER, ROLLUP_WIDTHS, AttemptRow, EpisodeRollup, EpisodeRow
+
+Key = tuple[str, str, int]  # (scenario, adapter or BASE_ADAPTER, the minute's start in Unix seconds)
+# What `tally` counts per key: `stats_columns`' numbers, then the attempts' seconds.
+NUMBERS = ("requests", "judged", "first_successes", "reflected", "rescued", "successes", "unjudged",
+           "first_scored", "first_score_total", "retries_scored", "retry_score_total", "scored", "score_total",
+           "latency_s")
+_KEY = ("scenario", "bucket_s", "bucket_start", "adapter")  # the primary key, in its order
+
+
+class minute_of(FunctionElement[int]):
+    """The start (Unix seconds) of the minute a timestamp falls in, exactly."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(minute_of, "postgresql")
+def _minute_postgres(element: minute_of, compiler: SQLCompiler, **kw) -> str:
+    (moment,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {moment}) / 60) AS BIGINT) * 60"  # EXTRACT is numeric: exact
+
+
+@compiles(minute_of, "sqlite")
+def _minute_sqlite(element: minute_of, compiler: SQLCompiler, **kw) -> str:
+    # strftime('%s') reads the stored UTC text ('YYYY-MM-DD HH:MM:SS.ffffff', the first 19
+    # characters: whole seconds) exactly; julianday's double would put a moment at a minute's very
+    # start into the minute before.
+    (moment,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(strftime('%s', substr({moment}, 1, 19)) AS INTEGER) / 60 * 60"
+
+
+async def tally(connection: AsyncConnection, episode_ids: Sequence[str]) -> dict[Key, list[float]]:
+    """What the stored episodes `episode_ids` add to the rollups, per (scenario, adapter, minute):
+    `NUMBERS`. Their rows should be locked (or written) by the caller's transaction, so that the
+    tally is still true when it commits."""
+    if not episode_ids:
+        return {}
+    postgres = connection.dialect.name == "postgresql"
+    seconds = (select(AttemptRow.episode_id, func.sum(AttemptRow.latency_s).label("seconds"))
+               .where(_among(AttemptRow.episode_id, episode_ids, postgres)).group_by(AttemptRow.episode_id).subquery())
+    minute = minute_of(EpisodeRow.created_at).label("minute")
+    query = (select(EpisodeRow.scenario, EpisodeRow.adapter, minute, *stats_columns(), func.sum(seconds.c.seconds))
+             .select_from(EpisodeRow).outerjoin(seconds, seconds.c.episode_id == EpisodeRow.id)
+             .where(_among(EpisodeRow.id, episode_ids, postgres))
+             .group_by(EpisodeRow.scenario, EpisodeRow.adapter, minute))
+    return {(scenario, adapter or BASE_ADAPTER, minute): [number or 0 for number in numbers]
+            for scenario, adapter, minute, *numbers in await connection.execute(query)}
+
+
+async def apply(connection: AsyncConnection, before: Mapping[Key, Sequence[float]],
+                after: Mapping[Key, Sequence[float]]) -> None:
+    """Move the rollups by `after` − `before` (two `tally`s of the same episodes around a change), in
+    the caller's transaction; a row left with no episode is deleted."""
+    changes: dict[tuple[str, int, int, str], list[float]] = {}
+    for sign, tallied in ((1, after), (-1, before)):
+        for (scenario, adapter, minute), numbers in tallied.items():
+            for width in ROLLUP_WIDTHS:
+                change = changes.setdefault((scenario, width, minute // width * width, adapter), [0] * len(NUMBERS))
+                for i, number in enumerate(numbers):
+                    change[i] += sign * number
+    rows = [dict(zip(_KEY, key)) | dict(zip(NUMBERS, numbers))
+            for key, numbers in sorted(changes.items()) if any(numbers)]  # key order: no lock cycles
+    if not rows:
+        return
+    await connection.execute(_upsert(connection.dialect.name), rows)
+    if emptied := [{f"key_{k}": row[k] for k in _KEY} for row in rows if row["requests"] < 0]:
+        table = EpisodeRollup.__table__
+        await connection.execute(delete(table).where(*(table.c[k] == bindparam(f"key_{k}") for k in _KEY),
+                                                     table.c.requests == 0), emptied)
+
+
+def _among(column: ColumnElement[str], ids: Sequence[str], postgres: bool) -> ColumnElement[bool]:
+    """`column IN ids`; on Postgres `= ANY(array)`: one parameter, so one prepared statement for
+    every batch size, where IN's list is rendered anew for each (a third of a batch's time)."""
+    return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String))) if postgres else column.in_(ids)
+
+
+@cache
+def _upsert(dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT DO UPDATE adding each number to the row's, built once per dialect."""
+    table = EpisodeRollup.__table__
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return insert.on_conflict_do_update(index_elements=list(_KEY),
+                                        set_={name: table.c[name] + insert.excluded[name] for name in NUMBERS})
