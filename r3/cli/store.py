@@ -80,10 +80,13 @@ def keys_list() -> None:
     """Every key created with `r3 keys create`: name, tenant, created, revoked (the keys themselves are
     never stored). Keys given in R3_API_KEYS are counted, not listed."""
     listed = on_store(lambda store: store.keys.list_all())
-    table = Table("name", "tenant", "scenario", "created (UTC)", "revoked (UTC)", title_justify="left")
+    # The scenario column only where some key names one: a narrow terminal keeps the tenant ids whole.
+    scenarios = any(key.default_scenario for key in listed)
+    table = Table("name", "tenant", *(("scenario",) if scenarios else ()), "created (UTC)", "revoked (UTC)",
+                  title_justify="left")
     for key in listed:
-        table.add_row(key.name, key.tenant, key.default_scenario or "default", f"{key.created_at:%Y-%m-%d %H:%M}",
-                      f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-")
+        table.add_row(key.name, key.tenant, *((key.default_scenario or "default",) if scenarios else ()),
+                      f"{key.created_at:%Y-%m-%d %H:%M}", f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-")
     Console().print(table)
     from_settings = len(get_settings().api_keys)
     console.print(f"{sum(k.revoked_at is None for k in listed)} live, {sum(k.revoked_at is not None for k in listed)} "
