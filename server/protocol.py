@@ -216,6 +216,15 @@ class FeedbackRequest(RequestPart):
     retry: StrictBool = Field(False, description="With a failing verdict, reflect and retry now and return the new "
                                                  "completion.")
 
+    @field_validator("success", "score", mode="before")
+    @classmethod
+    def _a_verdict_is_not_null(cls, value: Any) -> Any:
+        # An explicit null is most often a client's lost value (a parse that failed), not a verdict:
+        # refused, where leaving the field out lets the other one decide.
+        if value is None:
+            raise ValueError("must not be null; leave it out to let the other of success and score decide")
+        return value
+
     @model_validator(mode="after")
     def _one_id(self) -> FeedbackRequest:
         if (self.episode_id is None) == (self.completion_id is None):

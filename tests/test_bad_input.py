@@ -361,6 +361,17 @@ def test_feedback_success_must_be_a_boolean(url, value) -> None:
     assert_refused(response, "success")
 
 
+@pytest.mark.parametrize("value", [None, "0.5", -0.1, 1.5, True])
+def test_feedback_score_must_be_a_number_in_0_1(url, value) -> None:
+    response = httpx.post(f"{url}/feedback", json={"episode_id": "ep_x", "score": value}, headers=AUTH)
+    assert_refused(response, "score")
+
+
+def test_feedback_without_a_verdict_says_what_to_give(url) -> None:
+    response = httpx.post(f"{url}/feedback", json={"episode_id": "ep_x"}, headers=AUTH)
+    assert "give success, score, or both" in assert_refused(response, None)["message"]
+
+
 @pytest.mark.parametrize("field", ["stream", "logprobs", "store", "parallel_tool_calls"])
 @pytest.mark.parametrize("value", ["true", 1])
 def test_request_booleans_must_be_booleans(url, field, value) -> None:

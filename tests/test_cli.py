@@ -91,7 +91,7 @@ def test_the_progress_bar_follows_a_round_from_the_grpo_log_records() -> None:
     from trainer.grpo import StepLog  # the real record type: the bar reads its fields
 
     def step(number: int, reward: float) -> StepLog:
-        return StepLog(step=number, seconds=1.5, samples=8, reward_mean=reward, groups=2, skipped_groups=1,
+        return StepLog(step=number, seconds=1.5, samples=8, reward_mean=reward, groups=2, skipped_groups=1, unjudged=0,
                        zero_variance_fraction=0.5, mean_reflection_tokens=20.0, kl=0.01, updated=True)
 
     bar = RoundProgress(Console(file=io.StringIO()))

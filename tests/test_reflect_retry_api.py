@@ -168,7 +168,8 @@ def test_a_plain_request_is_an_unjudged_episode(client, webhook, r3) -> None:
     response = client.chat.completions.create(model=MODEL, messages=TASK, temperature=0)
     info = response.model_extra["r3"]
     assert webhook.payloads == [] and info["attempts"] == [
-        {"attempt": 1, "success": None, "detail": None, "reflection": None, "finish_reason": response.choices[0].finish_reason}]
+        {"attempt": 1, "success": None, "score": None, "detail": None, "reflection": None,
+         "finish_reason": response.choices[0].finish_reason}]
     assert stored(r3, info["episode_id"])["attempts"][0]["content"] == response.choices[0].message.content
 
 
@@ -193,13 +194,13 @@ def test_feedback_records_a_verdict_and_retries_on_request(client, r3) -> None:
 
     # feedback on the retry is what rewards its reflection
     receipt = httpx.post(f"{url}/feedback", json={"completion_id": completion["id"], "success": True})
-    assert receipt.json() == {"episode_id": episode_id, "attempt": 2, "success": True, "detail": None}
+    assert receipt.json() == {"episode_id": episode_id, "attempt": 2, "success": True, "score": 1.0, "detail": None}
     assert httpx.post(f"{url}/feedback", json={"episode_id": episode_id, "success": True}).status_code == 200
     conflict = httpx.post(f"{url}/feedback", json={"episode_id": episode_id, "success": False})
     assert conflict.status_code == 409 and conflict.json()["error"]["param"] == "success"
     episode = stored(r3, episode_id)
     assert episode["outcome"] is True and episode["attempts"][1]["feedback"]["success"] is True
-    assert episode["attempts"][0]["feedback"] == {"success": False, "detail": "that fruit is out of stock",
+    assert episode["attempts"][0]["feedback"] == {"success": False, "score": 0.0, "detail": "that fruit is out of stock",
                                                   "received_at": pytest.approx(time.time(), abs=120)}
 
 
