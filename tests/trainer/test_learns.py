@@ -1,12 +1,15 @@
 """The regression test for "the trainer learns": a reduced planted run must raise held-out success.
 
 The planted suite (bench/planted.py) rewards a retry iff the reflection before it has at most
-`MAX_WORDS` words; the untrained model's reflections meet it about a quarter of the time (T = 1).
+`MAX_WORDS` words (binary), or scores it by the reflection's length (graded, (32 − words) / 32);
+the untrained model's reflections meet the binary rule about a quarter of the time (T = 1).
 One GRPO round (`trainer.grpo.train_round`: R3's rollout, the retry, R3's webhook verifier over
-loopback HTTP, reflection-only credit) of `STEPS` steps on 8 failures, then the share of
-rule-passing reflections on `HELDOUT` held-out failures is sampled before (adapter disabled) and
-after (adapter on), with the same seeds. The test fails unless the rise is significant: exact
-one-sided McNemar p < 0.05 on the paired samples. `r3 bench learn --suite planted` runs the whole loop (server, gate, hot-swap).
+loopback HTTP, reflection-only credit) of `STEPS` steps on 8 failures, then one reflection on each
+of `HELDOUT` held-out failures is sampled before (adapter disabled) and after (adapter on), with the
+same seeds. The test fails unless the rise is significant on the paired samples: for the binary
+reward in the share of rule-passing reflections (exact one-sided McNemar p < 0.05), for the graded
+one in their mean score (one-sided Wilcoxon signed-rank p < 0.05, `bench.learn.paired_scores`).
+`r3 bench learn --suite planted [--reward graded]` runs the whole loop (server, gate, hot-swap).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench import planted
+from bench.learn import paired_scores
 from r3 import bundled_model
 from r3.reflect_retry import ReflectRetry
 from r3.settings import Settings
@@ -36,9 +40,8 @@ LEARNING_RATE = 8e-4
 HELDOUT = 48
 
 
-def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]:
-    """Per failure, one reflection sampled as the trainer samples (T = 1, no top-k): has it at most
-    `MAX_WORDS` words?"""
+def reflection_words(model, tokenizer, failures: list, seed: int) -> list[int]:
+    """Per failure, the words of one reflection sampled as the trainer samples (T = 1, no top-k)."""
     protocol = ReflectRetry(tokenizer, VerifierRuntime())
     prompts = [reflection_prompt(protocol, failure).engine_input for failure in failures]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -47,10 +50,12 @@ def short_reflections(model, tokenizer, failures: list, seed: int) -> list[bool]
         out = model.generate(**encoded, max_new_tokens=planted.REFLECTION_MAX_TOKENS, do_sample=True,
                              temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [planted.words(text) <= planted.MAX_WORDS for text in texts]
+    return [planted.words(text) for text in texts]
 
 
-def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_path: Path, all_cores) -> None:
+@pytest.mark.parametrize("reward", planted.REWARDS)
+def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(reward: str, tmp_path: Path,
+                                                                           all_cores) -> None:
     model_path = str(bundled_model.resolve(Settings(_env_file=None)))
     # No KL term (TRL's default; it would cost a reference forward a step) and no activation
     # recomputation: what is tested is that the reward moves the policy, fast.
@@ -58,7 +63,7 @@ def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_
                             beta=0.0, gradient_checkpointing=False,
                             max_reflection_tokens=planted.REFLECTION_MAX_TOKENS, device="cpu", dtype="float32")
     with planted.planted_verifier() as url:
-        train = planted.planted_failures(8, 0, url)
+        train = planted.planted_failures(8, 0, url, reward)
         report = train_round(model_path, None, train, tmp_path / "adapter", settings,
                              VerifierRuntime(WebhookPolicy(allow_loopback=True)))
     assert report.steps == STEPS and report.skipped_groups < report.groups
@@ -69,11 +74,20 @@ def test_a_round_on_the_planted_reward_raises_heldout_success_significantly(tmp_
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
                                       str(tmp_path / "adapter")).eval()
     with model.disable_adapter():
-        before = short_reflections(model, tokenizer, heldout, seed=1)
-    after = short_reflections(model, tokenizer, heldout, seed=1)
-    wins = sum(a and not b for b, a in zip(before, after))
-    losses = sum(b and not a for b, a in zip(before, after))
-    p = sign_test_p_value(wins, losses)
-    result = f"held-out short reflections {sum(before)}/{HELDOUT} -> {sum(after)}/{HELDOUT}, +{wins}/-{losses}, p = {p:.3g}"
-    print(f"\n{result}; rewards per step {report.reward_mean}")
+        before = reflection_words(model, tokenizer, heldout, seed=1)
+    after = reflection_words(model, tokenizer, heldout, seed=1)
+    if reward == "graded":
+        row = paired_scores([planted.graded_score(n) for n in before], [planted.graded_score(n) for n in after])
+        p = row["p_one_sided"]
+        result = (f"held-out mean score {sum(map(planted.graded_score, before)) / HELDOUT:.3f} -> "
+                  f"{sum(map(planted.graded_score, after)) / HELDOUT:.3f}, +{row['after_higher']}/"
+                  f"-{row['before_higher']}, Wilcoxon p = {p:.3g}")
+    else:
+        short_before, short_after = ([n <= planted.MAX_WORDS for n in words] for words in (before, after))
+        wins = sum(a and not b for b, a in zip(short_before, short_after))
+        losses = sum(b and not a for b, a in zip(short_before, short_after))
+        p = sign_test_p_value(wins, losses)
+        result = (f"held-out short reflections {sum(short_before)}/{HELDOUT} -> {sum(short_after)}/{HELDOUT}, "
+                  f"+{wins}/-{losses}, p = {p:.3g}")
+    print(f"\n{reward}: {result}; rewards per step {report.reward_mean}")
     assert p < 0.05, result
