@@ -60,7 +60,12 @@ class Settings(BaseSettings):
         "least R3_MAX_LORAS); more may be registered, the least recently used one no running request uses "
         "leaving first, and a request for one that left waits while it is loaded again.")
     max_lora_rank: int = Field(64, ge=1, description="vllm: the largest LoRA rank it can load.")
-    enable_prefix_caching: bool = Field(True, description="vllm: reuse the KV cache of shared prompt prefixes (retries).")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (reflections, "
+                                        "retries); both engines.")
+    prefix_cache_memory_bytes: int = Field(
+        1 << 30, ge=0, description="transformers: most bytes of keys and values its prefix cache keeps (finished "
+        "sequences, reused by a later prompt on their adapter that begins with their tokens), the least recently used "
+        "leaving first; 0: none. (vllm keeps its prefix cache in its KV cache.)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
     cpu_kv_cache_gb: int = Field(2, ge=1, description="vllm on a CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each layer is split across.")

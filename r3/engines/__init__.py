@@ -12,7 +12,8 @@ from r3.settings import Settings
 async def create_engine(settings: Settings) -> Engine:
     """The engine `R3_ENGINE` names, with the model `R3_MODEL` names and `R3_LORA_MODULES` loaded, on
     `R3_DEVICE` in `R3_DTYPE` (`r3.engines.device.placement`; ValueError if that device is missing), holding
-    at most `R3_MAX_RESIDENT_ADAPTERS` adapters in memory (vllm: ValueError if that is under `R3_MAX_LORAS`)."""
+    at most `R3_MAX_RESIDENT_ADAPTERS` adapters in memory (vllm: ValueError if that is under `R3_MAX_LORAS`), with
+    prefix caching as `R3_ENABLE_PREFIX_CACHING` says (transformers: at most `R3_PREFIX_CACHE_MEMORY_BYTES`)."""
     from r3.engines.device import placement  # torch loads only when an engine is made
 
     model_path = bundled_model.resolve(settings)
@@ -34,7 +35,9 @@ async def create_engine(settings: Settings) -> Engine:
     else:
         from r3.engines.transformers_engine import TransformersEngine
 
-        engine = TransformersEngine(model_path, model_id, **common, max_num_batched_tokens=settings.max_num_batched_tokens)
+        engine = TransformersEngine(model_path, model_id, **common, max_num_batched_tokens=settings.max_num_batched_tokens,
+                                    prefix_cache_memory_bytes=settings.prefix_cache_memory_bytes
+                                    if settings.enable_prefix_caching else 0)
     for name, path in settings.lora_modules.items():
         await engine.load_adapter(name, path)
     return engine

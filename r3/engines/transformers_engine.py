@@ -29,6 +29,11 @@ adapters in one batch"). When every resident adapter is in use by a running row,
 to be free, and the adapter rows after it wait behind it (first come, first served: later rows could
 otherwise keep every slot busy for ever); base rows never wait.
 
+A request's attempts reuse each other's work: a prompt on the same adapter that begins with the tokens
+of a finished sequence (a reflection after its failed attempt, a retry after its reflection) takes
+their keys and values from the prefix cache (`r3.engines.prefix_cache`, at most
+`prefix_cache_memory_bytes`) and prefills only what is new, as vLLM's automatic prefix caching does.
+
 On a GPU (`device="cuda"`) the weights are loaded straight onto it and every tensor of a step
 stays there: the inputs are made on it and each request samples with a generator of its own on it.
 """
@@ -56,6 +61,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from r3.engines.adapter_check import CONFIG_FILE, WEIGHTS_FILE, AdapterChecker
 from r3.engines.constrained import Grammars, RowGrammar
+from r3.engines.prefix_cache import LayersKV, PrefixCache
 from r3.engines.residency import Residency
 from r3.structured_output import GrammarTimeout, grammar_work
 from r3.engines.base import (
@@ -118,13 +124,17 @@ class TransformersEngine:
         device: str = "cpu",
         max_num_batched_tokens: int = 512,
         max_resident_adapters: int = 16,
+        prefix_cache_memory_bytes: int = 0,
     ) -> None:
         """`model_path` loaded on `device` ("cpu", "cuda" or "cuda:N") in `dtype` ("float32",
         "bfloat16", "float16"); `r3.engines.create_engine` passes `R3_DEVICE` and `R3_DTYPE` resolved.
         A step's forward passes take at most `max_num_batched_tokens` tokens in all (one per decoding
         row, the rest for prompt chunks); ValueError if that is under `max_batch_size`, which would leave
         a full batch's newcomer no room to prefill. At most `max_resident_adapters` (≥ 1, else
-        ValueError) registered adapters are in the model at once, the least recently used leaving first."""
+        ValueError) registered adapters are in the model at once, the least recently used leaving first.
+        Finished sequences' keys and values are kept for later prompts that begin with their tokens, at most
+        `prefix_cache_memory_bytes` of them (0, the default here: no prefix caching; `create_engine` passes
+        `R3_PREFIX_CACHE_MEMORY_BYTES`)."""
         if max_num_batched_tokens < max_batch_size:
             raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_batch_size "
                              f"({max_batch_size})")
@@ -144,6 +154,7 @@ class TransformersEngine:
         self._eos_ids = self._stop_token_ids()
         self._adapters: dict[str, Path] = {}  # registered, resident or not
         self._residency = Residency(max_resident_adapters)  # those in the model
+        self.prefix_cache = PrefixCache(prefix_cache_memory_bytes) if prefix_cache_memory_bytes else None
         self._slots: dict[str, _Slot] = {}  # each resident adapter's place in the model
         self._slot_ids = itertools.count()
         self._adapter_checker = AdapterChecker(model_path)
@@ -288,6 +299,8 @@ class TransformersEngine:
             if name in self._adapters_asked_for():
                 raise EngineError(f"adapter {name!r} is in use by a running request")
             del self._adapters[name]
+            if self.prefix_cache is not None:
+                self.prefix_cache.forget(name)
             if name in self._residency:
                 self._evict(name)
         log.info("unloaded adapter %s", name)
@@ -383,7 +396,7 @@ class TransformersEngine:
                 busy = {s.adapter for s in (batch.sequences if batch else [])} | {p.sequences[0].adapter for p in prefilling}
                 ready, self._parked = self._with_resident_adapters(self._parked + admitted, busy)
                 with torch.inference_mode():
-                    prefilling += [_Batch.empty(s, self.device) for s in ready]
+                    prefilling += [self._to_prefill(s) for s in ready]
                     budget = self.max_num_batched_tokens - (len(batch.sequences) if batch else 0)
                     if batch is not None:
                         batch = self._step(batch.sequences, partial(self._decode, batch))
@@ -393,6 +406,26 @@ class TransformersEngine:
                 self._running = (batch.sequences if batch else []) + [p.sequences[0] for p in prefilling] + self._parked
         for sequence in self._running + self._drain_waiting():
             sequence.fail(EngineError("the engine shut down"))
+
+    def _to_prefill(self, sequence: _Sequence) -> _Batch:
+        """`sequence` alone, about to be prefilled: its cache holds the keys and values of the longest prefix
+        of its prompt that the prefix cache has for its adapter (none when it asks for prompt logprobs,
+        which need every position's logits), and only the rest is fed."""
+        prefix: LayersKV = []
+        if self.prefix_cache is not None and sequence.params.prompt_logprobs is None:
+            _, prefix = self.prefix_cache.match(sequence.adapter, sequence.prompt_ids)
+        return _Batch.prompt(sequence, self.device, prefix)
+
+    def _keep(self, batch: _Batch, row: int) -> None:
+        """Row `row` of `batch`, finished, into the prefix cache: its prompt and generated tokens, as far
+        as the model has read them, with their keys and values."""
+        sequence = batch.sequences[row]
+        read = int(batch.attention_mask[row].sum())  # its positions in the cache; the rest of the row is padding
+        try:
+            self.prefix_cache.store(sequence.adapter, (sequence.prompt_ids + sequence.generated)[:read],
+                                    len(sequence.prompt_ids), partial(batch.row_cache, row, read))
+        except torch.OutOfMemoryError:  # a full GPU: the request is answered all the same, its prefix not kept
+            log.warning("no memory left to keep a finished sequence's keys and values for prefix caching")
 
     def _step(self, sequences: list[_Sequence], step: Callable[[], _Batch | None]) -> _Batch | None:
         """`step()`'s batch; if it raises, every one of `sequences` (the rows of that forward pass,
@@ -566,6 +599,9 @@ class TransformersEngine:
             except Exception as error:  # noqa: BLE001 - a row's failure is that row's alone
                 log.exception("sampling failed for one request")
                 sequence.fail(EngineError(f"sampling failed: {error}"))
+            else:
+                if sequence.finish_reason is not None and self.prefix_cache is not None:
+                    self._keep(batch, row)
         return batch.select([row for row, s in enumerate(batch.sequences) if s.finish_reason is None and not s.cancelled])
 
     def _append(self, sequence: _Sequence, token_id: int, logprobs: torch.Tensor) -> None:
@@ -665,14 +701,24 @@ class _Batch:
     attention_mask: torch.Tensor
 
     @classmethod
-    def empty(cls, sequence: _Sequence, device: torch.device) -> _Batch:
-        """`sequence` alone with an empty cache: a prompt about to be prefilled."""
-        return cls([sequence], DynamicCache(), torch.ones(1, 0, dtype=torch.long, device=device))
+    def prompt(cls, sequence: _Sequence, device: torch.device, prefix: LayersKV = ()) -> _Batch:
+        """`sequence` alone, a prompt about to be prefilled, its cache empty or holding `prefix` (each
+        layer's keys and values of its prompt's first tokens, copied)."""
+        width = prefix[0][0].shape[2] if prefix else 0
+        cache = DynamicCache(ddp_cache_data=prefix) if prefix else DynamicCache()
+        return cls([sequence], cache, torch.ones(1, width, dtype=torch.long, device=device))
 
     @property
     def width(self) -> int:
         """Positions in the cache, padding included (for a prompt being prefilled: its tokens in so far)."""
         return self.attention_mask.shape[1]
+
+    def row_cache(self, row: int, length: int) -> LayersKV:
+        """Each layer's keys and values of row `row`'s last `length` positions, copied out of the batch's tensors."""
+        start = self.width - length
+        return [(layer.keys[row:row + 1, :, start:].clone(memory_format=torch.contiguous_format),
+                 layer.values[row:row + 1, :, start:].clone(memory_format=torch.contiguous_format))
+                for layer in self.cache.layers]
 
     def select(self, rows: list[int]) -> _Batch | None:
         if not rows:
