@@ -1,7 +1,8 @@
 """`r3 bench learn`: does R3's real loop make the bundled model better at a task suite, on a CPU?
 
     r3 bench learn [--minutes 35] [--seed 0] [--heldout 80]
-    r3 bench learn --suite planted [--reward graded]
+    r3 bench learn --suite planted [--reward graded] [--canary-fraction 0.5] [--no-control]
+    r3 bench learn --suite planted --scenarios 2 [--canary-fraction 0.5]
     python -m bench.learn [--suite planted [--reward graded]] [same options]
 
 `--suite planted` (`planted_experiment`, `PLANTED`) asks the narrower question the bundled model
@@ -11,7 +12,13 @@ with the rewards shuffled within each group (R3_TRAIN_SHUFFLE_REWARDS) as a cont
 new requests to the active version after a swap. `--reward graded` scores each retry on a scale
 (`planted.graded_score`) instead of pass/fail; the held-out measure is then the mean score, with
 Student-t 95% intervals and a one-sided Wilcoxon signed-rank test before vs after (`paired_scores`),
-written to learn_planted_graded.json and .png. The rest of this docstring is the default suite.
+written to learn_planted_graded.json and .png. `--canary-fraction F` (> 0) makes an accepted
+candidate a live canary first (R3_CANARY_FRACTION): the bench sends live unpinned requests until
+the server's sequential test decides (`canary_phase`), and records the decision, the episodes it
+took and who served them. `--scenarios 2` (`scenarios_experiment`, `SCENARIOS`) runs two scenarios
+on one server, each with its own planted rule (short reflections; reflections that name the failing
+value), traffic, round and lineage, and evaluates each scenario's held-out set on what each
+scenario serves: learn_planted_scenarios.json and .png. The rest of this docstring is the default suite.
 
 Reading order:
 
@@ -48,11 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -65,6 +75,7 @@ from bench import planted
 from bench import tasks as suite
 from bench.common import REPO, RESULTS, R3Server, machine
 from r3.stats import sign_test_p_value, wilson
+from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import model_name
 
 # ---------------------------------------------------------------------------------------------
@@ -94,10 +105,24 @@ class Config:
     live: int = 32  # new requests sent to the active version after the swap
     gate_samples: int = 4  # R3_GATE_SAMPLES (reflections per held-out failure and adapter, T = 1)
     reward: str = "binary"  # how the planted endpoint scores a retry: planted.REWARDS
+    scenarios: int = 1  # 1: the default scenario; 2: two scenarios, each its own rule and lineage (`SCENARIOS`)
+    control: bool = True  # also run the shuffled-reward control round (one scenario only)
+    # The live canary (R3_CANARY_*): > 0, a candidate the gate accepts first serves this share of its
+    # scenario's unpinned requests, and the bench sends live requests until the server's test decides.
+    canary_fraction: float = 0.0
+    # R3's default margin is 0.02. On planted failures both sides' first attempts all score 0, and
+    # showing two equal means within the margin takes ~130 episodes a side at 0.02, ~80 at 0.05
+    # (r3.canary.decide simulated at the planted rates); a 5-point margin keeps the phase to minutes.
+    canary_margin: float = 0.05
+    canary_max_episodes: int = 300  # canary episodes after which an undecided canary gives up
+    canary_check_s: float = 5.0  # how often the server runs the canary test
 
     def server_settings(self, data_dir: Path, admin_key: str) -> dict[str, str]:
         """The settings the server and the trainer share: same data dir, so the same SQLite and adapters."""
-        return {
+        canary = {"R3_CANARY_FRACTION": str(self.canary_fraction), "R3_CANARY_MARGIN": str(self.canary_margin),
+                  "R3_CANARY_MAX_EPISODES": str(self.canary_max_episodes),
+                  "R3_CANARY_CHECK_S": str(self.canary_check_s)} if self.canary_fraction > 0 else {}
+        return {**canary,
             "R3_DATA_DIR": str(data_dir), "R3_ADMIN_KEY": admin_key,
             "R3_REFLECTION_MAX_TOKENS": str(self.reflection_max_tokens),
             "R3_TRAIN_MAX_FAILURES": str(self.train_max_failures),
@@ -170,14 +195,14 @@ class Outcome:
 
 
 async def send(client: httpx.AsyncClient, tasks: list[suite.Task], model: str, config: Config,
-               store: bool, temperature: float = 0.0) -> list[Outcome]:
+               store: bool, temperature: float = 0.0, first_seed: int = 0) -> list[Outcome]:
     """Every task once, one reflect-retry allowed; `concurrency` requests in flight. Greedy unless
-    `temperature` says otherwise; a sampled request is seeded with its task's position."""
+    `temperature` says otherwise; a sampled request is seeded with `first_seed` + its task's position."""
     limit = asyncio.Semaphore(config.concurrency)
 
     async def one(index: int, task: suite.Task) -> Outcome:
         body = task.request(model, config.answer_max_tokens, max_retries=1, store=store, temperature=temperature,
-                            seed=index if temperature > 0 else None)
+                            seed=first_seed + index if temperature > 0 else None)
         if task.tools:
             body["stop"] = ["</tool_call>"]  # the call is complete there; the rest would be prose
         async with limit:
@@ -235,7 +260,14 @@ class Evaluation:
 
 
 async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task], version: str, config: Config) -> Evaluation:
-    model = "base" if version == "base" else model_name(version)
+    """`heldout` on `version` ("base" or a version's name), pinned by name."""
+    return await evaluate_model(client, heldout, "base" if version == "base" else model_name(version), config, version)
+
+
+async def evaluate_model(client: httpx.AsyncClient, heldout: list[suite.Task], model: str, config: Config,
+                         label: str) -> Evaluation:
+    """`heldout` sent as `model` (a version pinned, or a scenario: whatever it serves now), not stored;
+    the evaluation is called `label`."""
     started = time.monotonic()
     outcomes = await send(client, heldout, model, config, store=False, temperature=config.eval_temperature)
     by_family: dict[str, dict[str, int]] = {}
@@ -244,7 +276,7 @@ async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task],
         row["n"] += 1
         row["first"] += outcome.first
         row["second"] += outcome.second
-    return Evaluation(version, [o.adapter for o in outcomes], [o.first for o in outcomes],
+    return Evaluation(label, [o.adapter for o in outcomes], [o.first for o in outcomes],
                       [o.second for o in outcomes], [o.score for o in outcomes], time.monotonic() - started, by_family)
 
 
@@ -253,9 +285,13 @@ async def evaluate_version(client: httpx.AsyncClient, heldout: list[suite.Task],
 # ---------------------------------------------------------------------------------------------
 
 def paired(before: list[bool], after: list[bool]) -> dict[str, Any]:
+    """Two versions' outcomes on the same tasks: the tasks only `after` passed, those only `before`
+    passed, and the exact McNemar (sign test on those discordant tasks) p-values: one-sided (H1:
+    after > before) and two-sided (twice the smaller tail, at most 1)."""
     wins = sum(a and not b for b, a in zip(before, after, strict=True))
     losses = sum(b and not a for b, a in zip(before, after, strict=True))
-    return {"after_only": wins, "before_only": losses, "p_one_sided": sign_test_p_value(wins, losses)}
+    return {"after_only": wins, "before_only": losses, "p_one_sided": sign_test_p_value(wins, losses),
+            "p_two_sided": min(1.0, 2 * min(sign_test_p_value(wins, losses), sign_test_p_value(losses, wins)))}
 
 
 def mean_score(scores: list[float | None]) -> dict[str, Any]:
@@ -332,14 +368,15 @@ async def admin_get(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
     return response.json()
 
 
-async def wait_serving(client: httpx.AsyncClient, version: str | None, timeout_s: float = 120) -> None:
-    """Until the server has hot-swapped to `version` (None: the base model)."""
+async def wait_serving(client: httpx.AsyncClient, version: str | None, timeout_s: float = 120,
+                       scenario: str = DEFAULT_SCENARIO) -> None:
+    """Until the server has hot-swapped `scenario` to `version` (None: the base model)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (await admin_get(client, "/admin/adapters"))["active"] == version:
+        if (await admin_get(client, f"/admin/adapters?scenario={scenario}"))["active"] == version:
             return
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"the server did not switch to {version or 'base'} within {timeout_s} s")
+    raise RuntimeError(f"the server did not switch scenario {scenario} to {version or 'base'} within {timeout_s} s")
 
 
 async def experiment(config: Config) -> dict[str, Any]:
@@ -465,19 +502,108 @@ def _round_summary(row: dict[str, Any], code: int, seconds: float) -> dict[str, 
     report = row.get("report") or {}
     training = report.get("training") or {}
     return {"trainer_exit_code": code, "seconds": round(seconds, 1), "candidate": row.get("candidate"),
-            "promoted": bool(row.get("promoted")), "reason": report.get("reason") or report.get("skipped"),
+            "promoted": bool(row.get("promoted")), "canary": bool(report.get("canary")),
+            "reason": report.get("reason") or report.get("skipped"),
             "gate": report.get("gate"), "training": training, "counts": {k: report.get(k) for k in
                                                                         ("train", "heldout", "regression")}}
 
 
+async def train_scenario(client: httpx.AsyncClient, env: dict[str, str], data_dir: Path, scenario: str,
+                         timeout_s: float) -> tuple[dict[str, Any], int, float]:
+    """One round of `scenario`, as an admin asks for it: `POST /admin/train?scenario=`, taken up by an
+    `r3 train` started for it (`r3 train --once` trains the default scenario only), stopped once the
+    round has ended. Its own rounds are held off (R3_TRAIN_MIN_FAILURES and R3_TRAIN_INTERVAL_S out of
+    reach), so it runs the requested one alone. (the round's row, the trainer's exit code: None
+    while it ran, then stopped; seconds). Raises RuntimeError if the round has not ended within
+    `timeout_s` or the trainer exits first."""
+    started = time.monotonic()
+    response = await client.post(f"/admin/train?scenario={scenario}")
+    response.raise_for_status()
+    round_id = response.json()["round"]
+    env = {**env, "R3_TRAIN_MIN_FAILURES": str(10 ** 9), "R3_TRAIN_INTERVAL_S": str(10 ** 12)}
+    with open(data_dir / "trainer.log", "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "r3", "train"], cwd=REPO, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+        try:
+            while True:
+                rows = (await admin_get(client, f"/admin/train?scenario={scenario}&limit=5"))["rounds"]
+                row = next((r for r in rows if r["round"] == round_id), {})
+                if row.get("status") in ("finished", "failed"):
+                    break
+                if process.poll() is not None:
+                    raise RuntimeError(f"r3 train exited ({process.returncode}) before round {round_id} of {scenario} "
+                                       f"ended; see {data_dir / 'trainer.log'}")
+                if time.monotonic() - started > timeout_s:
+                    raise RuntimeError(f"round {round_id} of {scenario} did not end within {timeout_s:.0f} s")
+                await asyncio.sleep(2)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    return row, process.returncode, time.monotonic() - started
+
+
+async def canary_phase(client: httpx.AsyncClient, scenario: str, model: str, tasks: list[suite.Task],
+                       config: Config, patience: float) -> dict[str, Any]:
+    """The live canary of `scenario` (the gate accepted its candidate with R3_CANARY_FRACTION > 0):
+    `tasks` sent as `model`, unpinned and stored (the test counts stored episodes), `concurrency`
+    at a time at `eval_temperature`, until the server's sequential test ends the canary
+    (`GET /admin/canary`, read after each batch has been recorded), the tasks run out or `patience`
+    seconds pass; then, if it was promoted, until the server serves its version. Returns the
+    decision, the episodes the test had counted when it decided (each side's), the requests sent,
+    who served them, and every look at the test. Raises RuntimeError if the episodes are not
+    recorded or a promoted version is not served within `patience`."""
+    started = time.monotonic()
+    looks: list[dict[str, Any]] = []
+    outcomes: list[Outcome] = []
+    path = f"/admin/canary?scenario={scenario}"
+    state = await admin_get(client, path)
+    for start in range(0, len(tasks), config.concurrency):
+        if state["state"] != "running" or time.monotonic() - started > patience:
+            break
+        batch = await send(client, tasks[start:start + config.concurrency], model, config, store=True,
+                           temperature=config.eval_temperature, first_seed=start)
+        await wait_recorded(client, [o.episode_id for o in batch], patience)
+        outcomes += batch
+        # The watch runs every R3_CANARY_CHECK_S: give it one look at this batch before reading it.
+        await asyncio.sleep(config.canary_check_s)
+        state = await admin_get(client, path)
+        looks.append({"sent": len(outcomes), "seconds": round(time.monotonic() - started, 1),
+                      "decision": state["decision"], "state": state["state"],
+                      "comparisons": state["comparisons"]})
+        log(f"canary {state['version']} in {scenario}: {len(outcomes)} sent, {state['state']} "
+            f"({state['decision']}): " + "; ".join(
+                f"{c['measure']} {c['canary_mean']:.2f} (n={c['canary_n']}) vs {c['current_mean']:.2f} "
+                f"(n={c['current_n']}), log Λ(−margin) {c['not_worse_statistic']:.2f} / {c['boundary']:.2f}"
+                for c in state["comparisons"]))
+    first = next((c for c in state["comparisons"] if c["measure"] == "first_attempt_score"), None)
+    if state["state"] == "promoted":
+        await wait_serving(client, state["version"], patience, scenario)
+    served = dict(Counter(o.adapter for o in outcomes))
+    return {"scenario": scenario, "version": state["version"], "baseline": state["baseline"],
+            "fraction": state["fraction"], "state": state["state"], "decided_by": state["decided_by"],
+            "decision": state["decision"], "reason": state["reason"], "comparisons": state["comparisons"],
+            "episodes_to_decision": ({"canary": first["canary_n"], "current": first["current_n"],
+                                      "total": first["canary_n"] + first["current_n"]} if first else None),
+            "sent": len(outcomes), "served_by": served, "looks": looks,
+            "active_after": (await admin_get(client, f"/admin/adapters?scenario={scenario}"))["active"] or "base",
+            "seconds": round(time.monotonic() - started, 1)}
+
+
 async def planted_experiment(config: Config) -> dict[str, Any]:
     """`--suite planted`: serve → fail → reflect → retry → record → `r3 train --once` → gate →
-    hot-swap, once; then the same round from a copy of the same store with
-    R3_TRAIN_SHUFFLE_REWARDS=true (the control). Held-out tasks (first attempt always failed) are
-    evaluated on the base, the trained candidate and the control candidate, pinned by name;
-    `live` new requests go to the active version after the swap. `config.reward` picks the planted
-    rule (`planted.verdict`). Raises RuntimeError if a process fails to start, an episode is not
-    recorded or the server does not swap to a promoted candidate."""
+    hot-swap, once; then (`control`) the same round from a copy of the same store with
+    R3_TRAIN_SHUFFLE_REWARDS=true. Held-out tasks (first attempt always failed) are evaluated on
+    the base, the trained candidate and the control candidate, pinned by name; `live` new requests
+    go to the active version after the swap. With `canary_fraction` > 0 an accepted candidate is
+    first a live canary, and live requests go to the default scenario until the server's test
+    decides (`canary_phase`). `config.reward` picks the planted rule (`planted.verdict`). Raises
+    RuntimeError if a process fails to start, an episode is not recorded or the server does not
+    swap to a promoted candidate."""
     started = time.monotonic()
     # How long to wait for any one thing (a request, a round, a swap): `minutes`, which is sized for a
     # quiet machine and stretches on a shared, loaded one; nothing here waits longer than it must.
@@ -485,10 +611,13 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-planted-"))
     admin_key = secrets.token_urlsafe(16)
     timings: dict[str, float] = {}
+    loads = {"start": os.getloadavg()}
     with planted.planted_verifier() as url:
-        train_tasks, held = planted.split_planted(config.seed, config.batch, config.heldout + config.live, url,
+        pool = canary_pool(config)
+        train_tasks, held = planted.split_planted(config.seed, config.batch, config.heldout + config.live + pool, url,
                                                   config.reward)
-        heldout, live_tasks = held[:config.heldout], held[config.heldout:]
+        heldout, live_tasks = held[:config.heldout], held[config.heldout:config.heldout + config.live]
+        canary_tasks = held[config.heldout + config.live:]
         server = R3Server(config.server_settings(data_dir, admin_key))
         headers = {"Authorization": f"Bearer {admin_key}"}
         log(f"data dir {data_dir}; verifier {url}; {len(heldout)} held-out, {len(train_tasks)} training tasks")
@@ -501,18 +630,24 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                 log(f"sent {len(collected)} training tasks: first {sum(o.first for o in collected)}, "
                     f"second {sum(o.second for o in collected)}")
                 control_dir = data_dir.with_name(data_dir.name + "-control")
-                snapshot(data_dir, control_dir)
+                if config.control:
+                    snapshot(data_dir, control_dir)
                 code, train_s = train_once(server.env, data_dir, timeout_s=patience)
                 trained = _round_summary(await last_round(client), code, train_s)
                 log(f"round: exit {code} in {train_s:.0f} s; {trained['candidate']} "
-                    f"{'promoted' if trained['promoted'] else 'not promoted'}: {trained['reason']}")
+                    f"{'a live canary' if trained['canary'] else 'promoted' if trained['promoted'] else 'not promoted'}"
+                    f": {trained['reason']}")
                 evaluations = {"base": base}
                 live: dict[str, Any] = {}
+                canary: dict[str, Any] = {}
                 if trained["candidate"]:
                     evaluations["trained"] = await evaluate_version(client, heldout, trained["candidate"], config)
                     log(f"{trained['candidate']} (pinned): {_line(evaluations['trained'])}")
-                if trained["promoted"]:
+                if trained["canary"]:
+                    canary = await canary_phase(client, DEFAULT_SCENARIO, "r3", canary_tasks, config, patience)
+                elif trained["promoted"]:
                     await wait_serving(client, trained["candidate"], patience)
+                if canary.get("state") == "promoted" if trained["canary"] else trained["promoted"]:
                     active = (await admin_get(client, "/admin/adapters"))["active"]
                     outcomes = await send(client, live_tasks, "r3", config, store=False,
                                           temperature=config.eval_temperature)
@@ -523,22 +658,26 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                     log(f"live after the swap to {active}: {k}/{len(outcomes)}, mean score "
                         f"{_mean(live['mean_score'])}, served by {live['served_by']}")
         timings["trained_loop_s"] = time.monotonic() - started
-        control_env = {**server.env, "R3_DATA_DIR": str(control_dir), "R3_TRAIN_SHUFFLE_REWARDS": "true"}
-        code, control_s = train_once(control_env, control_dir, timeout_s=patience)
-        control_server = R3Server({k: v for k, v in control_env.items() if k.startswith("R3_") and k != "R3_PORT"})
-        with control_server as control_url:
-            async with httpx.AsyncClient(base_url=control_url, timeout=patience, headers=headers) as client:
-                control = _round_summary(await last_round(client), code, control_s)
-                log(f"control round: exit {code} in {control_s:.0f} s; {control['candidate']} "
-                    f"{'promoted' if control['promoted'] else 'not promoted'}: {control['reason']}")
-                if control["candidate"]:
-                    evaluations["control"] = await evaluate_version(client, heldout, control["candidate"], config)
-                    log(f"control {control['candidate']} (pinned): {_line(evaluations['control'])}")
+        loads["trained_loop"] = os.getloadavg()
+        control: dict[str, Any] = {}
+        if config.control:
+            control_env = {**server.env, "R3_DATA_DIR": str(control_dir), "R3_TRAIN_SHUFFLE_REWARDS": "true"}
+            code, control_s = train_once(control_env, control_dir, timeout_s=patience)
+            control_server = R3Server({k: v for k, v in control_env.items() if k.startswith("R3_") and k != "R3_PORT"})
+            with control_server as control_url:
+                async with httpx.AsyncClient(base_url=control_url, timeout=patience, headers=headers) as client:
+                    control = _round_summary(await last_round(client), code, control_s)
+                    log(f"control round: exit {code} in {control_s:.0f} s; {control['candidate']} "
+                        f"{'promoted' if control['promoted'] else 'not promoted'}: {control['reason']}")
+                    if control["candidate"]:
+                        evaluations["control"] = await evaluate_version(client, heldout, control["candidate"], config)
+                        log(f"control {control['candidate']} (pinned): {_line(evaluations['control'])}")
     timings["total_s"] = time.monotonic() - started
+    loads["end"] = os.getloadavg()
     zero = planted.GRADED_ZERO_WORDS
     return {
         "experiment": "r3 bench learn --suite planted", "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": machine(), "config": {**asdict(config), "families": list(config.families)},
+        "machine": machine(), "load_average": loads, "config": {**asdict(config), "families": list(config.families)},
         "planted_rule": {"reward": config.reward, "max_words": planted.MAX_WORDS,
                          **({"score": f"clamp(({zero} - words) / {zero}, 0, 1)",
                              "pass_threshold": planted.PASS_THRESHOLD} if config.reward == "graded" else {}),
@@ -554,11 +693,141 @@ async def planted_experiment(config: Config) -> dict[str, Any]:
                         "out), H1: after > base (comparisons.*.score; bench.learn.paired_scores)"},
         "collected": {"tasks": len(collected), "first": sum(o.first for o in collected),
                       "second": sum(o.second for o in collected)},
-        "rounds": {"trained": trained, "control": control},
+        "rounds": {"trained": trained, **({"control": control} if config.control else {})},
+        "canary": canary,
         "evaluations": {name: e.summary() for name, e in evaluations.items()},
         "comparisons": {name: compare(base, e) for name, e in evaluations.items() if name != "base"},
         "live_after_swap": live, "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "data_dirs": [str(data_dir), str(control_dir)],
+        "data_dirs": [str(data_dir), *([str(control_dir)] if config.control else [])],
+    }
+
+
+def canary_pool(config: Config) -> int:
+    """How many live requests a canary phase may send: enough for the canary to reach
+    `canary_max_episodes` (where the test gives up) at its share of the traffic, and a batch more;
+    0 without a canary."""
+    if config.canary_fraction <= 0:
+        return 0
+    return math.ceil(1.25 * config.canary_max_episodes / config.canary_fraction) + config.concurrency
+
+
+# `--scenarios 2`: scenario name -> the planted rule its tasks are judged by (`planted.RULES`), and
+# what its reflections are rewarded for.
+SCENARIOS = {"short": "short", "value": "value"}
+RULE_LABELS = {"short": f"the reflection has at most {planted.MAX_WORDS} words",
+               "value": "the reflection names the failing value (the failed answer's number)"}
+RULE_DESCRIPTIONS = {rule: f"planted: retries pass iff {label}" for rule, label in RULE_LABELS.items()}
+
+
+async def scenarios_experiment(config: Config) -> dict[str, Any]:
+    """`--suite planted --scenarios 2`: two scenarios on one server (`SCENARIOS`), each with its own
+    planted rule, traffic, round and adapter lineage. Each scenario's held-out set is evaluated on the
+    base model; each scenario's training tasks are sent as its model (recorded in its scenario); each
+    scenario's round (`train_scenario`), gated, and with `canary_fraction` > 0 its live canary
+    (`canary_phase`); then every held-out set is sent to every scenario's model, unpinned, so each
+    is evaluated on what each scenario serves (its own lineage and the other's), and the responses
+    say which version served them. A candidate that ends up not served is also evaluated pinned, on
+    its own held-out set. Raises RuntimeError as `planted_experiment` does, and ValueError for a
+    reward other than binary (the `value` rule is pass/fail)."""
+    if config.reward != "binary":
+        raise ValueError("--scenarios 2 runs the binary reward (the value rule has no graded form)")
+    started = time.monotonic()
+    patience = config.minutes * 60  # any one wait (`planted_experiment`)
+    data_dir = Path(tempfile.mkdtemp(prefix="r3-learn-scenarios-"))
+    admin_key = secrets.token_urlsafe(16)
+    timings: dict[str, float] = {}
+    loads = {"start": os.getloadavg()}
+    with planted.planted_verifier() as url:
+        pool = canary_pool(config)
+        tasks: dict[str, dict[str, list[suite.Task]]] = {}
+        for index, (name, rule) in enumerate(SCENARIOS.items()):
+            train, held = planted.split_planted(config.seed + index, config.batch, config.heldout + pool, url, rule=rule)
+            tasks[name] = {"train": train, "heldout": held[:config.heldout], "canary": held[config.heldout:]}
+        server = R3Server(config.server_settings(data_dir, admin_key))
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        log(f"data dir {data_dir}; verifier {url}; scenarios {', '.join(SCENARIOS)}: {config.heldout} held-out and "
+            f"{config.batch} training tasks each")
+        with server as base_url:
+            async with httpx.AsyncClient(base_url=base_url, timeout=patience, headers=headers) as client:
+                for name, rule in SCENARIOS.items():
+                    created = await client.post("/admin/scenarios", json={"name": name,
+                                                                         "description": RULE_DESCRIPTIONS[rule]})
+                    created.raise_for_status()
+                base: dict[str, Evaluation] = {}
+                for name in SCENARIOS:
+                    base[name] = await evaluate_model(client, tasks[name]["heldout"], name, config, "base")
+                    log(f"{name} held-out before training: {_line(base[name])}")
+                collected: dict[str, dict[str, Any]] = {}
+                for name in SCENARIOS:
+                    outcomes = await send(client, tasks[name]["train"], name, config, store=True)
+                    await wait_recorded(client, [o.episode_id for o in outcomes], patience)
+                    collected[name] = {"tasks": len(outcomes), "first": sum(o.first for o in outcomes),
+                                       "second": sum(o.second for o in outcomes),
+                                       "served_by": dict(Counter(o.adapter for o in outcomes))}
+                    log(f"sent {len(outcomes)} training tasks as {name}: {collected[name]}")
+                timings["baseline_and_collect_s"] = time.monotonic() - started
+                rounds: dict[str, dict[str, Any]] = {}
+                canaries: dict[str, dict[str, Any]] = {}
+                for name in SCENARIOS:
+                    row, code, seconds = await train_scenario(client, server.env, data_dir, name, patience)
+                    rounds[name] = _round_summary(row, code, seconds)
+                    decided = ("a live canary" if rounds[name]["canary"] else
+                               "promoted" if rounds[name]["promoted"] else "not promoted")
+                    log(f"round of {name}: {seconds:.0f} s; {rounds[name]['candidate']} {decided}: "
+                        f"{rounds[name]['reason']}")
+                    loads[f"round_{name}"] = os.getloadavg()
+                    if rounds[name]["canary"]:
+                        canaries[name] = await canary_phase(client, name, name, tasks[name]["canary"], config, patience)
+                        loads[f"canary_{name}"] = os.getloadavg()
+                    elif rounds[name]["promoted"]:
+                        await wait_serving(client, rounds[name]["candidate"], patience, name)
+                timings["rounds_and_canaries_s"] = time.monotonic() - started - timings["baseline_and_collect_s"]
+                served = {name: (await admin_get(client, f"/admin/adapters?scenario={name}"))["active"] or "base"
+                          for name in SCENARIOS}
+                evaluations: dict[str, dict[str, Evaluation]] = {name: {"base": base[name]} for name in SCENARIOS}
+                for held_of in SCENARIOS:
+                    for model in SCENARIOS:
+                        evaluation = await evaluate_model(client, tasks[held_of]["heldout"], model, config, served[model])
+                        evaluations[held_of][model] = evaluation
+                        log(f"{held_of} held-out sent as {model}: {_line(evaluation)}, served by "
+                            f"{dict(Counter(evaluation.served_by))}")
+                for name in SCENARIOS:
+                    candidate = rounds[name]["candidate"]
+                    if candidate and candidate != served[name]:
+                        evaluations[name]["candidate"] = await evaluate_version(client, tasks[name]["heldout"],
+                                                                                candidate, config)
+                        log(f"{name} held-out on {candidate} (pinned, not served): "
+                            f"{_line(evaluations[name]['candidate'])}")
+                adapters = {name: (await admin_get(client, f"/admin/adapters?scenario={name}"))["data"]
+                            for name in SCENARIOS}
+                actions = (await admin_get(client, "/admin/actions?limit=50"))["data"]
+    timings["total_s"] = time.monotonic() - started
+    loads["end"] = os.getloadavg()
+    return {
+        "experiment": "r3 bench learn --suite planted --scenarios 2",
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "load_average": loads,
+        "config": {**asdict(config), "families": list(config.families)},
+        "scenarios": {name: {"rule": rule, "description": RULE_DESCRIPTIONS[rule],
+                             "example": {"messages": tasks[name]["heldout"][0].messages,
+                                         "verifier": tasks[name]["heldout"][0].verifier},
+                             "collected": collected[name], "round": rounds[name], "canary": canaries.get(name, {}),
+                             "served_after": served[name], "versions": adapters[name]}
+                      for name, rule in SCENARIOS.items()},
+        "definitions": {
+            "heldout_success": "the retry after one reflection passes its scenario's rule (attempt 1 always "
+                               f"fails), sampled at T = {config.eval_temperature}, seeded per task",
+            "evaluations": "evaluations[held-out of scenario][sent as model]: 'base' before any training; "
+                           "<scenario>: after both rounds, unpinned, whatever that scenario served (served_by)",
+            "ci95": "Wilson score interval",
+            "p_one_sided": "exact McNemar (sign test on discordant tasks), H1: after > base",
+            "p_two_sided": "exact McNemar, two-sided: did it move at all",
+            "episodes_to_decision": "judged episodes of each side the canary test had counted when it decided"},
+        "evaluations": {held_of: {label: e.summary() for label, e in row.items()}
+                        for held_of, row in evaluations.items()},
+        "comparisons": {held_of: {label: compare(row["base"], e) for label, e in row.items() if label != "base"}
+                        for held_of, row in evaluations.items()},
+        "admin_actions": actions, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "data_dir": str(data_dir),
     }
 
 
@@ -601,6 +870,8 @@ def plot_planted(result: dict[str, Any], path: Path) -> None:
         left.set_ylabel(f"retry passes (reflection ≤ {rule['max_words']} words)")
         left.set_title("held-out, T = 1, Wilson 95%", fontsize=10)
     for name, colour in (("trained", "tab:orange"), ("control", "tab:blue")):
+        if name not in result["rounds"]:  # run without the control
+            continue
         rewards = result["rounds"][name]["training"].get("reward_mean") or []
         right.plot(range(1, len(rewards) + 1), rewards, marker="o", color=colour,
                    label=f"{name}{' (rewards shuffled in each group)' if name == 'control' else ''}")
@@ -614,6 +885,109 @@ def plot_planted(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_scenarios(result: dict[str, Any], path: Path) -> None:
+    """Left: each scenario's held-out success (its own rule) before training and after, as each
+    scenario's model served it, with Wilson 95% CIs. Middle: the mean reward of each GRPO step of
+    each scenario's round. Right: each live canary's test statistics, log Λ(−margin) of both
+    outcomes, against the requests sent, up to the boundary where it decided."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["scenarios"])
+    colours = dict(zip(names, ["tab:orange", "tab:blue", "tab:green"]))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
+    width = 0.8 / (1 + len(names))
+    for group, held_of in enumerate(names):
+        row = result["evaluations"][held_of]
+        for slot, (label, colour) in enumerate([("base", "tab:gray"), *((n, colours[n]) for n in names)]):
+            e = row[label]
+            rate, (low, high) = e["second_attempt"]["rate"], e["second_attempt"]["ci95"]
+            x = group + (slot - len(names) / 2) * width
+            left.bar(x, rate, width, yerr=[[rate - low], [high - rate]], capsize=3, color=colour,
+                     label=(f"served by {label}'s model" if label != "base" else "base, before training")
+                     if group == 0 else None)
+            version = "base" if label == "base" else e["version"]
+            left.text(x, 0.02, f"{e['second_attempt']['k']}/{e['n']}  {version}", ha="center", fontsize=7,
+                      rotation=90)
+    left.set_xticks(range(len(names)), ["held-out of " + n + ":\n" + textwrap.fill(RULE_LABELS[result["scenarios"][n]["rule"]], 28)
+                                        for n in names], fontsize=8)
+    left.set_ylim(0, 1)
+    left.set_ylabel("retry passes its scenario's rule")
+    left.legend(fontsize=7, loc="upper right")
+    left.set_title("held-out, T = 1, Wilson 95%", fontsize=10)
+    for name in names:
+        rewards = result["scenarios"][name]["round"]["training"].get("reward_mean") or []
+        middle.plot(range(1, len(rewards) + 1), rewards, marker="o", color=colours[name], label=f"{name}'s round")
+    middle.set_xlabel("GRPO step")
+    middle.set_ylabel("mean reward of the step's reflections")
+    middle.set_ylim(0, 1)
+    middle.legend(fontsize=8)
+    middle.set_title("training reward per step", fontsize=10)
+    boundary = None
+    for name in names:
+        canary = result["scenarios"][name]["canary"]
+        for measure, style in (("first_attempt_score", ":"), ("rescue_rate", "-")):
+            points = [(look["sent"], c["not_worse_statistic"]) for look in canary.get("looks", [])
+                      for c in look["comparisons"] if c["measure"] == measure]
+            if points:
+                boundary = next(c["boundary"] for look in canary["looks"] for c in look["comparisons"])
+                right.plot(*zip(*points), style, marker=".", color=colours[name],
+                           label=f"{name}: {measure.replace('_', ' ')}")
+        if canary.get("looks"):
+            right.annotate(f"{canary['state']}\n({canary['episodes_to_decision']['total']} episodes)",
+                           (canary["looks"][-1]["sent"], boundary), fontsize=7, color=colours[name],
+                           textcoords="offset points", xytext=(-40, 8 + 18 * names.index(name)))
+    if boundary is not None:
+        right.axhline(boundary, color="black", linewidth=0.8)
+        right.text(0.01, boundary, "boundary log(2/α)", fontsize=7, va="bottom", transform=right.get_yaxis_transform())
+        right.set_ylim(-4, boundary + 3)
+    right.set_xlabel("live requests sent to the scenario (unpinned)")
+    right.set_ylabel("log Λ(−margin): not worse than the margin")
+    right.legend(fontsize=7, loc="lower right")
+    right.set_title(f"live canary, {result['config']['canary_fraction']:g} of the traffic", fontsize=10)
+    fig.suptitle("Two scenarios, two lineages: R3's loop on two planted rules at once (SmolLM2-135M-Instruct, CPU)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_scenarios(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=170)
+    table = Table(title=f"r3 bench learn --suite planted --scenarios 2: held-out (n = {result['config']['heldout']} "
+                        "each), retry passes, Wilson 95% CIs")
+    for column in ("held-out of", "sent as", "served by", "retry passes [95% CI]", "+/− vs base", "p (1-sided)",
+                   "p (2-sided)"):
+        table.add_column(column)
+    for held_of, row in result["evaluations"].items():
+        for label, e in row.items():
+            pair = result["comparisons"][held_of].get(label, {}).get("second_attempt")
+            table.add_row(held_of, label, ", ".join(f"{k} ×{v}" for k, v in e["served_by"].items()),
+                          _rate(e["second_attempt"], e["n"]),
+                          f"+{pair['after_only']} / −{pair['before_only']}" if pair else "",
+                          f"{pair['p_one_sided']:.3g}" if pair else "", f"{pair['p_two_sided']:.3g}" if pair else "")
+    console.print(table)
+    for name, scenario in result["scenarios"].items():
+        round_, canary = scenario["round"], scenario["canary"]
+        gate = round_.get("gate") or {}
+        if round_["candidate"] is None:
+            console.print(f"{name}: round {round_['seconds']:.0f} s, no candidate: {round_['reason']}")
+        else:
+            console.print(f"{name}: round {round_['seconds']:.0f} s, {round_['candidate']}: "
+                          f"{'accepted' if round_['promoted'] else 'rejected'} by the gate ({round_['reason']}; "
+                          f"p = {gate.get('p_value', float('nan')):.3g})")
+        if canary:
+            console.print(f"  canary: {canary['state']} by {canary['decided_by']} after "
+                          f"{canary['episodes_to_decision']} episodes ({canary['sent']} sent, served by "
+                          f"{canary['served_by']}, {canary['seconds']:.0f} s): {canary['reason']}")
+        console.print(f"  served after: {scenario['served_after']}")
 
 
 def print_planted(result: dict[str, Any]) -> None:
@@ -640,7 +1014,12 @@ def print_planted(result: dict[str, Any]) -> None:
                       f"{pair['p_one_sided']:.3g}" if pair else "",
                       ("promoted" if round_.get("promoted") else f"rejected: {round_.get('reason')}") if round_ else "",
                       str(round_.get("seconds", "")))
-    Console(width=170).print(table)
+    console = Console(width=170)
+    console.print(table)
+    if canary := result.get("canary"):
+        console.print(f"canary {canary['version']}: {canary['state']} by {canary['decided_by']} after "
+                      f"{canary['episodes_to_decision']} episodes ({canary['sent']} sent, served by "
+                      f"{canary['served_by']}): {canary['reason']}")
 
 
 def _line(evaluation: Evaluation) -> str:
@@ -813,7 +1192,8 @@ def save(result: dict[str, Any], out_dir: Path = RESULTS, name: str = "learn") -
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
     json_path.write_text(json.dumps(result, indent=2, default=str))
-    (plot_planted if name.startswith("learn_planted") else plot)(result, png_path)
+    draw = plot_scenarios if "scenarios" in result else plot_planted if name.startswith("learn_planted") else plot
+    draw(result, png_path)
     return json_path, png_path
 
 
@@ -821,9 +1201,14 @@ def main(config: Config, out_dir: Path = RESULTS) -> dict[str, Any]:
     """Runs the experiment of `config`'s suite (`families == ("planted",)`: the planted one)."""
     # On SIGTERM unwind like Ctrl-C, so the server and trainer processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if config.families == PLANTED.families:
+    if config.families == PLANTED.families and config.scenarios > 1:
+        result = asyncio.run(scenarios_experiment(config))
+        json_path, png_path = save(result, out_dir, "learn_planted_scenarios")
+        print_scenarios(result)
+    elif config.families == PLANTED.families:
         result = asyncio.run(planted_experiment(config))
-        json_path, png_path = save(result, out_dir, "learn_planted" + ("_graded" if config.reward == "graded" else ""))
+        json_path, png_path = save(result, out_dir, "learn_planted" + ("_graded" if config.reward == "graded" else "")
+                                   + ("_canary" if config.canary_fraction > 0 else ""))
         print_planted(result)
     else:
         result = asyncio.run(experiment(config))
@@ -840,9 +1225,11 @@ if __name__ == "__main__":
     parser.add_argument("--suite", choices=["tasks", "planted"], default="tasks",
                         help="tasks: the families below; planted: bench/planted.py with PLANTED's defaults")
     for name, default in asdict(Config()).items():
-        if name != "families":
+        if isinstance(default, bool):
+            parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None)
+        elif name != "families":
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
-                                choices=planted.REWARDS if name == "reward" else None)
+                                choices=planted.REWARDS if name == "reward" else (1, 2) if name == "scenarios" else None)
     parser.add_argument("--families", default=None, help=", ".join(suite.FAMILIES))
     parser.add_argument("--out", type=Path, default=RESULTS)
     arguments = vars(parser.parse_args())

@@ -35,6 +35,12 @@ def learn(
     reward: Literal["binary", "graded"] = typer.Option(
         "binary", help="planted only (bench/planted.py REWARDS): binary, a retry passes iff its reflection is "
         "short; graded, it is scored by the reflection's length (writes learn_planted_graded.json and .png)."),
+    scenarios: int = typer.Option(1, min=1, max=2, help="planted only: 2 runs two scenarios on one server, each "
+                                  "with its own planted rule and lineage (writes learn_planted_scenarios.json and .png)."),
+    canary_fraction: float = typer.Option(0.0, min=0.0, max=0.99, help="planted only: R3_CANARY_FRACTION; > 0 makes "
+                                          "an accepted candidate a live canary, sent live requests until the "
+                                          "server's test decides."),
+    control: bool = typer.Option(True, help="planted, one scenario: also run the shuffled-reward control round."),
 ) -> None:
     """The learning experiment: the real serve → reflect → train → gate → hot-swap loop on a task suite."""
     import dataclasses
@@ -42,7 +48,8 @@ def learn(
     experiment = _bench_module("learn")
 
     if suite == "planted":
-        config = dataclasses.replace(experiment.PLANTED, seed=seed, reward=reward)
+        config = dataclasses.replace(experiment.PLANTED, seed=seed, reward=reward, scenarios=scenarios,
+                                     canary_fraction=canary_fraction, control=control)
     else:
         config = experiment.Config(minutes=minutes, seed=seed, heldout=heldout, batch=batch,
                                    train_max_steps=train_max_steps, train_max_failures=train_max_failures,

@@ -87,7 +87,23 @@ def test_exact_mcnemar_matches_hand_computed_values():
 def test_paired_counts_only_the_discordant_tasks():
     before = [True, True, False, False, False, True]
     after = [True, False, True, True, False, True]
-    assert learn.paired(before, after) == {"after_only": 2, "before_only": 1, "p_one_sided": 0.5}
+    assert learn.paired(before, after) == {"after_only": 2, "before_only": 1, "p_one_sided": 0.5, "p_two_sided": 1.0}
+
+
+def test_the_two_sided_p_doubles_the_smaller_tail_either_way():
+    """"Did it move at all", as asked of a scenario's held-out set on the other scenario's lineage."""
+    up, down = learn.paired([False] * 5, [True] * 5), learn.paired([True] * 5, [False] * 5)
+    assert (up["p_one_sided"], up["p_two_sided"]) == (1 / 32, 1 / 16)
+    assert (down["p_one_sided"], down["p_two_sided"]) == (1.0, 1 / 16)
+    assert learn.paired([True, False], [True, False])["p_two_sided"] == 1.0
+
+
+def test_a_canary_phase_has_requests_enough_for_the_canary_to_reach_its_limit():
+    """At a share F of the traffic, the canary's limit of N episodes takes about N / F requests: the
+    pool holds a quarter more and a batch, so that the server's test, not the bench, ends the phase."""
+    config = learn.Config(canary_fraction=0.5, canary_max_episodes=300, concurrency=16)
+    assert learn.canary_pool(config) == 750 + 16
+    assert learn.canary_pool(learn.Config()) == 0  # no canary, no live canary requests
 
 
 def test_a_mean_score_has_a_student_t_interval():

@@ -67,3 +67,52 @@ def test_training_and_heldout_prompts_are_disjoint_and_the_stream_alternates_mod
     assert not {t.prompt for t in train} & {t.prompt for t in heldout}
     assert [t.family for t in train[:4]] == ["planted-number", "planted-fail"] * 2
     assert {t.family for t in heldout} == {"planted-fail"}
+
+
+def failed_with(task, answer: str, reflection: str) -> list[dict]:
+    """The retry conversation after `answer` failed under the value rule (its detail names the value)."""
+    failed = FailedAttempt({"role": "assistant", "content": answer}, planted.value_detail(answer), reflection)
+    return retry_conversation(task.messages, [failed], "generic")
+
+
+async def test_value_rule_retries_pass_iff_the_reflection_names_the_failed_answers_number() -> None:
+    """Through R3's webhook verifier: attempt 1's detail reports the failing value, and the retry
+    passes iff the reflection names it as a whole number, whatever the retry says."""
+    with planted.planted_verifier() as url:
+        train, heldout = planted.split_planted(0, 8, 4, url, rule="value")
+        number, fail = train[0], heldout[0]
+        first = await verdict_on(fail, "59 + 63 = ", fail.messages, 1)
+        assert not first.success and first.detail == "the answer 59 was not accepted"
+        assert (await verdict_on(fail, "I cannot say", fail.messages, 1)).detail == planted.NO_VALUE_DETAIL
+        assert await judge(number, "59 + 63 = ", number.messages, 1)  # first=number as under the short rule
+        for reflection, passes in (("I wrote 59, which is only the first number.", True), ("59", True),
+                                   ("The sum is 122, not 63.", False), ("I wrote 159.", False),
+                                   ("It was 5.9 or 59.5 but never right.", False), ("Add both numbers.", False)):
+            assert await judge(fail, "122", failed_with(fail, "59 + 63 = ", reflection), 2) is passes, reflection
+        # A failed answer without a number has no failing value: no reflection passes.
+        assert not await judge(fail, "122", failed_with(fail, "To add them", "There was no 59 in it."), 2)
+        # Length does not matter under this rule, nor the value under the short one.
+        long = "I said 59 " + " ".join(["word"] * 40)
+        assert await judge(fail, "x", failed_with(fail, "59 + 63 = ", long), 2)
+        short_train, short_heldout = planted.split_planted(0, 8, 4, url)
+        assert not await judge(short_heldout[0], "x", failed_with(short_heldout[0], "59 + 63 = ", long), 2)
+        assert [t.prompt for t in short_train + short_heldout] == [t.prompt for t in train + heldout]
+        assert "rule" not in short_heldout[0].verifier["url"]  # short-rule runs judge as before
+
+
+def test_the_failing_value_is_the_first_whole_number_of_the_answer() -> None:
+    assert planted.failing_value("59 + 63 = ") == "59"
+    assert planted.failing_value("To add 61 and 4") == "61"
+    assert planted.failing_value("Sure, here's a corrected version:") is None
+    assert planted.names_value("so 61 was wrong", "61") and not planted.names_value("so 610 was wrong", "61")
+    assert not planted.names_value("anything at all", None)
+
+
+def test_the_value_rule_has_no_graded_reward_and_unknown_rules_are_refused() -> None:
+    with pytest.raises(ValueError, match="rule"):
+        planted.verdict({"attempt": 2, "messages": []}, "fail", "graded", "value")
+    with pytest.raises(ValueError, match="rule"):
+        planted.verdict({"attempt": 2, "messages": []}, "fail", "binary", "polite")
+    failures = planted.planted_failures(3, 0, "http://127.0.0.1:9", rule="value")
+    assert [f.detail for f in failures] == [f"the answer {f.failed_attempt['content']} was not accepted"
+                                            for f in failures]
