@@ -1,6 +1,6 @@
 """R3 against vLLM's own OpenAI server: throughput, added latency and greedy answers, side by side.
 
-    python bench/peer.py [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 2] [--max-batch 8]
+    python bench/peer.py [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 3] [--max-batch 8]
 
 Two servers on loopback, started here and stopped at the end, on the same vLLM build and the same
 bundled model (float32): `r3 serve` with `R3_ENGINE=vllm`, and `vllm serve`. Both get the same
@@ -9,14 +9,19 @@ same LoRA adapter (`R3_LORA_MODULES` there, `--enable-lora --lora-modules` here;
 v_proj, random non-zero weights, made with peft in a temporary folder). R3's requests carry a
 verifier every answer passes, so each is judged and recorded as an episode, never retried.
 
-Both are sent the same chat request, greedy, `--max-tokens` tokens, for the base model and for the
-adapter, by 1, 8 and 32 concurrent clients (closed loop: each client sends its next request when
+Both are sent the same chat request, greedy, for the base model and for the adapter, with the end of
+sequence banned (`logit_bias`), so every answer is `--max-tokens` tokens on both (vLLM counts the
+end-of-sequence token in `completion_tokens`, R3 does not: an answer that ended early would count one
+token more on vLLM), by 1, 8 and 32 concurrent clients (closed loop: each client sends its next request when
 its last is answered; `--requests` requests in all per measurement, at least one per client). The
 two servers take turns within each round, the one to go first changing every round, so a change
 in the machine's load falls on both alike. Reported per case: tokens/s (the completion tokens over
 the wall time, summed over the rounds) and their ratio R3/vLLM, p50 and p99 latency and what R3
 adds to them, and whether the greedy answers are identical (every answer from both servers alike).
-The machine's load average is recorded before and after. Writes bench/results/peer.json.
+On a machine whose other work comes and goes, wall time swings with it; the CPU time each server's
+processes (the API server, vLLM's engine core and worker, R3's trainer beside it) spend per generated
+token during its own turns does not, so that is reported too, with its ratio. The machine's load
+average is recorded before and after. Writes bench/results/peer.json.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
+import psutil
 from support import make_lora  # the tests' random, non-zero LoRA adapters
+from transformers import AutoTokenizer
 
 from bench.common import MODEL, PASSING, R3Server, closed_loop, free_port, percentile, save, table
 from r3 import bundled_model
@@ -92,11 +99,12 @@ class VllmServer:
                 self.process.kill()
 
 
-def sender(client: httpx.AsyncClient, kind: str, max_tokens: int, r3: bool):
-    """`send()` for `closed_loop`: one greedy chat request for `kind`; (completion tokens, {"text": the
-    answer}), or (0, None) if it failed. On R3 it carries the passing verifier, and an answer that was
-    reflected on is an error."""
-    body = {"model": KINDS[kind], "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0}
+def sender(client: httpx.AsyncClient, kind: str, max_tokens: int, eos: int, r3: bool):
+    """`send()` for `closed_loop`: one greedy chat request for `kind`, the end of sequence (token `eos`)
+    banned; (completion tokens, {"text": the answer}), or (0, None) if it failed. On R3 it carries the
+    passing verifier, and an answer that was reflected on is an error."""
+    body = {"model": KINDS[kind], "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0,
+            "logit_bias": {str(eos): -100}}
     if r3:
         body["verifier"] = PASSING
 
@@ -112,23 +120,39 @@ def sender(client: httpx.AsyncClient, kind: str, max_tokens: int, r3: bool):
     return send
 
 
-async def side_by_side(urls: dict[str, str], clients: tuple[int, ...], max_tokens: int, requests: int,
-                       rounds: int) -> dict[tuple[str, str, int], list]:
-    """{(server, kind, clients): [(samples, wall_s) per round]}, the servers taking turns in each case."""
+def cpu_s(process: psutil.Process) -> float:
+    """CPU seconds (user + system) used so far by `process` and its descendants alive now."""
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def side_by_side(urls: dict[str, str], pids: dict[str, int], clients: tuple[int, ...], max_tokens: int,
+                       eos: int, requests: int, rounds: int) -> dict[tuple[str, str, int], list]:
+    """{(server, kind, clients): [(samples, wall_s, the server's CPU s) per round]}, the servers taking turns
+    in each case."""
+    processes = {server: psutil.Process(pid) for server, pid in pids.items()}
     runs: dict[tuple[str, str, int], list] = {}
     http = {server: httpx.AsyncClient(base_url=url, timeout=900) for server, url in urls.items()}
     try:
         for server in urls:
             for kind in KINDS:
-                await sender(http[server], kind, max_tokens, server == "r3")()  # warm-up: prefix cache, adapter
+                await sender(http[server], kind, max_tokens, eos, server == "r3")()  # warm-up: prefix cache, adapter
         for round_ in range(rounds):
             order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
             for kind in KINDS:
                 for concurrency in clients:
                     for server in order:
-                        send = sender(http[server], kind, max_tokens, server == "r3")
+                        send = sender(http[server], kind, max_tokens, eos, server == "r3")
+                        cpu_before = cpu_s(processes[server])
+                        samples, wall = await closed_loop(send, concurrency, max(1, requests // concurrency))
                         runs.setdefault((server, kind, concurrency), []).append(
-                            await closed_loop(send, concurrency, max(1, requests // concurrency)))
+                            (samples, wall, cpu_s(processes[server]) - cpu_before))
                     print(f"round {round_ + 1}/{rounds}: {kind}, {concurrency} clients", flush=True)
     finally:
         for client in http.values():
@@ -137,11 +161,15 @@ async def side_by_side(urls: dict[str, str], clients: tuple[int, ...], max_token
 
 
 def summary(runs: list) -> dict[str, Any]:
-    samples = [sample for run, _ in runs for sample in run]
+    samples = [sample for run, _, _ in runs for sample in run]
     latencies = [s.latency_s for s in samples]
-    return {"tokens_per_s": sum(s.completion_tokens for s in samples) / sum(wall for _, wall in runs),
+    tokens = sum(s.completion_tokens for s in samples)
+    return {"tokens_per_s": tokens / sum(wall for _, wall, _ in runs),
+            "round_tokens_per_s": [sum(s.completion_tokens for s in run) / wall for run, wall, _ in runs],
+            "cpu_ms_per_token": 1000 * sum(cpu for _, _, cpu in runs) / tokens,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "requests": len(samples), "failed": sum(s.body is None for s in samples),
+            "tokens_per_answer": sorted({s.completion_tokens for s in samples if s.body is not None}),
             "answers": sorted({s.body["text"] for s in samples if s.body is not None})}
 
 
@@ -155,7 +183,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="requests per measurement (at least one per client)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two servers")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two servers")
     parser.add_argument("--max-batch", type=int, default=8, help="R3_MAX_BATCH_SIZE and --max-num-seqs")
     parser.add_argument("--max-loras", type=int, default=4, help="R3_MAX_LORAS and --max-loras")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="R3_MAX_LORA_RANK and --max-lora-rank")
@@ -174,9 +202,11 @@ def main() -> None:
                    "R3_CPU_KV_CACHE_GB": str(limits["cpu_kv_cache_gb"]), "R3_LORA_MODULES": json.dumps({ADAPTER: str(adapter)})}
     load_before = load()
     started = time.monotonic()
-    with R3Server(r3_settings) as r3_url, VllmServer(model_path, limits, adapter) as vllm_url:
-        runs = asyncio.run(side_by_side({"r3": r3_url, "vllm": vllm_url}, clients, args.max_tokens, args.requests,
-                                        args.rounds))
+    r3, vllm = R3Server(r3_settings, startup_timeout_s=900), VllmServer(model_path, limits, adapter)
+    with r3 as r3_url, vllm as vllm_url:
+        runs = asyncio.run(side_by_side({"r3": r3_url, "vllm": vllm_url}, {"r3": r3.process.pid, "vllm": vllm.process.pid},
+                                        clients, args.max_tokens, AutoTokenizer.from_pretrained(model_path).eos_token_id,
+                                        args.requests, args.rounds))
     load_after = load()
     rows = []
     for kind in KINDS:
@@ -185,16 +215,23 @@ def main() -> None:
             rows.append({"request": kind, "clients": concurrency,
                          "r3_tokens_per_s": round(r["tokens_per_s"], 2), "vllm_tokens_per_s": round(v["tokens_per_s"], 2),
                          "ratio": round(r["tokens_per_s"] / v["tokens_per_s"], 3),
+                         "round_ratios": [round(a / b, 3) for a, b in zip(r["round_tokens_per_s"], v["round_tokens_per_s"])],
+                         "r3_cpu_ms_per_token": round(r["cpu_ms_per_token"], 2),
+                         "vllm_cpu_ms_per_token": round(v["cpu_ms_per_token"], 2),
+                         "cpu_ratio": round(r["cpu_ms_per_token"] / v["cpu_ms_per_token"], 3),
                          "r3_p50_ms": round(r["p50_ms"], 1), "vllm_p50_ms": round(v["p50_ms"], 1),
                          "added_p50_ms": round(r["p50_ms"] - v["p50_ms"], 1),
                          "r3_p99_ms": round(r["p99_ms"], 1), "vllm_p99_ms": round(v["p99_ms"], 1),
                          "added_p99_ms": round(r["p99_ms"] - v["p99_ms"], 1),
                          "requests": r["requests"], "r3_failed": r["failed"], "vllm_failed": v["failed"],
                          "identical_answers": len(r["answers"]) == 1 and r["answers"] == v["answers"],
+                         "r3_tokens_per_answer": r["tokens_per_answer"], "vllm_tokens_per_answer": v["tokens_per_answer"],
                          "r3_answers": r["answers"], "vllm_answers": v["answers"]})
-    table(["request", "clients", "R3 tok/s", "vLLM tok/s", "R3/vLLM", "added p50 ms", "added p99 ms", "same answers"],
+    table(["request", "clients", "R3 tok/s", "vLLM tok/s", "R3/vLLM", "added p50 ms", "added p99 ms",
+           "CPU ms/token R3 / vLLM", "same answers"],
           [[r["request"], r["clients"], r["r3_tokens_per_s"], r["vllm_tokens_per_s"], r["ratio"], r["added_p50_ms"],
-            r["added_p99_ms"], r["identical_answers"]] for r in rows])
+            r["added_p99_ms"], f"{r['r3_cpu_ms_per_token']} / {r['vllm_cpu_ms_per_token']}", r["identical_answers"]]
+           for r in rows])
     save("peer", {"max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds, "limits": limits,
                   "verifier": PASSING, "messages": MESSAGES, "load_before": load_before, "load_after": load_after,
                   "wall_s": round(time.monotonic() - started, 1), "rows": rows})
