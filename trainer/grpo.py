@@ -37,7 +37,8 @@ grammar (tool_choice and response_format, `ReflectRetry.attempt_params`), the re
 the server runs, so there is no second copy of the protocol to drift from the served one.
 
 Generation: on CPU (and on GPU without vLLM) both the reflections and the retries come from
-`generate()` on the trainer's peft model, with the adapter being trained active. With
+`generate()` on the trainer's peft model, with the adapter being trained active (`PolicySampler`:
+a group's prompt is computed once, and the retries continue the reflections' KV cache). With
 `GRPOSettings(use_vllm=True)` TRL generates with vLLM (in-process with `vllm_mode="colocate"`, or a
 `trl vllm-serve` server) and pushes the current weights into it before it calls the rollout; the
 rollout then draws both the reflections and the retries from that engine
@@ -79,10 +80,12 @@ from datasets import Dataset
 from peft import LoraConfig, PeftConfig, load_peft_weights, set_peft_model_state_dict
 from transformers import (
     AutoTokenizer,
+    DynamicCache,
     GenerationConfig,
     PrinterCallback,
     TrainerCallback,
 )
+from transformers.cache_utils import DynamicLayer
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
@@ -264,47 +267,162 @@ def mean(values: Sequence[float]) -> float:
 # Sampling from the policy being trained: transformers' generate, or TRL's vLLM engine
 # ---------------------------------------------------------------------------------------------
 
-# (trainer, prompt token ids, max_new_tokens, temperature, group_size, each row's grammar or None)
+# (trainer, prompt token ids, max_new_tokens, temperature, group_size, each row's grammar or None, keep_cache)
 #   -> (completion ids, their logprobs or None)
-Generate = Callable[[GRPOTrainer, list[list[int]], int, float, int, Sequence[RowGrammar | None]],
+Generate = Callable[[GRPOTrainer, list[list[int]], int, float, int, Sequence[RowGrammar | None], bool],
                     tuple[list[list[int]], list[list[float]] | None]]
 
 
-def generate_with_policy(trainer: GRPOTrainer, prompt_ids: list[list[int]], max_new_tokens: int,
-                         temperature: float, group_size: int,
-                         grammars: Sequence[RowGrammar | None] = ()) -> tuple[list[list[int]], list[list[float]] | None]:
-    """Completions from the trainer's current policy; each ends at (and keeps) its EOS token.
+@dataclass
+class KeptCache:
+    """A sampled batch's KV cache, kept for the batch that continues it: per row, the tokens the cache
+    holds (its prompt, then its completion as far as it was fed back) and the cache column of each."""
+
+    cache: DynamicCache
+    tokens: list[list[int]]
+    columns: list[list[int]]
+    step: int  # the optimizer step of the weights that computed it
+
+    def continuation(self, prompt_ids: list[list[int]], step: int,
+                     pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]] | None:
+        """`generate()`'s input_ids and attention_mask ([rows, cached columns + new columns]) for
+        `prompt_ids` on this cache, and each row's columns; None when nothing can be reused (other rows,
+        other weights). Row i reuses its longest common prefix with the kept row i (all but its last
+        token, whose logits start the completion): those columns are attended, the rest of the cache is
+        masked out, and the row's remaining tokens are appended, left-padded to the longest. Positions
+        follow from the mask (`generate()` counts them), so each token sits where a fresh batch puts it."""
+        if step != self.step or len(prompt_ids) != len(self.tokens):
+            return None
+        reused = [_common_prefix(ids, kept, len(ids) - 1) for ids, kept in zip(prompt_ids, self.tokens)]
+        if not any(reused):
+            return None
+        cached = self.cache.get_seq_length()
+        width = max(len(ids) - n for ids, n in zip(prompt_ids, reused))
+        input_ids = torch.full((len(prompt_ids), cached + width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        columns = []
+        for row, (ids, n) in enumerate(zip(prompt_ids, reused)):
+            kept_columns = torch.tensor(self.columns[row][:n], dtype=torch.long)
+            input_ids[row, kept_columns] = torch.tensor(ids[:n])
+            attention_mask[row, kept_columns] = 1
+            first_new = cached + width - (len(ids) - n)
+            input_ids[row, first_new:] = torch.tensor(ids[n:])
+            attention_mask[row, first_new:] = 1
+            columns.append(self.columns[row][:n] + list(range(first_new, cached + width)))
+        return input_ids, attention_mask, columns
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    while n < min(len(a), len(b), limit) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _reusable(cache: Any) -> bool:
+    """Only a full-attention cache holds every past column (a sliding window drops the oldest)."""
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class PolicySampler:
+    """The rollout's sampler (a `Generate`): completions from the trainer's current policy; each ends at
+    (and keeps) its EOS token.
 
     `group_size` consecutive prompts are identical (vLLM's server mode samples them as one prompt).
     A row with a grammar is held to it as the serving engine holds it; TRL's vLLM wrapper takes no
     per-row grammar, so a batch with one is generated with transformers even under `use_vllm`.
-    """
-    if trainer.use_vllm and not any(grammars):
-        engine = trainer.vllm_generation
-        # TRL's vLLM wrapper takes its limits from its attributes; set them for this call only.
-        saved = engine.max_completion_length, engine.temperature
-        engine.max_completion_length, engine.temperature = max_new_tokens, temperature
-        try:
-            _, completion_ids, logprobs, _ = engine.generate(prompt_ids, None, num_generations=group_size)
-        finally:
-            engine.max_completion_length, engine.temperature = saved
-        return [list(ids) for ids in completion_ids], [[token[0] for token in seq] for seq in logprobs]
 
-    tokenizer = trainer.processing_class
+    With transformers, nothing is computed twice (vLLM's prefix cache does the same on its own):
+    - the G rows of a group share their prompt, computed once for the group (`shared_prompts`);
+    - a batch sampled with `keep_cache` keeps its KV cache for the next call, whose rows (as many, in
+      the same order) reuse it for their common prefix with its rows: the retries after the
+      reflections compute only what follows each reflection (their prompts begin with the
+      reflection's prompt and the reflection: on the planted suite ~137 of their ~183 tokens). The
+      next call frees the kept cache, whether it reused it or not.
+    """
+
+    def __init__(self) -> None:
+        self.kept: KeptCache | None = None
+
+    def __call__(self, trainer: GRPOTrainer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
+                 group_size: int, grammars: Sequence[RowGrammar | None] = (),
+                 keep_cache: bool = False) -> tuple[list[list[int]], list[list[float]] | None]:
+        kept, self.kept = self.kept, None
+        if trainer.use_vllm and not any(grammars):
+            engine = trainer.vllm_generation
+            # TRL's vLLM wrapper takes its limits from its attributes; set them for this call only.
+            saved = engine.max_completion_length, engine.temperature
+            engine.max_completion_length, engine.temperature = max_new_tokens, temperature
+            try:
+                _, completion_ids, logprobs, _ = engine.generate(prompt_ids, None, num_generations=group_size)
+            finally:
+                engine.max_completion_length, engine.temperature = saved
+            return [list(ids) for ids in completion_ids], [[token[0] for token in seq] for seq in logprobs]
+
+        tokenizer = trainer.processing_class
+        step = trainer.state.global_step
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:  # as the serving engine samples: plain temperature, no top-k (transformers' default: 50)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=trainer.eos_token_ids, return_dict_in_generate=True, **sampling)
+        processors = [GrammarsForGenerate(grammars, trainer.eos_token_ids)] if any(grammars) else None
+        device = trainer.accelerator.device
+        with (unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+              as model, torch.no_grad()):
+            kept = kept or shared_prompts(model, prompt_ids, group_size, step, tokenizer.pad_token_id, device)
+            continued = kept.continuation(prompt_ids, step, tokenizer.pad_token_id) if kept is not None else None
+            if continued is not None:
+                input_ids, attention_mask, columns = continued
+            else:
+                input_ids, attention_mask = left_padded(prompt_ids, tokenizer.pad_token_id)
+                columns = [list(range(input_ids.shape[1] - len(ids), input_ids.shape[1])) for ids in prompt_ids]
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    past_key_values=kept.cache if continued is not None else None,
+                                    generation_config=config, logits_processor=processors)
+        width = input_ids.shape[1]
+        completions = [_through_first_eos(ids, trainer.eos_token_ids) for ids in output.sequences[:, width:].tolist()]
+        if keep_cache and _reusable(output.past_key_values):
+            # The last generated column was sampled, never fed back: the cache ends before it.
+            fed = output.past_key_values.get_seq_length() - width
+            self.kept = KeptCache(
+                output.past_key_values, step=step,
+                tokens=[ids + completion[:fed] for ids, completion in zip(prompt_ids, completions)],
+                columns=[row + list(range(width, width + min(len(completion), fed)))
+                         for row, completion in zip(columns, completions)])
+        return completions, None
+
+
+def left_padded(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask ([rows, longest]) of `prompt_ids`, padded on the left."""
     rows = [torch.tensor(ids) for ids in prompt_ids]
-    input_ids = pad(rows, padding_value=tokenizer.pad_token_id, padding_side="left").to(trainer.accelerator.device)
-    attention_mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")
-    sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:  # as the serving engine samples: plain temperature, no top-k (transformers' default: 50)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=trainer.eos_token_ids, **sampling)
-    processors = [GrammarsForGenerate(grammars, trainer.eos_token_ids)] if any(grammars) else None
-    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model, torch.no_grad():
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask.to(input_ids.device),
-                                generation_config=config, logits_processor=processors)
-    completions = output[:, input_ids.shape[1]:].tolist()
-    return [_through_first_eos(ids, trainer.eos_token_ids) for ids in completions], None
+    return (pad(rows, padding_value=pad_token_id, padding_side="left"),
+            pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left"))
+
+
+def shared_prompts(model: Any, prompt_ids: list[list[int]], group_size: int, step: int, pad_token_id: int,
+                   device: torch.device) -> KeptCache | None:
+    """The KV cache of each group's prompt but its last token, computed once and repeated for the
+    group's `group_size` rows, which then compute only that token before they sample (TRL's own
+    sampler computes the prompt once per row: G times). None unless the rows come in groups of one
+    prompt of two tokens or more, and the model's cache keeps every column."""
+    groups = [prompt_ids[i:i + group_size] for i in range(0, len(prompt_ids), group_size)]
+    if group_size < 2 or any(len(group) != group_size or group.count(group[0]) != group_size for group in groups):
+        return None
+    prefixes = [group[0][:-1] for group in groups]
+    cache = DynamicCache(config=model.config)
+    if not all(prefixes) or not _reusable(cache):
+        return None
+    input_ids, attention_mask = left_padded(prefixes, pad_token_id)
+    # Positions as generate() counts them: from each row's first token, padding aside.
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    model.get_base_model().get_decoder()(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                         position_ids=position_ids.to(device), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(group_size)
+    width = input_ids.shape[1]
+    rows = [prefix for prefix in prefixes for _ in range(group_size)]
+    return KeptCache(cache, tokens=rows, columns=[list(range(width - len(row), width)) for row in rows], step=step)
 
 
 def _through_first_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:
@@ -335,11 +453,11 @@ class ReflectionRollout:
     """TRL's `rollout_func`: reflections as completions, rewarded by their retries' verdicts."""
 
     def __init__(self, failures: Sequence[Failure], tokenizer: Any, settings: GRPOSettings,
-                 verifier_runtime: VerifierRuntime, generate: Generate = generate_with_policy) -> None:
+                 verifier_runtime: VerifierRuntime, generate: Generate | None = None) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
         self.protocol = reflect_retry(tokenizer, settings, verifier_runtime)
-        self.generate = generate
+        self.generate = generate or PolicySampler()
         # The trainer's dataset: one reflection prompt per failure, the first failure of each prompt,
         # within the prompt-length limit.
         self.failures: dict[str, Failure] = {}
@@ -356,9 +474,10 @@ class ReflectionRollout:
         failures = [self.failures[prompt] for prompt in prompts]  # each failure G times in a row
         prompt_ids = [self.encode(prompt) for prompt in prompts]
 
-        # 1. G reflections per failure, sampled from the policy
+        # 1. G reflections per failure, sampled from the policy; the sampler keeps what it computed for
+        # the retries, whose prompts begin with each reflection's prompt and the reflection
         reflection_ids, reflection_logprobs = self.generate(
-            trainer, prompt_ids, self.settings.max_reflection_tokens, self.settings.temperature, g, ())
+            trainer, prompt_ids, self.settings.max_reflection_tokens, self.settings.temperature, g, (), True)
         reflections = self.tokenizer.batch_decode(reflection_ids, skip_special_tokens=True)
         rollout_progress(0, len(reflections))
 
@@ -369,7 +488,7 @@ class ReflectionRollout:
         retry_limit = min(self.settings.max_retry_tokens, max(task.params.max_tokens for task, _, _ in retries))
         retry_ids, _ = self.generate(
             trainer, [self.encode(prompt.engine_input) for _, _, prompt in retries], retry_limit,
-            self.settings.retry_temperature, 1, [self.grammar(trainer, task) for task, _, _ in retries])
+            self.settings.retry_temperature, 1, [self.grammar(trainer, task) for task, _, _ in retries], False)
         generated = [self.tokenizer.decode(ids[:task.params.max_tokens], skip_special_tokens=True)
                      for (task, _, _), ids in zip(retries, retry_ids)]
         rollout_progress(1, len(generated))
@@ -569,10 +688,11 @@ def lora_config(settings: GRPOSettings, start_adapter: Path | None) -> LoraConfi
 
 
 def build_trainer(model_path: str, start_adapter: Path | None, failures: Sequence[Failure], output_dir: Path,
-                  settings: GRPOSettings, verifier_runtime: VerifierRuntime, generate: Generate = generate_with_policy,
+                  settings: GRPOSettings, verifier_runtime: VerifierRuntime, generate: Generate | None = None,
                   tracking: RoundRun | None = None) -> tuple[GRPOTrainer, ReflectionRollout, SkipStepsWithoutSignal]:
-    """The trainer for a round, its rollout and its step control (`generate` is the policy's sampler;
-    `tracking`: the round's run in the experiment trackers, reported to by the main process alone).
+    """The trainer for a round, its rollout and its step control (`generate`: the policy's sampler, a
+    `PolicySampler` if None; `tracking`: the round's run in the experiment trackers, reported to by the
+    main process alone).
 
     Raises ValueError when the failures cannot give every process at least one prompt a step, or
     when `settings.device` is cuda and there is no GPU."""

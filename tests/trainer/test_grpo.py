@@ -28,10 +28,10 @@ from r3.reflect_retry import ChatTask, Reflector, ReflectRetry
 from trainer.data import Failure, failures_from_episodes
 from trainer.grpo import (
     GRPOSettings,
+    PolicySampler,
     ReflectionRollout,
     build_trainer,
     carries_signal,
-    generate_with_policy,
     grpo_config,
     precision_args,
     reflection_prompt,
@@ -65,7 +65,7 @@ class ScriptedPolicy:
     def __init__(self, tokenizer, retry: Callable[[str, int, int], str]) -> None:
         self.tokenizer, self.retry, self.rollouts = tokenizer, retry, 0
 
-    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=()):
+    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=(), keep_cache=False):
         texts = self.tokenizer.batch_decode(prompt_ids)
         if "Now try the task again" not in texts[0]:
             self.rollouts += 1
@@ -155,7 +155,7 @@ class RecordingPolicy:
         self.tokenizer, self.reflection, self.retry = tokenizer, reflection, retry
         self.calls: list[tuple[list[list[int]], list]] = []
 
-    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=()):
+    def __call__(self, trainer, prompt_ids, max_new_tokens, temperature, group_size, grammars=(), keep_cache=False):
         self.calls.append((prompt_ids, list(grammars)))
         text = self.retry if len(self.calls) == 2 else self.reflection
         return [self.tokenizer(text, add_special_tokens=False)["input_ids"]] * len(prompt_ids), None
@@ -226,11 +226,41 @@ def test_a_retry_the_server_holds_to_a_grammar_is_held_to_it_in_training_too(mod
     task, _, prompt = retry_of(rollout.protocol, forced, "I must call the tool.", temperature=0.0)
     grammar = rollout.grammar(trainer, task)
     assert grammar is not None and prompt.assistant_prefix == ""  # held by the grammar, not prefilled
-    [ids], _ = generate_with_policy(trainer, [rollout.encode(prompt.engine_input)], 64, 0.0, 1, [grammar])
+    [ids], _ = PolicySampler()(trainer, [rollout.encode(prompt.engine_input)], 64, 0.0, 1, [grammar])
     answer = rollout.protocol.answer(task, prompt, rollout.tokenizer.decode(ids, skip_special_tokens=True))
     assert ids[-1] in trainer.eos_token_ids, "the grammar ends the answer when the call is complete"
     [call] = answer.tool_calls
     assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Lyon")
+
+
+def test_the_sampler_computes_nothing_twice_and_generates_what_a_fresh_batch_does(model_path, tmp_path):
+    """A group's rows compute their shared prompt once, and the retries continue the reflections' KV
+    cache: a retry computes only what follows its reflection prompt (a row continuing another row's
+    conversation reuses less). Either way the sampler generates the tokens that rows computed apart
+    and from scratch generate (the bundled model, greedy)."""
+    trainer, rollout, _ = build_trainer(str(model_path), None, FAILURES, tmp_path, TINY, VerifierRuntime())
+    prompts = [rollout.encode(prompt) for prompt in rollout.failures for _ in range(2)]  # 2 failures, G = 2
+    assert PolicySampler()(trainer, prompts, 8, 0.0, 2) == PolicySampler()(trainer, prompts, 8, 0.0, 1)
+
+    torch.manual_seed(0)
+    sampler = PolicySampler()
+    reflections, _ = sampler(trainer, prompts, 12, 1.0, 2, (), True)
+    texts = rollout.tokenizer.batch_decode(reflections, skip_special_tokens=True)
+    failures = [failure for failure in rollout.failures.values() for _ in range(2)]
+    retries = [rollout.encode(retry_of(rollout.protocol, failure, text, 0.0)[2].engine_input)
+               for failure, text in zip(failures, texts)]
+    retries[0] = retries[2]  # the other failure's conversation
+
+    kept, step, pad_token_id = sampler.kept, trainer.state.global_step, rollout.tokenizer.pad_token_id
+    assert kept.continuation(retries, step + 1, pad_token_id) is None  # another step's weights computed it
+    _, attention_mask, _ = kept.continuation(retries, step, pad_token_id)
+    reused = attention_mask[:, :kept.cache.get_seq_length()].sum(dim=1).tolist()
+    # The others reuse their reflection prompt and their reflection (as far as it was fed back).
+    assert reused[0] < len(prompts[0]) and all(reused[row] > len(prompts[row]) for row in (1, 2, 3))
+    continued, _ = sampler(trainer, retries, 8, 0.0, 1)
+    fresh, _ = PolicySampler()(trainer, retries, 8, 0.0, 1)
+    assert continued == fresh
+    assert sampler.kept is None  # freed by the call that followed
 
 
 def test_rollout_takes_one_failure_per_prompt_within_the_length_limit(model_path):
