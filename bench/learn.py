@@ -498,7 +498,7 @@ async def last_round(client: httpx.AsyncClient) -> dict[str, Any]:
     return state["rounds"][0] if state["rounds"] else {}
 
 
-def _round_summary(row: dict[str, Any], code: int, seconds: float) -> dict[str, Any]:
+def _round_summary(row: dict[str, Any], code: int | None, seconds: float) -> dict[str, Any]:
     report = row.get("report") or {}
     training = report.get("training") or {}
     return {"trainer_exit_code": code, "seconds": round(seconds, 1), "candidate": row.get("candidate"),
@@ -509,18 +509,36 @@ def _round_summary(row: dict[str, Any], code: int, seconds: float) -> dict[str, 
 
 
 async def train_scenario(client: httpx.AsyncClient, env: dict[str, str], data_dir: Path, scenario: str,
-                         timeout_s: float) -> tuple[dict[str, Any], int, float]:
+                         timeout_s: float, tries: int = 3) -> tuple[dict[str, Any], int, float]:
     """One round of `scenario`, as an admin asks for it: `POST /admin/train?scenario=`, taken up by an
     `r3 train` started for it (`r3 train --once` trains the default scenario only), stopped once the
     round has ended. Its own rounds are held off (R3_TRAIN_MIN_FAILURES and R3_TRAIN_INTERVAL_S out of
-    reach), so it runs the requested one alone. (the round's row, the trainer's exit code: None
-    while it ran, then stopped; seconds). Raises RuntimeError if the round has not ended within
-    `timeout_s` or the trainer exits first."""
+    reach), so it runs the requested one alone. A trainer that dies first (on a shared machine, the
+    kernel's OOM killer) leaves its round running and the failures untrained: after
+    R3_TRAIN_STALE_AFTER_S the round is asked for again, which fails the abandoned one, and a new
+    trainer runs it, `tries` times in all. (the round's row; how many trainers died before it ended;
+    seconds). Raises
+    RuntimeError if the round has not ended within `timeout_s`, or every trainer died first."""
     started = time.monotonic()
-    response = await client.post(f"/admin/train?scenario={scenario}")
-    response.raise_for_status()
-    round_id = response.json()["round"]
     env = {**env, "R3_TRAIN_MIN_FAILURES": str(10 ** 9), "R3_TRAIN_INTERVAL_S": str(10 ** 12)}
+    stale_after_s = float(env.get("R3_TRAIN_STALE_AFTER_S", 120))
+    for attempt in range(tries):
+        response = await client.post(f"/admin/train?scenario={scenario}")
+        response.raise_for_status()
+        round_id = response.json()["round"]
+        row = await _run_trainer(client, env, data_dir, scenario, round_id, started + timeout_s)
+        if row is not None:
+            return row, attempt, time.monotonic() - started
+        log(f"r3 train died before round {round_id} of {scenario} ended (see {data_dir / 'trainer.log'}); asking "
+            f"again once the round is stale ({stale_after_s:.0f} s)")
+        await asyncio.sleep(stale_after_s + 5)
+    raise RuntimeError(f"r3 train died {tries} times before a round of {scenario} ended; see {data_dir / 'trainer.log'}")
+
+
+async def _run_trainer(client: httpx.AsyncClient, env: dict[str, str], data_dir: Path, scenario: str, round_id: int,
+                       deadline: float) -> dict[str, Any] | None:
+    """`r3 train` until round `round_id` of `scenario` has ended (its row), or None if it died first;
+    stopped either way. Raises RuntimeError at `deadline` (monotonic)."""
     with open(data_dir / "trainer.log", "ab") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "r3", "train"], cwd=REPO, env=env, stdout=log_file,
                                    stderr=subprocess.STDOUT)
@@ -529,12 +547,11 @@ async def train_scenario(client: httpx.AsyncClient, env: dict[str, str], data_di
                 rows = (await admin_get(client, f"/admin/train?scenario={scenario}&limit=5"))["rounds"]
                 row = next((r for r in rows if r["round"] == round_id), {})
                 if row.get("status") in ("finished", "failed"):
-                    break
+                    return row
                 if process.poll() is not None:
-                    raise RuntimeError(f"r3 train exited ({process.returncode}) before round {round_id} of {scenario} "
-                                       f"ended; see {data_dir / 'trainer.log'}")
-                if time.monotonic() - started > timeout_s:
-                    raise RuntimeError(f"round {round_id} of {scenario} did not end within {timeout_s:.0f} s")
+                    return None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"round {round_id} of {scenario} did not end in time")
                 await asyncio.sleep(2)
         finally:
             if process.poll() is None:
@@ -544,7 +561,6 @@ async def train_scenario(client: httpx.AsyncClient, env: dict[str, str], data_di
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-    return row, process.returncode, time.monotonic() - started
 
 
 async def canary_phase(client: httpx.AsyncClient, scenario: str, model: str, tasks: list[suite.Task],
@@ -769,8 +785,9 @@ async def scenarios_experiment(config: Config) -> dict[str, Any]:
                 rounds: dict[str, dict[str, Any]] = {}
                 canaries: dict[str, dict[str, Any]] = {}
                 for name in SCENARIOS:
-                    row, code, seconds = await train_scenario(client, server.env, data_dir, name, patience)
-                    rounds[name] = _round_summary(row, code, seconds)
+                    row, died, seconds = await train_scenario(client, server.env, data_dir, name, patience)
+                    # r3 train is stopped once its round has ended: its exit code says nothing.
+                    rounds[name] = {**_round_summary(row, None, seconds), "trainers_died_first": died}
                     decided = ("a live canary" if rounds[name]["canary"] else
                                "promoted" if rounds[name]["promoted"] else "not promoted")
                     log(f"round of {name}: {seconds:.0f} s; {rounds[name]['candidate']} {decided}: "
