@@ -4,6 +4,7 @@ an error, pinned requests never move, and two replicas split the traffic identic
 
 from __future__ import annotations
 
+import asyncio
 import math
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -55,6 +56,12 @@ async def start_canary(apps, files: Path, parent: str | None, fraction: float) -
     return candidate.name
 
 
+async def written(apps) -> None:
+    """Wait until every replica's recorded episodes are in the store."""
+    for app in apps:
+        await asyncio.wait_for(app.state.episode_log.flush(), 60)
+
+
 async def send(client: httpx.AsyncClient, request_id: str, model: str = "r3") -> dict:
     response = await client.post("/v1/chat/completions", headers={"x-request-id": request_id}, json={
         "model": model, "messages": [{"role": "user", "content": f"say right ({request_id})"}],
@@ -82,6 +89,8 @@ async def test_a_worse_canary_is_aborted_and_a_better_one_promoted(replicas) -> 
     episode = (await clients[0].get(f"/v1/episodes/{pinned['r3']['episode_id']}")).json()
     assert episode["adapter"] == v1.name  # a pinned request is never moved, nor counted
 
+    # Episodes reach the store off the response path; the canary counts what the store holds.
+    await written(apps)
     status = (await clients[0].get("/admin/canary", headers=ADMIN)).json()
     assert (status["version"], status["baseline"], status["state"]) == (worse, v1.name, "running")
     first = status["comparisons"][0]
@@ -104,6 +113,7 @@ async def test_a_worse_canary_is_aborted_and_a_better_one_promoted(replicas) -> 
     good.add(better)
     for i in range(REQUESTS):
         await send(clients[i % 2], f"second-{i}")
+    await written(apps)
     decided = await watch.check()
     assert [(c.version, v.decision) for c, v in decided] == [(better, CanaryDecision.PROMOTE)]
     assert (await store.registry.active()).name == better
