@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import numpy as np
 
-from bench.common import RESULTS, figure, save, table
+from bench.common import RESULTS, figure, require_bench_extra, save, table
 from r3.canary import Arm, CanaryCounts, CanaryDecision, CanaryPolicy, decide
 from r3.stats import wilson
 
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50, help="episodes of the scenario between two looks")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    require_bench_extra()
     policy = CanaryPolicy()
     started = time.monotonic()
     runs = [simulate(case, args.canaries, policy, args.fraction, args.every, args.seed + i)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import platform
@@ -23,6 +24,21 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 MODEL = "SmolLM2-135M-Instruct"
 PASSING = {"type": "regex", "pattern": "(?s).*"}  # a verifier every answer passes (regex is a full match)
+
+
+def require_bench_extra() -> None:
+    """Stop before any work when the `bench` extra is missing (matplotlib draws the plots, scipy
+    computes the intervals and tests), so a benchmark never runs for an hour and then fails at its
+    plot. Raises SystemExit with one line naming the missing modules and the install command."""
+    missing = []
+    for module in ("matplotlib", "scipy"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SystemExit(f"the benchmarks need {' and '.join(missing)} (the bench extra): "
+                         "pip install -e '.[bench]', or make bench")
 
 
 def machine() -> dict[str, Any]:

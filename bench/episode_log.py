@@ -45,7 +45,7 @@ sys.path.append(str(ROOT / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 from support import ThreadedServer  # noqa: E402
 
-from bench.common import figure  # noqa: E402
+from bench.common import figure, require_bench_extra  # noqa: E402
 from r3.episodes import AttemptRecord, Episode, new_episode_id  # noqa: E402
 from r3.settings import Settings  # noqa: E402
 from r3.store import database  # noqa: E402
@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--database", default=os.environ.get("R3_BENCH_DATABASE", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis", default=os.environ.get("R3_BENCH_REDIS", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
+    require_bench_extra()
     RESULTS.mkdir(exist_ok=True)
     if args.writers:
         runs = [writers(args.database, args.redis, count, args.episodes) for count in (1, args.writers)]

@@ -31,7 +31,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 import httpx
 from support import make_lora  # the tests' random, non-zero LoRA adapters
 
-from bench.common import MODEL, PASSING, R3Server, Sample, figure, save, table
+from bench.common import MODEL, PASSING, R3Server, Sample, figure, require_bench_extra, save, table
 from r3 import bundled_model
 from r3.settings import Settings
 from r3.store.registry import AdapterRegistry
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=20)
     parser.add_argument("--clients", type=int, default=2)
     args = parser.parse_args()
+    require_bench_extra()
     model_path = bundled_model.pull(Settings().models_dir)
     scratch = Path(tempfile.mkdtemp(prefix="r3-bench-swap-"))
     folders = [make_lora(model_path, scratch / f"lora-{seed}", seed) for seed in range(args.swaps + 1)]

@@ -73,7 +73,7 @@ import httpx
 
 from bench import planted
 from bench import tasks as suite
-from bench.common import REPO, RESULTS, R3Server, machine
+from bench.common import REPO, RESULTS, R3Server, machine, require_bench_extra
 from r3.stats import sign_test_p_value, wilson
 from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import model_name
@@ -1216,6 +1216,7 @@ def save(result: dict[str, Any], out_dir: Path = RESULTS, name: str = "learn") -
 
 def main(config: Config, out_dir: Path = RESULTS) -> dict[str, Any]:
     """Runs the experiment of `config`'s suite (`families == ("planted",)`: the planted one)."""
+    require_bench_extra()
     # On SIGTERM unwind like Ctrl-C, so the server and trainer processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if config.families == PLANTED.families and config.scenarios > 1:

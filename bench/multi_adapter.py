@@ -41,7 +41,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support import make_lora  # the tests' random, non-zero LoRA adapters
 
-from bench.common import MODEL, figure, save, table
+from bench.common import MODEL, figure, require_bench_extra, save, table
 from r3 import bundled_model
 from r3.chat_format import render_prompt
 from r3.engines.base import Engine, SamplingParams
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--colds", type=int, default=6, help="cold/warm pairs measured")
     parser.add_argument("--name", default="multi_adapter", help="the results' file name in bench/results/")
     args = parser.parse_args()
+    require_bench_extra()
     if args.rows < max(ADAPTER_COUNTS):
         parser.error(f"--rows must be at least {max(ADAPTER_COUNTS)}")
     model_path = bundled_model.pull(Settings().models_dir)

@@ -23,7 +23,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import httpx
 
-from bench.common import MODEL, PASSING, R3Server, Sample, chat_sender, closed_loop, figure, percentile, save, table
+from bench.common import (MODEL, PASSING, R3Server, Sample, chat_sender, closed_loop, figure, percentile,
+                          require_bench_extra, save, table)
 from r3 import bundled_model
 from r3.chat_format import render_prompt
 from r3.engines.base import SamplingParams
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     args = parser.parse_args()
+    require_bench_extra()
     model_path = str(bundled_model.pull(Settings().models_dir))
     rows = []
     for name in args.engines.split(","):

@@ -30,7 +30,7 @@ import httpx
 from fastapi import FastAPI, Request
 from support import ThreadedServer  # a uvicorn server in a thread
 
-from bench.common import MODEL, R3Server, figure, percentile, save, table
+from bench.common import MODEL, R3Server, figure, percentile, require_bench_extra, save, table
 
 CONFIGS = {  # name: the server's settings
     "transformers prefix-cache on": {"R3_ENGINE": "transformers", "R3_ENABLE_PREFIX_CACHING": "true"},
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32, help="for answers and reflections")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     args = parser.parse_args()
+    require_bench_extra()
     rows, raw = [], {}
     load_before = os.getloadavg()
     with ThreadedServer(webhook_app()) as hook:

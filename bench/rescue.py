@@ -25,7 +25,7 @@ import httpx
 
 from bench import learn
 from bench import tasks as suite
-from bench.common import MODEL, RESULTS, R3Server, figure, save, table
+from bench.common import MODEL, RESULTS, R3Server, figure, require_bench_extra, save, table
 from r3.stats import wilson
 
 DEFAULT_CONDITIONS = "countdown2@0,countdown2@0.5,countdown2@1,alarm@0,alarm@0.7"
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--conditions", default=DEFAULT_CONDITIONS, help="family@temperature, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=64, help="for answers and reflections")
     args = parser.parse_args()
+    require_bench_extra()
     conditions = [(family, float(t)) for family, t in (c.split("@") for c in args.conditions.split(","))]
     unknown = sorted({family for family, _ in conditions} - set(suite.FAMILIES))
     if unknown:

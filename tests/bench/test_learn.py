@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import math
+import sys
 
 import pytest
 
@@ -132,3 +135,29 @@ def test_paired_scores_rank_the_differences_and_leave_ties_out():
     assert learn.paired_scores([0.5, None], [0.5, 1.0]) == {
         "n": 1, "after_higher": 0, "before_higher": 0, "ties": 1, "mean_difference": 0.0, "p_one_sided": 1.0,
         "mean_difference_ci95": (0.0, 0.0), "t_test_p_one_sided": None}
+
+
+
+PLOTTING = ("canary", "episode_log", "hot_swap", "multi_adapter", "overhead", "reflect_retry", "rescue")
+
+
+@pytest.mark.parametrize("name", PLOTTING)
+def test_a_benchmark_without_its_extra_stops_before_any_work(name, monkeypatch) -> None:
+    """The two-scenario run once ended at its plot after 51 minutes, matplotlib missing: every
+    benchmark that plots checks the bench extra before it starts anything."""
+    module = importlib.import_module(f"bench.{name}")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it imports
+    monkeypatch.setattr(sys, "argv", [name])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert str(stopped.value) == NO_EXTRA
+
+
+def test_the_learning_run_without_its_extra_stops_before_any_work(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as stopped:
+        learn.main(dataclasses.replace(learn.PLANTED, scenarios=2))
+    assert str(stopped.value) == NO_EXTRA
+
+
+NO_EXTRA = "the benchmarks need matplotlib (the bench extra): pip install -e '.[bench]', or make bench"
