@@ -52,31 +52,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class R3Server:
-    """`with R3Server({"R3_ENGINE": "vllm"}) as url:` — `r3 serve` in its own process, with its own data dir."""
+class ServerProcess:
+    """`with server as url:` an HTTP server in its own process (`command`, run in `cwd` with `env`,
+    its output in `log_path`), up once `GET /health` answers 200 on `port`; stopped at the end
+    (SIGTERM, then SIGKILL after 60 s). RuntimeError, naming the log, if it exits or does not come
+    up within `startup_timeout_s`."""
 
-    def __init__(self, settings: dict[str, str], startup_timeout_s: float = 300, code: Path = REPO) -> None:
-        """`code`: the checkout whose server runs (another commit's worktree, to compare with)."""
-        self.code = code
-        self.port = free_port()
-        self.data_dir = Path(settings.get("R3_DATA_DIR") or tempfile.mkdtemp(prefix="r3-bench-"))
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
-        self.env = {**inherited, "R3_DATA_DIR": str(self.data_dir), **settings, "R3_PORT": str(self.port)}
-        self.log_path = self.data_dir / "server.log"
+    name = "the server"
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path,
+                 startup_timeout_s: float, cwd: Path | None = None) -> None:
+        self.command, self.env, self.port, self.log_path, self.cwd = command, env, port, log_path, cwd
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
         with open(self.log_path, "ab") as log:
-            # `python -m r3`; a checkout from before the command moved into the r3 package has `cli`.
-            command = "r3" if (self.code / "r3" / "__main__.py").exists() else "cli"
-            self.process = subprocess.Popen([sys.executable, "-m", command, "serve"], cwd=self.code, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"r3 serve exited; see {self.log_path}")
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     return url
@@ -84,7 +82,7 @@ class R3Server:
                 pass
             time.sleep(0.2)
         self.__exit__()
-        raise RuntimeError(f"r3 serve did not start in {self.startup_timeout_s} s; see {self.log_path}")
+        raise RuntimeError(f"{self.name} did not start in {self.startup_timeout_s} s; see {self.log_path}")
 
     def __exit__(self, *_) -> None:
         if self.process and self.process.poll() is None:
@@ -93,6 +91,24 @@ class R3Server:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+class R3Server(ServerProcess):
+    """`with R3Server({"R3_ENGINE": "vllm"}) as url:` — `r3 serve` in its own process, with its own data dir."""
+
+    name = "r3 serve"
+
+    def __init__(self, settings: dict[str, str], startup_timeout_s: float = 300, code: Path = REPO) -> None:
+        """`code`: the checkout whose server runs (another commit's worktree, to compare with)."""
+        self.code = code
+        port = free_port()
+        self.data_dir = Path(settings.get("R3_DATA_DIR") or tempfile.mkdtemp(prefix="r3-bench-"))
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("R3_")}
+        env = {**inherited, "R3_DATA_DIR": str(self.data_dir), **settings, "R3_PORT": str(port)}
+        # `python -m r3`; a checkout from before the command moved into the r3 package has `cli`.
+        command = "r3" if (code / "r3" / "__main__.py").exists() else "cli"
+        super().__init__([sys.executable, "-m", command, "serve"], env, port, self.data_dir / "server.log",
+                         startup_timeout_s, cwd=code)
 
 
 @dataclass

