@@ -16,6 +16,11 @@ from pathlib import Path
 # One torch thread per process (servers started by tests inherit it): the suite runs several model
 # processes on a 2-core machine, where more threads mostly spin waiting on each other.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# vLLM on the CPU reads its KV cache size from the environment, 2 GB by R3's default. 1 GB holds any
+# test's context (8,192 tokens of the bundled model: 0.4 GB); with 2 GB, two workers, each holding the
+# session's vLLM engine beside a module's own vLLM server and the in-process trainer of test_learns,
+# outgrew the machine's 24 GB and the kernel killed a worker.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import pytest
 from support import make_lora

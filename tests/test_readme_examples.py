@@ -180,8 +180,11 @@ def _send_json_example(example: dict, url: str) -> None:
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=EXAMPLE_TIMEOUT_S)
     assert response.status_code == 200, response.text
     first = response.json()["r3"]["attempts"][0]
-    # judged by that verifier; a model judge that could not answer leaves it unjudged, saying why
-    assert first["success"] in (True, False) or first["detail"].startswith("judge error"), first
+    # Judged by that verifier; a model judge that could not answer (down, too slow, outside the shape, cut
+    # off by its token limit) leaves it unjudged, no score, the detail saying why, as the graders guide says.
+    judged = first["success"] in (True, False) and 0 <= first["score"] <= 1
+    unjudged = first["success"] is None and first["score"] is None and "judge" in first["detail"]
+    assert judged or unjudged, first
 
 
 # ------------------------------------------------------------------ what a new user meets first
