@@ -122,7 +122,8 @@ def test_a_round_is_one_run_per_tracker_with_trls_steps_its_gate_numbers_and_its
     assert {key: found.data.tags[key] for key in ("r3.scenario", "r3.round", "r3.version", "r3.decision")} == {
         "r3.scenario": "default", "r3.round": "7", "r3.version": "r3-v3", "r3.decision": "promoted"}
     assert found.data.tags["r3.reason"] == SUMMARY["reason"]
-    history = {name: [(m.step, m.value) for m in mlflow_store.get_metric_history(ids["mlflow"], name)]
+    # By step: MLflow's history of a metric comes in no set order.
+    history = {name: sorted((m.step, m.value) for m in mlflow_store.get_metric_history(ids["mlflow"], name))
                for name in ("loss", "r3/unjudged", "gate/p_value")}
     assert history == {"loss": [(1, 0.5), (2, 0.25)], "r3/unjudged": [(1, 0.0), (2, 1.0)], "gate/p_value": [(2, 0.125)]}
     assert {name: found.data.metrics[name] for name in expected} == expected
