@@ -85,12 +85,19 @@ class ServerProcess:
         raise RuntimeError(f"{self.name} did not start in {self.startup_timeout_s} s; see {self.log_path}")
 
     def __exit__(self, *_) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process:
+            stop(self.process, grace_s=60)
+
+
+def stop(process: subprocess.Popen, grace_s: float) -> None:
+    """Stop `process` if it still runs: SIGTERM, then SIGKILL after `grace_s` seconds; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class R3Server(ServerProcess):

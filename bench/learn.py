@@ -73,7 +73,7 @@ import httpx
 
 from bench import planted
 from bench import tasks as suite
-from bench.common import REPO, RESULTS, R3Server, machine, require_bench_extra
+from bench.common import REPO, RESULTS, R3Server, machine, require_bench_extra, stop
 from r3.stats import sign_test_p_value, wilson
 from r3.store.models import DEFAULT_SCENARIO
 from r3.store.registry import model_name
@@ -554,13 +554,7 @@ async def _run_trainer(client: httpx.AsyncClient, env: dict[str, str], data_dir:
                     raise RuntimeError(f"round {round_id} of {scenario} did not end in time")
                 await asyncio.sleep(2)
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process, grace_s=30)
 
 
 async def canary_phase(client: httpx.AsyncClient, scenario: str, model: str, tasks: list[suite.Task],
