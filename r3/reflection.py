@@ -6,7 +6,7 @@ After a failed attempt the conversation grows like this (OpenAI messages, plain 
     assistant: <the failed attempt, unchanged: its text and tool calls>
     user:      <reflection request for the task kind, with the verifier's detail>
     assistant: <the model's reflection>                 <- the only tokens GRPO rewards
-    user:      <retry request, restating the task>
+    user:      <retry request, restating the task (a long one is pointed to instead)>
     assistant: <the retry>                              <- judged by the same verifier
 
 A second failure appends another (attempt, reflection request, reflection, retry request) round.
@@ -38,6 +38,11 @@ REFLECTION_TEMPLATES: dict[str, str] = {
     "generic": "You tried performing the task, but your answer was not accepted.{detail} " + _REFLECT,
 }
 RETRY_TEMPLATE = "Now try the task again, using your reflection. The task was:\n\n{task}"
+LONG_TASK_RETRY = "Now try the task again, using your reflection. The task is my last message before your failed answer."
+# A task restated costs its whole prefill again, though the conversation above holds it verbatim (and a
+# prefix cache its keys and values): a short one costs little and keeps it beside the retry for a small
+# model; a long one (a document, a passage: about 250 tokens and up) is pointed to instead.
+RESTATED_TASK_MAX_CHARS = 1_000
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,12 @@ def reflection_request(task_kind: str, detail: str = "") -> dict[str, str]:
 
 
 def retry_request(messages: list[dict[str, Any]]) -> dict[str, str]:
-    return {"role": "user", "content": RETRY_TEMPLATE.format(task=task_statement(messages))}
+    """The user turn asking for the retry: it restates the task (`task_statement`) up to
+    `RESTATED_TASK_MAX_CHARS` characters, and points to a longer one."""
+    task = task_statement(messages)
+    if len(task) > RESTATED_TASK_MAX_CHARS:
+        return {"role": "user", "content": LONG_TASK_RETRY}
+    return {"role": "user", "content": RETRY_TEMPLATE.format(task=task)}
 
 
 def task_statement(messages: list[dict[str, Any]]) -> str:

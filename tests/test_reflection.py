@@ -6,6 +6,7 @@ import pytest
 
 from r3.reflection import (
     REFLECTION_TEMPLATES,
+    RESTATED_TASK_MAX_CHARS,
     FailedAttempt,
     assistant_message,
     reflection_conversation,
@@ -38,6 +39,19 @@ def test_the_retry_restates_the_task_after_the_reflection() -> None:
     assert conversation[4] == {"role": "assistant", "content": "I should call g."}
     assert conversation[5]["role"] == "user" and conversation[5]["content"].endswith("Use 3, 5, 8 to make 24.")
     assert len(conversation) == 6
+
+
+def test_a_long_task_is_pointed_to_not_restated() -> None:
+    # Restating a passage would prefill it all again: a rescue would cost more than its generated tokens.
+    passage = "The lighthouse stood on the rock. " * 40 + "Who kept it?"
+    assert len(passage) > RESTATED_TASK_MAX_CHARS
+    long_task = [{"role": "user", "content": passage}]
+    failed = FailedAttempt(assistant_message("Nobody."), "wrong", "Read the passage again.")
+    retry = retry_conversation(long_task, [failed], "generic")[-1]
+    assert retry["role"] == "user" and "lighthouse" not in retry["content"]
+    assert "my last message before your failed answer" in retry["content"]
+    at_the_limit = [{"role": "user", "content": passage[-RESTATED_TASK_MAX_CHARS:]}]
+    assert retry_conversation(at_the_limit, [failed], "generic")[-1]["content"].endswith(passage[-RESTATED_TASK_MAX_CHARS:])
 
 
 def test_a_second_failure_continues_the_same_conversation() -> None:
