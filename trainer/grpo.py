@@ -93,6 +93,7 @@ from trl.trainer.utils import pad
 from r3.chat_format import ChatPrompt
 from r3.engines.constrained import Grammars, GrammarsForGenerate, RowGrammar
 from r3.engines.device import Placement, placement
+from r3.engines.prefix_cache import common_prefix
 from r3.reflect_retry import ChatTask, ReflectRetry, recorded_params, recorded_task
 from trainer.data import Failure
 from verifiers import JudgeUsage, Verdict, VerifierRuntime
@@ -293,7 +294,8 @@ class KeptCache:
         follow from the mask (`generate()` counts them), so each token sits where a fresh batch puts it."""
         if step != self.step or len(prompt_ids) != len(self.tokens):
             return None
-        reused = [_common_prefix(ids, kept, len(ids) - 1) for ids, kept in zip(prompt_ids, self.tokens)]
+        reused = [min(common_prefix(torch.tensor(ids), torch.tensor(kept)), len(ids) - 1)
+                  for ids, kept in zip(prompt_ids, self.tokens)]
         if not any(reused):
             return None
         cached = self.cache.get_seq_length()
@@ -310,13 +312,6 @@ class KeptCache:
             attention_mask[row, first_new:] = 1
             columns.append(self.columns[row][:n] + list(range(first_new, cached + width)))
         return input_ids, attention_mask, columns
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    n = 0
-    while n < min(len(a), len(b), limit) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _reusable(cache: Any) -> bool:

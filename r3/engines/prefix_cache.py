@@ -45,6 +45,13 @@ import torch
 LayersKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens two token sequences ([tokens] each, on one device) share."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
 @dataclass
 class _Entry:
     adapter: str
@@ -55,9 +62,7 @@ class _Entry:
 
     def common_prefix(self, prompt: torch.Tensor) -> int:
         """How many leading tokens `prompt` ([tokens], int64, CPU) shares with this entry."""
-        n = min(len(self.tokens), len(prompt))
-        differ = (self.tokens[:n] != prompt[:n]).nonzero()
-        return int(differ[0]) if len(differ) else n
+        return common_prefix(self.tokens, prompt)
 
     def continued_by(self, tokens: torch.Tensor, prompt_length: int) -> bool:
         """Whether a sequence of `tokens` whose first `prompt_length` are its prompt is a later turn of this
