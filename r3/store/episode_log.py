@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LogSettings:
-    buffer_size: int = 10_000
+    # Episodes queued for the writer. Those are held for reads anyway (`readable_backlog`): a burst the
+    # database takes a while to catch up with is written from memory, where an overflow would be
+    # read back from the journal and its whole segment written again.
+    buffer_size: int = 100_000
     batch_size: int = 500
     tick_s: float = 0.25  # how often the journal rotates and the stream catches up
     announce_batch: int = 1000
@@ -278,10 +281,10 @@ class EpisodeLog:
         if not self._database_ok or not self.stream.carries:
             return
         try:
-            while ids := await self.store.unannounced(self.settings.announce_batch):
-                await self.stream.announce(ids)
-                await self.store.mark_announced(ids)
-                if not self._stream_ok:
+            while True:
+                async with self.store.claim_unannounced(self.settings.announce_batch) as ids:
+                    await self.stream.announce(ids)
+                if ids and not self._stream_ok:
                     log.info("announcing episodes resumed")
                     self._stream_ok = True
                 if len(ids) < self.settings.announce_batch:

@@ -131,6 +131,41 @@ async def test_a_full_buffer_spills_to_the_journal_and_nothing_is_lost(backend: 
     assert not log.journal.directory.exists()  # everything written: the journal folder is gone
 
 
+async def test_every_column_reads_back_as_written(backend: Backend) -> None:
+    """What `write` stores (on Postgres one array per column, `unnest`; on SQLite an executemany of
+    the rows) reads back as the episode written, every column filled, JSON's odd corners included:
+    null inside JSON beside a NULL column, an integer beyond 64 bits, a key that is not a string, NUL
+    and a lone surrogate inside JSON and text (replaced by U+FFFD where the database refuses them)."""
+    odd = "nul \x00, a lone surrogate \ud800, and é"
+    full = make_episode(content=odd, attempts=2)
+    full.tenant, full.adapter, full.scenario, full.category, full.canary = "tenant-1", "r3-v2", "support", odd, True
+    full.messages = [{"role": "user", "content": odd, odd: None}, {"role": "tool", "content": None}]
+    full.tools = [{"type": "function", "function": {"name": "f", "parameters": {"big": 2**70, 3: [1.5, None]}}}]
+    full.tool_choice, full.sampling = "auto", {"temperature": 0.7, "seed": 2**63}
+    full.responses_api = {"instructions": odd, "usage": {"input_tokens": 3}}
+    full.attempts[0].tool_calls = [{"id": "call_1", "function": {"name": "f", "arguments": odd}}]
+    full.attempts[0].feedback = Feedback(success=True, detail=odd, received_at=1_700_000_000.25, score=0.5)
+    full.attempts[1].reflection, full.attempts[1].score, full.attempts[1].success = odd, 0.25, None
+    bare = make_episode()
+    bare.verifier = bare.messages = bare.attempts[0].content = bare.attempts[0].token_ids = None
+    bare.attempts[0].logprobs = bare.attempts[0].detail = None
+    for episode in (full, bare):
+        episode.revision, episode.created_at = 1, 1_700_000_000.5  # whole microseconds, as the database keeps them
+    await backend.store.write([full, bare])
+
+    def expected(value):
+        """`value` as the database keeps it: JSON keys as text, the refused characters replaced."""
+        if isinstance(value, str):
+            value = value.replace("\ud800", "\ufffd")
+            return value.replace("\x00", "\ufffd") if backend.name == "postgres" else value
+        if isinstance(value, dict):
+            return {expected(str(k)): expected(v) for k, v in value.items()}
+        return [expected(v) for v in value] if isinstance(value, list) else value
+
+    for episode in (full, bare):
+        assert episode_to_dict(await backend.store.get_any(episode.id)) == expected(episode_to_dict(episode))
+
+
 # ---------------------------------------------------------------------------------------------- revision guard
 
 
@@ -380,7 +415,8 @@ async def test_the_catch_up_query_uses_the_partial_index(backend: Backend) -> No
 
     event.listen(backend.engine.sync_engine, "before_cursor_execute", capture)
     try:
-        assert await backend.store.unannounced(1000) == []
+        async with backend.store.claim_unannounced(1000) as ids:
+            assert ids == []
     finally:
         event.remove(backend.engine.sync_engine, "before_cursor_execute", capture)
     [(statement, parameters)] = [(s, p) for s, p in statements if "announced" in s]
@@ -392,6 +428,38 @@ async def test_the_catch_up_query_uses_the_partial_index(backend: Backend) -> No
             result = await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, tuple(parameters))
             plan = repr(result.fetchall())
     assert "episodes_unannounced" in plan, f"{statement}\n{plan}"
+
+
+@pytest.mark.services
+async def test_servers_catching_up_at_once_share_the_unannounced_episodes(fresh_pg_url: str) -> None:
+    """Two servers' catch-ups at the same moment claim disjoint episodes (`SKIP LOCKED`); a claim
+    whose announcement fails leaves its episodes unannounced, for the next."""
+    await asyncio.to_thread(database.migrate, fresh_pg_url)
+    engines = [database.create_engine(fresh_pg_url) for _ in range(2)]
+    try:
+        first, second = (SqlEpisodeStore(database.sessions(engine)) for engine in engines)
+        episodes = [make_episode() for _ in range(30)]
+        for episode in episodes:
+            episode.revision = 1
+        await first.write(episodes)
+        async with first.claim_unannounced(20) as held, second.claim_unannounced(20) as others:
+            assert len(held) == 20 and len(others) == 10 and not set(held) & set(others)
+        with pytest.raises(ConnectionError):
+            async with first.claim_unannounced(20) as ids:
+                raise ConnectionError("Redis is down")
+        assert ids == []  # all 30 were marked above
+        more = [make_episode() for _ in range(5)]
+        for episode in more:
+            episode.revision = 1
+        await second.write(more)
+        with pytest.raises(ConnectionError):
+            async with first.claim_unannounced(20) as ids:
+                raise ConnectionError("Redis is down")
+        async with second.claim_unannounced(20) as again:
+            assert sorted(again) == sorted(ids) == sorted(e.id for e in more)
+    finally:
+        for engine in engines:
+            await engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------- Redis

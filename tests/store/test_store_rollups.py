@@ -20,8 +20,8 @@ from r3.episodes import AttemptRecord, Episode, Feedback
 from r3.store import database
 from r3.store.live_stats import VersionStats, counted, covering, microseconds, stats_columns, version_stats
 from r3.store.models import BASE_ADAPTER, ROLLUP_WIDTHS, EpisodeRollup, EpisodeRow
-from r3.store.rollups import NUMBERS, minute_of
-from r3.store.sql import SqlEpisodeStore
+from r3.store.rollups import NUMBERS, minute_of, tally, tally_rows
+from r3.store.sql import SqlEpisodeStore, attempt_row, episode_row
 from r3.store.timeline import _counted, timeline
 
 # Midnight, so that the episodes' three days cover whole days, hours and minutes, and their ends.
@@ -152,6 +152,18 @@ async def test_rollups_equal_a_recount_after_revisions_feedback_and_replays(sess
     assert await stored_rollups(sessions) == rollups
     total = sum(numbers[0] for (_, width, _, _), numbers in rollups.items() if width == 86400)
     assert total == len(episodes) + len(newcomers)
+
+
+async def test_new_episodes_counted_from_their_rows_as_read_back(sessions) -> None:
+    """`tally_rows` (a batch's new episodes, counted in Python) gives what `tally` (SQL,
+    `stats_columns`) reads back for the same episodes."""
+    episodes = made_up(random.Random(13), 300)
+    await SqlEpisodeStore(sessions).write(episodes)
+    async with sessions() as session:
+        read_back = await tally(await session.connection(), [e.id for e in episodes])
+    counted = tally_rows([episode_row(e) for e in episodes],
+                         [attempt_row(e.id, a) for e in episodes for a in e.attempts])
+    assert_same({k: tuple(v) for k, v in counted.items()}, {k: tuple(v) for k, v in read_back.items()})
 
 
 async def test_stats_and_timelines_read_from_rollups_equal_a_count_over_the_episodes(sessions) -> None:
