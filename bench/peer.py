@@ -1,6 +1,6 @@
 """R3 against vLLM's own OpenAI server: throughput, added latency and greedy answers, side by side.
 
-    python bench/peer.py [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 3] [--max-batch 8]
+    python bench/peer.py [--kinds base,adapter] [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 3] [--max-batch 8]
 
 Two servers on loopback, started here and stopped at the end, on the same vLLM build and the same
 bundled model (float32): `r3 serve` with `R3_ENGINE=vllm`, and `vllm serve`. Both get the same
@@ -106,8 +106,8 @@ def cpu_s(process: psutil.Process) -> float:
     return total
 
 
-async def side_by_side(urls: dict[str, str], pids: dict[str, int], clients: tuple[int, ...], max_tokens: int,
-                       eos: int, requests: int, rounds: int) -> dict[tuple[str, str, int], list]:
+async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[str, ...], clients: tuple[int, ...],
+                       max_tokens: int, eos: int, requests: int, rounds: int) -> dict[tuple[str, str, int], list]:
     """{(server, kind, clients): [(samples, wall_s, the server's CPU s) per round]}, the servers taking turns
     in each case."""
     processes = {server: psutil.Process(pid) for server, pid in pids.items()}
@@ -115,11 +115,11 @@ async def side_by_side(urls: dict[str, str], pids: dict[str, int], clients: tupl
     http = {server: httpx.AsyncClient(base_url=url, timeout=900) for server, url in urls.items()}
     try:
         for server in urls:
-            for kind in KINDS:
+            for kind in kinds:
                 await sender(http[server], kind, max_tokens, eos, server == "r3")()  # warm-up: prefix cache, adapter
         for round_ in range(rounds):
             order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
-            for kind in KINDS:
+            for kind in kinds:
                 for concurrency in clients:
                     for server in order:
                         send = sender(http[server], kind, max_tokens, eos, server == "r3")
@@ -154,6 +154,7 @@ def load() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", default=",".join(KINDS), help="requests to measure, comma-separated: base, adapter")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="requests per measurement (at least one per client)")
@@ -163,6 +164,9 @@ def main() -> None:
     parser.add_argument("--max-lora-rank", type=int, default=16, help="R3_MAX_LORA_RANK and --max-lora-rank")
     args = parser.parse_args()
     clients = tuple(int(c) for c in args.clients.split(","))
+    kinds = tuple(args.kinds.split(","))
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {list(KINDS)}")
     limits = {"max_batch": args.max_batch, "max_loras": args.max_loras, "max_lora_rank": args.max_lora_rank,
               "max_resident_adapters": 16, "cpu_kv_cache_gb": 2}
     model_path = str(bundled_model.pull(Settings().models_dir))
@@ -180,11 +184,11 @@ def main() -> None:
     r3, vllm = R3Server(r3_settings, startup_timeout_s=900), VllmServer(model_path, limits, adapter)
     with r3 as r3_url, vllm as vllm_url:
         runs = asyncio.run(side_by_side({"r3": r3_url, "vllm": vllm_url}, {"r3": r3.process.pid, "vllm": vllm.process.pid},
-                                        clients, args.max_tokens, AutoTokenizer.from_pretrained(model_path).eos_token_id,
+                                        kinds, clients, args.max_tokens, AutoTokenizer.from_pretrained(model_path).eos_token_id,
                                         args.requests, args.rounds))
     load_after = load()
     rows = []
-    for kind in KINDS:
+    for kind in kinds:
         for concurrency in clients:
             r, v = summary(runs["r3", kind, concurrency]), summary(runs["vllm", kind, concurrency])
             rows.append({"request": kind, "clients": concurrency,
