@@ -102,9 +102,7 @@ def tally_rows(episodes: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping
                    retried and score is not None, score or 0 if retried else 0, score is not None, score or 0,
                    seconds.get(row["id"], 0))
         minute = microseconds(row["created_at"]) // 60_000_000 * 60
-        total = tallied.setdefault((row["scenario"], row["adapter"] or BASE_ADAPTER, minute), [0] * len(NUMBERS))
-        for i, number in enumerate(numbers):
-            total[i] += number
+        _add_to(tallied, (row["scenario"], row["adapter"] or BASE_ADAPTER, minute), numbers)
     return tallied
 
 
@@ -113,10 +111,14 @@ def add(*tallies: Mapping[Key, Sequence[float]]) -> dict[Key, list[float]]:
     together: dict[Key, list[float]] = {}
     for tallied in tallies:
         for key, numbers in tallied.items():
-            total = together.setdefault(key, [0] * len(NUMBERS))
-            for i, number in enumerate(numbers):
-                total[i] += number
+            _add_to(together, key, numbers)
     return together
+
+
+def _add_to(totals: dict[Key, list[float]], key: Key, numbers: Sequence[float]) -> None:
+    total = totals.setdefault(key, [0] * len(NUMBERS))
+    for i, number in enumerate(numbers):
+        total[i] += number
 
 
 async def apply(connection: AsyncConnection, before: Mapping[Key, Sequence[float]],
