@@ -4,7 +4,8 @@
 
 Two servers on loopback, started here and stopped at the end, on the same vLLM build and the same
 bundled model (float32): `r3 serve` with `R3_ENGINE=vllm`, and `vllm serve`. Both get the same
-limits (max batch / `--max-num-seqs`, LoRA slots, LoRA rank, adapters in memory, KV cache) and the
+limits (max batch / `--max-num-seqs`, LoRA slots, LoRA rank, adapters in memory, KV cache and its
+block size: `--block-size`, R3's CPU default of 32 unless told, where vLLM's own is 128) and the
 same LoRA adapter (`R3_LORA_MODULES` there, `--enable-lora --lora-modules` here; rank 8 on q_proj and
 v_proj, random non-zero weights, made with peft in a temporary folder). R3's requests carry a
 verifier every answer passes, so each is judged and recorded as an episode, never retried.
@@ -46,6 +47,7 @@ from transformers import AutoTokenizer
 
 from bench.common import MODEL, PASSING, R3Server, ServerProcess, closed_loop, free_port, percentile, save, table
 from r3 import bundled_model
+from r3.engines.vllm_engine import CPU_BLOCK_SIZE
 from r3.settings import Settings
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
@@ -67,7 +69,8 @@ class VllmServer(ServerProcess):
             "--port", str(port), "--served-model-name", MODEL, "--dtype", "float32",
             "--max-num-seqs", str(limits["max_batch"]), "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}",
             "--max-loras", str(limits["max_loras"]), "--max-lora-rank", str(limits["max_lora_rank"]),
-            "--max-cpu-loras", str(limits["max_resident_adapters"]), "--enable-prefix-caching",
+            "--max-cpu-loras", str(limits["max_resident_adapters"]), "--block-size", str(limits["block_size"]),
+            "--enable-prefix-caching",
             "--disable-log-stats", "--uvicorn-log-level", "warning"]
         super().__init__(command, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(limits["cpu_kv_cache_gb"])}, port,
                          Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "server.log", startup_timeout_s)
@@ -108,8 +111,9 @@ def cpu_s(process: psutil.Process) -> float:
 
 async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[str, ...], clients: tuple[int, ...],
                        max_tokens: int, eos: int, requests: int, rounds: int) -> dict[tuple[str, str, int], list]:
-    """{(server, kind, clients): [(samples, wall_s, the server's CPU s) per round]}, the servers taking turns
-    in each case."""
+    """{(server, kind, clients): [(samples, wall_s, the server's CPU s, the other server's CPU s) per round]},
+    the servers taking turns in each case. The other server is idle then; what CPU it spends anyway is
+    taken from the one measured (2 cores here), so it is recorded too."""
     processes = {server: psutil.Process(pid) for server, pid in pids.items()}
     runs: dict[tuple[str, str, int], list] = {}
     http = {server: httpx.AsyncClient(base_url=url, timeout=900) for server, url in urls.items()}
@@ -123,10 +127,11 @@ async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[
                 for concurrency in clients:
                     for server in order:
                         send = sender(http[server], kind, max_tokens, eos, server == "r3")
-                        cpu_before = cpu_s(processes[server])
+                        cpu_before = {each: cpu_s(process) for each, process in processes.items()}
                         samples, wall = await closed_loop(send, concurrency, max(1, requests // concurrency))
-                        runs.setdefault((server, kind, concurrency), []).append(
-                            (samples, wall, cpu_s(processes[server]) - cpu_before))
+                        cpu = {each: cpu_s(process) - cpu_before[each] for each, process in processes.items()}
+                        idle = sum(used for each, used in cpu.items() if each != server)
+                        runs.setdefault((server, kind, concurrency), []).append((samples, wall, cpu[server], idle))
                     print(f"round {round_ + 1}/{rounds}: {kind}, {concurrency} clients", flush=True)
     finally:
         for client in http.values():
@@ -135,12 +140,14 @@ async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[
 
 
 def summary(runs: list) -> dict[str, Any]:
-    samples = [sample for run, _, _ in runs for sample in run]
+    samples = [sample for run, *_ in runs for sample in run]
     latencies = [s.latency_s for s in samples]
     tokens = sum(s.completion_tokens for s in samples)
-    return {"tokens_per_s": tokens / sum(wall for _, wall, _ in runs),
-            "round_tokens_per_s": [sum(s.completion_tokens for s in run) / wall for run, wall, _ in runs],
-            "cpu_ms_per_token": 1000 * sum(cpu for _, _, cpu in runs) / tokens,
+    wall_s = sum(wall for _, wall, _, _ in runs)
+    return {"tokens_per_s": tokens / wall_s,
+            "round_tokens_per_s": [sum(s.completion_tokens for s in run) / wall for run, wall, _, _ in runs],
+            "cpu_ms_per_token": 1000 * sum(cpu for _, _, cpu, _ in runs) / tokens,
+            "other_server_cores": sum(idle for _, _, _, idle in runs) / wall_s,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "requests": len(samples), "failed": sum(s.body is None for s in samples),
             "tokens_per_answer": sorted({s.completion_tokens for s in samples if s.body is not None}),
@@ -162,13 +169,15 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="R3_MAX_BATCH_SIZE and --max-num-seqs")
     parser.add_argument("--max-loras", type=int, default=4, help="R3_MAX_LORAS and --max-loras")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="R3_MAX_LORA_RANK and --max-lora-rank")
+    parser.add_argument("--block-size", type=int, default=CPU_BLOCK_SIZE,
+                        help="R3_KV_BLOCK_SIZE and --block-size (default: R3's on a CPU; vLLM's own is 128 there)")
     args = parser.parse_args()
     clients = tuple(int(c) for c in args.clients.split(","))
     kinds = tuple(args.kinds.split(","))
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {list(KINDS)}")
     limits = {"max_batch": args.max_batch, "max_loras": args.max_loras, "max_lora_rank": args.max_lora_rank,
-              "max_resident_adapters": 16, "cpu_kv_cache_gb": 2}
+              "max_resident_adapters": 16, "cpu_kv_cache_gb": 2, "block_size": args.block_size}
     model_path = str(bundled_model.pull(Settings().models_dir))
     folder = Path(tempfile.mkdtemp(prefix="peer-adapter-"))
     adapter = make_lora(Path(model_path), folder / ADAPTER, seed=1234, rank=8, alpha=16,
@@ -178,7 +187,8 @@ def main() -> None:
                    "R3_MAX_BATCH_SIZE": str(limits["max_batch"]), "R3_MAX_LORAS": str(limits["max_loras"]),
                    "R3_MAX_LORA_RANK": str(limits["max_lora_rank"]),
                    "R3_MAX_RESIDENT_ADAPTERS": str(limits["max_resident_adapters"]),
-                   "R3_CPU_KV_CACHE_GB": str(limits["cpu_kv_cache_gb"]), "R3_LORA_MODULES": json.dumps({ADAPTER: str(adapter)})}
+                   "R3_CPU_KV_CACHE_GB": str(limits["cpu_kv_cache_gb"]), "R3_KV_BLOCK_SIZE": str(limits["block_size"]),
+                   "R3_LORA_MODULES": json.dumps({ADAPTER: str(adapter)})}
     load_before = load()
     started = time.monotonic()
     r3, vllm = R3Server(r3_settings, startup_timeout_s=900), VllmServer(model_path, limits, adapter)
@@ -198,6 +208,9 @@ def main() -> None:
                          "r3_cpu_ms_per_token": round(r["cpu_ms_per_token"], 2),
                          "vllm_cpu_ms_per_token": round(v["cpu_ms_per_token"], 2),
                          "cpu_ratio": round(r["cpu_ms_per_token"] / v["cpu_ms_per_token"], 3),
+                         # cores the idle server used while the other was measured
+                         "vllm_idle_cores_in_r3_turns": round(r["other_server_cores"], 3),
+                         "r3_idle_cores_in_vllm_turns": round(v["other_server_cores"], 3),
                          "r3_p50_ms": round(r["p50_ms"], 1), "vllm_p50_ms": round(v["p50_ms"], 1),
                          "added_p50_ms": round(r["p50_ms"] - v["p50_ms"], 1),
                          "r3_p99_ms": round(r["p99_ms"], 1), "vllm_p99_ms": round(v["p99_ms"], 1),
@@ -207,9 +220,10 @@ def main() -> None:
                          "r3_tokens_per_answer": r["tokens_per_answer"], "vllm_tokens_per_answer": v["tokens_per_answer"],
                          "r3_answers": r["answers"], "vllm_answers": v["answers"]})
     table(["request", "clients", "R3 tok/s", "vLLM tok/s", "R3/vLLM", "added p50 ms", "added p99 ms",
-           "CPU ms/token R3 / vLLM", "same answers"],
+           "CPU ms/token R3 / vLLM", "idle other's cores R3 / vLLM turns", "same answers"],
           [[r["request"], r["clients"], r["r3_tokens_per_s"], r["vllm_tokens_per_s"], r["ratio"], r["added_p50_ms"],
-            r["added_p99_ms"], f"{r['r3_cpu_ms_per_token']} / {r['vllm_cpu_ms_per_token']}", r["identical_answers"]]
+            r["added_p99_ms"], f"{r['r3_cpu_ms_per_token']} / {r['vllm_cpu_ms_per_token']}",
+            f"{r['vllm_idle_cores_in_r3_turns']} / {r['r3_idle_cores_in_vllm_turns']}", r["identical_answers"]]
            for r in rows])
     save("peer", {"max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds, "limits": limits,
                   "verifier": PASSING, "messages": MESSAGES, "load_before": load_before, "load_after": load_after,

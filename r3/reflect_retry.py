@@ -129,6 +129,7 @@ class Generation:
     tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "length"
     prompt_length: int = 0  # in tokens, as the engine's first chunk reports it
+    cached_tokens: int | None = None  # of those, the ones the engine's prefix cache held, as it reports them
     first_token_s: float | None = None  # seconds from the start to the first token (None: none yet)
     span: trace.Span = trace.INVALID_SPAN  # its r3.engine.generate span, ended by `follow`
 
@@ -144,10 +145,11 @@ class Generation:
                     self.tokens += chunk.tokens
                     self.finish_reason = chunk.finish_reason or self.finish_reason
                     self.prompt_length = chunk.prompt_length or self.prompt_length
+                    self.cached_tokens = self.cached_tokens if chunk.cached_tokens is None else chunk.cached_tokens
                     yield chunk
             finally:  # what was made, however it ended
                 self.span.set_attributes(telemetry.generation_usage(self.prompt_length, len(self.tokens),
-                                                                    self.first_token_s))
+                                                                    self.first_token_s, self.cached_tokens))
             self.span.set_attribute(telemetry.FINISH_REASONS, [self.finish_reason])
 
 

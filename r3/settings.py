@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         "leaving first; 0: none. (vllm keeps its prefix cache in its KV cache.)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
     cpu_kv_cache_gb: int = Field(2, ge=1, description="vllm on a CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    kv_block_size: int | None = Field(
+        None, ge=1, description="vllm: tokens per KV cache block (vLLM's --block-size), the unit its prefix cache "
+        "reuses. Default: 32 on a CPU, where vLLM's own default of 128 reuses a rescue's attempt only in whole "
+        "128-token blocks (its answer is recomputed by the reflection, the reflection by the retry); vLLM's own "
+        "default elsewhere.")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each layer is split across.")
     pipeline_parallel_size: int = Field(1, ge=1, description="vllm: stages the layers are split into, one per GPU "
                                         "group (across nodes with ray).")

@@ -72,6 +72,7 @@ RESPONSE_ID = "gen_ai.response.id"
 FINISH_REASONS = "gen_ai.response.finish_reasons"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+CACHED_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"  # of the input tokens, those the prefix cache held
 TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"  # seconds
 EVALUATION_NAME = "gen_ai.evaluation.name"
 SCORE_VALUE = "gen_ai.evaluation.score.value"
@@ -185,10 +186,13 @@ def generation_attributes(model: str, adapter: str | None, params: SamplingParam
                      "r3.reflection": reflecting})
 
 
-def generation_usage(prompt_tokens: int, completion_tokens: int, first_token_s: float | None) -> dict[str, Any]:
-    """What a generation made, as far as it got: its tokens in and out, and the seconds from its start
-    to its first token (the engine's queue and the prompt's prefill; absent when none came)."""
-    return _present({INPUT_TOKENS: prompt_tokens, OUTPUT_TOKENS: completion_tokens, TIME_TO_FIRST_TOKEN: first_token_s})
+def generation_usage(prompt_tokens: int, completion_tokens: int, first_token_s: float | None,
+                     cached_tokens: int | None = None) -> dict[str, Any]:
+    """What a generation made, as far as it got: its tokens in and out, of its prompt's tokens those whose
+    keys and values the prefix cache held (absent when the engine did not say), and the seconds from its
+    start to its first token (the engine's queue and the prompt's prefill; absent when none came)."""
+    return _present({INPUT_TOKENS: prompt_tokens, CACHED_INPUT_TOKENS: cached_tokens, OUTPUT_TOKENS: completion_tokens,
+                     TIME_TO_FIRST_TOKEN: first_token_s})
 
 
 def episode_attributes(episode: Episode) -> dict[str, Any]:

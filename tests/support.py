@@ -36,6 +36,24 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
     "required": ["timezone"], "additionalProperties": False}}}
 
 
+async def next_turn_reuse(engine: Any, adapter: str | None = None, prompt_tokens: int = 150,
+                          answer_tokens: int = 40) -> tuple[int, int]:
+    """What a conversation's next turn reuses of the turn before it on `engine`, as a rescue's
+    reflection reuses its attempt: a prompt of `prompt_tokens` tokens no other test sends, answered
+    greedily with `answer_tokens` tokens (end of sequence banned), then a prompt that begins with
+    both and goes on. Returns (the tokens of the first turn the model read: its prompt and its answer
+    but the last token, the next turn's prompt tokens the engine reported cached)."""
+    words = " ".join(f"w{time.time_ns() % 100_000 + i}" for i in range(prompt_tokens))  # new to any cache
+    prompt = engine.encode(words)[:prompt_tokens]
+    ban_eos = ((engine.tokenizer.eos_token_id, -100.0),)
+    first = await engine.generate(prompt, SamplingParams(max_tokens=answer_tokens, temperature=0.0,
+                                                         logit_bias=ban_eos), adapter)
+    assert first.completion_tokens == answer_tokens
+    later = prompt + first.token_ids + engine.encode(" And then?")
+    chunks = [chunk async for chunk in engine.stream(later, SamplingParams(max_tokens=1, temperature=0.0), adapter)]
+    return len(prompt) + answer_tokens - 1, chunks[0].cached_tokens
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

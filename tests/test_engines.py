@@ -12,10 +12,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import TIME, WEATHER, make_lora, make_model, truncated_copy
+from support import TIME, WEATHER, make_lora, make_model, next_turn_reuse, truncated_copy
 
 from r3.chat_format import parse_tool_calls, render_prompt
 from r3.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams, UnknownAdapterError
+from r3.engines.vllm_engine import CPU_BLOCK_SIZE, VllmEngine
 from r3.structured_output import structural_tag
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
@@ -309,3 +310,15 @@ async def test_penalties_discourage_repeating_tokens(engine) -> None:
     for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
         penalised = await engine.generate(p, SamplingParams(max_tokens=20, temperature=0, **penalty))
         assert most_repeats(penalised) < most_repeats(plain), penalty
+
+
+async def test_a_next_turn_reuses_the_answer_before_it(engine) -> None:
+    """A rescue's reflection begins with its attempt's prompt and answer. vLLM reuses them in whole KV
+    blocks, of `CPU_BLOCK_SIZE` tokens on the CPU: with vLLM's CPU default of 128, a 150-token prompt
+    and its 40-token answer were reused only up to token 128, the answer not at all. The transformers
+    engine of this suite keeps no prefix cache (test_prefix_cache.py has one that does): nothing reused."""
+    read, cached = await next_turn_reuse(engine, "lora-a", prompt_tokens=150, answer_tokens=40)
+    if isinstance(engine, VllmEngine):
+        assert cached == read // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE == 160  # 10 of the answer's tokens too
+    else:
+        assert cached == 0

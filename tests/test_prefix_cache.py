@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import next_turn_reuse
 
 from r3.engines.base import GenerationResult, SamplingParams
 from r3.engines.prefix_cache import PrefixCache
@@ -179,6 +180,14 @@ async def test_a_rescue_reuses_its_attempt_and_answers_as_without_the_cache(engi
     before = cache.nbytes
     await cached.unload_adapter("one")
     assert len(cache) == 2 and cache.nbytes < before
+
+
+async def test_a_next_turn_reuses_every_token_read_before_it(engines) -> None:
+    """The prefix cache keeps a finished sequence whole, its answer too, and the engine reports what a
+    prompt reused in its first chunk (`cached_tokens`)."""
+    read, cached = await next_turn_reuse(engines["cached"], prompt_tokens=150, answer_tokens=40)
+    assert cached == read == 189
+    assert (await next_turn_reuse(engines["uncached"]))[1] == 0
 
 
 @pytest.mark.parametrize(("enable", "max_bytes"), [(True, 1 << 20), (False, 1 << 20)])

@@ -30,7 +30,7 @@ async def create_engine(settings: Settings) -> Engine:
             gpu_memory_utilization=settings.gpu_memory_utilization, cpu_kv_cache_gb=settings.cpu_kv_cache_gb,
             tensor_parallel_size=settings.tensor_parallel_size,
             pipeline_parallel_size=settings.pipeline_parallel_size,
-            distributed_executor_backend=settings.distributed_executor_backend,
+            distributed_executor_backend=settings.distributed_executor_backend, block_size=settings.kv_block_size,
         )
     else:
         from r3.engines.transformers_engine import TransformersEngine

@@ -114,6 +114,10 @@ class GenerationChunk:
     prompt_tokens: list[TokenLogprob] | None = None
     # In the first chunk (every engine sends it): the prompt's length in tokens, as the engine encoded it.
     prompt_length: int | None = None
+    # In the first chunk (every engine sends it): how many of the prompt's first tokens had their keys and
+    # values reused from the prefix cache instead of computed (vLLM's `num_cached_tokens`; OpenAI's
+    # `usage.prompt_tokens_details.cached_tokens`).
+    cached_tokens: int | None = None
 
 
 @dataclass

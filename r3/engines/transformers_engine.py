@@ -100,6 +100,7 @@ class _Sequence:
     cancelled: bool = False
     grammar: RowGrammar | None = None  # what the next token may be, for a constrained request
     prompt_tokens: list[TokenLogprob] | None = None  # the prompt's logprobs, until the first chunk takes them
+    cached_tokens: int = 0  # of its prompt, those whose keys and values came from the prefix cache
 
     def send(self, item: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
@@ -413,7 +414,7 @@ class TransformersEngine:
         which need every position's logits), and only the rest is fed."""
         prefix: LayersKV = []
         if self.prefix_cache is not None and sequence.params.prompt_logprobs is None:
-            _, prefix = self.prefix_cache.match(sequence.adapter, sequence.prompt_ids)
+            sequence.cached_tokens, prefix = self.prefix_cache.match(sequence.adapter, sequence.prompt_ids)
         return _Batch.prompt(sequence, self.device, prefix)
 
     def _keep(self, batch: _Batch, row: int) -> None:
@@ -646,6 +647,7 @@ class TransformersEngine:
             finish_reason=sequence.finish_reason,
             prompt_tokens=sequence.prompt_tokens,
             prompt_length=len(sequence.prompt_ids) if sequence.emitted_tokens == 0 else None,
+            cached_tokens=sequence.cached_tokens if sequence.emitted_tokens == 0 else None,
         )
         sequence.emitted_chars, sequence.emitted_tokens = ready, tokens
         sequence.prompt_tokens = None

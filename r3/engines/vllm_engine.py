@@ -67,6 +67,11 @@ from r3.structured_output import grammar_tag
 
 log = logging.getLogger(__name__)
 
+# vLLM's prefix cache reuses whole blocks only. Its CPU default is 128 tokens (`CpuPlatform`), so a rescue's
+# reflection reused its attempt's prompt only up to its last multiple of 128 and recomputed the answer, and the
+# retry the reflection (bench/reflect_retry.py: 384 of 421 tokens, then 384 of 481). 32 is the smallest block
+# its CPU attention takes without a warning ("prefers block_size is multiples of 32"), and decodes as fast.
+CPU_BLOCK_SIZE = 32
 _ROWS_WITHOUT_LORA = "r3.engines.vllm_cpu_lora.RowsWithoutLora"
 
 
@@ -105,6 +110,7 @@ class VllmEngine:
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
         distributed_executor_backend: str | None = None,
+        block_size: int | None = None,
     ) -> VllmEngine:
         """Start vLLM on `model_path`. `device` is where R3 expects it to run ("cpu" or "cuda"):
         vLLM runs where its build runs, and a mismatch is an EngineError rather than a surprise.
@@ -112,7 +118,8 @@ class VllmEngine:
         workers started by `distributed_executor_backend` ("mp" on one node, "ray" across nodes;
         None lets vLLM choose). A batch uses at most `max_loras` adapters, and vLLM keeps at most
         `max_resident_adapters` of those added in memory (`max_cpu_loras`); ValueError if that is
-        fewer than `max_loras`, as vLLM requires."""
+        fewer than `max_loras`, as vLLM requires. Its KV cache is paged in blocks of `block_size` tokens
+        (None: `CPU_BLOCK_SIZE` on a CPU, vLLM's default elsewhere)."""
         if max_resident_adapters < max_loras:
             raise ValueError(f"max_resident_adapters ({max_resident_adapters}) must be at least max_loras ({max_loras}): "
                              "the adapters in a batch are resident")
@@ -140,6 +147,7 @@ class VllmEngine:
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,
             distributed_executor_backend=distributed_executor_backend,
+            block_size=block_size or (CPU_BLOCK_SIZE if device == "cpu" else None),
             # R3 reports logprobs under the model's raw distribution, as the transformers engine does.
             logprobs_mode="raw_logprobs",
             max_logprobs=20,
@@ -270,7 +278,8 @@ class VllmEngine:
                                  if output.prompt_logprobs else None)
                 if completion.text or made > sent or finish or prompt_tokens:
                     yield GenerationChunk(text=completion.text, tokens=tokens[sent:made], finish_reason=finish,
-                                          prompt_tokens=prompt_tokens, prompt_length=len(prompt_ids) if first else None)
+                                          prompt_tokens=prompt_tokens, prompt_length=len(prompt_ids) if first else None,
+                                          cached_tokens=output.num_cached_tokens if first else None)
                     first, sent = False, made
         finally:
             self._in_use[adapter or ""] -= 1
