@@ -376,7 +376,8 @@ class Reflector:
         if run is not None:
             run.generation = generation
             run.reflection = generation if reflecting else run.reflection
-        return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter))
+        conversation = run.episode.id if run is not None else None
+        return generation, generation.follow(self.engine.stream(prompt.for_engine, params, task.adapter, conversation))
 
     async def generate(self, task: ChatTask, prompt: ChatPrompt, reflecting: bool = False, run: Run | None = None,
                        params: SamplingParams | None = None) -> Generated:
@@ -417,34 +418,38 @@ class Reflector:
         before any token is generated) and each of its chunks as the engine makes it (`Chunk`); then
         each attempt judged (`Judged`: attempt 1, then each retry with the reflection before it, while
         the verifier says no and retries are left). When it ends, `run.turns` and `run.episode` hold
-        everything made. Cancelling the reader cancels the engine's request (`abandon` records it)."""
+        everything made. Cancelling the reader cancels the engine's request (`abandon` records it). Every
+        generation is a turn of the conversation `run.episode.id`, ended with the run."""
         task, episode = run.task, run.episode
-        attempt = telemetry.tracer.start_span("r3.attempt", attributes=telemetry.attempt_attributes(
-            episode.id, task.adapter, 1))
-        # Current only where nothing is yielded: the reader may take each event in a task of its own.
-        with telemetry.ended(attempt):
-            with telemetry.within(attempt):
-                generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
-            yield AttemptStarted(generation)
-            async for chunk in chunks:
-                yield Chunk(chunk)
-            run.turns = [self.finish(task, generation)]
-            with telemetry.within(attempt):
-                verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
-        episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
-        yield Judged(1, run.turns[0], verdict, None)
-        failures: list[FailedAttempt] = []
-        while verdict is not None and verdict.failed and len(episode.attempts) <= task.max_retries:
-            failures.append(FailedAttempt(run.turns[-1].message(), verdict.detail))
-            number = len(episode.attempts) + 1
-            try:
-                reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number, run)
-            except PromptTooLongError:
-                break  # the growing conversation outgrew the context: answer with the last attempt
-            failures[-1] = replace(failures[-1], reflection=reflection.text)
-            run.turns += [reflection, retry]
-            episode.attempts.append(_record(number, retry, verdict, reflection, task.store_text))
-            yield Judged(number, retry, verdict, reflection)
+        try:
+            attempt = telemetry.tracer.start_span("r3.attempt", attributes=telemetry.attempt_attributes(
+                episode.id, task.adapter, 1))
+            # Current only where nothing is yielded: the reader may take each event in a task of its own.
+            with telemetry.ended(attempt):
+                with telemetry.within(attempt):
+                    generation, chunks = self.begin(task, self.core.first_prompt(task), run=run)
+                yield AttemptStarted(generation)
+                async for chunk in chunks:
+                    yield Chunk(chunk)
+                run.turns = [self.finish(task, generation)]
+                with telemetry.within(attempt):
+                    verdict = await self.judge(task, run.turns[0], task.messages, episode.id, 1)
+            episode.attempts.append(_record(1, run.turns[0], verdict, None, task.store_text))
+            yield Judged(1, run.turns[0], verdict, None)
+            failures: list[FailedAttempt] = []
+            while verdict is not None and verdict.failed and len(episode.attempts) <= task.max_retries:
+                failures.append(FailedAttempt(run.turns[-1].message(), verdict.detail))
+                number = len(episode.attempts) + 1
+                try:
+                    reflection, retry, verdict = await self.reflect_and_retry(task, failures, episode.id, number, run)
+                except PromptTooLongError:
+                    break  # the growing conversation outgrew the context: answer with the last attempt
+                failures[-1] = replace(failures[-1], reflection=reflection.text)
+                run.turns += [reflection, retry]
+                episode.attempts.append(_record(number, retry, verdict, reflection, task.store_text))
+                yield Judged(number, retry, verdict, reflection)
+        finally:  # answered, cut short or abandoned: the engine need no longer hold its turns
+            self.engine.end_conversation(episode.id)
 
     async def run(self, run: Run) -> Run:
         """The request's episode (`events`, read to the end): attempt 1, then reflect and retry while

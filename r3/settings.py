@@ -64,8 +64,8 @@ class Settings(BaseSettings):
                                         "retries); both engines.")
     prefix_cache_memory_bytes: int = Field(
         1 << 30, ge=0, description="transformers: most bytes of keys and values its prefix cache keeps (finished "
-        "sequences, reused by a later prompt on their adapter that begins with their tokens), the least recently used "
-        "leaving first; 0: none. (vllm keeps its prefix cache in its KV cache.)")
+        "sequences, reused by a later prompt on their adapter that begins with their tokens; a running request's held "
+        "until it ends), the least recently used leaving first; 0: none. (vllm keeps its prefix cache in its KV cache.)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on a GPU: its share of GPU memory.")
     cpu_kv_cache_gb: int = Field(2, ge=1, description="vllm on a CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     kv_block_size: int | None = Field(

@@ -187,6 +187,8 @@ class ScriptedEngine:
         self.max_model_len = max_model_len
         self.tokenizer = byte_tokenizer()
         self.calls: list[ScriptedCall] = []
+        self.calls_conversations: list[str | None] = []  # each streamed call's conversation
+        self.ended_conversations: list[str] = []  # as `end_conversation` was told, in order
         self._answer = script if callable(script) else _in_order(script)
         self._adapters: dict[str, Path] = {}
         self._closed = False
@@ -200,10 +202,14 @@ class ScriptedEngine:
                                 finish_reason=chunks[-1].finish_reason, prompt_tokens=len(prompt_ids),
                                 prompt_token_ids=prompt_ids)
 
-    async def stream(self, prompt: Prompt, params: SamplingParams,
-                     adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None,
+                     conversation: str | None = None) -> AsyncIterator[GenerationChunk]:
+        self.calls_conversations.append(conversation)
         for chunk in self._generate(prompt, params, adapter)[1]:
             yield chunk
+
+    def end_conversation(self, conversation: str) -> None:
+        self.ended_conversations.append(conversation)
 
     async def load_adapter(self, name: str, path: Path) -> None:
         if not name or name in self._adapters:

@@ -93,6 +93,31 @@ def test_memory_stays_under_the_bound_least_recently_used_leaving_first() -> Non
     assert len(cache) == 0 and cache.nbytes == 0
 
 
+def test_a_running_requests_entry_is_held_until_it_ends() -> None:
+    cache = PrefixCache(max_bytes=entry_bytes(10))
+    attempt = [1, 1, 1, 1]
+    cache.store("a", attempt, 3, lambda: kv(attempt), conversation="request-1")  # judged now, to be reflected on
+    stored(cache, "a", [2, 2, 2, 2])
+    stored(cache, "a", [3, 3, 3, 3])  # room needed: the entry no request holds leaves, not the attempt
+    assert cache.match("a", [1, 1, 1, 1, 9])[0] == 4 and cache.match("a", [2, 2, 2, 9])[0] == 0
+    stored(cache, "a", list(range(100, 107)))  # would fit only by evicting the held attempt: not kept
+    assert cache.match("a", list(range(100, 107)))[0] == 0 and cache.nbytes == entry_bytes(8)
+
+    # The reflection extends the attempt and is held in its place; a second request holds the same tokens too.
+    reflection = [*attempt, 5, 6]
+    cache.store("a", reflection, 5, lambda: kv(reflection), conversation="request-1")
+    cache.store("a", attempt, 4, lambda: kv(attempt), conversation="request-2")
+    assert len(cache) == 2 and cache.nbytes == entry_bytes(10) and cache.held == 1
+    cache.end("request-1")
+    stored(cache, "a", [4, 4, 4, 4])  # still held by request 2
+    assert cache.match("a", [*reflection, 9])[0] == 6 and cache.match("a", [3, 3, 3, 9])[0] == 0
+    cache.end("request-2")  # ended: kept, the least recently used leaving first when room is needed
+    stored(cache, "a", [7, 7, 7, 7])
+    assert cache.match("a", [*reflection, 9])[0] == 6 and cache.match("a", [4, 4, 4, 9])[0] == 0
+    stored(cache, "a", [8, 8, 8, 8, 8, 8])
+    assert cache.match("a", [*reflection, 9])[0] == 0 and len(cache) == 1  # room for 6 tokens: both others left
+
+
 def test_a_cache_needs_room() -> None:
     with pytest.raises(ValueError, match="at least one byte"):
         PrefixCache(0)
@@ -180,6 +205,10 @@ async def test_a_rescue_reuses_its_attempt_and_answers_as_without_the_cache(engi
     before = cache.nbytes
     await cached.unload_adapter("one")
     assert len(cache) == 2 and cache.nbytes < before
+
+    # The requests have ended: their entries are released at the engine's next step.
+    await cached.generate(cached.encode("Hello"), GREEDY)
+    assert cache.held == 0
 
 
 async def test_a_next_turn_reuses_every_token_read_before_it(engines) -> None:

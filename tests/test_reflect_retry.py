@@ -100,3 +100,20 @@ async def test_stop_strings_and_max_tokens_cut_an_attempt_before_it_is_judged() 
     assert made[-1].verdict == Verdict(True) and run.episode.attempts[0].finish_reason == "length"
     assert run.episode.attempts[0].completion_tokens == 5
 
+
+
+async def test_a_requests_generations_are_turns_of_one_conversation_ended_with_it() -> None:
+    """The engine is told each generation's conversation (the episode's id), so its prefix cache can hold
+    the attempt a reflection reads, and told when the request ends: answered, or cut short by a client
+    that hung up mid-answer."""
+    engine = ScriptedEngine(["Lyon", REFLECTION, "Paris"])
+    run, _ = await events(engine, task())
+    assert engine.calls_conversations == [run.episode.id] * 3 and engine.ended_conversations == [run.episode.id]
+
+    engine = ScriptedEngine(["Lyon"])
+    hung_up = Reflector.start(task(), tenant=None)
+    stream = Reflector(engine, VerifierRuntime()).events(hung_up)
+    assert isinstance(await anext(stream), AttemptStarted) and isinstance(await anext(stream), Chunk)
+    assert engine.ended_conversations == []
+    await stream.aclose()  # what the server does to a run whose client is gone
+    assert engine.ended_conversations == [hung_up.episode.id]

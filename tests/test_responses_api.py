@@ -224,8 +224,8 @@ async def test_store_false_keeps_nothing_to_retrieve_or_continue(tmp_path: Path)
 class SlowEngine(ScriptedEngine):
     """The scripted engine, one token every 20 ms: a client has time to hang up mid-answer."""
 
-    async def stream(self, prompt, params, adapter=None):
-        async for chunk in super().stream(prompt, params, adapter):
+    async def stream(self, prompt, params, adapter=None, conversation=None):
+        async for chunk in super().stream(prompt, params, adapter, conversation):
             await asyncio.sleep(0.02)
             yield chunk
 
@@ -233,8 +233,8 @@ class SlowEngine(ScriptedEngine):
 class BreakingEngine(ScriptedEngine):
     """The scripted engine, failing after its answer's first token."""
 
-    async def stream(self, prompt, params, adapter=None):
-        async for chunk in super().stream(prompt, params, adapter):
+    async def stream(self, prompt, params, adapter=None, conversation=None):
+        async for chunk in super().stream(prompt, params, adapter, conversation):
             yield chunk
             raise EngineError("the engine broke")
 

@@ -148,8 +148,15 @@ class Engine(Protocol):
         """The whole completion of `prompt` (`adapter=None` is the base model)."""
         ...
 
-    def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
-        """The completion as it is generated; stopping iteration early cancels the request."""
+    def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None,
+               conversation: str | None = None) -> AsyncIterator[GenerationChunk]:
+        """The completion as it is generated; stopping iteration early cancels the request. A turn of
+        `conversation` (a request's attempts, reflections and retries: its episode id) keeps what the
+        engine caches of it for the next turn until `end_conversation`."""
+        ...
+
+    def end_conversation(self, conversation: str) -> None:
+        """`conversation`'s request has ended: what was cached of its turns is no longer held for it."""
         ...
 
     async def load_adapter(self, name: str, path: Path) -> None:

@@ -19,11 +19,18 @@ prefix caching reuses them; this is its design, kept simple:
   that entry's conversation: storing it drops that entry (a reflection replaces its attempt, a retry
   its reflection), so a request leaves one entry, extended at each step. A sequence whose tokens begin
   an entry's is not stored: that entry holds them all already.
-- At most `max_bytes` of keys and values are kept; the least recently stored or reused entry leaves
-  first, and one larger than the bound is not kept.
+- A request's turns are held for it while it runs: the engine stores a sequence for its conversation
+  (`store(..., conversation=)`, a server request's episode id), and that entry, and the one extending
+  it, stay until `end(conversation)`, so the attempt a reflection needs is never evicted by other
+  requests' sequences while its verifier judges it. When the request ends its entry is released, as
+  vLLM frees a finished request's blocks: kept for a later prompt that shares its prefix, and evicted
+  first among the rest when room is needed.
+- At most `max_bytes` of keys and values are kept: the least recently stored or reused entry that no
+  running request holds leaves first, and an entry that would not fit beside the held ones, or at
+  all, is not kept.
 
 Where it differs from vLLM's: entries are whole sequences copied out of the running batch's cache,
-not 16-token blocks shared with it, so the bound is memory of its own beside the running batch's
+not KV blocks shared with it, so the bound is memory of its own beside the running batch's
 (vLLM's cached blocks are its KV cache's free blocks). Not thread-safe: the engine calls it under its
 model lock.
 
@@ -59,6 +66,7 @@ class _Entry:
     prompt_length: int
     layers: LayersKV
     nbytes: int
+    held_by: set[str]  # the running requests' conversations that hold it (see `PrefixCache.end`)
 
     def common_prefix(self, prompt: torch.Tensor) -> int:
         """How many leading tokens `prompt` ([tokens], int64, CPU) shares with this entry."""
@@ -86,6 +94,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def held(self) -> int:
+        """How many entries running requests hold (`store(..., conversation=)` until `end`)."""
+        return sum(bool(entry.held_by) for entry in self._entries.values())
+
     def match(self, adapter: str, prompt_ids: Sequence[int]) -> tuple[int, LayersKV]:
         """The longest prefix of `prompt_ids` that an entry of `adapter` holds, at most all its tokens
         but the last, as (its length, each layer's keys and values of it: views into the entry, which
@@ -102,28 +115,44 @@ class PrefixCache:
         self.hits += length
         return length, [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[best].layers]
 
-    def store(self, adapter: str, token_ids: Sequence[int], prompt_length: int, layers: Callable[[], LayersKV]) -> None:
+    def store(self, adapter: str, token_ids: Sequence[int], prompt_length: int, layers: Callable[[], LayersKV],
+              conversation: str | None = None) -> None:
         """Keep a finished sequence of `adapter`: `token_ids` (its first `prompt_length` its prompt) with
         `layers()` (each layer's keys and values of exactly those tokens; called only if they are kept:
-        copying them costs). The entries of earlier turns of its conversation (`_Entry.continued_by`) are
-        dropped, then the least recently used ones until at most `max_bytes` are held. When an entry of
-        `adapter` already begins with `token_ids`, that one becomes the most recently used instead."""
+        copying them costs), held for `conversation` until `end(conversation)` (None: held for none).
+        The entries of earlier turns of its conversation (`_Entry.continued_by`) are dropped, their holds
+        passing to it, then the least recently used entries no request holds until at most `max_bytes`
+        are kept; a sequence that would not fit so is not kept. When an entry of `adapter` already begins
+        with `token_ids`, that one becomes the most recently used, held for `conversation` too, instead."""
         tokens = torch.tensor(token_ids, dtype=torch.long)
         for key, entry in self._entries.items():
             if entry.adapter == adapter and len(entry.tokens) >= len(tokens) and entry.common_prefix(tokens) == len(tokens):
                 self._entries.move_to_end(key)
+                entry.held_by.update([conversation] if conversation is not None else [])
                 return
+        earlier = [key for key, entry in self._entries.items()
+                   if entry.adapter == adapter and entry.continued_by(tokens, prompt_length)]
+        held_by = {conversation} if conversation is not None else set()
+        held_by.update(*(self._entries[key].held_by for key in earlier))
+        # What stays whatever is evicted: the held entries this one does not replace.
+        staying = sum(entry.nbytes for key, entry in self._entries.items() if entry.held_by and key not in earlier)
         kv = layers()
         nbytes = sum(k.nbytes + v.nbytes for k, v in kv)
-        if nbytes > self.max_bytes:
+        if staying + nbytes > self.max_bytes:
             return
-        for key in [key for key, entry in self._entries.items()
-                    if entry.adapter == adapter and entry.continued_by(tokens, prompt_length)]:
+        for key in earlier:
             self._drop(key)
-        self._entries[next(self._ids)] = _Entry(adapter, tokens, prompt_length, kv, nbytes)
+        self._entries[next(self._ids)] = _Entry(adapter, tokens, prompt_length, kv, nbytes, held_by)
         self.nbytes += nbytes
+        unheld = (key for key, entry in list(self._entries.items()) if not entry.held_by)
         while self.nbytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+            self._drop(next(unheld))
+
+    def end(self, conversation: str) -> None:
+        """`conversation`'s request has ended: its entries are no longer held for it (each is kept, the
+        least recently used entries no request holds leaving first when room is needed)."""
+        for entry in self._entries.values():
+            entry.held_by.discard(conversation)
 
     def forget(self, adapter: str) -> None:
         """Drop every entry of `adapter` (it is being unloaded: a later adapter of that name is another)."""

@@ -101,6 +101,7 @@ class _Sequence:
     grammar: RowGrammar | None = None  # what the next token may be, for a constrained request
     prompt_tokens: list[TokenLogprob] | None = None  # the prompt's logprobs, until the first chunk takes them
     cached_tokens: int = 0  # of its prompt, those whose keys and values came from the prefix cache
+    conversation: str | None = None  # the request it is a turn of, which holds its prefix cache entry
 
     def send(self, item: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
@@ -160,6 +161,7 @@ class TransformersEngine:
         self._slot_ids = itertools.count()
         self._adapter_checker = AdapterChecker(model_path)
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
+        self._ended: queue.SimpleQueue[str] = queue.SimpleQueue()  # conversations ended, for the prefix cache
         self._parked: list[_Sequence] = []  # admitted, waiting for their adapter to be resident, oldest first
         self._running: list[_Sequence] = []  # decoding, being prefilled or parked
         self._lock = threading.Lock()  # the model: one forward pass or one adapter change at a time
@@ -214,9 +216,17 @@ class TransformersEngine:
         return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
                                 prompt_tokens=len(sequence.prompt_ids), prompt_token_ids=sequence.prompt_ids)
 
-    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._chunks(self._submit(prompt, params, adapter, await self._grammar(params))):
+    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None,
+                     conversation: str | None = None) -> AsyncIterator[GenerationChunk]:
+        sequence = self._submit(prompt, params, adapter, await self._grammar(params), conversation)
+        async for chunk in self._chunks(sequence):
             yield chunk
+
+    def end_conversation(self, conversation: str) -> None:
+        """`conversation`'s request has ended: the prefix cache stops holding its entry for it (at the
+        scheduler's next step, where the cache is used)."""
+        if self.prefix_cache is not None:
+            self._ended.put(conversation)
 
     async def _chunks(self, sequence: _Sequence) -> AsyncIterator[GenerationChunk]:
         try:
@@ -255,7 +265,7 @@ class TransformersEngine:
         return grammars.row(compiled) if compiled is not None else None
 
     def _submit(self, prompt: Prompt, params: SamplingParams, adapter: str | None,
-                grammar: RowGrammar | None = None) -> _Sequence:
+                grammar: RowGrammar | None = None, conversation: str | None = None) -> _Sequence:
         if self._closed:
             raise EngineError("the engine is shut down")
         if adapter is not None and adapter not in self._adapters:
@@ -278,6 +288,7 @@ class TransformersEngine:
             chunks=asyncio.Queue(),
             generator=torch.Generator(device=self.device).manual_seed(seed),
             grammar=grammar,
+            conversation=conversation,
         )
         self._waiting.put(sequence)
         return sequence
@@ -396,6 +407,8 @@ class TransformersEngine:
                 # load (setting requires_grad on every adapter's weights) cannot touch.
                 busy = {s.adapter for s in (batch.sequences if batch else [])} | {p.sequences[0].adapter for p in prefilling}
                 ready, self._parked = self._with_resident_adapters(self._parked + admitted, busy)
+                while not self._ended.empty():
+                    self.prefix_cache.end(self._ended.get())
                 with torch.inference_mode():
                     prefilling += [self._to_prefill(s) for s in ready]
                     budget = self.max_num_batched_tokens - (len(batch.sequences) if batch else 0)
@@ -424,7 +437,7 @@ class TransformersEngine:
         read = int(batch.attention_mask[row].sum())  # its positions in the cache; the rest of the row is padding
         try:
             self.prefix_cache.store(sequence.adapter, (sequence.prompt_ids + sequence.generated)[:read],
-                                    len(sequence.prompt_ids), partial(batch.row_cache, row, read))
+                                    len(sequence.prompt_ids), partial(batch.row_cache, row, read), sequence.conversation)
         except torch.OutOfMemoryError:  # a full GPU: the request is answered all the same, its prefix not kept
             log.warning("no memory left to keep a finished sequence's keys and values for prefix caching")
 

@@ -203,9 +203,14 @@ class VllmEngine:
         return GenerationResult(text=text, tokens=tokens, finish_reason=finish,
                                 prompt_tokens=len(prompt_ids), prompt_token_ids=prompt_ids)
 
-    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[GenerationChunk]:
+    async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None,
+                     conversation: str | None = None) -> AsyncIterator[GenerationChunk]:
         async for chunk in self._generate(self._ids(prompt), params, adapter):
             yield chunk
+
+    def end_conversation(self, conversation: str) -> None:
+        """Nothing to do: vLLM frees each engine request's KV blocks when it finishes, keeping them
+        cached for the next turn's prompt until their room is needed (its automatic prefix caching)."""
 
     async def close(self) -> None:
         self._closed = True

@@ -140,7 +140,10 @@ class RecordingEngine:
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    async def stream(self, prompt: str, params: SamplingParams, adapter=None):
+    def end_conversation(self, conversation: str) -> None:
+        """Nothing held: it caches nothing."""
+
+    async def stream(self, prompt: str, params: SamplingParams, adapter=None, conversation=None):
         self.sent.append((prompt, params))
         text = self.answers.pop(0)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
