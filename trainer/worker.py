@@ -204,6 +204,7 @@ class TrainerWorker:
         self.stream = store.consumer()
         self._started = time.monotonic()
         self._last_round: dict[str, float] = {}  # scenario -> when its last round ended (monotonic)
+        self._said: dict[str, int] = {}  # scenario -> its new failures when the log last said so
         # Read at the start, so a bad probe file stops the trainer at once rather than its first gate.
         try:
             self.probe: list[ProbeItem] | None = read_probe(settings.gate_probe_file) if settings.gate_probe_file else None
@@ -220,6 +221,9 @@ class TrainerWorker:
 
     async def run_forever(self, poll_s: float = 5.0) -> None:
         await self.stream.claim_abandoned(int(self.settings.train_claim_idle_s * 1000))
+        log.info("waiting for failed episodes: a scenario's round starts at %d new ones (R3_TRAIN_MIN_FAILURES), "
+                 "or at any after %g s (R3_TRAIN_INTERVAL_S), or when an admin asks",
+                 self.settings.train_min_failures, self.settings.train_interval_s)
         while True:
             due = await self._due()
             if due is not None:
@@ -238,6 +242,11 @@ class TrainerWorker:
             waiting.append(Waiting(scenario, scenario in requested, counts.get(scenario, 0),
                                    settings.train_min_failures, now - self._last_round.get(scenario, self._started),
                                    settings.train_interval_s))
+        for each in waiting:  # the log says how far each scenario is from a round, when that changes
+            if self._said.get(each.scenario) != each.new_failures and not each.requested:
+                self._said[each.scenario] = each.new_failures
+                log.info("scenario %s: %d of the %d new failures a round needs", each.scenario, each.new_failures,
+                         each.min_failures)
         return next_scenario(waiting)
 
     async def _settings_of(self, scenario: str) -> Settings:

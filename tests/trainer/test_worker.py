@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,6 +86,17 @@ async def worker(model_path: Path, tmp_path: Path, webhook: AlternatingWebhook):
         worker = TrainerWorker(settings, store)
         yield worker
         await worker.close()
+
+
+async def test_the_log_says_how_far_each_scenario_is_from_a_round(worker, caplog) -> None:
+    """A trainer waiting for failures says so once each time the count changes, not at every poll."""
+    caplog.set_level(logging.INFO, logger="trainer.worker")
+    assert await worker._due() is None and await worker._due() is None  # 8 failures, 16 needed
+    await worker.store.episodes.write([episode("again", passed=False)])
+    assert await worker._due() is None
+    said = [r.getMessage() for r in caplog.records if "new failures a round needs" in r.getMessage()]
+    assert said == ["scenario default: 8 of the 16 new failures a round needs",
+                    "scenario default: 9 of the 16 new failures a round needs"]
 
 
 async def test_a_round_trains_registers_gates_and_records(worker, model_path: Path) -> None:
