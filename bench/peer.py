@@ -14,7 +14,8 @@ Both are sent the same chat request, greedy, for the base model and for the adap
 sequence banned (`logit_bias`), so every answer is `--max-tokens` tokens on both (vLLM counts the
 end-of-sequence token in `completion_tokens`, R3 does not: an answer that ended early would count one
 token more on vLLM), by 1, 8 and 32 concurrent clients (closed loop: each client sends its next request when
-its last is answered; `--requests` requests in all per measurement, at least one per client). The
+its last is answered; `--requests` requests per client per measurement, so that a measurement is a
+steady state of several batches, not one batch whose slowest request sets its time). The
 two servers take turns within each round, the one to go first changing every round, so a change
 in the machine's load falls on both alike. Reported per case: tokens/s (the completion tokens over
 the wall time, summed over the rounds) and their ratio R3/vLLM, p50 and p99 latency and what R3
@@ -128,7 +129,7 @@ async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[
                     for server in order:
                         send = sender(http[server], kind, max_tokens, eos, server == "r3")
                         cpu_before = {each: cpu_s(process) for each, process in processes.items()}
-                        samples, wall = await closed_loop(send, concurrency, max(1, requests // concurrency))
+                        samples, wall = await closed_loop(send, concurrency, requests)
                         cpu = {each: cpu_s(process) - cpu_before[each] for each, process in processes.items()}
                         idle = sum(used for each, used in cpu.items() if each != server)
                         runs.setdefault((server, kind, concurrency), []).append((samples, wall, cpu[server], idle))
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help="requests to measure, comma-separated: base, adapter")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=4, help="requests per measurement (at least one per client)")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two servers")
     parser.add_argument("--max-batch", type=int, default=8, help="R3_MAX_BATCH_SIZE and --max-num-seqs")
     parser.add_argument("--max-loras", type=int, default=4, help="R3_MAX_LORAS and --max-loras")
@@ -225,7 +226,7 @@ def main() -> None:
             r["added_p99_ms"], f"{r['r3_cpu_ms_per_token']} / {r['vllm_cpu_ms_per_token']}",
             f"{r['vllm_idle_cores_in_r3_turns']} / {r['r3_idle_cores_in_vllm_turns']}", r["identical_answers"]]
            for r in rows])
-    save("peer", {"max_tokens": args.max_tokens, "requests": args.requests, "rounds": args.rounds, "limits": limits,
+    save("peer", {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "rounds": args.rounds, "limits": limits,
                   "verifier": PASSING, "messages": MESSAGES, "load_before": load_before, "load_after": load_after,
                   "wall_s": round(time.monotonic() - started, 1), "rows": rows})
 
