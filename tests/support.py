@@ -162,6 +162,7 @@ class ScriptedCall:
     adapter: str | None
     params: SamplingParams
     answer: str
+    conversation: str | None = None  # the request it was a turn of (streamed calls name one)
 
 
 class ScriptedEngine:
@@ -187,7 +188,6 @@ class ScriptedEngine:
         self.max_model_len = max_model_len
         self.tokenizer = byte_tokenizer()
         self.calls: list[ScriptedCall] = []
-        self.calls_conversations: list[str | None] = []  # each streamed call's conversation
         self.ended_conversations: list[str] = []  # as `end_conversation` was told, in order
         self._answer = script if callable(script) else _in_order(script)
         self._adapters: dict[str, Path] = {}
@@ -204,8 +204,7 @@ class ScriptedEngine:
 
     async def stream(self, prompt: Prompt, params: SamplingParams, adapter: str | None = None,
                      conversation: str | None = None) -> AsyncIterator[GenerationChunk]:
-        self.calls_conversations.append(conversation)
-        for chunk in self._generate(prompt, params, adapter)[1]:
+        for chunk in self._generate(prompt, params, adapter, conversation)[1]:
             yield chunk
 
     def end_conversation(self, conversation: str) -> None:
@@ -228,8 +227,8 @@ class ScriptedEngine:
     async def close(self) -> None:
         self._closed = True
 
-    def _generate(self, prompt: Prompt, params: SamplingParams,
-                  adapter: str | None) -> tuple[list[int], list[GenerationChunk]]:
+    def _generate(self, prompt: Prompt, params: SamplingParams, adapter: str | None,
+                  conversation: str | None = None) -> tuple[list[int], list[GenerationChunk]]:
         """The prompt's ids and the chunks of the script's answer to it. Raises as the real engines do."""
         if self._closed:
             raise EngineError("the engine is shut down")
@@ -246,7 +245,7 @@ class ScriptedEngine:
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_model_len}")
         text = self.tokenizer.decode(prompt_ids)
         answer = self._answer(text, adapter)
-        self.calls.append(ScriptedCall(text, adapter, params, answer))
+        self.calls.append(ScriptedCall(text, adapter, params, answer, conversation))
         ids, finish = self._cut(answer, params.stop, min(params.max_tokens, room))
         return prompt_ids, self._chunks(ids, finish, len(prompt_ids), params.top_logprobs)
 

@@ -108,7 +108,7 @@ async def test_a_requests_generations_are_turns_of_one_conversation_ended_with_i
     that hung up mid-answer."""
     engine = ScriptedEngine(["Lyon", REFLECTION, "Paris"])
     run, _ = await events(engine, task())
-    assert engine.calls_conversations == [run.episode.id] * 3 and engine.ended_conversations == [run.episode.id]
+    assert [call.conversation for call in engine.calls] == [run.episode.id] * 3 and engine.ended_conversations == [run.episode.id]
 
     engine = ScriptedEngine(["Lyon"])
     hung_up = Reflector.start(task(), tenant=None)

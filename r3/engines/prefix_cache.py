@@ -128,7 +128,8 @@ class PrefixCache:
         for key, entry in self._entries.items():
             if entry.adapter == adapter and len(entry.tokens) >= len(tokens) and entry.common_prefix(tokens) == len(tokens):
                 self._entries.move_to_end(key)
-                entry.held_by.update([conversation] if conversation is not None else [])
+                if conversation is not None:
+                    entry.held_by.add(conversation)
                 return
         earlier = [key for key, entry in self._entries.items()
                    if entry.adapter == adapter and entry.continued_by(tokens, prompt_length)]
