@@ -1,6 +1,6 @@
 """R3 against vLLM's own OpenAI server: throughput, added latency and greedy answers, side by side.
 
-    python bench/peer.py [--kinds base,adapter] [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 3] [--max-batch 8]
+    python bench/peer.py [--kinds base,adapter] [--clients 1,8,32] [--max-tokens 32] [--requests 4] [--rounds 4] [--max-batch 8]
 
 Two servers on loopback, started here and stopped at the end, on the same vLLM build and the same
 bundled model (float32): `r3 serve` with `R3_ENGINE=vllm`, and `vllm serve`. Both get the same
@@ -15,9 +15,12 @@ sequence banned (`logit_bias`), so every answer is `--max-tokens` tokens on both
 end-of-sequence token in `completion_tokens`, R3 does not: an answer that ended early would count one
 token more on vLLM), by 1, 8 and 32 concurrent clients (closed loop: each client sends its next request when
 its last is answered; `--requests` requests per client per measurement, so that a measurement is a
-steady state of several batches, not one batch whose slowest request sets its time). The
-two servers take turns within each round, the one to go first changing every round, so a change
-in the machine's load falls on both alike. Reported per case: tokens/s (the completion tokens over
+steady state of several batches, not one batch whose slowest request sets its time). Each
+round starts a fresh pair of servers, the one started first changing every round (two server
+processes doing the same work differ here by several percent with where their memory and caches
+land: fresh pairs in both orders spread that over both alike), and the two take turns in each case,
+the one to go first changing from case to case, so a change in the machine's load falls on both
+alike. An even `--rounds` balances both orders. Reported per case: tokens/s (the completion tokens over
 the wall time, summed over the rounds) and their ratio R3/vLLM, p50 and p99 latency and what R3
 adds to them, and whether the greedy answers are identical (every answer from both servers alike).
 On a machine whose other work comes and goes, wall time swings with it; the CPU time each server's
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -110,34 +114,30 @@ def cpu_s(process: psutil.Process) -> float:
     return total
 
 
-async def side_by_side(urls: dict[str, str], pids: dict[str, int], kinds: tuple[str, ...], clients: tuple[int, ...],
-                       max_tokens: int, eos: int, requests: int, rounds: int) -> dict[tuple[str, str, int], list]:
-    """{(server, kind, clients): [(samples, wall_s, the server's CPU s, the other server's CPU s) per round]},
-    the servers taking turns in each case. The other server is idle then; what CPU it spends anyway is
-    taken from the one measured (2 cores here), so it is recorded too."""
+async def one_round(urls: dict[str, str], pids: dict[str, int], kinds: tuple[str, ...], clients: tuple[int, ...],
+                    max_tokens: int, eos: int, requests: int, runs: dict[tuple[str, str, int], list]) -> None:
+    """Every case on one pair of running servers, added to `runs`: {(server, kind, clients): [(samples,
+    wall_s, the server's CPU s, the other server's CPU s) per round]}, the servers taking turns in each
+    case, the first alternating from case to case. The other server is idle then; what CPU it spends
+    anyway is taken from the one measured (2 cores here), so it is recorded too."""
     processes = {server: psutil.Process(pid) for server, pid in pids.items()}
-    runs: dict[tuple[str, str, int], list] = {}
     http = {server: httpx.AsyncClient(base_url=url, timeout=900) for server, url in urls.items()}
     try:
         for server in urls:
             for kind in kinds:
                 await sender(http[server], kind, max_tokens, eos, server == "r3")()  # warm-up: prefix cache, adapter
-        for round_ in range(rounds):
-            order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
-            for kind in kinds:
-                for concurrency in clients:
-                    for server in order:
-                        send = sender(http[server], kind, max_tokens, eos, server == "r3")
-                        cpu_before = {each: cpu_s(process) for each, process in processes.items()}
-                        samples, wall = await closed_loop(send, concurrency, requests)
-                        cpu = {each: cpu_s(process) - cpu_before[each] for each, process in processes.items()}
-                        idle = sum(used for each, used in cpu.items() if each != server)
-                        runs.setdefault((server, kind, concurrency), []).append((samples, wall, cpu[server], idle))
-                    print(f"round {round_ + 1}/{rounds}: {kind}, {concurrency} clients", flush=True)
+        cases = [(kind, concurrency) for kind in kinds for concurrency in clients]
+        for case, (kind, concurrency) in enumerate(cases):
+            for server in list(urls) if case % 2 == 0 else list(reversed(urls)):
+                send = sender(http[server], kind, max_tokens, eos, server == "r3")
+                cpu_before = {each: cpu_s(process) for each, process in processes.items()}
+                samples, wall = await closed_loop(send, concurrency, requests)
+                cpu = {each: cpu_s(process) - cpu_before[each] for each, process in processes.items()}
+                idle = sum(used for each, used in cpu.items() if each != server)
+                runs.setdefault((server, kind, concurrency), []).append((samples, wall, cpu[server], idle))
     finally:
         for client in http.values():
             await client.aclose()
-    return runs
 
 
 def summary(runs: list) -> dict[str, Any]:
@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="requests per client per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two servers")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="fresh pairs of servers, started in alternating order (even: both orders alike)")
     parser.add_argument("--max-batch", type=int, default=8, help="R3_MAX_BATCH_SIZE and --max-num-seqs")
     parser.add_argument("--max-loras", type=int, default=4, help="R3_MAX_LORAS and --max-loras")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="R3_MAX_LORA_RANK and --max-lora-rank")
@@ -192,11 +193,18 @@ def main() -> None:
                    "R3_LORA_MODULES": json.dumps({ADAPTER: str(adapter)})}
     load_before = load()
     started = time.monotonic()
-    r3, vllm = R3Server(r3_settings, startup_timeout_s=900), VllmServer(model_path, limits, adapter)
-    with r3 as r3_url, vllm as vllm_url:
-        runs = asyncio.run(side_by_side({"r3": r3_url, "vllm": vllm_url}, {"r3": r3.process.pid, "vllm": vllm.process.pid},
-                                        kinds, clients, args.max_tokens, AutoTokenizer.from_pretrained(model_path).eos_token_id,
-                                        args.requests, args.rounds))
+    eos = AutoTokenizer.from_pretrained(model_path).eos_token_id
+    runs: dict[tuple[str, str, int], list] = {}
+    started_first = []
+    for round_ in range(args.rounds):
+        servers = {"r3": R3Server(r3_settings, startup_timeout_s=900), "vllm": VllmServer(model_path, limits, adapter)}
+        order = ["r3", "vllm"] if round_ % 2 == 0 else ["vllm", "r3"]
+        started_first.append(order[0])
+        with contextlib.ExitStack() as running:
+            urls = {server: running.enter_context(servers[server]) for server in order}
+            asyncio.run(one_round(urls, {server: servers[server].process.pid for server in order}, kinds, clients,
+                                  args.max_tokens, eos, args.requests, runs))
+        print(f"round {round_ + 1}/{args.rounds} done ({order[0]} started first)", flush=True)
     load_after = load()
     rows = []
     for kind in kinds:
@@ -226,7 +234,8 @@ def main() -> None:
             r["added_p99_ms"], f"{r['r3_cpu_ms_per_token']} / {r['vllm_cpu_ms_per_token']}",
             f"{r['vllm_idle_cores_in_r3_turns']} / {r['r3_idle_cores_in_vllm_turns']}", r["identical_answers"]]
            for r in rows])
-    save("peer", {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "rounds": args.rounds, "limits": limits,
+    save("peer", {"max_tokens": args.max_tokens, "requests_per_client": args.requests, "rounds": args.rounds,
+                  "started_first": started_first, "limits": limits,
                   "verifier": PASSING, "messages": MESSAGES, "load_before": load_before, "load_after": load_after,
                   "wall_s": round(time.monotonic() - started, 1), "rows": rows})
 
