@@ -76,3 +76,31 @@ async def test_a_base_request_beside_adapter_requests_answers_as_vllm_alone(vllm
     for name, tokens in zip(adapters, beside):
         assert [t.token_id for t in tokens] == alone[name].token_ids  # the adapter rows are untouched
     assert all(alone[name].token_ids[:len(vllm_alone)] != vllm_alone for name in adapters)  # adapters change it
+
+
+@pytest.mark.parametrize(("lora_ids", "masking"), [((1, 2, 1), False), ((1, 0, 2), True)],
+                         ids=["every row has a LoRA", "a row has none"])
+def test_a_step_runs_vllms_own_kernels_unless_a_row_has_no_lora(lora_ids, masking) -> None:
+    """Per step, as vLLM sets its LoRA mapping: rows without a LoRA get no LoRA term, while a step of
+    adapter rows only runs vLLM's kernels unwrapped (masking checked in every call cost it 3%)."""
+    import torch
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    import r3.engines.vllm_cpu_lora  # noqa: F401  (installs the hook, as vLLM's worker does)
+
+    generator = torch.Generator().manual_seed(0)
+    lora_a = torch.randn(2, 1, 4, 16, generator=generator)  # [slots, 1, rank, hidden]: both slots hold an adapter
+    x = torch.randn(len(lora_ids), 16, generator=generator)
+    punica = PunicaWrapperCPU(max_num_batched_tokens=8, max_batches=4, device="cpu")
+    # LoRA ids 1 and 2 sit in slots 0 and 1; id 0 is a row without a LoRA (index -1: the last slot, unmasked).
+    punica.update_metadata(LoRAMapping(lora_ids, lora_ids, is_prefill=True), lora_index_to_id=[1, 2],
+                           max_loras=3, vocab_size=32)
+    shrunk = torch.full((1, len(lora_ids), 4), 7.0)
+    punica.add_shrink(shrunk, x, (lora_a,), scale=0.5)
+
+    expected = torch.stack([0.5 * lora_a[i - 1, 0] @ row if i > 0 else torch.zeros(4) for i, row in zip(lora_ids, x)])
+    torch.testing.assert_close(shrunk[0], expected)
+    assert all(hasattr(getattr(lora_ops, name), "__wrapped__") is masking
+               for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"))

@@ -10,6 +10,12 @@ kernel on the rows with a LoRA only and leave the others as the base model made 
 which sets its output, sets theirs to zero). A step of base rows only was already exact and does
 no LoRA work (vLLM's `no_lora`); a mixed step now costs only its adapter rows' LoRA work.
 
+The masking runs only in steps that have a row without a LoRA. vLLM updates its punica wrapper's
+metadata whenever a step's LoRA mapping changes; `install` hooks that update to put vLLM's own
+kernels in place when every row has a LoRA, and the masking ones otherwise. A step of adapter rows
+only so runs vLLM's kernels as they are: masking checked in every call (about 420 calls a step for
+this model) cost 3% of the worker's time with one adapter request running (py-spy, 2026-12-08).
+
 `vllm.lora.ops.torch_ops`' `sgmv_*` (prefill, and on the CPU every step: vLLM maps every step as a
 prefill there) call the `bgmv_*` of their own module, and `PunicaWrapperCPU` calls the names it
 imported (decode, logits), so both modules' names are replaced. That happens where the model runs,
@@ -56,18 +62,37 @@ def rows_with_lora_only(kernel: Callable[..., None], sets_output: bool) -> Calla
     return masked
 
 
+def every_row_has_lora(mapping) -> bool:
+    """Whether every token and every sampled row of a step has a LoRA: `mapping` is vLLM's
+    `LoRAMapping`, whose ids are 0 (or less) for a row without one."""
+    return min(mapping.index_mapping, default=1) > 0 and min(mapping.prompt_mapping, default=1) > 0
+
+
 def install() -> None:
-    """Replace the `bgmv_*` ops in vLLM's torch ops and in its CPU punica wrapper (once)."""
+    """Hook `PunicaWrapperCPU.update_metadata` (once) so that vLLM's torch ops and its CPU punica
+    wrapper call vLLM's own `bgmv_*` kernels in a step where every row has a LoRA, and the masking
+    ones (`rows_with_lora_only`) in any other step."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    for name in KERNELS:
-        original = getattr(lora_ops, name)
-        if getattr(original, "__wrapped__", None) is not None:
-            continue  # installed already
-        masked = rows_with_lora_only(original, sets_output=name == "bgmv_shrink")
-        setattr(lora_ops, name, masked)
-        setattr(punica_cpu, name, masked)
+    wrapper = punica_cpu.PunicaWrapperCPU
+    if getattr(wrapper.update_metadata, "__wrapped__", None) is not None:
+        return  # installed already
+    exact = {name: getattr(lora_ops, name) for name in KERNELS}
+    masking = {name: rows_with_lora_only(kernel, sets_output=name == "bgmv_shrink") for name, kernel in exact.items()}
+    update_metadata = wrapper.update_metadata
 
+    def use(kernels: dict[str, Callable[..., None]]) -> None:
+        for name, kernel in kernels.items():
+            setattr(lora_ops, name, kernel)
+            setattr(punica_cpu, name, kernel)
+
+    @functools.wraps(update_metadata)
+    def update_metadata_and_kernels(self, mapping, *args, **kwargs) -> None:
+        update_metadata(self, mapping, *args, **kwargs)
+        use(exact if every_row_has_lora(mapping) else masking)
+
+    wrapper.update_metadata = update_metadata_and_kernels
+    use(masking)  # until the first mapping: the kernels that are right for any step
 
 install()
