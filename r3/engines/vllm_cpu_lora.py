@@ -87,6 +87,8 @@ def install() -> None:
             setattr(lora_ops, name, kernel)
             setattr(punica_cpu, name, kernel)
 
+    # The kernels are module names, one set for the worker: right while one punica wrapper maps every
+    # step, as for the text models R3 serves (a multimodal model's tower wrapper would need its own).
     @functools.wraps(update_metadata)
     def update_metadata_and_kernels(self, mapping, *args, **kwargs) -> None:
         update_metadata(self, mapping, *args, **kwargs)
